@@ -1,0 +1,3 @@
+from sessionflow.cli import main
+
+raise SystemExit(main())

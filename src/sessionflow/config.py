@@ -1,0 +1,388 @@
+"""The one configuration object, loaded from ``sessionflow.toml``.
+
+Config objects are frozen values validated on construction; the logic that uses them lives in
+``sessionflow.core``. Every error names the key it is about, so a typo never runs silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+MS = 1
+SECOND = 1000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+_UNITS = {"ms": MS, "s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY}
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+
+# 2000-01-01T00:00:00Z: nothing the app ever sent is older.
+DEFAULT_MIN_TIMESTAMP_MS = 946_684_800_000
+COLUMN_TYPES = ("string", "int", "float", "bool")
+
+CleanFunction = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message starts with the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+def parse_duration(value: object, key: str) -> int:
+    """``"1h30m"`` -> milliseconds. Bare numbers are refused: their unit would be a guess."""
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        pos, total = 0, 0
+        for match in _DURATION.finditer(text):
+            if match.start() != pos:
+                break
+            total += int(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if text and pos == len(text):
+            return total
+    raise ConfigError(key, f'expected a duration such as "30m", "90s", "1h30m" or "250ms", got {value!r}')
+
+
+def format_duration(ms: int) -> str:
+    parts = []
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS[unit]
+        if ms >= size:
+            parts.append(f"{ms // size}{unit}")
+            ms %= size
+    if ms or not parts:
+        parts.append(f"{ms}ms")
+    return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldNames:
+    """Where the pipeline finds its fields in a raw record."""
+
+    event_id: str = "event_id"
+    machine_id: str = "machine_id"
+    event_type: str = "event_type"
+    timestamp: str = "timestamp"
+    user_id: str = "user_id"
+    app_version: str = "app_version"
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationConfig:
+    max_future_skew_ms: int = DAY
+    min_timestamp_ms: int = DEFAULT_MIN_TIMESTAMP_MS
+    max_record_bytes: int = 1024 * 1024  # Kinesis' own record limit
+
+    def __post_init__(self) -> None:
+        if self.max_future_skew_ms < 0:
+            raise ConfigError("validation.max_future_skew", "must not be negative")
+        if self.max_record_bytes <= 0:
+            raise ConfigError("validation.max_record_bytes", "must be a positive number of bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    timeout_ms: int = 30 * MINUTE
+    opening_events: frozenset[str] = frozenset({"app_open"})
+    allowed_lateness_ms: int = 5 * MINUTE
+    max_session_duration_ms: int | None = None
+    dedupe_horizon_ms: int = HOUR
+    # How many machines must have reached a time before the stream clock does (see README).
+    clock_quorum: int = 3
+
+    def __post_init__(self) -> None:
+        if self.timeout_ms <= 0:
+            raise ConfigError("session.timeout", "must be longer than 0")
+        if self.allowed_lateness_ms < 0:
+            raise ConfigError("session.allowed_lateness", "must not be negative")
+        if self.max_session_duration_ms is not None and self.max_session_duration_ms <= 0:
+            raise ConfigError("session.max_session_duration", "must be longer than 0")
+        if self.dedupe_horizon_ms < self.allowed_lateness_ms:
+            raise ConfigError(
+                "session.dedupe_horizon",
+                "must be at least session.allowed_lateness, or a duplicate could outlive its twin",
+            )
+        if self.clock_quorum < 1:
+            raise ConfigError("session.clock_quorum", "must be at least 1")
+
+    @property
+    def idle_close_ms(self) -> int:
+        """Stream time a machine must be silent before its open session is closed."""
+        return self.timeout_ms + self.allowed_lateness_ms
+
+    @property
+    def retention_ms(self) -> int:
+        """Stream time a silent machine's state is kept (for dedupe and late detection)."""
+        return max(self.idle_close_ms, self.dedupe_horizon_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class CleanRule:
+    """One declarative cleaning rule. Actions run in the order of the fields below."""
+
+    when: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
+    lowercase: tuple[str, ...] = ()
+    map: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    scale: tuple[tuple[str, float | int], ...] = ()
+    set: tuple[tuple[str, Any], ...] = ()
+    drop: tuple[str, ...] = ()
+    function: CleanFunction | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    rows_per_file: int = 1_000_000
+    compression: str = "zstd"
+
+    def __post_init__(self) -> None:
+        if self.rows_per_file <= 0:
+            raise ConfigError("output.rows_per_file", "must be positive")
+        if self.compression not in ("zstd", "snappy", "gzip", "none"):
+            raise ConfigError("output.compression", "must be one of zstd, snappy, gzip, none")
+
+
+DEFAULT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("user_id", "string"),
+    ("app_version", "string"),
+    ("os", "string"),
+    ("document_id", "string"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    fields: FieldNames = field(default_factory=FieldNames)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    # Optional typed columns of the output; any other field goes to the `extra` JSON column.
+    columns: tuple[tuple[str, str], ...] = DEFAULT_COLUMNS
+    clean: tuple[CleanRule, ...] = ()
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        required = {self.fields.event_id, self.fields.machine_id, self.fields.event_type, self.fields.timestamp}
+        for name, kind in self.columns:
+            if kind not in COLUMN_TYPES:
+                raise ConfigError(f"columns.{name}", f"type must be one of {', '.join(COLUMN_TYPES)}, got {kind!r}")
+            if name in required or name in RESERVED_COLUMNS:
+                raise ConfigError(f"columns.{name}", "is a column sessionflow writes itself")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(str(path), "config file not found") from None
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read config file: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        _only(data, "", {"fields", "validation", "session", "columns", "clean", "output"})
+        return cls(
+            fields=_fields(data.get("fields", {})),
+            validation=_validation(data.get("validation", {})),
+            session=_session(data.get("session", {})),
+            columns=_columns(data.get("columns")),
+            clean=tuple(_rule(raw, i) for i, raw in enumerate(_list(data.get("clean", []), "clean"))),
+            output=_output(data.get("output", {})),
+        )
+
+
+# Columns of the events table that sessionflow computes; a passthrough column may not shadow them.
+RESERVED_COLUMNS = frozenset(
+    {
+        "event_time",
+        "event_date",
+        "event_hour",
+        "day_of_week",
+        "app_version_major",
+        "app_version_minor",
+        "extra",
+        "session_id",
+        "session_seq",
+        "ms_since_prev",
+        "late",
+    }
+)
+
+
+def _only(table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+    if not isinstance(table, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "config", "must be a table")
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}", f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    return value
+
+
+def _fields(table: Mapping[str, Any]) -> FieldNames:
+    allowed = set(FieldNames.__dataclass_fields__)
+    _only(table, "fields.", allowed)
+    return FieldNames(**{k: _str(v, f"fields.{k}") for k, v in table.items()})
+
+
+def _validation(table: Mapping[str, Any]) -> ValidationConfig:
+    _only(table, "validation.", {"max_future_skew", "min_timestamp", "max_record_bytes"})
+    kwargs: dict[str, Any] = {}
+    if "max_future_skew" in table:
+        kwargs["max_future_skew_ms"] = parse_duration(table["max_future_skew"], "validation.max_future_skew")
+    if "min_timestamp" in table:
+        kwargs["min_timestamp_ms"] = _timestamp(table["min_timestamp"], "validation.min_timestamp")
+    if "max_record_bytes" in table:
+        kwargs["max_record_bytes"] = _int(table["max_record_bytes"], "validation.max_record_bytes")
+    return ValidationConfig(**kwargs)
+
+
+def _timestamp(value: Any, key: str) -> int:
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(key, f"not an ISO-8601 date-time: {value!r}") from None
+    else:
+        raise ConfigError(key, f"must be an ISO-8601 date-time with a timezone, got {value!r}")
+    if moment.tzinfo is None:
+        raise ConfigError(key, "needs a timezone, e.g. 2000-01-01T00:00:00Z")
+    return int(moment.timestamp() * 1000)
+
+
+def _session(table: Mapping[str, Any]) -> SessionConfig:
+    names = {
+        "timeout": "timeout_ms",
+        "allowed_lateness": "allowed_lateness_ms",
+        "max_session_duration": "max_session_duration_ms",
+        "dedupe_horizon": "dedupe_horizon_ms",
+    }
+    _only(table, "session.", {*names, "opening_events", "clock_quorum"})
+    kwargs: dict[str, Any] = {}
+    for key, attr in names.items():
+        if key in table:
+            kwargs[attr] = parse_duration(table[key], f"session.{key}")
+    if "opening_events" in table:
+        events = _list(table["opening_events"], "session.opening_events")
+        kwargs["opening_events"] = frozenset(_str(e, "session.opening_events") for e in events)
+    if "clock_quorum" in table:
+        kwargs["clock_quorum"] = _int(table["clock_quorum"], "session.clock_quorum")
+    return SessionConfig(**kwargs)
+
+
+def _columns(table: Any) -> tuple[tuple[str, str], ...]:
+    if table is None:
+        return DEFAULT_COLUMNS
+    _only(table, "columns.", set(table) if isinstance(table, Mapping) else set())
+    return tuple((str(name), _str(kind, f"columns.{name}")) for name, kind in table.items())
+
+
+def _output(table: Mapping[str, Any]) -> OutputConfig:
+    _only(table, "output.", {"rows_per_file", "compression"})
+    kwargs: dict[str, Any] = {}
+    if "rows_per_file" in table:
+        kwargs["rows_per_file"] = _int(table["rows_per_file"], "output.rows_per_file")
+    if "compression" in table:
+        kwargs["compression"] = _str(table["compression"], "output.compression")
+    return OutputConfig(**kwargs)
+
+
+_RULE_KEYS = {"name", "when", "rename", "lowercase", "map", "scale", "set", "drop", "function"}
+
+
+def _rule(raw: Any, index: int) -> CleanRule:
+    key = f"clean[{index}]"
+    _only(raw, f"{key}.", _RULE_KEYS)
+    if not _RULE_KEYS - {"name", "when"} & set(raw):
+        raise ConfigError(key, "has no action (rename, lowercase, map, scale, set, drop or function)")
+
+    def table(name: str) -> Mapping[str, Any]:
+        value = raw.get(name, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}.{name}", "must be a table, e.g. { field = ... }")
+        return value
+
+    def names(name: str) -> tuple[str, ...]:
+        value = raw.get(name, [])
+        if isinstance(value, str):
+            value = [value]
+        return tuple(_str(v, f"{key}.{name}") for v in _list(value, f"{key}.{name}"))
+
+    when = []
+    for fld, pattern in table("when").items():
+        patterns = pattern if isinstance(pattern, list) else [pattern]
+        when.append((fld, tuple(_str(p, f"{key}.when.{fld}") for p in patterns)))
+    scale = []
+    for fld, factor in table("scale").items():
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor == 0:
+            raise ConfigError(f"{key}.scale.{fld}", f"must be a non-zero number, got {factor!r}")
+        scale.append((fld, factor))
+    mapping = []
+    for fld, values in table("map").items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{key}.map.{fld}", 'must be a table of old = new values, e.g. { open = "app_open" }')
+        mapping.append((fld, tuple(values.items())))
+    rename = tuple((old, _str(new, f"{key}.rename.{old}")) for old, new in table("rename").items())
+    function = None
+    if "function" in raw:
+        function = _load_function(_str(raw["function"], f"{key}.function"), f"{key}.function")
+    return CleanRule(
+        when=tuple(when),
+        rename=rename,
+        lowercase=names("lowercase"),
+        map=tuple(mapping),
+        scale=tuple(scale),
+        set=tuple(table("set").items()),
+        drop=names("drop"),
+        function=function,
+        name=str(raw.get("name", key)),
+    )
+
+
+def _load_function(spec: str, key: str) -> CleanFunction:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(key, f'must look like "package.module:function", got {spec!r}')
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(key, f"cannot import {module_name!r}: {exc}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ConfigError(key, f"{module_name!r} has no function {attr!r}")
+    return function  # type: ignore[no-any-return]

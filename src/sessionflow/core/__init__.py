@@ -1,0 +1,23 @@
+"""The pure core: records -> events | rejections; cleaning rules; sessionizer; ids. No I/O."""
+
+from sessionflow.core.ids import session_id
+from sessionflow.core.pipeline import Pipeline, Tally
+from sessionflow.core.refine import Event, Refiner, strip_record
+from sessionflow.core.rejections import Reason, Rejection, RejectRecord
+from sessionflow.core.sessionizer import MachineState, OpenSession, Outputs, Sessionizer
+
+__all__ = [
+    "Event",
+    "MachineState",
+    "OpenSession",
+    "Outputs",
+    "Pipeline",
+    "Reason",
+    "Refiner",
+    "RejectRecord",
+    "Rejection",
+    "Sessionizer",
+    "Tally",
+    "session_id",
+    "strip_record",
+]

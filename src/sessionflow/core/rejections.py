@@ -1,0 +1,35 @@
+"""Why a record was turned away. A rejection keeps the record's bytes untouched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    OVERSIZED = "oversized"
+    INVALID_UTF8 = "invalid_utf8"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    EMPTY_FIELD = "empty_field"
+    WRONG_TYPE = "wrong_type"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    CLEANING_FAILED = "cleaning_failed"
+    REJECTED_BY_RULE = "rejected_by_rule"
+
+
+class RejectRecord(Exception):
+    """Raised by a cleaning function to turn a record away with a reason of its own."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: Reason
+    message: str
+    raw: bytes

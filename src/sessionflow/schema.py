@@ -1,0 +1,63 @@
+"""The output tables, described without any engine: every runtime writes exactly these columns.
+
+Types are logical names; each runtime maps them to its engine (Arrow, Spark, JSON). The events
+schema is fixed whatever fields arrive: declared optional columns come from the config, anything
+else lands in the ``extra`` JSON column, so readers never meet a schema conflict.
+"""
+
+from __future__ import annotations
+
+from sessionflow.config import Config
+
+# name -> logical type: string, int64, int32, int8, bool, float64, timestamp_ms (UTC), map<string,int64>
+Column = tuple[str, str]
+
+EVENT_HEAD: tuple[Column, ...] = (
+    ("event_id", "string"),
+    ("machine_id", "string"),
+    ("event_type", "string"),
+    ("timestamp", "int64"),  # epoch milliseconds, after cleaning
+    ("event_time", "timestamp_ms"),  # the same instant, UTC; ISO-8601 in JSON outputs
+    ("event_hour", "int8"),
+    ("day_of_week", "int8"),  # ISO: 1 = Monday
+)
+EVENT_TAIL: tuple[Column, ...] = (
+    ("app_version_major", "int32"),
+    ("app_version_minor", "int32"),
+    ("extra", "string"),  # JSON object of the fields no column declares, or null
+    ("session_id", "string"),  # null for a late event
+    ("session_seq", "int32"),  # 1-based position in the session
+    ("ms_since_prev", "int64"),  # null for a session's first event
+    ("late", "bool"),
+)
+EVENT_PARTITION = "event_date"  # YYYY-MM-DD (UTC)
+
+_COLUMN_TYPES = {"string": "string", "int": "int64", "float": "float64", "bool": "bool"}
+
+
+def event_columns(config: Config) -> tuple[Column, ...]:
+    """The events table without its partition column, in file order."""
+    declared = tuple((name, _COLUMN_TYPES[kind]) for name, kind in config.columns)
+    return EVENT_HEAD + declared + EVENT_TAIL
+
+
+SESSION_COLUMNS: tuple[Column, ...] = (
+    ("session_id", "string"),
+    ("machine_id", "string"),
+    ("user_id", "string"),  # the session's first non-null user_id
+    ("start_ts", "int64"),
+    ("end_ts", "int64"),
+    ("session_start", "timestamp_ms"),
+    ("session_end", "timestamp_ms"),
+    ("duration_ms", "int64"),
+    ("event_count", "int64"),
+    ("first_event_type", "string"),
+    ("last_event_type", "string"),
+    ("event_type_counts", "map<string,int64>"),
+    ("app_version", "string"),  # the session's first non-null app_version
+)
+SESSION_PARTITION = "session_date"  # date of session_start (UTC)
+
+# Rejected records are JSON lines, one object per record.
+REJECTED_FIELDS: tuple[str, ...] = ("reason", "message", "raw_base64", "raw", "source", "line")
+REJECTED_PARTITION = "reason"
