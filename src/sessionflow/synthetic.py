@@ -224,3 +224,34 @@ def generate(shape: FeedShape) -> Iterator[bytes]:
             produced += 1
     while arrivals:
         yield heapq.heappop(arrivals)[2]
+
+
+def write_feed(shape: FeedShape, output: str) -> int:
+    """Write the feed as JSON lines to a file (gzip when the name ends in .gz) or ``-`` (stdout)."""
+    import gzip
+    import sys
+
+    if output == "-":
+        handle = sys.stdout.buffer
+    elif output.endswith(".gz"):
+        handle = gzip.open(output, "wb", compresslevel=5)  # noqa: SIM115
+    else:
+        handle = open(output, "wb")  # noqa: SIM115
+    written = 0
+    try:
+        chunk: list[bytes] = []
+        for line in generate(shape):
+            chunk.append(line)
+            if len(chunk) >= 10_000:
+                handle.write(b"\n".join(chunk) + b"\n")
+                written += len(chunk)
+                chunk.clear()
+        if chunk:
+            handle.write(b"\n".join(chunk) + b"\n")
+            written += len(chunk)
+    finally:
+        if output != "-":
+            handle.close()
+        else:
+            handle.flush()
+    return written

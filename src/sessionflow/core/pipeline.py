@@ -78,6 +78,17 @@ def rejection_row(rejection: Rejection, source: str, line: int) -> dict[str, Any
     }
 
 
+@dataclass
+class Refined:
+    """One batch after the stateless half: valid events in arrival order, rejections, counts."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+    records: int = 0
+    blank: int = 0
+
+
 class Pipeline:
     """Refiner + Sessionizer, fed batch after batch. ``now_ms`` is the processing time."""
 
@@ -90,11 +101,16 @@ class Pipeline:
 
     def feed(self, lines: Iterable[RawLine], out: Outputs) -> None:
         """Process one batch; what it releases is appended to ``out``."""
+        self.sessionize(self.refine(lines), out)
+
+    def refine(self, lines: Iterable[RawLine]) -> Refined:
+        """The stateless half: parse, clean, validate, enrich. Safe to run in parallel."""
         refine = self.refiner.refine
         now = self.now_ms
-        valid = []
-        rejections = out.rejections
-        tally = self.tally
+        batch = Refined()
+        valid = batch.events
+        rejections = batch.rejections
+        rejected = batch.rejected
         records = blank = 0
         for raw, source, line in lines:
             raw = strip_record(raw)
@@ -108,11 +124,20 @@ class Pipeline:
             else:
                 assert isinstance(result, Rejection)
                 rejections.append(rejection_row(result, source, line))
-                tally.rejected[result.reason.value] += 1
-        tally.records += records
-        tally.blank += blank
+                rejected[result.reason.value] += 1
+        batch.records = records
+        batch.blank = blank
+        return batch
+
+    def sessionize(self, batch: Refined, out: Outputs) -> None:
+        """The stateful half: must see batches in arrival order."""
+        tally = self.tally
+        tally.records += batch.records
+        tally.blank += batch.blank
+        tally.rejected.update(batch.rejected)
+        out.rejections.extend(batch.rejections)
         counts = (len(out.events), len(out.sessions), len(out.duplicates), out.late)
-        self.sessionizer.process(valid, out)
+        self.sessionizer.process(batch.events, out)
         self.sessionizer.end_batch(out)
         self._count(out, counts)
 

@@ -162,6 +162,7 @@ class Sessionizer:
         machines = self.machines
         touched = self._touched
         lateness = self._lateness
+        horizon = self.config.dedupe_horizon_ms
         clock = self.clock
         release = self._release
         push = heapq.heappush
@@ -173,7 +174,9 @@ class Sessionizer:
                 state = machines[machine_id] = MachineState(machine_id)
             event_id = event["event_id"]
             ts = event["timestamp"]
-            if event_id in state.seen:
+            # The horizon is checked here, not only when pruning, so when pruning runs changes nothing.
+            twin_ts = state.seen.get(event_id)
+            if twin_ts is not None and twin_ts >= state.newest_ts - horizon:
                 out.duplicates.append(event)
                 continue
             state.seen[event_id] = ts
@@ -188,8 +191,8 @@ class Sessionizer:
             pending = state.pending
             push(pending, (ts, event_id, event))
             state.newest_ts = max(state.newest_ts, ts)
-            horizon = state.newest_ts - lateness
-            while pending and pending[0][0] < horizon:
+            release_before = state.newest_ts - lateness
+            while pending and pending[0][0] < release_before:
                 release(state, pop(pending)[2], out)
 
     def _extends_closed(self, state: MachineState, event: Event) -> bool:
