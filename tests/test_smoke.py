@@ -13,14 +13,15 @@ def test_run_writes_a_lake_duckdb_reads(tmp_path: Path) -> None:
     written = write_feed(FeedShape(events=3_000, machines=30, seed=3), str(feed))
     config = tmp_path / "sessionflow.toml"
     assert main(["init", str(config)]) == 0
+    db = duckdb.connect()
     assert main(["run", str(feed), "--out", str(tmp_path / "lake"), "--config", str(config), "--quiet"]) == 0
-    events, sessions = duckdb.sql(
+    events, sessions = db.execute(
         f"SELECT count(*), count(DISTINCT session_id) FROM read_parquet('{tmp_path}/lake/events/*/*.parquet')"
     ).fetchone()
-    rejected = duckdb.sql(f"SELECT count(*) FROM read_json('{tmp_path}/lake/rejected/*/*.jsonl')").fetchone()[0]
+    rejected = db.execute(f"SELECT count(*) FROM read_json('{tmp_path}/lake/rejected/*/*.jsonl')").fetchone()[0]
     assert 0 < events < written
     assert (
         sessions
-        == duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/lake/sessions/*/*.parquet')").fetchone()[0]
+        == db.execute(f"SELECT count(*) FROM read_parquet('{tmp_path}/lake/sessions/*/*.parquet')").fetchone()[0]
     )
     assert rejected > 0
