@@ -10,8 +10,9 @@ How it is built (see docs/backfill.md for the why):
    they are (invalid UTF-8 included) and splits lines exactly where the embedded runner does.
    ``_metadata.file_path``/``file_block_start`` give each line its arrival key.
 2. ``mapInArrow``: the core's ``strip_record`` + ``Refiner.refine`` on every line.
-3. ``groupBy("machine_id").applyInArrow``: first arrival wins per event_id, then the core's
-   ``Sessionizer`` over the machine's events sorted by (timestamp, event_id), flushed.
+3. Rows hash-partitioned and sorted by machine_id, then ``mapInArrow``: per machine, first arrival
+   wins per event_id, then the core's ``Sessionizer`` over its events sorted by (timestamp,
+   event_id), flushed. (``groupBy().applyInArrow`` would do, but only from Spark 4.0.)
 4. Everything is written into a staging folder, then swapped into the lake table by table (a full
    backfill) or day by day (``--from/--to``).
 """
@@ -44,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from sessionflow.runtimes.backfill import stages
 from sessionflow.runtimes.backfill.lakefs import HadoopFs, InputFile, expand_inputs
-from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date_range_of
+from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date_range_of, inputs_of
 from sessionflow.runtimes.backfill.stages import EVENT, REJECTION, SESSION, SESSION_PREFIX, SPLIT, UNRESOLVED, Window
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def spark_schema(columns: Sequence[tuple[str, str]]) -> T.StructType:
 class BackfillReport:
     mode: str  # "full" or "range"
     files: int
+    splits: int = 0  # pieces the input was read in, in parallel
     records: int = 0
     blank: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
@@ -87,6 +89,7 @@ class BackfillReport:
         return {
             "mode": self.mode,
             "files": self.files,
+            "splits": self.splits,
             "records": self.records,
             "blank": self.blank,
             "rejected": dict(sorted(self.rejected.items())),
@@ -175,10 +178,6 @@ def backfill(
         counts = {row["kind"]: row["count"] for row in sessionized.groupBy("kind").count().collect()}
         report.events = counts.get(EVENT, 0)
         report.sessions = counts.get(SESSION, 0)
-        report.rejected = {
-            row["reason"]: row["count"]
-            for row in refined.filter(F.col("kind") == REJECTION).groupBy("reason").count().collect()
-        }
         if date_range is None:
             valid_count = report.records - sum(report.rejected.values())
             report.duplicates = valid_count - report.events
@@ -222,7 +221,22 @@ def _refine(spark: SparkSession, files: list[InputFile], config: Config, now_ms:
 
 def _split_offsets(spark: SparkSession, refined: DataFrame, report: BackfillReport) -> DataFrame:
     """(file_index, block_start) -> lines before that split in its file: line = offset + idx + 1."""
-    splits = refined.filter(F.col("kind") == SPLIT).select("file_index", "block_start", "idx", "blank").collect()
+    # One small action for both: a row per split, and a count per rejection reason.
+    kind = F.col("kind")
+    summary = (
+        refined.filter(kind != EVENT)
+        .groupBy(
+            kind,
+            F.when(kind == SPLIT, F.col("file_index")).alias("file_index"),
+            F.when(kind == SPLIT, F.col("block_start")).alias("block_start"),
+            "reason",
+        )
+        .agg(F.max("idx").alias("idx"), F.max("blank").alias("blank"), F.count(F.lit(1)).alias("rows"))
+        .collect()
+    )
+    report.rejected = {row["reason"]: row["rows"] for row in summary if row["kind"] == REJECTION}
+    splits = [row for row in summary if row["kind"] == SPLIT]
+    report.splits = len(splits)
     offsets = []
     lines_so_far: dict[int, int] = {}
     for row in sorted(splits, key=lambda r: (r["file_index"], r["block_start"])):
@@ -239,11 +253,11 @@ def _split_offsets(spark: SparkSession, refined: DataFrame, report: BackfillRepo
 
 
 def _sessionize(valid: DataFrame, config: Config, window: Window | None) -> DataFrame:
-    function = partial(stages.sessionize_machine, config=config, window=window)
-    # A bare lambda: PySpark infers the UDF kind from type hints, and fails on a partial's.
-    return valid.groupBy("machine_id").applyInArrow(
-        lambda table: function(table), spark_schema(stages.sessionize_columns(config))
-    )
+    # Not groupBy().applyInArrow (Spark 4 only; Glue 5.x and EMR 7.x run Spark 3.5): clustering each
+    # machine's rows in a partition does the same, streams one machine at a time, and spills if it must.
+    clustered = valid.repartition("machine_id").sortWithinPartitions("machine_id", *(n for n, _ in stages.ARRIVAL))
+    function = partial(stages.sessionize_partition, config=config, window=window)
+    return clustered.mapInArrow(function, spark_schema(stages.sessionize_columns(config)))
 
 
 def _sessionize_range(
@@ -261,8 +275,9 @@ def _sessionize_range(
     for ``timeout``), and one starting on the range's last day may run past it: the margin settles
     almost every machine, and the rest are settled exactly instead of approximately.
     """
-    window = Window(date_range.lo, date_range.hi, date_range.lo - margin_ms, date_range.hi + margin_ms)
-    near = valid.filter((F.col("timestamp") >= window.read_lo) & (F.col("timestamp") < window.read_hi))
+    read_lo, read_hi = date_range.lo - margin_ms, date_range.hi + margin_ms
+    window = Window(date_range.lo, date_range.hi, read_lo, read_hi)
+    near = valid.filter((F.col("timestamp") >= read_lo) & (F.col("timestamp") < read_hi))
     first = _sessionize(near, config, window).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(first)
     unresolved = [row["machine_id"] for row in first.filter(F.col("kind") == UNRESOLVED).select("machine_id").collect()]
@@ -388,7 +403,7 @@ def _remove_if_empty(fs: HadoopFs, uri: str) -> None:
 def run_job(args: argparse.Namespace, config: Config, spark: SparkSession) -> BackfillReport:
     return backfill(
         spark,
-        list(args.inputs),
+        inputs_of(args),
         args.out,
         config,
         date_range=date_range_of(args),
@@ -404,16 +419,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="sessionflow-backfill", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    # Glue passes its own job arguments (--JOB_NAME, ...) along with ours: ignore what we do not know.
-    args, unknown = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if unknown:
-        log.info("ignoring arguments: %s", " ".join(unknown))
+    # Glue passes its own job arguments (--JOB_ID j_1, ...) along with ours: drop them with their values,
+    # or their values would be taken for inputs.
+    ours, foreign = drop_foreign_options(list(sys.argv[1:] if argv is None else argv), parser)
+    if foreign:
+        log.info("ignoring arguments: %s", " ".join(foreign))
+    args = parser.parse_args(ours)
     config = _load_config(args.config)
     spark = SparkSession.builder.appName("sessionflow-backfill").getOrCreate()
     report = run_job(args, config, spark)
     sys.stdout.write(orjson.dumps(report.to_dict()).decode() + "\n")
     return 0
+
+
+def drop_foreign_options(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """Split ``argv`` into what ``parser`` knows and ``--unknown [value]`` pairs."""
+    known = set(parser._option_string_actions)
+    ours: list[str] = []
+    foreign: list[str] = []
+    tokens = iter(range(len(argv)))
+    for i in tokens:
+        token = argv[i]
+        if token.startswith("--") and token.split("=", 1)[0] not in known:
+            foreign.append(token)
+            if "=" not in token and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                foreign.append(argv[i + 1])
+                next(tokens, None)
+            continue
+        ours.append(token)
+    return ours, foreign
 
 
 def _load_config(path: str | None) -> Config:
@@ -426,7 +461,7 @@ def _load_config(path: str | None) -> Config:
     from pathlib import Path
 
     spark = SparkSession.builder.getOrCreate()
-    text = "\n".join(row.value for row in spark.read.text(path).collect())
+    text = spark.read.text(path, wholetext=True).collect()[0].value
     with tempfile.TemporaryDirectory() as folder:
         local = Path(folder) / "sessionflow.toml"
         local.write_text(text, encoding="utf-8")

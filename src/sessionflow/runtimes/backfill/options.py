@@ -49,6 +49,15 @@ def parse_instant(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def parse_flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", ""):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def parse_margin(text: str) -> int:
     try:
         return parse_duration(text, "--margin")
@@ -58,12 +67,28 @@ def parse_margin(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The backfill's options, shared by ``sessionflow backfill`` and spark-submit."""
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="JSON-lines files or folders (local, s3a://, s3://)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="JSON-lines files or folders (local, s3a://, s3://)")
+    parser.add_argument(
+        "--input",
+        dest="input_options",
+        action="append",
+        default=[],
+        metavar="INPUT[,INPUT...]",
+        help="more inputs, comma-separated (AWS Glue passes job parameters as --key value only)",
+    )
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="the lake folder (local, s3a://, s3://)")
     parser.add_argument("--config", "-c", metavar="FILE", help="sessionflow.toml (env SESSIONFLOW_CONFIG)")
     parser.add_argument("--from", dest="date_from", type=parse_date, metavar="YYYY-MM-DD", help="first day to rebuild")
     parser.add_argument("--to", dest="date_to", type=parse_date, metavar="YYYY-MM-DD", help="last day to rebuild")
-    parser.add_argument("--overwrite", action="store_true", help="a full backfill replaces a lake already in DIR")
+    parser.add_argument(
+        "--overwrite",
+        nargs="?",
+        const=True,
+        default=False,
+        type=parse_flag,
+        metavar="true|false",
+        help="a full backfill replaces a lake already in DIR (a bare flag, or a value for Glue)",
+    )
     parser.add_argument(
         "--margin", type=parse_margin, default=DAY, metavar="DURATION", help="read this much around --from/--to (1d)"
     )
@@ -84,3 +109,13 @@ def date_range_of(args: argparse.Namespace) -> DateRange | None:
     if args.date_to < args.date_from:
         raise UsageError("--to is before --from")
     return DateRange(args.date_from, args.date_to)
+
+
+def inputs_of(args: argparse.Namespace) -> list[str]:
+    """Positional inputs, then those of --input, in the order given: that order is arrival order."""
+    inputs = [given for given in args.inputs if given]
+    for option in args.input_options:
+        inputs.extend(part for part in option.split(",") if part)
+    if not inputs:
+        raise UsageError("no INPUT given (positional, or --input)")
+    return inputs

@@ -5,10 +5,11 @@ Three stages, each a plain function over Arrow data so it can be tested without 
 * :func:`refine_batches` (``mapInArrow`` over raw lines): ``strip_record`` + ``Refiner.refine``, the
   same calls the embedded runner makes; every line keeps its arrival key (file, split, index in
   split) and every split reports how many lines it holds, so exact line numbers can be rebuilt.
-* :func:`sessionize_machine` (``groupBy("machine_id").applyInArrow``): first arrival wins for each
-  event_id, then the core ``Sessionizer`` over the machine's events sorted by (timestamp, event_id),
-  flushed. For a date range it works out whether the window it was given decides the range; when
-  it does not, it says so and the driver runs that machine again over all of its history.
+* :func:`sessionize_partition` (``mapInArrow`` over rows hash-partitioned and sorted by machine_id,
+  which also runs on Spark 3.5, unlike ``applyInArrow``): per machine, first arrival wins for each
+  event_id, then the core ``Sessionizer`` over its events sorted by (timestamp, event_id), flushed.
+  For a date range it works out whether the window it was given decides the range; when it does
+  not, it says so and the driver runs that machine again over all of its history.
 * :func:`rejection_lines` (``mapInArrow``): the core's ``rejection_row`` as one JSON line.
 """
 
@@ -192,14 +193,49 @@ class Window:
     read_hi: int | None
 
 
-def sessionize_machine(
-    table: pa.Table, *, config: Config, window: Window | None = None, keep_unresolved: bool = True
-) -> pa.Table:
-    """All of one machine's refined events (any order) -> its events and sessions, as the core decides."""
+def sessionize_partition(
+    batches: Iterator[pa.RecordBatch], *, config: Config, window: Window | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Rows clustered by machine_id (each machine's rows together, in any order) -> sessionized rows.
+
+    The driver hash-partitions by machine_id and sorts within partitions, so one machine's events
+    arrive together, possibly across several batches; one machine is held in memory at a time.
+    """
     schema = arrow_schema(sessionize_columns(config))
-    events = table.to_pylist()
+    names = schema.names
+    current: str | None = None
+    events: list[dict[str, Any]] = []
+    ready: list[dict[str, Any]] = []
+    for batch in batches:
+        for event in batch.to_pylist():
+            machine_id = event["machine_id"]
+            if machine_id != current:
+                if events:
+                    ready.extend(sessionize_machine(events, config=config, window=window))
+                current, events = machine_id, []
+            events.append(event)
+        if len(ready) >= _OUTPUT_BATCH_ROWS:
+            yield _batch(ready, schema, names)
+            ready = []
+    if events:
+        ready.extend(sessionize_machine(events, config=config, window=window))
+    if ready:
+        yield _batch(ready, schema, names)
+
+
+_OUTPUT_BATCH_ROWS = 10_000
+
+
+def sessionize_machine(
+    events: list[dict[str, Any]], *, config: Config, window: Window | None = None
+) -> list[dict[str, Any]]:
+    """All of one machine's refined events (any order) -> its events and sessions, as the core decides.
+
+    Output rows carry ``kind``: EVENT rows have the events table's columns, SESSION rows the sessions
+    table's (prefixed), and a single UNRESOLVED row means ``window`` did not settle this machine.
+    """
     if not events:
-        return schema.empty_table()
+        return []
     # First arrival wins: arrival order is input file order, then position in the file.
     events.sort(key=lambda e: (e["file_index"], e["block_start"], e["idx"]))
     seen: set[str] = set()
@@ -210,14 +246,15 @@ def sessionize_machine(
             unique.append(event)
     unique.sort(key=lambda e: (e["timestamp"], e["event_id"]))
     start = 0
+    machine_id = unique[0]["machine_id"]
     if window is not None:
         timestamps = [e["timestamp"] for e in unique]
         first_in = bisect.bisect_left(timestamps, window.lo)
         if first_in == bisect.bisect_left(timestamps, window.hi):
-            return schema.empty_table()  # nothing of this machine in the range
+            return []  # nothing of this machine in the range
         found = _last_certain_start(unique, first_in, config.session, window.read_lo)
         if found is None:
-            return _unresolved(unique[0]["machine_id"], schema) if keep_unresolved else schema.empty_table()
+            return [{"kind": UNRESOLVED, "machine_id": machine_id}]
         start = found
     out = Outputs()
     sessionizer = Sessionizer(config.session)
@@ -227,7 +264,7 @@ def sessionize_machine(
     released = out.events
     if window is not None:
         if not _range_sessions_complete(sessions, window, config.session):
-            return _unresolved(unique[0]["machine_id"], schema) if keep_unresolved else schema.empty_table()
+            return [{"kind": UNRESOLVED, "machine_id": machine_id}]
         released = [e for e in released if window.lo <= e["timestamp"] < window.hi]
         sessions = [s for s in sessions if window.lo <= s["start_ts"] < window.hi]
     rows: list[dict[str, Any]] = []
@@ -239,7 +276,7 @@ def sessionize_machine(
         row["kind"] = SESSION
         row[SESSION_PREFIX + "event_type_counts"] = list(summary["event_type_counts"].items())
         rows.append(row)
-    return pa.Table.from_batches([_batch(rows, schema, schema.names)], schema=schema)
+    return rows
 
 
 def _last_certain_start(
@@ -284,10 +321,6 @@ def _range_sessions_complete(sessions: list[dict[str, Any]], window: Window, con
         return True
     limit = config.max_session_duration_ms
     return limit is not None and window.read_hi - last["start_ts"] > limit
-
-
-def _unresolved(machine_id: str, schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_batches([_batch([{"kind": UNRESOLVED, "machine_id": machine_id}], schema, schema.names)])
 
 
 # -- stage 3: rejections -> the JSON lines of the rejected table ------------------------------------------
