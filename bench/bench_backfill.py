@@ -90,6 +90,7 @@ def main() -> int:
         "mb_per_s": round(input_bytes / 1e6 / report.seconds, 2),
         "events_written": report.events,
         "sessions_written": report.sessions,
+        "phases_s": {name: round(seconds, 1) for name, seconds in report.phases.items()},
     }
     if args.json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
@@ -97,7 +98,8 @@ def main() -> int:
         print(
             f"backfill (spark {args.master}, {cores} cores): {report.records:,} records "
             f"({result['input_mb']} MB) in {result['backfill_s']}s = {result['records_per_s']:,} records/s, "
-            f"{result['mb_per_s']} MB/s; Spark start-up {result['spark_startup_s']}s not included"
+            f"{result['mb_per_s']} MB/s; Spark start-up {result['spark_startup_s']}s not included; "
+            + ", ".join(f"{name} {seconds}s" for name, seconds in result["phases_s"].items())
         )
     return 0
 

@@ -25,7 +25,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -84,6 +85,7 @@ class BackfillReport:
     rerun_machines: int = 0  # range backfills: machines read again over all their history
     partitions: dict[str, list[str]] = field(default_factory=dict)  # replaced, per table
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step, where the time went
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +101,7 @@ class BackfillReport:
             "rerun_machines": self.rerun_machines,
             "partitions": self.partitions,
             "seconds": round(self.seconds, 3),
+            "phases": {name: round(seconds, 3) for name, seconds in self.phases.items()},
             "records_per_second": round(self.records / self.seconds) if self.seconds > 0 else 0,
         }
 
@@ -161,31 +164,40 @@ def backfill(
     log.info("backfill %s: %d input files -> %s", run_id, len(files), out_uri)
 
     persisted: list[DataFrame] = []
+    phase = partial(_phase, report)
     try:
         refined = _refine(spark, files, config, now).persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(refined)
-        offsets = _split_offsets(spark, refined, report)
+        with phase("read+refine"):
+            offsets = _split_offsets(spark, refined, report)
         valid = refined.filter(F.col("kind") == EVENT).select(
             *(name for name, _ in stages.ARRIVAL), *(name for name, _ in stages.refined_event_columns(config))
         )
-        if date_range is None:
-            sessionized = _sessionize(valid, config, None).persist(StorageLevel.MEMORY_AND_DISK)
-            persisted.append(sessionized)
-        else:
-            sessionized = _sessionize_range(spark, valid, config, date_range, margin_ms, report, persisted)
-        _write_events(sessionized, config, f"{staging}/events")
-        _write_sessions(sessionized, config, f"{staging}/sessions")
-        counts = {row["kind"]: row["count"] for row in sessionized.groupBy("kind").count().collect()}
+        with phase("sessionize"):
+            if date_range is None:
+                sessionized = _sessionize(valid, config, None).persist(StorageLevel.MEMORY_AND_DISK)
+                persisted.append(sessionized)
+                counts = {row["kind"]: row["count"] for row in sessionized.groupBy("kind").count().collect()}
+            else:
+                sessionized = _sessionize_range(spark, valid, config, date_range, margin_ms, report, persisted)
+                counts = {row["kind"]: row["count"] for row in sessionized.groupBy("kind").count().collect()}
         report.events = counts.get(EVENT, 0)
         report.sessions = counts.get(SESSION, 0)
+        with phase("write events"):
+            _write_events(sessionized, config, f"{staging}/events")
+        with phase("write sessions"):
+            _write_sessions(sessionized, config, f"{staging}/sessions")
         if date_range is None:
             valid_count = report.records - sum(report.rejected.values())
             report.duplicates = valid_count - report.events
-            _write_rejections(spark, refined, offsets, files, f"{staging}/rejected", fs)
+            with phase("write rejected"):
+                _write_rejections(spark, refined, offsets, files, f"{staging}/rejected", fs)
             report.partitions = {table: ["*"] for table in TABLES}
-            _swap_tables(fs, staging, out_uri)
+            with phase("publish"):
+                _swap_tables(fs, staging, out_uri)
         else:
-            report.partitions = _swap_days(fs, staging, out_uri, date_range)
+            with phase("publish"):
+                report.partitions = _swap_days(fs, staging, out_uri, date_range)
     except BaseException:
         if fs.exists(staging):
             fs.delete(staging)
@@ -197,6 +209,16 @@ def backfill(
     _remove_if_empty(fs, f"{out_uri}/{META_DIR}")
     report.seconds = time.perf_counter() - started
     return report
+
+
+@contextmanager
+def _phase(report: BackfillReport, name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.phases[name] = time.perf_counter() - started
+        log.info("%s: %.1fs", name, report.phases[name])
 
 
 # -- reading and refining ---------------------------------------------------------------------------------
