@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("pyspark", reason="the backfill tests need pip install 'sessionflow[spark]'")
-
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
+    pytest.importorskip("pyspark", reason="the Spark tests need pip install 'sessionflow[spark]'")
     from sessionflow.runtimes.backfill.job import build_spark
 
     session = build_spark(

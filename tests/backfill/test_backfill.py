@@ -17,8 +17,10 @@ import pytest
 from sessionflow.config import Config
 from sessionflow.synthetic import FeedShape, generate
 
-pytestmark = pytest.mark.spark
+# One worker runs them all under `pytest -n N --dist loadgroup`: one JVM, fixtures built once.
+pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
 
+pytest.importorskip("pyspark", reason="the Spark tests need pip install 'sessionflow[spark]'")
 pa = pytest.importorskip("pyarrow")
 ds = pytest.importorskip("pyarrow.dataset")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -66,7 +68,8 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], Con
     chunks = [lines[:5000], lines[5000:9000], lines[9000:12000], lines[12000:]]
     (folder / "2026" / "10" / "a.jsonl").write_bytes(b"\n".join(chunks[0]) + b"\n")
     (folder / "2026" / "10" / "b.jsonl").write_bytes(b"\n".join(chunks[1]))  # no final newline
-    (folder / "2026" / "11.jsonl").write_bytes(b"\n".join(chunks[2]) + b"\r\n")
+    # A name Spark would take for a glob and a URL escape: it must still be read as itself.
+    (folder / "2026" / "11 %20[x].jsonl").write_bytes(b"\n".join(chunks[2]) + b"\r\n")
     (folder / "_ignored").mkdir()
     (folder / "_ignored" / "x.jsonl").write_bytes(b"not read by either runtime\n")
     (folder / ".hidden.jsonl").write_bytes(b"nor this\n")
@@ -163,6 +166,7 @@ def test_spark_lake_equals_the_embedded_runners(
     sources = {r["source"] for r in rejections}
     assert any(s.endswith("tail.jsonl.gz") for s in sources)
     assert any("/2026/10/a.jsonl" in s for s in sources)
+    assert any(s.endswith("/2026/11 %20[x].jsonl") for s in sources)
     hand = [r for r in rejections if b'"\xc3\x28"' in base64.b64decode(r["raw_base64"])]
     assert len(hand) == 1 and hand[0]["reason"] == "invalid_utf8" and hand[0]["raw"] is None
 

@@ -229,7 +229,7 @@ def _refine(spark: SparkSession, files: list[InputFile], config: Config, now_ms:
     # value stays the line's bytes once cast to binary, before anything decodes it.
     raw = (
         spark.read.option("lineSep", "\n")
-        .text([f.uri for f in files])
+        .text([_glob_escape(f.uri) for f in files])
         .select(
             F.col("value").cast("binary").alias("raw"),
             F.col("_metadata.file_path").alias("file_path"),
@@ -239,6 +239,11 @@ def _refine(spark: SparkSession, files: list[InputFile], config: Config, now_ms:
     file_index = {stages.path_key(f.uri): i for i, f in enumerate(files)}
     refine = partial(stages.refine_batches, config=config, now_ms=now_ms, file_index=file_index)
     return raw.mapInArrow(refine, spark_schema(stages.refine_columns(config)))
+
+
+def _glob_escape(uri: str) -> str:
+    """Spark globs the paths it reads; a file named ``a[1].jsonl`` must be read as just that file."""
+    return "".join("\\" + char if char in "[]{}*?\\" else char for char in uri)
 
 
 def _split_offsets(spark: SparkSession, refined: DataFrame, report: BackfillReport) -> DataFrame:

@@ -123,7 +123,7 @@ def refine_batches(
         for raw, path, block_start in zip(raws, paths, starts, strict=True):
             index = indexes.get(path)
             if index is None:
-                index = indexes[path] = file_index[path_key(path)]
+                index = indexes[path] = file_index[path_key(path, encoded=True)]
             counter = splits.get((index, block_start))
             if counter is None:
                 counter = splits[(index, block_start)] = [0, 0]
@@ -163,13 +163,16 @@ def refine_batches(
         yield _batch(rows, schema, names)
 
 
-def path_key(path: str) -> str:
-    """One spelling for a file's URI, whether it came from Hadoop's listing or Spark's metadata."""
+def path_key(path: str, *, encoded: bool = False) -> str:
+    """One spelling for a file's URI, from Hadoop's listing (``encoded=False``: ``Path.toString()``
+    is decoded) or from Spark's ``_metadata.file_path`` (``encoded=True``: %-encoded)."""
     from urllib.parse import unquote
 
+    if encoded:
+        path = unquote(path)
     if path.startswith("file:"):
-        return "file:/" + unquote(path[5:]).lstrip("/")
-    return unquote(path)
+        return "file:/" + path[5:].lstrip("/")
+    return path
 
 
 def _batch(rows: list[dict[str, Any]], schema: pa.Schema, names: list[str]) -> pa.RecordBatch:
