@@ -8,6 +8,11 @@ from typing import Any
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist declares it; without xdist installed --strict-markers would refuse the name.
+    config.addinivalue_line("markers", "xdist_group(name): run these tests in one xdist worker")
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
     pytest.importorskip("pyspark", reason="the Spark tests need pip install 'sessionflow[spark]'")
@@ -17,7 +22,7 @@ def spark() -> Iterator[Any]:
         "local[2]",
         app_name="sessionflow-tests",
         **{
-            "spark.sql.shuffle.partitions": "4",
+            "spark.sql.shuffle.partitions": "2",
             "spark.default.parallelism": "2",
             # Small splits, so one input file is read by several tasks: line numbers must still be exact.
             "spark.sql.files.maxPartitionBytes": str(512 * 1024),

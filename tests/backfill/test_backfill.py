@@ -60,12 +60,12 @@ HAND_MADE = [
 def feed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], Config]:
     """Dirty synthetic input in several files, a folder and a gzip file, in arrival order."""
     root = tmp_path_factory.mktemp("backfill")
-    lines = list(generate(FeedShape(events=14_000, machines=40, seed=11, days=4)))
+    lines = list(generate(FeedShape(events=10_000, machines=30, seed=11, days=4)))
     for offset, line in enumerate(HAND_MADE):
         lines.insert(500 + 37 * offset, line)
     folder = root / "raw" / "part"
     (folder / "2026" / "10").mkdir(parents=True)
-    chunks = [lines[:5000], lines[5000:9000], lines[9000:12000], lines[12000:]]
+    chunks = [lines[:4000], lines[4000:7000], lines[7000:8500], lines[8500:]]
     (folder / "2026" / "10" / "a.jsonl").write_bytes(b"\n".join(chunks[0]) + b"\n")
     (folder / "2026" / "10" / "b.jsonl").write_bytes(b"\n".join(chunks[1]))  # no final newline
     # A name Spark would take for a glob and a URL escape: it must still be read as itself.
@@ -137,7 +137,7 @@ def test_spark_lake_equals_the_embedded_runners(
     expected_rejections = _rejections(runner_lake)
 
     # The input is what it should be: dirty, multi-day, with sessions crossing midnight.
-    assert len(expected_events) > 10_000
+    assert len(expected_events) > 9_000
     assert not any(e["late"] for e in expected_events)
     assert len({e["event_date"] for e in expected_events}) >= 4
     start_day = {s["session_id"]: s["session_date"] for s in expected_sessions}

@@ -177,10 +177,9 @@ def backfill(
             if date_range is None:
                 sessionized = _sessionize(valid, config, None).persist(StorageLevel.MEMORY_AND_DISK)
                 persisted.append(sessionized)
-                counts = {row["kind"]: row["count"] for row in sessionized.groupBy("kind").count().collect()}
             else:
                 sessionized = _sessionize_range(spark, valid, config, date_range, margin_ms, report, persisted)
-                counts = {row["kind"]: row["count"] for row in sessionized.groupBy("kind").count().collect()}
+            counts = {row["kind"]: row["count"] for row in sessionized.groupBy("kind").count().collect()}
         report.events = counts.get(EVENT, 0)
         report.sessions = counts.get(SESSION, 0)
         with phase("write events"):
@@ -192,20 +191,30 @@ def backfill(
             report.duplicates = valid_count - report.events
             with phase("write rejected"):
                 _write_rejections(spark, refined, offsets, files, f"{staging}/rejected", fs)
-            report.partitions = {table: ["*"] for table in TABLES}
-            with phase("publish"):
-                _swap_tables(fs, staging, out_uri)
-        else:
-            with phase("publish"):
-                report.partitions = _swap_days(fs, staging, out_uri, date_range)
     except BaseException:
+        # Nothing was published: the lake is as it was.
         if fs.exists(staging):
             fs.delete(staging)
         raise
     finally:
         for frame in persisted:
             frame.unpersist()
+    # What is replaced is kept apart from staging until the end: a publish that fails halfway must not
+    # lose the days it had already moved aside.
+    replaced = f"{staging}-replaced"
+    with phase("publish"):
+        try:
+            if date_range is None:
+                report.partitions = {table: ["*"] for table in TABLES}
+                _swap_tables(fs, staging, out_uri, replaced)
+            else:
+                report.partitions = _swap_days(fs, staging, out_uri, replaced, date_range)
+        except Exception as exc:
+            raise OutputError(
+                f"{out}: publishing failed ({exc}); new files are in {staging}, the ones they replace in {replaced}"
+            ) from exc
     fs.delete(staging)
+    fs.delete(replaced)
     _remove_if_empty(fs, f"{out_uri}/{META_DIR}")
     report.seconds = time.perf_counter() - started
     return report
@@ -390,9 +399,8 @@ def _write_rejections(
 # -- publishing -------------------------------------------------------------------------------------------
 
 
-def _swap_tables(fs: HadoopFs, staging: str, out: str) -> None:
+def _swap_tables(fs: HadoopFs, staging: str, out: str, replaced: str) -> None:
     """Full backfill: each table folder is replaced by the staged one (two renames per table)."""
-    replaced = f"{staging}/replaced"
     for table in TABLES:
         new = f"{staging}/{table}"
         if not fs.exists(new):
@@ -402,9 +410,8 @@ def _swap_tables(fs: HadoopFs, staging: str, out: str) -> None:
         fs.rename(new, f"{out}/{table}")
 
 
-def _swap_days(fs: HadoopFs, staging: str, out: str, date_range: DateRange) -> dict[str, list[str]]:
+def _swap_days(fs: HadoopFs, staging: str, out: str, replaced: str, date_range: DateRange) -> dict[str, list[str]]:
     """Range backfill: every day of the range is replaced, or removed when it has no rows any more."""
-    replaced = f"{staging}/replaced"
     swapped: dict[str, list[str]] = {}
     for table, partition in (("events", EVENT_PARTITION), ("sessions", SESSION_PARTITION)):
         swapped[table] = []
