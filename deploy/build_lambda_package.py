@@ -75,7 +75,9 @@ def prune(target: Path) -> None:
 
 
 def write_zip(source: Path, out: Path) -> None:
-    files = sorted(path for path in source.rglob("*") if path.is_file())
+    files = sorted(
+        (path for path in source.rglob("*") if path.is_file()), key=lambda p: p.relative_to(source).as_posix()
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".zip.partial")
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
