@@ -53,7 +53,34 @@ FUNCTION_ENV = {
         "SESSIONFLOW_SESSIONS_FIREHOSE",
         "SESSIONFLOW_CONFIG",
     },
+    # Invoked by hand at the end of a replay: lists the clean shards, then closes their sessions.
+    "flush": {
+        "SESSIONFLOW_CLEAN_STREAM",
+        "SESSIONFLOW_STATE_TABLE",
+        "SESSIONFLOW_STATE_TTL",
+        "SESSIONFLOW_EVENTS_FIREHOSE",
+        "SESSIONFLOW_SESSIONS_FIREHOSE",
+        "SESSIONFLOW_CONFIG",
+    },
 }
+# What each function must be allowed to do with the resource each env var names.
+_STATE = ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem")
+_DELIVER = ("firehose:PutRecordBatch",)
+FUNCTION_GRANTS = {
+    "process": {"SESSIONFLOW_CLEAN_STREAM": ("kinesis:PutRecords",), "SESSIONFLOW_REJECTED_FIREHOSE": _DELIVER},
+    "sessionize": {
+        "SESSIONFLOW_STATE_TABLE": _STATE,
+        "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
+        "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
+    },
+    "flush": {
+        "SESSIONFLOW_CLEAN_STREAM": ("kinesis:ListShards",),
+        "SESSIONFLOW_STATE_TABLE": _STATE,
+        "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
+        "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
+    },
+}
+STREAM_FUNCTIONS = ("ProcessLambdaFunction", "SessionizeLambdaFunction")
 KINESIS_READ = ("GetRecords", "GetShardIterator", "DescribeStream", "DescribeStreamSummary", "ListShards")
 
 Template = dict[str, Any]
@@ -180,9 +207,9 @@ def test_cfn_lint_reports_no_errors(packaged: Path) -> None:
 
 def test_stream_mappings_retry_bisect_and_report_to_a_queue(template: Template) -> None:
     fns = of_type(template, "AWS::Lambda::Function")
-    assert {"ProcessLambdaFunction", "SessionizeLambdaFunction"} <= fns.keys()
     queues = of_type(template, "AWS::SQS::Queue")
-    for logical_id, function in fns.items():
+    for logical_id in STREAM_FUNCTIONS:
+        function = fns[logical_id]
         mapping = mapping_of(template, logical_id)
         assert mapping["BisectBatchOnFunctionError"] is True
         assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
@@ -196,6 +223,14 @@ def test_stream_mappings_retry_bisect_and_report_to_a_queue(template: Template) 
         assert allows(role, "sqs:SendMessage", destination), f"{logical_id}: the ESM sends failures with its role"
         for action in KINESIS_READ:
             assert allows(role, f"kinesis:{action}", mapping["EventSourceArn"]), f"{logical_id}: kinesis:{action}"
+
+
+def test_only_the_stream_functions_have_mappings(template: Template) -> None:
+    mapped = {
+        m["Properties"]["FunctionName"]["Fn::GetAtt"][0]
+        for m in of_type(template, "AWS::Lambda::EventSourceMapping").values()
+    }
+    assert mapped == set(STREAM_FUNCTIONS)
 
 
 def test_sessionize_runs_one_batch_per_shard_at_a_time(template: Template) -> None:
@@ -234,18 +269,12 @@ def test_function_environment_names_what_its_role_may_use(template: Template) ->
         assert required <= env.keys(), f"{short_name}: missing {sorted(required - env.keys())}"
         assert env["POWERTOOLS_SERVICE_NAME"] and env["POWERTOOLS_LOG_LEVEL"]
         role = role_of(template, function)
-        grants = {
-            "SESSIONFLOW_CLEAN_STREAM": ("kinesis:PutRecords",),
-            "SESSIONFLOW_REJECTED_FIREHOSE": ("firehose:PutRecordBatch",),
-            "SESSIONFLOW_EVENTS_FIREHOSE": ("firehose:PutRecordBatch",),
-            "SESSIONFLOW_SESSIONS_FIREHOSE": ("firehose:PutRecordBatch",),
-            "SESSIONFLOW_STATE_TABLE": ("dynamodb:BatchGetItem", "dynamodb:PutItem"),
-        }
-        for variable, actions in grants.items():
-            if variable in env:
-                target = getatt(env[variable]["Ref"])
-                for action in actions:
-                    assert allows(role, action, target), f"{short_name}: {variable} names {target} but no {action}"
+        named = {variable for variable, value in env.items() if isinstance(value, dict)}
+        assert named == FUNCTION_GRANTS[short_name].keys(), f"{short_name}: env vars naming resources"
+        for variable, actions in FUNCTION_GRANTS[short_name].items():
+            target = getatt(env[variable]["Ref"])
+            for action in actions:
+                assert allows(role, action, target), f"{short_name}: {variable} names {target} but no {action}"
 
 
 def test_streams_are_on_demand_and_kms_encrypted(template: Template) -> None:
@@ -395,19 +424,15 @@ def test_handlers_exist_in_the_artifact(artifact: Path, template: Template) -> N
 
 
 def _client_calls(path: Path, class_name: str) -> set[str]:
-    """The ``self.client.<method>`` calls made inside one class of a module."""
+    """The API methods one class of a module uses: every ``self.client.<method>``, called or passed on."""
     tree = ast.parse(path.read_text())
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
-    calls = set()
-    for node in ast.walk(cls):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Attribute)
-            and node.func.value.attr == "client"
-        ):
-            calls.add(node.func.attr)
-    return calls - {"exceptions"}
+    methods = {
+        node.attr
+        for node in ast.walk(cls)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "client"
+    }
+    return methods - {"exceptions", "meta"}
 
 
 def _action(service: str, method: str) -> str:
@@ -422,6 +447,9 @@ def _action(service: str, method: str) -> str:
         ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "process", "SESSIONFLOW_REJECTED_FIREHOSE"),
         ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "sessionize", "SESSIONFLOW_EVENTS_FIREHOSE"),
         ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "sessionize", "SESSIONFLOW_SESSIONS_FIREHOSE"),
+        ("state/dynamodb.py", "DynamoDBStore", "dynamodb", "flush", "SESSIONFLOW_STATE_TABLE"),
+        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "flush", "SESSIONFLOW_EVENTS_FIREHOSE"),
+        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "flush", "SESSIONFLOW_SESSIONS_FIREHOSE"),
     ],
 )
 def test_roles_grant_every_call_the_runtime_makes(
@@ -434,6 +462,11 @@ def test_roles_grant_every_call_the_runtime_makes(
     role = role_of(template, target)
     missing = [_action(service, m) for m in sorted(calls) if not allows(role, _action(service, m), resource)]
     assert not missing, f"{function}'s role lacks {missing} on {resource} (AccessDenied in AWS, unseen by moto)"
+
+
+def test_flush_may_list_the_clean_shards(template: Template) -> None:
+    flush = functions(template)["flush"]
+    assert allows(role_of(template, flush), "kinesis:ListShards", getatt("CleanStream"))
 
 
 def test_runtime_reads_every_variable_the_template_sets(template: Template) -> None:
