@@ -94,7 +94,7 @@ def serverless_command() -> list[str]:
         pytest.skip("node/npx not found: the Serverless Framework runs on Node.js (apt-get install nodejs npm)")
     if not (ROOT / "node_modules" / "serverless" / "package.json").is_file():
         # The same step as `make deploy-deps`: serverless@3 exactly as package-lock.json pins it.
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=ROOT, check=True, timeout=600)
+        subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=ROOT, check=True, timeout=600)
     return ["npx", "--no", "--", "serverless"]  # --no: never fetch a serverless (v4) from the registry
 
 
