@@ -6,6 +6,7 @@ Computed with integer arithmetic and small caches: this runs once per event.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 DAY_MS = 86_400_000
@@ -21,7 +22,9 @@ def version_parts(version: str) -> tuple[int | None, int | None]:
     return major, minor
 
 
+@lru_cache(maxsize=4096)
 def iso_date(day: int) -> str:
+    """Days since the epoch -> ``YYYY-MM-DD``."""
     return (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
 
 
