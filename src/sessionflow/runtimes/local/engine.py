@@ -71,16 +71,16 @@ def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     rejected: Counter[str] = Counter()
     blank = 0
     for offset, raw in enumerate(lines):
-        raw = strip_record(raw)
-        if not raw:
+        record = strip_record(raw)
+        if not record:
             blank += 1
             continue
-        result = refine(raw, now)
+        result = refine(record, now)
         if type(result) is dict:
             events.append(result)
         else:
             assert isinstance(result, Rejection)
-            rejections.append(rejection_row(result, source, first_line + offset))
+            rejections.append(rejection_row(result, source, first_line + offset, raw))
             rejected[result.reason.value] += 1
     # Every event has the refiner's keys in the same order: transpose rows to columns in C.
     fields = refiner.event_fields
