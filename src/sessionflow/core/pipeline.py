@@ -63,10 +63,7 @@ class Tally:
 
 def rejection_row(rejection: Rejection, source: str, line: int, raw: bytes | None = None) -> dict[str, Any]:
     """The rejected-output row. ``raw``: the line as read, when the rejection holds a stripped copy."""
-    if raw is None:
-        raw = rejection.raw
-    else:
-        raw = raw.rstrip(b"\r\n")
+    raw = rejection.raw if raw is None else raw.rstrip(b"\r\n")
     try:
         text: str | None = raw.decode("utf-8")
     except UnicodeDecodeError:
