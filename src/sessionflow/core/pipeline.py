@@ -93,10 +93,12 @@ class Refined:
 class Pipeline:
     """Refiner + Sessionizer, fed batch after batch. ``now_ms`` is the processing time."""
 
-    def __init__(self, config: Config, now_ms: int, sessionizer: Sessionizer | None = None) -> None:
+    def __init__(
+        self, config: Config, now_ms: int, sessionizer: Sessionizer | None = None, *, enrich: bool = True
+    ) -> None:
         self.config = config
         self.now_ms = now_ms
-        self.refiner = Refiner(config)
+        self.refiner = Refiner(config, enrich=enrich)
         self.sessionizer = sessionizer or Sessionizer(config.session)
         self.tally = Tally()
 

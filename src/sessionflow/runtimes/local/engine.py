@@ -17,12 +17,13 @@ import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import count, repeat
 from typing import Any
 
 import pyarrow as pa
 
 from sessionflow.config import Config
-from sessionflow.core import Refiner, Rejection, Sessionizer, Tally, rejection_row, strip_record
+from sessionflow.core import Pipeline, Sessionizer, Tally
 from sessionflow.core.sessionizer import Summary
 from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, to_record_batch
@@ -49,41 +50,26 @@ class Block:
 
 # -- worker side ---------------------------------------------------------------------------------
 
-_worker: tuple[Refiner, pa.Schema, int] | None = None
+_worker: tuple[Pipeline, pa.Schema] | None = None
 
 
 def _init_worker(config: Config, now_ms: int) -> None:
-    global _worker  # noqa: PLW0603 - one refiner per worker process, built once
+    global _worker  # noqa: PLW0603 - one pipeline per worker process, built once
     gc.disable()  # refining allocates millions of short-lived containers and no cycles
-    _worker = (Refiner(config, enrich=False), refined_schema(config), now_ms)
+    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config))
 
 
 def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`."""
     assert _worker is not None
-    refiner, schema, now = _worker
-    refine = refiner.refine
+    pipeline, schema = _worker
     lines = chunk.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
-    events = []
-    rejections = []
-    rejected: Counter[str] = Counter()
-    blank = 0
-    for offset, raw in enumerate(lines):
-        record = strip_record(raw)
-        if not record:
-            blank += 1
-            continue
-        result = refine(record, now)
-        if type(result) is dict:
-            events.append(result)
-        else:
-            assert isinstance(result, Rejection)
-            rejections.append(rejection_row(result, source, first_line + offset, raw))
-            rejected[result.reason.value] += 1
+    refined = pipeline.refine(zip(lines, repeat(source), count(first_line)))
+    events = refined.events
     # Every event has the refiner's keys in the same order: transpose rows to columns in C.
-    fields = refiner.event_fields
+    fields = pipeline.refiner.event_fields
     transposed = list(zip(*map(tuple, map(dict.values, events)), strict=True)) if events else [()] * len(fields)
     columns = dict(zip(fields, transposed, strict=True))
     batch = to_record_batch(columns, len(events), schema)
@@ -92,7 +78,7 @@ def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
         stream.write_batch(batch)
     nothing = (None,) * len(events)
     keys = marshal.dumps([columns.get(name, nothing) for name in KEY_COLUMNS])
-    return len(lines), blank, rejected, rejections, sink.getvalue(), keys
+    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), keys
 
 
 def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
