@@ -15,11 +15,14 @@ _CACHE_LIMIT = 100_000
 
 
 def version_parts(version: str) -> tuple[int | None, int | None]:
-    """``"11.2.3"`` -> (11, 2); parts that are not numbers are None."""
+    """``"11.2.3"`` -> (11, 2); a part that is not a plain number (or too big for int32) is None."""
     parts = version.split(".", 2)
-    major = int(parts[0]) if parts[0].isdigit() else None
-    minor = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-    return major, minor
+    return _number(parts[0]), _number(parts[1]) if len(parts) > 1 else None
+
+
+def _number(text: str) -> int | None:
+    # isdecimal, not isdigit: int() refuses superscripts that isdigit accepts.
+    return int(text) if text.isdecimal() and len(text) <= 9 else None
 
 
 @lru_cache(maxsize=4096)
