@@ -220,6 +220,7 @@ class Sessionizer:
         horizon = self.config.dedupe_horizon_ms
         clock = self.clock
         release = self._release
+        joins = self._joins
         push = heapq.heappush
         pop = heapq.heappop
         for record in records:
@@ -237,9 +238,12 @@ class Sessionizer:
             touched.add(machine_id)
             state.arrival_clock = clock
             last_key = state.last_key
-            if last_key is not None and ((ts, event_id) < last_key or self._extends_closed(state, record)):
-                out.release(record[PAYLOAD], None, None, None)
-                continue
+            if last_key is not None:
+                session = state.session
+                # Late: it sorts before an event already placed, or it would extend a closed session.
+                if (ts, event_id) < last_key or (session is not None and session.closed and joins(session, record)):
+                    out.release(record[PAYLOAD], None, None, None)
+                    continue
             pending = state.pending
             state.newest_ts = max(state.newest_ts, ts)
             release_before = state.newest_ts - lateness
@@ -249,10 +253,6 @@ class Sessionizer:
             push(pending, record)
             while pending and pending[0][0] < release_before:
                 release(state, pop(pending), out)
-
-    def _extends_closed(self, state: MachineState, record: Record) -> bool:
-        session = state.session
-        return session is not None and session.closed and self._joins(session, record)
 
     def _joins(self, session: OpenSession, record: Record) -> bool:
         """Would ``record``, coming right after the session's last event, stay in it?"""

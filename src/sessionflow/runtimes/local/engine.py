@@ -195,6 +195,7 @@ class Assembler:
         tally.rejected.update(block.rejected)
         if block.batch.num_rows == 0:
             sessionizer.end_batch(self)
+            self._finish_ready()
             return
         holder = _Pending(block.batch)
         self._open[id(holder)] = holder
