@@ -13,12 +13,23 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_LIMIT = 100_000
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def version_parts(version: str) -> tuple[int | None, int | None]:
     """``"11.2.3"`` -> (11, 2); parts that are not numbers are None."""
     parts = version.split(".", 2)
-    major = int(parts[0]) if parts[0].isdigit() else None
-    minor = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    major = _version_number(parts[0])
+    minor = _version_number(parts[1]) if len(parts) > 1 else None
     return major, minor
+
+
+def _version_number(part: str) -> int | None:
+    # ASCII only: "²".isdigit() is True yet int("²") raises. At most int32: the columns' type.
+    if not (part.isascii() and part.isdigit() and len(part) <= 10):
+        return None
+    number = int(part)
+    return number if number <= _INT32_MAX else None
 
 
 def iso_date(day: int) -> str:
