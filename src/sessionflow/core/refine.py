@@ -117,9 +117,9 @@ class Refiner:
                 return _field_problem(raw, name, value)
             if not value or value.isspace():
                 return Rejection(Reason.EMPTY_FIELD, f"field {name!r} is empty", raw)
-        if self._timestamp not in record:
-            return Rejection(Reason.MISSING_FIELD, f"field {self._timestamp!r} is missing", raw)
-        ts = record[self._timestamp]
+        ts = record.get(self._timestamp)
+        if ts is None:  # null is missing, as for the other required fields
+            return Rejection(Reason.MISSING_FIELD, f"field {self._timestamp!r} is missing or null", raw)
         if type(ts) is not int:
             ts = parse_timestamp(ts)
             if isinstance(ts, str):
