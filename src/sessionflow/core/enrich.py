@@ -14,15 +14,23 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_LIMIT = 100_000
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def version_parts(version: str) -> tuple[int | None, int | None]:
-    """``"11.2.3"`` -> (11, 2); a part that is not a plain number (or too big for int32) is None."""
+    """``"11.2.3"`` -> (11, 2); a part that is not a plain ASCII number within int32 is None."""
     parts = version.split(".", 2)
-    return _number(parts[0]), _number(parts[1]) if len(parts) > 1 else None
+    major = _version_number(parts[0])
+    minor = _version_number(parts[1]) if len(parts) > 1 else None
+    return major, minor
 
 
-def _number(text: str) -> int | None:
-    # isdecimal, not isdigit: int() refuses superscripts that isdigit accepts.
-    return int(text) if text.isdecimal() and len(text) <= 9 else None
+def _version_number(part: str) -> int | None:
+    # ASCII only: "²".isdigit() is True yet int("²") raises. At most int32: the columns' type.
+    if not (part.isascii() and part.isdigit() and len(part) <= 10):
+        return None
+    number = int(part)
+    return number if number <= _INT32_MAX else None
 
 
 @lru_cache(maxsize=4096)

@@ -142,10 +142,10 @@ class Refiner:
                     return _field_problem(raw, name, value)
                 if not value or value.isspace():
                     return Rejection(Reason.EMPTY_FIELD, f"field {name!r} is empty", raw)
-            ts = record.pop(ts_name, _MISSING)
+            ts = record.pop(ts_name, None)
             if type(ts) is not int:
-                if ts is _MISSING:
-                    return Rejection(Reason.MISSING_FIELD, f"field {ts_name!r} is missing", raw)
+                if ts is None:  # null is missing, as for the other required fields
+                    return Rejection(Reason.MISSING_FIELD, f"field {ts_name!r} is missing or null", raw)
                 parsed = parse_timestamp(ts)
                 if isinstance(parsed, str):
                     return Rejection(Reason.INVALID_TIMESTAMP if type(ts) is str else Reason.WRONG_TYPE, parsed, raw)
@@ -179,8 +179,6 @@ class Refiner:
 
         return refine
 
-
-_MISSING = object()
 
 
 def _undecodable(raw: bytes, exc: Exception) -> Rejection:

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,9 @@ Progress = Callable[[int], None]  # called with the bytes just consumed
 def session_fingerprint(config: Config) -> str:
     """Changes whenever a setting that shapes state changes: such a state cannot be reused."""
     session = config.session
-    text = repr((session, config.fields, config.columns))
+    # A frozenset's repr follows the string hash, which changes from one process to the next.
+    opening = sorted(session.opening_events)
+    text = repr((replace(session, opening_events=frozenset()), opening, config.fields, config.columns))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
