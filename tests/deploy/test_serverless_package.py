@@ -11,14 +11,18 @@ deploy/build_lambda_package.py installs (pip's cache or the registry).
 from __future__ import annotations
 
 import ast
+import fcntl
+import importlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 TASK_ROOT = "/var/task/"  # where Lambda unpacks a zip artifact
 STAGE, REGION = "ci", "eu-west-1"
+ARTIFACT = "sessionflow-lambda.zip"
 
 # No network, no credentials: dummy keys, no telemetry (sent on errors), no notifications.
 OFFLINE_ENV = {
@@ -66,7 +71,7 @@ FUNCTION_ENV = {
 # What each function must be allowed to do with the resource each env var names.
 _STATE = ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem")
 _DELIVER = ("firehose:PutRecordBatch",)
-FUNCTION_GRANTS = {
+FUNCTION_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "process": {"SESSIONFLOW_CLEAN_STREAM": ("kinesis:PutRecords",), "SESSIONFLOW_REJECTED_FIREHOSE": _DELIVER},
     "sessionize": {
         "SESSIONFLOW_STATE_TABLE": _STATE,
@@ -89,12 +94,25 @@ Template = dict[str, Any]
 # ------------------------------------------------------------------------------------------ fixtures
 
 
+@contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """One pytest-xdist worker at a time (they share the repo's node_modules and the run's temp dir)."""
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def serverless_command() -> list[str]:
     if shutil.which("node") is None or shutil.which("npx") is None:
         pytest.skip("node/npx not found: the Serverless Framework runs on Node.js (apt-get install nodejs npm)")
-    if not (ROOT / "node_modules" / "serverless" / "package.json").is_file():
-        # The same step as `make deploy-deps`: serverless@3 exactly as package-lock.json pins it.
-        subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=ROOT, check=True, timeout=600)
+    with exclusive(Path(tempfile.gettempdir()) / "sessionflow-npm-ci.lock"):
+        if not (ROOT / "node_modules" / "serverless" / "package.json").is_file():
+            # The same step as `make deploy-deps`: serverless@3 exactly as package-lock.json pins it.
+            command = ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"]
+            subprocess.run(command, cwd=ROOT, check=True, timeout=600)
     return ["npx", "--no", "--", "serverless"]  # --no: never fetch a serverless (v4) from the registry
 
 
@@ -106,19 +124,34 @@ def run_package(artifact: Path, out: Path, stage: str) -> None:
     assert result.returncode == 0, f"serverless package failed:\n{result.stdout}\n{result.stderr}"
 
 
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(dir)`` once per test run, even when pytest-xdist spreads this module over workers."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's directory, shared by its workers
+    target = base / f"deploy-{name}"
+    with exclusive(base / f"deploy-{name}.lock"):
+        if not (target / ".done").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            build(target)
+            (target / ".done").touch()
+    return target
+
+
+def build_artifact(directory: Path) -> None:
+    command = [sys.executable, str(ROOT / "deploy" / "build_lambda_package.py"), "--out", str(directory / ARTIFACT)]
+    subprocess.run(command, cwd=ROOT, check=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("lambda") / "sessionflow-lambda.zip"
-    command = [sys.executable, str(ROOT / "deploy" / "build_lambda_package.py"), "--out", str(out)]
-    subprocess.run(command, cwd=ROOT, check=True, timeout=300)
-    return out
+    return built_once(tmp_path_factory, "lambda", build_artifact) / ARTIFACT
 
 
 @pytest.fixture(scope="module")
 def packaged(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("serverless")
-    run_package(artifact, out, STAGE)
-    return out
+    return built_once(tmp_path_factory, "serverless", lambda out: run_package(artifact, out, STAGE))
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +409,7 @@ def test_prod_keeps_the_data_when_the_stack_goes(artifact: Path, tmp_path: Path)
 # ------------------------------------------------------------------------------------------ the artifact
 
 
-def test_artifact_holds_the_code_config_and_platform_wheels(artifact: Path, template: Template) -> None:
+def test_artifact_holds_the_code_config_and_platform_wheels(artifact: Path, template: Template, tmp_path: Path) -> None:
     with zipfile.ZipFile(artifact) as archive:
         names = set(archive.namelist())
         infos = archive.infolist()
@@ -398,7 +431,7 @@ def test_artifact_holds_the_code_config_and_platform_wheels(artifact: Path, temp
 
     from sessionflow.config import Config
 
-    shipped = artifact.parent / "shipped.toml"
+    shipped = tmp_path / "sessionflow.toml"
     shipped.write_text(config_text)
     Config.load(shipped)  # the config Lambda will load is one the pipeline accepts
 
@@ -488,7 +521,7 @@ def test_runtime_reads_every_variable_the_template_sets(template: Template) -> N
 def test_state_ttl_attribute_is_the_runtimes(template: Template) -> None:
     """The runtime's own table setup (used locally) names the TTL attribute the deployed table must use."""
     runtime_source("state/dynamodb.py")
-    from sessionflow.state import dynamodb
+    dynamodb = importlib.import_module("sessionflow.state.dynamodb")  # not imported at the top: may be absent
 
     class Recorder:
         def __init__(self) -> None:
