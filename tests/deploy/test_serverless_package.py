@@ -541,3 +541,64 @@ def test_state_ttl_attribute_is_the_runtimes(template: Template) -> None:
     dynamodb.create_table(recorder, "t")
     (table,) = of_type(template, "AWS::DynamoDB::Table").values()
     assert table["Properties"]["TimeToLiveSpecification"] == recorder.ttl
+
+
+# What the Lambda Python runtime puts on sys.path beside the function's code (/var/runtime).
+LAMBDA_RUNTIME_PROVIDES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3")
+
+IMPORT_CHECK = """
+import json, sys
+sys.path[:0] = sys.argv[1:3]
+from sessionflow.runtimes.aws import handlers
+from sessionflow.runtimes.aws.settings import Settings
+settings = Settings.from_env()
+config = settings.load_config()
+print(json.dumps({
+    "handlers": sorted(n for n in dir(handlers) if n.endswith("_handler")),
+    "clean_rules": len(config.clean),
+    "orjson": sys.modules["orjson"].__file__,
+}))
+"""
+
+
+def test_handlers_import_from_the_artifact_alone(tmp_path: Path) -> None:
+    """Unzipped with only what Lambda's runtime adds, the handlers import and load the shipped config.
+
+    The artifact is rebuilt for this interpreter's Python (the deployed one targets 3.12), with the
+    same requirements, so a dependency missing from deploy/lambda-requirements.txt fails here.
+    """
+    runtime_source("runtimes/aws/handlers.py")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    zipped = tmp_path / "local.zip"
+    command = [sys.executable, str(ROOT / "deploy" / "build_lambda_package.py"), "--out", str(zipped)]
+    subprocess.run([*command, "--python-version", version], cwd=ROOT, check=True, timeout=300)
+    task_root = tmp_path / "task"
+    with zipfile.ZipFile(zipped) as archive:
+        archive.extractall(task_root)
+    runtime_root = tmp_path / "runtime"
+    runtime_root.mkdir()
+    for name in LAMBDA_RUNTIME_PROVIDES:
+        module = importlib.import_module(name)
+        source = Path(module.__file__ or "")
+        source = source.parent if source.name == "__init__.py" else source
+        (runtime_root / source.name).symlink_to(source)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        **OFFLINE_ENV,
+        "SESSIONFLOW_CONFIG": str(task_root / "sessionflow.toml"),
+        "SESSIONFLOW_STATE_TTL": "7d",
+    }
+    # -S -I: no site-packages, no PYTHONPATH: only the task root and the runtime's own packages.
+    result = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", IMPORT_CHECK, str(task_root), str(runtime_root)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"process_handler", "sessionize_handler"} <= set(report["handlers"])
+    assert report["orjson"].startswith(str(task_root))
+    assert report["clean_rules"] == 2  # deploy/sessionflow.toml's rules (the default config has none)
