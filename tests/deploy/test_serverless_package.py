@@ -111,7 +111,7 @@ def serverless_command() -> list[str]:
     with exclusive(Path(tempfile.gettempdir()) / "sessionflow-npm-ci.lock"):
         if not (ROOT / "node_modules" / "serverless" / "package.json").is_file():
             # The same step as `make deploy-deps`: serverless@3 exactly as package-lock.json pins it.
-            command = ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"]
+            command = ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefer-offline"]
             subprocess.run(command, cwd=ROOT, check=True, timeout=600)
     return ["npx", "--no", "--", "serverless"]  # --no: never fetch a serverless (v4) from the registry
 
