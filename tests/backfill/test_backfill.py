@@ -53,6 +53,8 @@ HAND_MADE = [
     b'{"event_id":"\xc3\x28","machine_id":"mach-hand","event_type":"view","timestamp":1791280900000}',
     b'{"event_id":"late-dup","machine_id":"mach-hand","event_type":"edit","timestamp":1791280920000}',
     b'{"event_id":"late-dup","machine_id":"mach-hand","event_type":"edit","timestamp":1791280920000}',
+    # Rejected: its row keeps the line as read (BOM and blanks included), less the line end.
+    b'\xef\xbb\xbf  {"event_id": 1, "machine_id": "mach-hand"}  \r',
 ]
 
 
@@ -169,6 +171,8 @@ def test_spark_lake_equals_the_embedded_runners(
     assert any(s.endswith("/2026/11 %20[x].jsonl") for s in sources)
     hand = [r for r in rejections if b'"\xc3\x28"' in base64.b64decode(r["raw_base64"])]
     assert len(hand) == 1 and hand[0]["reason"] == "invalid_utf8" and hand[0]["raw"] is None
+    bom = [r for r in rejections if base64.b64decode(r["raw_base64"]).startswith(b"\xef\xbb\xbf  {")]
+    assert len(bom) == 1 and base64.b64decode(bom[0]["raw_base64"]).endswith(b"}  ")
 
 
 def _digest(folder: Path) -> dict[str, str]:

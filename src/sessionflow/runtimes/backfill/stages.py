@@ -150,7 +150,8 @@ def refine_batches(
                         "idx": idx,
                         "reason": result.reason.value,
                         "message": result.message,
-                        "raw": result.raw,
+                        # The line as read, not the stripped record: rejections keep what arrived.
+                        "raw": raw,
                     }
                 )
         if rows:
@@ -340,6 +341,6 @@ def rejection_lines(batches: Iterator[pa.RecordBatch], *, sources: list[str]) ->
         lines = batch.column("line").to_pylist()
         values = []
         for reason, message, raw, file, line in zip(reasons, messages, raws, files, lines, strict=True):
-            row = rejection_row(Rejection(Reason(reason), message, raw), sources[file], line)
+            row = rejection_row(Rejection(Reason(reason), message, raw), sources[file], line, raw)
             values.append(orjson.dumps(row).decode())
         yield pa.RecordBatch.from_arrays([pa.array(reasons, pa.string()), pa.array(values, pa.string())], schema=schema)
