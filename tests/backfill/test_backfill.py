@@ -154,6 +154,7 @@ def test_spark_lake_equals_the_embedded_runners(
     assert report.splits > report.files, "each folder file should be read in several splits"
 
     # Same files' shape, and the same rows.
+    assert not [p for p in lake.rglob(".*") if p.is_file()], "hidden files (Hadoop .crc) in the lake"
     assert _file_schema(lake, "events") == _file_schema(runner_lake, "events")
     assert _file_schema(lake, "sessions") == _file_schema(runner_lake, "sessions")
     assert len(events) == len(expected_events)

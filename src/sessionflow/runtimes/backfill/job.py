@@ -153,6 +153,7 @@ def backfill(
     if not files:
         raise InputError("no input files found")
     out_uri = fs.qualify(out).rstrip("/")
+    fs.no_checksum_files(out_uri)
     if date_range is None and not overwrite and any(fs.exists(f"{out_uri}/{t}") for t in TABLES):
         raise OutputError(f"{out}: already holds a lake; pass --overwrite to replace it, or --from/--to for some days")
     if margin_ms < config.session.timeout_ms:

@@ -70,6 +70,10 @@ class HadoopFs:
     def list_names(self, uri: str) -> list[str]:
         return [str(s.getPath().getName()) for s in self._fs(uri).listStatus(self._path(uri))]
 
+    def no_checksum_files(self, uri: str) -> None:
+        """Hadoop's local file system writes a hidden ``.name.crc`` next to every file; the lake has none."""
+        self._fs(uri).setWriteChecksum(False)
+
     def mkdirs(self, uri: str) -> None:
         self._fs(uri).mkdirs(self._path(uri))
 
