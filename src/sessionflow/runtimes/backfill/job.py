@@ -1,8 +1,9 @@
 """The Spark backfill job: raw JSON lines -> the same lake ``sessionflow run`` writes.
 
-Run it with ``sessionflow backfill`` (a local Spark) or submit this file to a cluster::
+Run it with ``sessionflow backfill`` (a local Spark) or submit this file to a cluster where the
+sessionflow wheel is installed (docs/backfill.md: Glue, EMR Serverless)::
 
-    spark-submit --py-files sessionflow.whl job.py s3://raw/events/ --out s3://lake/ --config sessionflow.toml
+    spark-submit job.py s3://raw/events/ --out s3://lake/ --config s3://conf/sessionflow.toml
 
 How it is built (see docs/backfill.md for the why):
 
