@@ -196,6 +196,19 @@ def test_event_exactly_the_lateness_behind_the_newest_is_on_time() -> None:
     assert sessions_of(out) == [["a", "b", "x", "n"]]
 
 
+def test_an_event_exactly_the_lateness_behind_stays_buffered() -> None:
+    sessionizer = Sessionizer(CONFIG)
+    out = Outputs()
+    sessionizer.process([event("m", T0, "w"), event("m", T0 + LATENESS, "n")], out)
+    assert out.events == []  # w is not released yet: a tie arriving now can still sort before it
+    sessionizer.process([event("m", T0, "v")], out)
+    sessionizer.process([event("m", T0 + LATENESS + 1, "p")], out)  # now w and v are past the bound
+    assert [e["event_id"] for e in out.events] == ["v", "w"]
+    sessionizer.flush(out)
+    assert out.late == 0
+    assert sessions_of(out) == [["v", "w", "n", "p"]]
+
+
 def test_event_sorting_before_a_released_event_is_late_flagged_and_kept() -> None:
     sessionizer, out = _released_up_to(T0 + 100 + LATENESS + 1)
     before = [event("m", T0 + 99, "y"), event("m", T0 + 100, "a2")]  # a2 ties b's timestamp, sorts first
