@@ -58,7 +58,12 @@ def test_defaults() -> None:
     assert config.validation.max_future_skew_ms == DAY
     assert config.validation.min_timestamp_ms == 946_684_800_000
     assert config.validation.max_record_bytes == 1024 * 1024
-    assert dict(config.columns) == {"user_id": "string", "app_version": "string", "os": "string", "document_id": "string"}
+    assert dict(config.columns) == {
+        "user_id": "string",
+        "app_version": "string",
+        "os": "string",
+        "document_id": "string",
+    }
     assert config.clean == ()
     assert Config.from_dict({}) == config
 
