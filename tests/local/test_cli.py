@@ -484,3 +484,25 @@ def test_max_reject_rate(workdir: Path, config_file: Path) -> None:
         assert main([*args, "--max-reject-rate", rate]) == code, rate
         # Published either way.
         assert sql(f"SELECT count(*) FROM {events_of(lake)}") == [(6,)]
+
+
+def test_late_records_are_kept_flagged_and_counted(workdir: Path, config_file: Path) -> None:
+    feed = workdir / "late.jsonl"
+    args = ["generate", "-n", "4000", "-m", "20", "-s", "9", "--late-rate", "0.03", "-o", str(feed)]
+    assert main(args) == 0
+    lake = workdir / "late-lake"
+    summary = run_json(feed, out=lake, config=config_file, extra=("--workers", "0"))
+    tally = summary["tally"]
+    assert tally["late"] > 0
+    assert tally["records"] == tally["events"] + total_rejected(summary) + tally["duplicates"]
+    ((late, placed, late_with_session),) = sql(
+        "SELECT count(*) FILTER (WHERE late), count(*) FILTER (WHERE NOT late), "
+        "count(*) FILTER (WHERE late AND (session_id IS NOT NULL OR session_seq IS NOT NULL "
+        f"OR ms_since_prev IS NOT NULL)) FROM {events_of(lake)}"
+    )
+    assert (late, late_with_session) == (tally["late"], 0)
+    assert sql(f"SELECT sum(event_count) FROM {sessions_of(lake)}") == [(placed,)]
+    # Late or not, the same input gives the same lake.
+    again = workdir / "late-lake-again"
+    run_json(feed, out=again, config=config_file, extra=("--workers", "0"))
+    assert placements(again) == placements(lake)
