@@ -506,3 +506,32 @@ def test_late_records_are_kept_flagged_and_counted(workdir: Path, config_file: P
     again = workdir / "late-lake-again"
     run_json(feed, out=again, config=config_file, extra=("--workers", "0"))
     assert placements(again) == placements(lake)
+
+
+def test_crlf_and_a_bom_give_what_plain_lines_give(
+    workdir: Path, feed: Path, config_file: Path, reference_lake: tuple[Path, dict[str, Any]]
+) -> None:
+    windows = workdir / "windows.jsonl"
+    windows.write_bytes(b"\xef\xbb\xbf" + feed.read_bytes().replace(b"\n", b"\r\n"))
+    lake = workdir / "windows-lake"
+    summary = run_json(windows, out=lake, config=config_file, extra=("--workers", "0"))
+    assert summary["tally"] == reference_lake[1]["tally"]
+    assert placements(lake) == placements(reference_lake[0])
+
+
+def test_a_record_larger_than_a_read_block_and_no_final_newline(workdir: Path, config_file: Path) -> None:
+    def record(event_id: str, **extra: Any) -> bytes:
+        fields = {"event_id": event_id, "machine_id": "m", "event_type": "view", "timestamp": 1_791_158_400_000}
+        return orjson.dumps({**fields, **extra})
+
+    big = record("big", pad="x" * (3 << 20))  # over the 1 MiB default limit and over a 2 MiB read block
+    feed = workdir / "big.jsonl"
+    feed.write_bytes(record("a") + b"\n" + big + b"\n" + record("b"))
+    lake = workdir / "big-lake"
+    summary = run_json(feed, out=lake, config=config_file, extra=("--workers", "0"))
+    assert summary["tally"]["records"] == 3
+    assert summary["tally"]["rejected"] == {"oversized": 1}
+    assert sorted(placements(lake)) == ["a", "b"]
+    ((reason, row),) = rejected_rows(lake)
+    assert (reason, row["line"]) == ("oversized", 2)
+    assert base64.b64decode(row["raw_base64"]) == big
