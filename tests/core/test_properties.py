@@ -40,6 +40,7 @@ class Scenario:
     config: SessionConfig
     events: list[dict[str, Any]]  # in arrival order
     batches: list[int]  # batch sizes, summing to len(events)
+    restarts: list[bool]  # after each batch: save the state as JSON and start from it (a new run)
 
 
 # On a grid of the lateness, timestamps and delays coincide often: the ties at the limits that a
@@ -100,7 +101,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         size = draw(st.integers(1, max(1, min(left, 12))))
         batches.append(size)
         left -= size
-    return Scenario(config, arrival, batches)
+    restarts = draw(st.lists(st.booleans(), min_size=len(batches), max_size=len(batches)))
+    return Scenario(config, arrival, batches, restarts)
 
 
 def reference(config: SessionConfig, events: list[dict[str, Any]]) -> Outputs:
@@ -114,14 +116,18 @@ def reference(config: SessionConfig, events: list[dict[str, Any]]) -> Outputs:
     return out
 
 
-def streamed(config: SessionConfig, events: list[dict[str, Any]], batches: list[int]) -> Outputs:
+def streamed(
+    config: SessionConfig, events: list[dict[str, Any]], batches: list[int], restarts: list[bool] | None = None
+) -> Outputs:
     out = Outputs()
     sessionizer = Sessionizer(config)
     start = 0
-    for size in batches:
+    for index, size in enumerate(batches):
         sessionizer.process(copy.deepcopy(events[start : start + size]), out)
         sessionizer.end_batch(out)
         start += size
+        if restarts and restarts[index]:
+            sessionizer = Sessionizer.restore(config, orjson.loads(orjson.dumps(sessionizer.snapshot())))
     sessionizer.flush(out)
     return out
 
@@ -143,7 +149,8 @@ def summaries(out: Outputs) -> dict[str, dict[str, Any]]:
 @given(scenarios())
 def test_streaming_in_any_chunking_equals_the_sorted_batch(scenario: Scenario) -> None:
     expected = reference(scenario.config, scenario.events)
-    actual = streamed(scenario.config, scenario.events, scenario.batches)
+    # Runs that end anywhere and keep their state give what one run gives (`run --state`, then `--flush`).
+    actual = streamed(scenario.config, scenario.events, scenario.batches, scenario.restarts)
     assert actual.late == 0
     assert not any(e["late"] for e in actual.events)
     assert actual.duplicates == []

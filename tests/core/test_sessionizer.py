@@ -474,3 +474,17 @@ def test_machine_state_round_trip() -> None:
     assert again.session is not None
     assert again.session.user_id == "u"
     assert [p[:2] for p in again.pending] == [(T0 + LATENESS + 5, "b")]
+
+
+def test_idle_machines_still_close_after_a_restore() -> None:
+    config = SessionConfig(timeout_ms=TIMEOUT, allowed_lateness_ms=LATENESS, clock_quorum=1)
+    sessionizer = Sessionizer(config)
+    out = Outputs()
+    sessionizer.process([event("m", T0, "a")], out)
+    sessionizer.end_batch(out)
+    restored = Sessionizer.restore(config, orjson.loads(orjson.dumps(sessionizer.snapshot())))
+    restored.process([event("n", T0 + config.idle_close_ms + 1, "b")], out)
+    restored.end_batch(out)
+    # m never speaks again: its session closes on the stream clock, not only at a flush.
+    assert [s["machine_id"] for s in out.sessions] == ["m"]
+    assert [e["event_id"] for e in out.events] == ["a"]
