@@ -290,6 +290,19 @@ def test_dedupe_horizon_boundary() -> None:
         assert out.late == 1 - int(duplicate)
 
 
+def test_the_last_placed_event_again_is_a_duplicate_even_past_the_horizon() -> None:
+    config = SessionConfig(dedupe_horizon_ms=HOUR, allowed_lateness_ms=LATENESS)
+    sessionizer = Sessionizer(config)
+    out = Outputs()
+    sessionizer.process([event("m", T0, "x"), event("m", T0 + 2 * HOUR, "z")], out)  # places x
+    sessionizer.end_batch(out)
+    sessionizer.machines["m"].seen.clear()  # its id pruned: only the last placed key recognises it
+    sessionizer.process([event("m", T0, "x")], out)
+    sessionizer.flush(out)
+    assert [e["event_id"] for e in out.duplicates] == ["x"]
+    assert out.late == 0
+
+
 def test_dedupe_survives_pruning_of_the_seen_ids() -> None:
     config = SessionConfig(dedupe_horizon_ms=HOUR, allowed_lateness_ms=LATENESS)
     # 600 events a minute apart: the seen ids are pruned many times over 10 hours.
