@@ -268,3 +268,43 @@ def _epoch(value: Any) -> float:
 
 def _iso(value: Any) -> str:
     return datetime.fromtimestamp(_epoch(value), UTC).isoformat()
+
+
+def pipeline_poller(
+    aws: Any,
+    store: StateStore | None = None,
+    batch_size: int = 100,
+    window_s: float = 0.0,
+    max_retries: int = 3,
+    handler_wrapper: Callable[[str, Handler], Handler] | None = None,
+) -> Poller:
+    """The two event source mappings of the pipeline (raw -> process, clean -> sessionize).
+
+    ``aws`` is a :class:`~sessionflow.runtimes.aws.local.resources.LocalAws`; checkpoints go to
+    ``store`` (default: the handlers' state table). ``handler_wrapper`` lets a test inject faults.
+    """
+    from sessionflow.runtimes.aws import handlers
+    from sessionflow.runtimes.aws.local.resources import ON_FAILURE_QUEUE, RAW_STREAM
+
+    sqs = aws.client("sqs")
+    queue_url = sqs.get_queue_url(QueueName=ON_FAILURE_QUEUE)["QueueUrl"]
+    wrap = handler_wrapper or (lambda _name, handler: handler)
+    mappings = [
+        Mapping(
+            RAW_STREAM,
+            wrap("process", handlers.process_handler),
+            batch_size,
+            window_s,
+            max_retries,
+            on_failure_queue_url=queue_url,
+        ),
+        Mapping(
+            aws.settings.clean_stream,
+            wrap("sessionize", handlers.sessionize_handler),
+            batch_size,
+            window_s,
+            max_retries,
+            on_failure_queue_url=queue_url,
+        ),
+    ]
+    return Poller(aws.client("kinesis"), store or handlers.runtime().store, mappings, sqs=sqs)

@@ -26,7 +26,8 @@ ON_FAILURE_QUEUE = "sessionflow-on-failure"
 RAW_STREAM = "raw"
 PREFIXES = {"events": "events/", "sessions": "sessions/", "rejected": "rejected/"}
 PARTITIONS = {"events": "event_date", "sessions": "session_date", "rejected": "reason"}
-IDS = {"events": "event_id", "sessions": "session_id"}
+# What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md).
+IDS = {"events": "event_id", "sessions": "session_id", "rejected": "source"}
 
 
 def local_environment(endpoint: str) -> dict[str, str]:
