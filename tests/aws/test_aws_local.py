@@ -67,12 +67,12 @@ def _assert_same_as_reference(rows: dict[str, list[dict[str, Any]]], reference: 
 
 
 def test_same_sessions_and_ids_as_the_embedded_runner(local_aws: LocalAws, config_path: Path, tmp_path: Path) -> None:
-    lines = list(generate(FeedShape(events=2500, machines=50, seed=11)))
+    lines = list(generate(FeedShape(events=2000, machines=40, seed=11)))
     put_lines(local_aws, lines)
-    _run(local_aws, batch_size=100)
+    _run(local_aws, batch_size=150)
     rows = read_output(local_aws)
     reference = _reference(config_path, lines)
-    assert len(reference.sessions) > 100 and reference.rejections
+    assert len(reference.sessions) > 80 and reference.rejections
     assert len(rows["events"]) == len(reference.events)  # no crash, no retry: not even an exact copy
     _assert_same_as_reference(rows, reference)
 
@@ -87,7 +87,7 @@ def test_same_sessions_and_ids_as_the_embedded_runner(local_aws: LocalAws, confi
 
 
 def test_a_poison_record_does_not_block_its_shard(local_aws: LocalAws, config_path: Path) -> None:
-    lines = list(generate(FeedShape(events=600, machines=10, seed=5)))
+    lines = list(generate(FeedShape(events=500, machines=10, seed=5)))
     poison = [b"\xff\xfe\x00 not even utf-8", b'{"event_id": "x", "machine_id": ' + b"[" * 5000, b"A" * 2_000_000]
     lines[100:100] = poison[:2]
     lines[300:300] = [poison[2][:1_000_000]]  # Kinesis' 1 MiB limit; the config's limit rejects it too
@@ -102,7 +102,7 @@ def test_a_poison_record_does_not_block_its_shard(local_aws: LocalAws, config_pa
 
 def test_a_record_the_handler_cannot_take_goes_to_the_on_failure_queue(local_aws: LocalAws, config_path: Path) -> None:
     """A record on ``clean`` that is not an event: sessionize fails it every time; the shard moves on."""
-    lines = list(generate(FeedShape(events=400, machines=6, seed=9)))
+    lines = list(generate(FeedShape(events=300, machines=6, seed=9)))
     put_lines(local_aws, lines)
     kinesis = local_aws.client("kinesis")
     poison_seq = kinesis.put_record(StreamName="clean", Data=b"not json", PartitionKey="x")["SequenceNumber"]
@@ -121,7 +121,7 @@ def test_retried_batches_change_nothing(local_aws: LocalAws, config_path: Path) 
     """Every batch is delivered twice (Lambda's at-least-once, at its worst): the output is the same."""
     # Dense enough that a batch spans minutes of event time, not hours: a copy is recognised by its
     # event_id while its machine's state is kept (max(idle close, dedupe_horizon) of stream time).
-    lines = list(generate(FeedShape(events=1200, machines=20, seed=13, days=0.25)))
+    lines = list(generate(FeedShape(events=800, machines=16, seed=13, days=0.2)))
     put_lines(local_aws, lines)
 
     def twice(_name: str, handler: Handler) -> Handler:
@@ -174,7 +174,7 @@ def _kill_after(calls: int, where: str) -> Callable[[str, Handler], Handler]:
 
 @pytest.mark.parametrize("where", ["sessionize", "process"])
 def test_a_killed_poller_resumes_without_loss(local_aws: LocalAws, config_path: Path, where: str) -> None:
-    lines = list(generate(FeedShape(events=1500, machines=25, seed=17, days=0.25)))
+    lines = list(generate(FeedShape(events=1000, machines=20, seed=17, days=0.2)))
     put_lines(local_aws, lines)
     with pytest.raises(Killed):
         pipeline_poller(local_aws, batch_size=60, handler_wrapper=_kill_after(5, where)).run()
