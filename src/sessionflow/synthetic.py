@@ -53,6 +53,8 @@ class FeedShape:
     iso_timestamp_rate: float = 0.02
     blank_rate: float = 0.0005
     max_delay_ms: int = 4 * MINUTE  # under the default 5 min lateness
+    # Records that arrive 6 to 60 minutes late: the sessionizer keeps them, flagged late.
+    late_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.events < 0 or self.machines <= 0:
@@ -214,6 +216,8 @@ def generate(shape: FeedShape) -> Iterator[bytes]:
         else:
             line = orjson.dumps(_record(machine, rng, shape, ts, event_type, extra))
         delay = rng.randint(0, 2 * SECOND) if rng.random() < 0.9 else rng.randint(0, shape.max_delay_ms)
+        if shape.late_rate and rng.random() < shape.late_rate:
+            delay = rng.randint(6 * MINUTE, 60 * MINUTE)
         sequence += 1
         heapq.heappush(arrivals, (ts + delay, sequence, line))
         produced += 1
@@ -224,3 +228,34 @@ def generate(shape: FeedShape) -> Iterator[bytes]:
             produced += 1
     while arrivals:
         yield heapq.heappop(arrivals)[2]
+
+
+def write_feed(shape: FeedShape, output: str) -> int:
+    """Write the feed as JSON lines to a file (gzip when the name ends in .gz) or ``-`` (stdout)."""
+    import gzip
+    import sys
+
+    if output == "-":
+        handle = sys.stdout.buffer
+    elif output.endswith(".gz"):
+        handle = gzip.open(output, "wb", compresslevel=5)  # noqa: SIM115
+    else:
+        handle = open(output, "wb")  # noqa: SIM115
+    written = 0
+    try:
+        chunk: list[bytes] = []
+        for line in generate(shape):
+            chunk.append(line)
+            if len(chunk) >= 10_000:
+                handle.write(b"\n".join(chunk) + b"\n")
+                written += len(chunk)
+                chunk.clear()
+        if chunk:
+            handle.write(b"\n".join(chunk) + b"\n")
+            written += len(chunk)
+    finally:
+        if output != "-":
+            handle.close()
+        else:
+            handle.flush()
+    return written

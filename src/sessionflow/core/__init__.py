@@ -1,7 +1,7 @@
 """The pure core: records -> events | rejections; cleaning rules; sessionizer; ids. No I/O."""
 
 from sessionflow.core.ids import session_id
-from sessionflow.core.pipeline import Pipeline, Tally
+from sessionflow.core.pipeline import Pipeline, Refined, Tally, rejection_row
 from sessionflow.core.refine import Event, Refiner, strip_record
 from sessionflow.core.rejections import Reason, Rejection, RejectRecord
 from sessionflow.core.sessionizer import MachineState, OpenSession, Outputs, Sessionizer
@@ -13,11 +13,13 @@ __all__ = [
     "Outputs",
     "Pipeline",
     "Reason",
+    "Refined",
     "Refiner",
     "RejectRecord",
     "Rejection",
     "Sessionizer",
     "Tally",
+    "rejection_row",
     "session_id",
     "strip_record",
 ]

@@ -61,8 +61,9 @@ class Tally:
         return cls(**{**data, "rejected": Counter(data["rejected"])})
 
 
-def rejection_row(rejection: Rejection, source: str, line: int) -> dict[str, Any]:
-    raw = rejection.raw
+def rejection_row(rejection: Rejection, source: str, line: int, raw: bytes | None = None) -> dict[str, Any]:
+    """The rejected-output row. ``raw``: the line as read, when the rejection holds a stripped copy."""
+    raw = rejection.raw if raw is None else raw.rstrip(b"\r\n")
     try:
         text: str | None = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -78,41 +79,68 @@ def rejection_row(rejection: Rejection, source: str, line: int) -> dict[str, Any
     }
 
 
+@dataclass
+class Refined:
+    """One batch after the stateless half: valid events in arrival order, rejections, counts."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+    records: int = 0
+    blank: int = 0
+
+
 class Pipeline:
     """Refiner + Sessionizer, fed batch after batch. ``now_ms`` is the processing time."""
 
-    def __init__(self, config: Config, now_ms: int, sessionizer: Sessionizer | None = None) -> None:
+    def __init__(
+        self, config: Config, now_ms: int, sessionizer: Sessionizer | None = None, *, enrich: bool = True
+    ) -> None:
         self.config = config
         self.now_ms = now_ms
-        self.refiner = Refiner(config)
+        self.refiner = Refiner(config, enrich=enrich)
         self.sessionizer = sessionizer or Sessionizer(config.session)
         self.tally = Tally()
 
     def feed(self, lines: Iterable[RawLine], out: Outputs) -> None:
         """Process one batch; what it releases is appended to ``out``."""
+        self.sessionize(self.refine(lines), out)
+
+    def refine(self, lines: Iterable[RawLine]) -> Refined:
+        """The stateless half: parse, clean, validate, enrich. Safe to run in parallel."""
         refine = self.refiner.refine
         now = self.now_ms
-        valid = []
-        rejections = out.rejections
-        tally = self.tally
+        batch = Refined()
+        valid = batch.events
+        rejections = batch.rejections
+        rejected = batch.rejected
         records = blank = 0
         for raw, source, line in lines:
-            raw = strip_record(raw)
-            if not raw:
+            record = strip_record(raw)
+            if not record:
                 blank += 1
                 continue
             records += 1
-            result = refine(raw, now)
+            result = refine(record, now)
             if type(result) is dict:
                 valid.append(result)
             else:
                 assert isinstance(result, Rejection)
-                rejections.append(rejection_row(result, source, line))
-                tally.rejected[result.reason.value] += 1
-        tally.records += records
-        tally.blank += blank
+                rejections.append(rejection_row(result, source, line, raw))
+                rejected[result.reason.value] += 1
+        batch.records = records
+        batch.blank = blank
+        return batch
+
+    def sessionize(self, batch: Refined, out: Outputs) -> None:
+        """The stateful half: must see batches in arrival order."""
+        tally = self.tally
+        tally.records += batch.records
+        tally.blank += batch.blank
+        tally.rejected.update(batch.rejected)
+        out.rejections.extend(batch.rejections)
         counts = (len(out.events), len(out.sessions), len(out.duplicates), out.late)
-        self.sessionizer.process(valid, out)
+        self.sessionizer.process(batch.events, out)
         self.sessionizer.end_batch(out)
         self._count(out, counts)
 

@@ -1,0 +1,1 @@
+"""Thin adapters that move bytes in and out of the core: local files, AWS, Spark."""

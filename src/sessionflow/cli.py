@@ -1,0 +1,249 @@
+"""The command line: the composition root for people.
+
+Exit codes: 0 done; 1 an unexpected error (a bug: please report it); 2 bad usage or a bad config;
+3 an input cannot be read; 4 the lake or the state cannot be written; 5 ``verify`` found a
+problem; 6 the run finished but rejected more than ``--max-reject-rate``; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sessionflow import __version__
+from sessionflow.config import Config, ConfigError
+from sessionflow.errors import InputError, OutputError, StateError, UsageError
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_OUTPUT = 4
+EXIT_VERIFY = 5
+EXIT_QUALITY = 6
+EXIT_INTERRUPTED = 130
+
+# Every environment variable the CLI reads, in one place (shown in --help).
+ENV_CONFIG = "SESSIONFLOW_CONFIG"
+ENV_LOG_LEVEL = "SESSIONFLOW_LOG_LEVEL"
+DEFAULT_CONFIG_FILE = "sessionflow.toml"
+
+log = logging.getLogger("sessionflow")
+
+EXAMPLE_CONFIG = """\
+# sessionflow.toml: see the README for every key.
+[session]
+timeout = "30m"
+opening_events = ["app_open"]
+allowed_lateness = "5m"
+
+[[clean]]          # build 11.2.* sent timestamps in seconds
+when = { app_version = "11.2.*" }
+scale = { timestamp = 1000 }
+
+[[clean]]          # some builds sent upper-case event types
+lowercase = ["event_type"]
+"""
+
+
+def resolve_config(explicit: str | None) -> Config:
+    """--config, then $SESSIONFLOW_CONFIG, then ./sessionflow.toml if present, then defaults."""
+    path = explicit or os.environ.get(ENV_CONFIG)
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is None:
+        return Config()
+    config = Config.load(path)
+    log.info("config: %s", path)
+    return config
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sessionflow: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sessionflow.runtimes.local.console import run_with_console
+
+    config = resolve_config(args.config)
+    if args.workers is not None and args.workers < 0:
+        raise UsageError("--workers must be 0 or more")
+    if args.flush and args.state is None:
+        raise UsageError("--flush only makes sense with --state (a run without state always flushes)")
+    return run_with_console(
+        inputs=args.inputs,
+        lake=Path(args.out),
+        config=config,
+        state_path=Path(args.state) if args.state else None,
+        flush=args.flush,
+        overwrite=args.overwrite,
+        max_reject_rate=args.max_reject_rate,
+        workers=args.workers,
+        as_json=args.json,
+        quiet=args.quiet,
+    )
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from sessionflow.synthetic import FeedShape, write_feed
+
+    shape = FeedShape(events=args.events, machines=args.machines, seed=args.seed, late_rate=args.late_rate)
+    written = write_feed(shape, args.output)
+    if args.output != "-":
+        log.warning("wrote %d records to %s", written, args.output)
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sessionflow.runtimes.local.console import demo
+
+    return demo(Path(args.dir), events=args.events, machines=args.machines)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise UsageError(f"{path} exists; pass --force to replace it")
+    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    log.warning("wrote %s", path)
+    return EXIT_OK
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = resolve_config(args.config)
+    session = config.session
+    print(
+        f"config ok: timeout {session.timeout_ms} ms, lateness {session.allowed_lateness_ms} ms, "
+        f"opening events {sorted(session.opening_events)}, {len(config.clean)} cleaning rule(s)"
+    )
+    return EXIT_OK
+
+
+def _percentage(text: str) -> float:
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1 (or 0% and 100%)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sessionflow",
+        description="Raw app usage events in; clean, enriched, sessionized events out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "environment:\n"
+            f"  {ENV_CONFIG}      config file when --config is not given\n"
+            f"                          (else ./{DEFAULT_CONFIG_FILE} when present, else built-in defaults)\n"
+            f"  {ENV_LOG_LEVEL}   DEBUG, INFO, WARNING (default) or ERROR\n\n"
+            "exit codes: 0 ok, 1 bug, 2 usage or config, 3 input, 4 output or state, 5 verify failed,\n"
+            "            6 too many rejections, 130 interrupted"
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"sessionflow {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get(ENV_LOG_LEVEL, "WARNING"), help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="process JSON-lines input into a Parquet lake")
+    run.add_argument("inputs", nargs="+", metavar="INPUT", help="JSON-lines file, .gz file, directory, or - for stdin")
+    run.add_argument("--out", "-o", required=True, metavar="DIR", help="the lake folder")
+    run.add_argument("--config", "-c", metavar="FILE", help=f"sessionflow.toml (env {ENV_CONFIG})")
+    run.add_argument("--state", metavar="PATH", help="keep machine state between runs in this file")
+    run.add_argument("--flush", action="store_true", help="with --state: close every session at the end")
+    run.add_argument("--overwrite", action="store_true", help="replace a lake already in DIR")
+    run.add_argument(
+        "--max-reject-rate",
+        type=_percentage,
+        metavar="RATE",
+        help="exit 6 when more than RATE of the records are rejected (e.g. 0.05 or 5%%); the lake is written",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes that parse and validate (default: one per core; 0: all in this process)",
+    )
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary table")
+    run.set_defaults(handler=_cmd_run)
+
+    generate = commands.add_parser("generate", help="write realistic synthetic events, dirty like a real feed")
+    generate.add_argument("--events", "-n", type=int, default=100_000)
+    generate.add_argument("--machines", "-m", type=int, default=1_000)
+    generate.add_argument("--seed", "-s", type=int, default=1)
+    generate.add_argument(
+        "--late-rate", type=float, default=0.0, metavar="P", help="share of records that arrive 6-60 minutes late"
+    )
+    generate.add_argument("-o", "--output", default="-", metavar="FILE", help="a .gz name compresses; - is stdout")
+    generate.set_defaults(handler=_cmd_generate)
+
+    demo = commands.add_parser("demo", help="generate, run and summarise in a local folder")
+    demo.add_argument("--dir", default="sessionflow-demo", help="where to put it (default: ./sessionflow-demo)")
+    demo.add_argument("--events", type=int, default=50_000)
+    demo.add_argument("--machines", type=int, default=500)
+    demo.set_defaults(handler=_cmd_demo)
+
+    init = commands.add_parser("init", help="write an example sessionflow.toml")
+    init.add_argument("path", nargs="?", default=DEFAULT_CONFIG_FILE)
+    init.add_argument("--force", action="store_true")
+    init.set_defaults(handler=_cmd_init)
+
+    check = commands.add_parser("check-config", help="load and validate a config, run nothing")
+    check.add_argument("--config", "-c", metavar="FILE")
+    check.set_defaults(handler=_cmd_check_config)
+
+    for register in _runtime_commands():
+        register(commands)
+    return parser
+
+
+def _runtime_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
+    """Subcommands of the optional runtimes; their modules import nothing heavy."""
+    registers = []
+    for module_name in (
+        "sessionflow.runtimes.local.verify",
+        "sessionflow.runtimes.aws.commands",
+        "sessionflow.runtimes.backfill.commands",
+    ):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ImportError:
+            continue
+        registers.append(module.register)
+    return registers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        return int(args.handler(args))
+    except (ConfigError, UsageError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except InputError as exc:
+        log.error("input: %s", exc)
+        return EXIT_INPUT
+    except (OutputError, StateError) as exc:
+        log.error("output: %s", exc)
+        return EXIT_OUTPUT
+    except KeyboardInterrupt:
+        log.error("interrupted; nothing of this run was published")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception:
+        log.exception("unexpected error (a bug: please report it with this trace)")
+        return EXIT_BUG

@@ -1,0 +1,1 @@
+"""The embedded runtime: files in, a Parquet lake out, on one machine."""
