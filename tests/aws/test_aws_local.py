@@ -85,6 +85,42 @@ def test_same_sessions_and_ids_as_the_embedded_runner(local_aws: LocalAws, confi
     dates = {e["event_date"] for e in reference.events}
     assert {p.name for p in (tmp_path / "lake" / "events").iterdir()} == {f"event_date={d}" for d in dates}
 
+    # And against the embedded runner itself (`sessionflow run`, Parquet lake): same mapping, same summaries.
+    embedded = _embedded_lake(config_path, lines, tmp_path)
+    events = dedupe(rows["events"], "event_id")
+    assert {e["event_id"]: e["session_id"] for e in events} == {
+        e["event_id"]: e["session_id"] for e in embedded["events"]
+    }
+    columns = set(embedded["sessions"][0])
+    ours = {
+        s["session_id"]: {k: v for k, v in s.items() if k in columns} for s in dedupe(rows["sessions"], "session_id")
+    }
+    assert ours == {s["session_id"]: s for s in embedded["sessions"]}
+
+
+def _embedded_lake(config_path: Path, lines: list[bytes], tmp_path: Path) -> dict[str, list[dict[str, Any]]]:
+    """``sessionflow run`` on the same lines; its Parquet lake as rows (JSON-comparable values)."""
+    pytest.importorskip("pyarrow", reason="the embedded runner needs sessionflow[local]")
+    import pyarrow.dataset as ds
+
+    from sessionflow.cli import main
+
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"\n".join(lines) + b"\n")
+    lake = tmp_path / "embedded"
+    assert main(["run", str(feed), "--out", str(lake), "--config", str(config_path), "--quiet", "--workers", "0"]) == 0
+    tables = {}
+    for table in ("events", "sessions"):
+        rows = ds.dataset(lake / table, format="parquet", partitioning="hive").to_table().to_pylist()
+        for row in rows:
+            for key, value in row.items():
+                if hasattr(value, "isoformat"):  # timestamp_ms columns: the JSON outputs carry ISO-8601 text
+                    row[key] = value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            if table == "sessions":
+                row["event_type_counts"] = dict(row["event_type_counts"])
+        tables[table] = rows
+    return tables
+
 
 def test_a_poison_record_does_not_block_its_shard(local_aws: LocalAws, config_path: Path) -> None:
     lines = list(generate(FeedShape(events=500, machines=10, seed=5)))
@@ -155,16 +191,18 @@ def _kill_after(calls: int, where: str) -> Callable[[str, Handler], Handler]:
         def deliver(event: dict[str, Any], context: Any) -> Any:
             counter["n"] += 1
             if counter["n"] == calls:
-                # Die inside the handler after its state is written and before its outputs are sent.
-                sessionize = handlers.runtime().sessionize
-                real_send = sessionize.sink.send
+                # Die inside the handler once its first effect is done: for sessionize, state written
+                # and rows sent, the shard's commit not closed; for process, events put on `clean`.
+                runtime = handlers.runtime()
+                target: Any = runtime.sessionize.sink if name == "sessionize" else runtime.process.clean
+                method = "send" if name == "sessionize" else "put"
+                real = getattr(target, method)
 
-                def send_then_die(rows: Any) -> None:
-                    sessionize.sink.send = real_send  # type: ignore[method-assign]
-                    real_send(rows)
+                def then_die(*args: Any) -> Any:
+                    real(*args)
                     raise Killed
 
-                sessionize.sink.send = send_then_die  # type: ignore[method-assign]
+                setattr(target, method, then_die)
             return handler(event, context)
 
         return deliver
@@ -174,7 +212,7 @@ def _kill_after(calls: int, where: str) -> Callable[[str, Handler], Handler]:
 
 @pytest.mark.parametrize("where", ["sessionize", "process"])
 def test_a_killed_poller_resumes_without_loss(local_aws: LocalAws, config_path: Path, where: str) -> None:
-    lines = list(generate(FeedShape(events=1000, machines=20, seed=17, days=0.2)))
+    lines = list(generate(FeedShape(events=800, machines=16, seed=17, days=0.2)))
     put_lines(local_aws, lines)
     with pytest.raises(Killed):
         pipeline_poller(local_aws, batch_size=60, handler_wrapper=_kill_after(5, where)).run()
@@ -185,3 +223,47 @@ def test_a_killed_poller_resumes_without_loss(local_aws: LocalAws, config_path: 
     _assert_same_as_reference(rows, reference)  # dedupe() raises if two copies of an id differ
     extra = len(rows["events"]) + len(rows["sessions"]) - len(reference.events) - len(reference.sessions)
     assert extra >= 0
+
+
+def test_a_poller_process_killed_with_sigkill_resumes(local_aws: LocalAws, config_path: Path, tmp_path: Path) -> None:
+    """A real ``sessionflow aws-local run`` process, SIGKILLed once output starts reaching S3."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    lines = list(generate(FeedShape(events=1000, machines=20, seed=19, days=0.2)))
+    put_lines(local_aws, lines)
+    command = [
+        sys.executable,
+        "-m",
+        "sessionflow",
+        "aws-local",
+        "run",
+        "--endpoint",
+        local_aws.endpoint,
+        "--config",
+        str(config_path),
+        "--batch-size",
+        "40",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    s3 = local_aws.client("s3")
+    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not s3.list_objects_v2(Bucket="sessionflow-lake", Prefix="events/").get("KeyCount"):
+            assert first.poll() is None, first.communicate()[0].decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    partial = read_output(local_aws)
+    reference = _reference(config_path, lines)
+    assert 0 < len(partial["events"]) < len(reference.events)  # it really died mid-stream
+
+    second = subprocess.run([*command, "--flush"], check=False, env=env, cwd=tmp_path, capture_output=True, timeout=300)
+    assert second.returncode == 0, second.stderr.decode()
+    _assert_same_as_reference(read_output(local_aws), reference)
