@@ -1,8 +1,9 @@
 """DynamoDB backend: one table, partition key ``pk`` (string); the client is injected.
 
 Attributes: ``v`` version (N), ``b`` the compressed JSON value (B), ``m`` a string set (SS),
-``expires_at`` epoch seconds (N, the table's TTL attribute). Reads are strongly consistent
-BatchGetItem calls (100 keys each); writes are conditional PutItem/DeleteItem on ``v``.
+``ttl`` epoch seconds (N, the table's TTL attribute; a reserved word, hence ``#ttl`` in expressions).
+Reads are strongly consistent BatchGetItem calls (100 keys each); writes are conditional
+PutItem/DeleteItem on ``v``; timer sets are UpdateItem ADD.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from sessionflow.state.base import Record, StateStore
 
+TTL_ATTRIBUTE = "ttl"
 _BATCH_GET_LIMIT = 100
 _MAX_UNPROCESSED_ROUNDS = 8
 
@@ -50,20 +52,23 @@ class DynamoDBStore(StateStore):
     ) -> bool:
         item: dict[str, Any] = {"pk": {"S": key}, "v": {"N": str(version)}, "b": {"B": blob}}
         if expires_at is not None:
-            item["expires_at"] = {"N": str(expires_at)}
+            item[TTL_ATTRIBUTE] = {"N": str(expires_at)}
         if expected_version is None:
             # Absent, or present but past its TTL (DynamoDB has not swept it yet).
-            condition = "attribute_not_exists(pk) OR (attribute_exists(expires_at) AND expires_at <= :now)"
-            values = {":now": {"N": str(now)}}
-        else:
-            condition = "v = :expected"
-            values = {":expected": {"N": str(expected_version)}}
+            return self._conditional(
+                self.client.put_item,
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR (attribute_exists(#ttl) AND #ttl <= :now)",
+                ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
+                ExpressionAttributeValues={":now": {"N": str(now)}},
+            )
         return self._conditional(
             self.client.put_item,
             TableName=self.table,
             Item=item,
-            ConditionExpression=condition,
-            ExpressionAttributeValues=values,
+            ConditionExpression="v = :expected",
+            ExpressionAttributeValues={":expected": {"N": str(expected_version)}},
         )
 
     def _remove(self, key: str, expected_version: int | None) -> bool:
@@ -74,17 +79,13 @@ class DynamoDBStore(StateStore):
         return self._conditional(self.client.delete_item, **kwargs)
 
     def _add(self, key: str, members: frozenset[str], expires_at: int | None) -> None:
-        values: dict[str, Any] = {":m": {"SS": sorted(members)}}
+        kwargs: dict[str, Any] = {"ExpressionAttributeValues": {":m": {"SS": sorted(members)}}}
         expression = "ADD m :m"
         if expires_at is not None:
-            expression += " SET expires_at = :e"
-            values[":e"] = {"N": str(expires_at)}
-        self.client.update_item(
-            TableName=self.table,
-            Key={"pk": {"S": key}},
-            UpdateExpression=expression,
-            ExpressionAttributeValues=values,
-        )
+            expression += " SET #ttl = :e"
+            kwargs["ExpressionAttributeValues"][":e"] = {"N": str(expires_at)}
+            kwargs["ExpressionAttributeNames"] = {"#ttl": TTL_ATTRIBUTE}
+        self.client.update_item(TableName=self.table, Key={"pk": {"S": key}}, UpdateExpression=expression, **kwargs)
 
     def _conditional(self, call: Callable[..., Any], **kwargs: Any) -> bool:
         try:
@@ -95,7 +96,7 @@ class DynamoDBStore(StateStore):
 
 
 def _record(raw: dict[str, Any]) -> Record:
-    expires = raw.get("expires_at")
+    expires = raw.get(TTL_ATTRIBUTE)
     blob = raw.get("b")
     return Record(
         blob=bytes(blob["B"]) if blob else None,
@@ -115,5 +116,5 @@ def create_table(client: Any, table: str) -> None:
     )
     client.get_waiter("table_exists").wait(TableName=table)
     client.update_time_to_live(
-        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
     )
