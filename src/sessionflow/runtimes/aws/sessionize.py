@@ -175,6 +175,9 @@ class ShardSessionizer:
             changes.append(_Change(machine_id, item.version if item else None, value))
 
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock]
+        unchanged = (clock, leaders) == (shard_state["clock"], shard_state["leaders"])
+        if not changes and not fully_due and unchanged and not shard_state.get("inflight"):
+            return report  # a redelivered batch already applied: not even the shard item is rewritten
         new_state = {"clock": clock, "leaders": leaders, "buckets": shard_state["buckets"]}
         self._commit(shard, shard_item, new_state, changes, fully_due, report)
         return report
