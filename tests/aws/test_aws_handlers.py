@@ -214,3 +214,18 @@ def test_a_crash_between_state_and_outputs_loses_nothing(config: Config, after_d
     assert sorted(dedupe(sessions, "session_id"), key=lambda s: s["session_id"]) == sorted(
         reference.sessions, key=lambda s: s["session_id"]
     )
+
+
+def test_sessionize_on_a_sample_clean_event(config: Config, raw_event: dict[str, Any]) -> None:
+    """``tests/events/kinesis_clean.json`` is what process put on ``clean`` for the raw sample."""
+    setup = Setup(config)
+    clean_event = json.loads((EVENTS / "kinesis_clean.json").read_text())
+    assert handlers.sessionize_handler(clean_event, None) == {"batchItemFailures": []}
+    assert handlers.flush_handler({"shards": ["clean/shardId-000000000001"]}, None) == {"shards": 1, "sessions": 2}
+    reference = _reference(config, raw_event)
+    assert sorted(setup.sink.rows["sessions"], key=lambda s: s["session_id"]) == sorted(
+        reference.sessions, key=lambda s: s["session_id"]
+    )
+    # The state the batch left: one item per machine, keyed and versioned as documented.
+    machines = {key for key in setup.store._records if key.startswith("m#")}
+    assert machines == {f"m#{e['machine_id']}" for e in reference.events}
