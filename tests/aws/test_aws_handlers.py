@@ -229,3 +229,58 @@ def test_sessionize_on_a_sample_clean_event(config: Config, raw_event: dict[str,
     # The state the batch left: one item per machine, keyed and versioned as documented.
     machines = {key for key in setup.store._records if key.startswith("m#")}
     assert machines == {f"m#{e['machine_id']}" for e in reference.events}
+
+
+@pytest.mark.parametrize(("batch_size", "shards"), [(25, 1), (100, 4), (400, 2)])
+def test_batching_and_sharding_do_not_change_sessions(config: Config, batch_size: int, shards: int) -> None:
+    """Any batch size, any number of clean shards: the core's sessions, event for event.
+
+    (For records that arrive later than ``allowed_lateness`` the core itself depends on when its
+    stream clock advances, i.e. on batch boundaries; docs/aws.md says so. This feed has none.)
+    """
+    import hashlib
+
+    from sessionflow.synthetic import FeedShape, generate
+
+    lines = [line for line in generate(FeedShape(events=2500, machines=60, seed=batch_size)) if line.strip()]
+    setup = Setup(config)
+    for start in range(0, len(lines), batch_size):
+        chunk = lines[start : start + batch_size]
+        handlers.process_handler(_kinesis("raw", "shardId-000000000000", chunk, start), None)
+    by_shard: dict[int, list[bytes]] = {}
+    for entry in setup.clean.entries:  # Kinesis routes by an MD5 of the partition key
+        shard = int(hashlib.md5(entry.partition_key.encode()).hexdigest(), 16) % shards
+        by_shard.setdefault(shard, []).append(entry.data)
+    for shard, datas in by_shard.items():
+        for start in range(0, len(datas), batch_size):
+            event = _kinesis("clean", f"shardId-{shard:012d}", datas[start : start + batch_size], start)
+            assert handlers.sessionize_handler(event, None) == {"batchItemFailures": []}
+    handlers.flush_handler({"shards": [f"clean/shardId-{s:012d}" for s in by_shard]}, None)
+
+    reference = _reference(
+        config, {"Records": [{"kinesis": {"data": base64.b64encode(line).decode()}} for line in lines]}
+    )
+    assert len(setup.sink.rows["events"]) == len(reference.events)
+    assert {e["event_id"]: e["session_id"] for e in setup.sink.rows["events"]} == {
+        e["event_id"]: e["session_id"] for e in reference.events
+    }
+    assert {s["session_id"]: s for s in setup.sink.rows["sessions"]} == {s["session_id"]: s for s in reference.sessions}
+
+
+def _kinesis(stream: str, shard: str, datas: list[bytes], first: int) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "kinesis": {
+                    "partitionKey": "k",
+                    "sequenceNumber": str(10**20 + first + i),
+                    "data": base64.b64encode(data).decode(),
+                    "approximateArrivalTimestamp": 1791277300.123,
+                },
+                "eventID": f"{shard}:{10**20 + first + i}",
+                "eventSourceARN": f"arn:aws:kinesis:us-east-1:123456789012:stream/{stream}",
+                "eventSource": "aws:kinesis",
+            }
+            for i, data in enumerate(datas)
+        ]
+    }
