@@ -146,14 +146,20 @@ def _run(args: argparse.Namespace) -> int:
         poller.run(follow=args.follow)
     if args.flush:
         handlers.flush_handler({}, None)
+    _print_stats(poller)
+    return 0
+
+
+def _print_stats(poller: Any) -> None:
     for stream, stats in poller.stats.items():
         latencies = sorted(stats.latencies_ms) or [0.0]
+        ages = sorted(stats.iterator_ages_ms) or [0.0]
         print(
             f"{stream}: {stats.records} records in {stats.invocations} invocations, {stats.errors} errors, "
             f"{stats.partial_failures} partial failures, {stats.sent_to_on_failure} to the on-failure queue; "
-            f"invocation p50 {latencies[len(latencies) // 2]:.0f} ms, max {latencies[-1]:.0f} ms"
+            f"invocation p50 {latencies[len(latencies) // 2]:.0f} ms, max {latencies[-1]:.0f} ms; "
+            f"iterator age p50 {ages[len(ages) // 2]:.0f} ms, max {ages[-1]:.0f} ms"
         )
-    return 0
 
 
 def _flush(args: argparse.Namespace) -> int:
@@ -187,8 +193,10 @@ def _replay(args: argparse.Namespace) -> int:
         for name in args.files:
             with _open(name) as handle:
                 put_lines(aws, handle, machine_field=handlers.runtime().config.fields.machine_id)
-        pipeline_poller(aws, batch_size=args.batch_size, window_s=args.window, max_retries=args.max_retries).run()
+        poller = pipeline_poller(aws, batch_size=args.batch_size, window_s=args.window, max_retries=args.max_retries)
+        poller.run()
         handlers.flush_handler({}, None)
+        _print_stats(poller)
         counts = fetch(aws, Path(args.out))
         print(
             ", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out} "

@@ -48,6 +48,8 @@ class MappingStats:
     partial_failures: int = 0
     sent_to_on_failure: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    # Lambda's IteratorAge: how old the batch's last record was when the handler got it.
+    iterator_ages_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -92,7 +94,9 @@ class Poller:
         quiet = 0
         while True:
             moved = sum(self.poll_once(mapping) for mapping in self.mappings)
-            quiet = 0 if moved else quiet + 1
+            waiting = any(shard.buffer for shards in self._shards.values() for shard in shards.values())
+            # Records held back by the batching window are not quiet: their window will end.
+            quiet = 0 if moved or waiting else quiet + 1
             if not follow and quiet >= idle_rounds:
                 return
             if not moved:
@@ -153,6 +157,9 @@ class Poller:
         stats = self.stats[mapping.stream]
         while batch:
             stats.invocations += 1
+            stats.iterator_ages_ms.append(
+                max(0.0, (time.time() - _epoch(batch[-1]["ApproximateArrivalTimestamp"])) * 1000)
+            )
             started = time.perf_counter()
             try:
                 response = mapping.handler(self._event(mapping.stream, shard_id, batch), _Context(mapping.stream))
