@@ -128,7 +128,7 @@ def test_a_poison_record_does_not_block_its_shard(local_aws: LocalAws, config_pa
     lines[100:100] = poison[:2]
     lines[300:300] = [poison[2][:1_000_000]]  # Kinesis' 1 MiB limit; the config's limit rejects it too
     put_lines(local_aws, lines)
-    _run(local_aws, batch_size=50, window_s=0.1)  # the window holds partial batches back, never drops them
+    _run(local_aws, batch_size=50, window_s=0.5)  # the window holds partial batches back, never drops them
     rows = read_output(local_aws)
     _assert_same_as_reference(rows, _reference(config_path, lines))
     reasons = {r["raw_base64"]: r["reason"] for r in rows["rejected"]}
