@@ -3,9 +3,10 @@
 Per mapping (stream -> handler): batches of up to ``batch_size`` records, gathered for at most
 ``window_s``; shards in order, one batch in flight per shard; a partial batch response moves the
 checkpoint to just before the lowest failed sequence number and retries from there; a handler
-error bisects the batch (``bisect_on_error``) and retries; after ``max_retries`` failed attempts the
-batch's description goes to the on-failure destination (SQS, the AWS message shape) and the shard
-moves on. Checkpoints are kept in the state store (key ``c#<stream>/<shard>``) after every
+error bisects the batch (``bisect_on_error``; a split is not counted as a retry) down to single
+records; a batch that fails ``max_retries`` more times unsplit (a single record, or a partial
+failure) has its description sent to the on-failure destination (SQS, the AWS message shape) and
+the shard moves on. Checkpoints are kept in the state store (key ``c#<stream>/<shard>``) after every
 successful batch, so a killed poller resumes where it stopped (re-invoking at most one batch).
 """
 
@@ -180,15 +181,17 @@ class Poller:
                 batch = batch[failed_at:]
             if not error:
                 stats.partial_failures += 1
+            if error and mapping.bisect_on_error and len(batch) > 1:
+                # Splitting is not a retry: halves start afresh, so a poison ends up alone and only
+                # it exhausts the retries (the good records around it go through).
+                half = len(batch) // 2
+                self._deliver(mapping, shard_id, batch[:half], 0)
+                self._deliver(mapping, shard_id, batch[half:], 0)
+                return
             attempts += 1
             if attempts > mapping.max_retries:
                 self._on_failure(mapping, shard_id, batch, attempts)
                 self._checkpoint(mapping.stream, shard_id, batch[-1])
-                return
-            if error and mapping.bisect_on_error and len(batch) > 1:
-                half = len(batch) // 2
-                self._deliver(mapping, shard_id, batch[:half], attempts)
-                self._deliver(mapping, shard_id, batch[half:], attempts)
                 return
 
     def _checkpoint(self, stream: str, shard_id: str, record: dict[str, Any]) -> None:
