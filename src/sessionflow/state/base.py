@@ -17,7 +17,7 @@ import time
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -48,7 +48,6 @@ class StoreStats:
     writes: int = 0  # conditional puts and deletes, one item each
     conflicts: int = 0
     set_adds: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class StateStore(ABC):

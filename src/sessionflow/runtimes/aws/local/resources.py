@@ -8,7 +8,6 @@ S3 under ``<prefix>YYYY/MM/DD/HH/`` (no buffering, compression or dynamic partit
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -38,10 +37,6 @@ def local_environment(endpoint: str) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
     }
-
-
-def use_local_environment(endpoint: str) -> None:
-    os.environ.update(local_environment(endpoint))
 
 
 @dataclass
