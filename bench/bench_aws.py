@@ -81,8 +81,11 @@ def bench_aws(
     handlers.runtime().sessionize.write_threads = 1  # one core: the number is per core
     try:
         started, wall = time.process_time(), time.perf_counter()
+        process_ms, sessionize_ms = [], []
         for event in raw_events:
+            tick = time.perf_counter()
             handlers.process_handler(event, None)
+            process_ms.append((time.perf_counter() - tick) * 1000)
         processed = time.process_time()
         # Kinesis routes by partition key; here an md5 of the machine id picks the shard.
         shards: dict[int, list[tuple[bytes, str]]] = {}
@@ -94,9 +97,10 @@ def bench_aws(
         for index, entries in sorted(shards.items()):
             for i in range(0, len(entries), batch_size):
                 shard = f"shardId-{index:012d}"
-                handlers.sessionize_handler(
-                    _kinesis_event("clean", shard, entries[i : i + batch_size], 10**20 + i), None
-                )
+                event = _kinesis_event("clean", shard, entries[i : i + batch_size], 10**20 + i)
+                tick = time.perf_counter()
+                handlers.sessionize_handler(event, None)
+                sessionize_ms.append((time.perf_counter() - tick) * 1000)
                 batches += 1
         handlers.flush_handler({"shards": [f"clean/shardId-{i:012d}" for i in shards]}, None)
         finished, wall = time.process_time(), time.perf_counter() - wall
@@ -121,7 +125,17 @@ def bench_aws(
         "state_conflicts": stats.conflicts,
         "state_calls_per_batch": round((stats.reads + stats.writes + stats.set_adds) / max(batches, 1), 1),
         "firehose_calls": sink.calls,
+        # Handler time per batch without network: what a batch adds to latency before any AWS call.
+        "process_batch_ms_p50": _percentile(process_ms, 0.5),
+        "process_batch_ms_p99": _percentile(process_ms, 0.99),
+        "sessionize_batch_ms_p50": _percentile(sessionize_ms, 0.5),
+        "sessionize_batch_ms_p99": _percentile(sessionize_ms, 0.99),
     }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values) or [0.0]
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['records']:,} records, batch {args.batch_size}); state: {result['state_calls_per_batch']} "
             f"calls per sessionize batch ({result['state_read_round_trips']} read round trips, "
             f"{result['state_writes']} conditional writes, {result['state_set_adds']} timer adds, "
-            f"{result['state_items_read']} items read for {result['sessionize_batches']} batches)"
+            f"{result['state_items_read']} items read for {result['sessionize_batches']} batches); "
+            f"wall per batch p50/p99: process {result['process_batch_ms_p50']}/{result['process_batch_ms_p99']} ms, "
+            f"sessionize {result['sessionize_batch_ms_p50']}/{result['sessionize_batch_ms_p99']} ms"
         )
     return 0
 
