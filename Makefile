@@ -10,7 +10,7 @@ NODE_STAMP := node_modules/.installed
 SLS_OFFLINE := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing \
 	AWS_REGION=us-east-1 SLS_TELEMETRY_DISABLED=1 SLS_NOTIFICATIONS_MODE=off
 
-.PHONY: help install demo test test-fast lint format bench fuzz clean deploy-deps lambda-package \
+.PHONY: help install demo test test-fast test-spark java-check lint format bench fuzz clean deploy-deps lambda-package \
 	deploy-package deploy-check
 
 help:
@@ -64,11 +64,19 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-test: $(STAMP) $(NODE_STAMP) lint
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=15
+# The Spark backfill tests need Java 17; Debian's package when the machine has none.
+java-check:
+	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
+
+# --dist loadgroup keeps the Spark tests in one worker, so they share one JVM.
+test: $(STAMP) $(NODE_STAMP) java-check lint
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not slow and not aws and not spark"
+
+test-spark: $(STAMP) java-check
+	$(BIN)/pytest -m spark tests/backfill
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_run.py --events 1000000
