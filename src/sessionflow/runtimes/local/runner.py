@@ -1,11 +1,15 @@
 """The embedded runner: input files -> the core -> a Parquet lake, on one machine.
 
 A run is all-or-nothing: its files are staged and published together with its ledger and the
-sessionizer state, so the lake always holds whole runs only.
+sessionizer state through one commit point (see ``lake.commit_run``), so the lake always holds whole
+runs only, and a run killed at any moment and started again ends with the lake an uninterrupted run
+would have written. With ``--state``, the state remembers how far into each input file the runs got,
+so the same command started again never reads a line twice.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -19,10 +23,29 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
-from sessionflow.core import Outputs, Pipeline, Refined, Sessionizer, Tally
+from sessionflow.core import Outputs, Pipeline, Reason, Refined, Rejection, Sessionizer, Tally, rejection_row
 from sessionflow.errors import OutputError, StateError
-from sessionflow.runtimes.local.lake import META_DIR, TABLES, LakeWriter, lake_exists
-from sessionflow.runtimes.local.reader import Source, expand_inputs, read_batches
+from sessionflow.runtimes.local.lake import (
+    META_DIR,
+    LakeWriter,
+    commit_run,
+    crash_point,
+    lake_exists,
+    ledger_dir,
+    recover,
+    roll_forward,
+    stage_state,
+    write_atomically,
+)
+from sessionflow.runtimes.local.reader import (
+    LINE_SLACK,
+    STDIN,
+    Position,
+    ReadBatch,
+    Source,
+    SourceReader,
+    expand_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +60,8 @@ class RunReport:
     flushed: bool
     files: int
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    # True when every input had been read by earlier runs and there was nothing to publish.
+    nothing_new: bool = False
 
     @property
     def events_per_second(self) -> float:
@@ -51,6 +76,7 @@ class RunReport:
             "flushed": self.flushed,
             "files": self.files,
             "inputs": self.inputs,
+            "nothing_new": self.nothing_new,
         }
 
 
@@ -64,10 +90,24 @@ def session_fingerprint(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_state(path: Path, config: Config) -> tuple[Sessionizer, int]:
-    """(sessionizer, runs so far) from a state file; a fresh one when the file does not exist."""
+@dataclass
+class RunState:
+    """What a --state file holds: the sessionizer, the run count, how far into each input."""
+
+    sessionizer: Sessionizer
+    runs: int = 0
+    # Input key (absolute path) -> where the last run that read it stopped, and which run that was.
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# A state remembers this many inputs (the most recent ones): ~200 bytes each.
+MAX_REMEMBERED_INPUTS = 10_000
+
+
+def load_state(path: Path, config: Config) -> RunState:
+    """The state in a file; a fresh one when the file does not exist."""
     if not path.exists():
-        return Sessionizer(config.session), 0
+        return RunState(Sessionizer(config.session))
     try:
         data = orjson.loads(path.read_bytes())
         if data.get("format") != STATE_FORMAT:
@@ -77,57 +117,97 @@ def load_state(path: Path, config: Config) -> tuple[Sessionizer, int]:
                 f"{path}: this state was built with other session, field or column settings; "
                 "use the same config, or start with a new state file"
             )
-        return Sessionizer.restore(config.session, data["sessionizer"]), int(data["runs"])
+        sessionizer = Sessionizer.restore(config.session, data["sessionizer"])
+        return RunState(sessionizer, int(data["runs"]), dict(data.get("inputs", {})))
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def save_state(path: Path, config: Config, sessionizer: Sessionizer, runs: int) -> None:
+def state_payload(config: Config, state: RunState) -> bytes:
+    inputs = state.inputs
+    if len(inputs) > MAX_REMEMBERED_INPUTS:
+        newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
+        inputs = {key: inputs[key] for key in newest}
     data = {
         "format": STATE_FORMAT,
         "fingerprint": session_fingerprint(config),
-        "runs": runs,
-        "sessionizer": sessionizer.snapshot(),
+        "runs": state.runs,
+        "sessionizer": state.sessionizer.snapshot(),
+        "inputs": inputs,
     }
-    write_atomically(path, orjson.dumps(data))
+    return orjson.dumps(data)
 
 
-def write_atomically(path: Path, payload: bytes) -> None:
-    """Write to a temporary name, fsync, then rename: a reader sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _ledger_dir(lake: Path) -> Path:
-    return lake / META_DIR / "ledger"
+def save_state(path: Path, config: Config, sessionizer: Sessionizer, runs: int) -> None:
+    write_atomically(path, state_payload(config, RunState(sessionizer, runs)))
 
 
 def next_run_number(lake: Path) -> int:
-    ledgers = _ledger_dir(lake)
+    ledgers = ledger_dir(lake)
     numbers = [int(p.stem.split("-")[1]) for p in ledgers.glob("run-*.json")] if ledgers.exists() else []
     return max(numbers, default=0) + 1
 
 
-def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> None:
-    if lake.exists() and not lake.is_dir():
-        raise OutputError(f"{lake}: exists and is not a directory")
-    if overwrite:
-        for name in (*TABLES, META_DIR):
-            shutil.rmtree(lake / name, ignore_errors=True)
-    elif not stateful and lake_exists(lake):
+class LakeLock:
+    """One writer per lake: an exclusive lock the kernel releases when the process dies, even by SIGKILL."""
+
+    def __init__(self, lake: Path) -> None:
+        self.path = lake / META_DIR / "lock"
+        self.handle: Any = None
+
+    def __enter__(self) -> LakeLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+b")
+        try:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise OutputError(f"{self.path.parent.parent}: another sessionflow run is writing to this lake") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+
+def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
+    """Lock held: finish what killed runs left, then check the lake can take this run.
+
+    Returns the runs an earlier, killed process had committed and this call published.
+    """
+    finished = recover(lake)
+    if finished:
+        log.warning("%s: finished publishing run(s) %s, committed by a run that was stopped", lake, finished)
+    if not overwrite and not stateful and lake_exists(lake):
         raise OutputError(f"{lake}: already holds a lake; pass --overwrite to replace it, or --state to add runs to it")
+    probe = lake / f".write-probe-{os.getpid()}"
     try:
-        lake.mkdir(parents=True, exist_ok=True)
-        probe = lake / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"{lake}: cannot write: {exc.strerror}") from None
+    return finished
+
+
+def _create_lake_folder(lake: Path) -> bool:
+    """Create the lake folder; True when this run created it (so a failure can take it back)."""
+    if lake.exists() and not lake.is_dir():
+        raise OutputError(f"{lake}: exists and is not a directory")
+    created = not lake.exists()
+    try:
+        lake.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{lake}: cannot create: {exc.strerror}") from None
+    return created
+
+
+def _remove_if_empty_lake(lake: Path) -> None:
+    """A failed first run leaves no lake: only our own bookkeeping may be in the folder."""
+    if lake_exists(lake) or any(p.name != META_DIR for p in lake.iterdir()):
+        return
+    meta = lake / META_DIR
+    if any((meta / "ledger").glob("run-*.json")) or any((meta / "staging").glob("*/COMMIT.json")):
+        return
+    shutil.rmtree(lake, ignore_errors=True)
 
 
 def run(
@@ -141,59 +221,177 @@ def run(
     now_ms: int | None = None,
     progress: Progress | None = None,
 ) -> RunReport:
-    """One run of the embedded pipeline. Raises InputError, OutputError or StateError."""
+    """One run of the embedded pipeline. Raises InputError, OutputError or StateError.
+
+    On any error nothing of the run is published, and a lake folder this run created is removed.
+    """
     started = time.perf_counter()
-    sources = expand_inputs(inputs)
-    prepare_lake(lake, stateful=state_path is not None, overwrite=overwrite)
-    if state_path is not None:
-        sessionizer, runs = load_state(state_path, config)
-    else:
-        sessionizer, runs = Sessionizer(config.session), 0
+    sources = expand_inputs(inputs)  # a missing input fails before the lake is touched
+    created = _create_lake_folder(lake)
+    try:
+        with LakeLock(lake):
+            prepare_lake(lake, stateful=state_path is not None, overwrite=overwrite)
+            state = load_state(state_path, config) if state_path is not None else RunState(Sessionizer(config.session))
+            return _run_locked(sources, lake, config, state, state_path, flush, overwrite, now_ms, progress, started)
+    except BaseException:
+        if created:
+            _remove_if_empty_lake(lake)
+        raise
+
+
+def _run_locked(
+    sources: list[Source],
+    lake: Path,
+    config: Config,
+    state: RunState,
+    state_path: Path | None,
+    flush: bool,
+    overwrite: bool,
+    now_ms: int | None,
+    progress: Progress | None,
+    started: float,
+) -> RunReport:
     flushed = flush or state_path is None
-    number = next_run_number(lake)
-    pipeline = Pipeline(config, now_ms if now_ms is not None else int(time.time() * 1000), sessionizer)
+    # A replacing run is run 1 of the new lake; the old lake stays whole until it commits.
+    number = 1 if overwrite else next_run_number(lake)
+    pending_before = _pending(state.sessionizer)
+    had_machines = bool(state.sessionizer.machines)
+    pipeline = Pipeline(config, now_ms if now_ms is not None else int(time.time() * 1000), state.sessionizer)
     writer = LakeWriter(lake, config, number)
     inputs_read: list[dict[str, Any]] = []
+    new_positions: dict[str, Position] = {}
+    all_seen = bool(sources)
     try:
         out = Outputs()
         for source in sources:
-            lines = 0
-            for refined, last_line in refine_stream(source, pipeline, progress):
+            key = _input_key(source) if state_path is not None else None
+            remembered = state.inputs.get(key) if key is not None else None
+            reader = SourceReader(
+                source,
+                max_line_bytes=config.validation.max_record_bytes + LINE_SLACK,
+                resume=Position.from_dict(remembered) if remembered is not None else None,
+            )
+            for refined, _last_line in refine_stream(reader, pipeline, progress):
                 pipeline.sessionize(refined, out)
                 writer.write(out.events, out.sessions, out.rejections)
                 out.clear()
-                lines = last_line
-            inputs_read.append({"source": source.name, "lines": lines})
+                crash_point("batch")
+            position = reader.position
+            if not reader.resumed or position.bytes != reader.start.bytes:
+                all_seen = False
+            if key is not None:
+                new_positions[key] = position
+            inputs_read.append(
+                {
+                    "source": source.name,
+                    "start_line": reader.start.lines,
+                    "lines": position.lines,
+                    "start_byte": reader.start.bytes,
+                    "bytes": position.bytes,
+                }
+            )
         if flushed:
             pipeline.flush(out)
             writer.write(out.events, out.sessions, out.rejections)
             out.clear()
+        if state_path is not None and all_seen and not (flush and had_machines) and not pipeline.tally.records:
+            # The same command again after its run was published: publishing an empty run would
+            # make the lake differ from one where the first attempt simply finished.
+            writer.abort()
+            report = RunReport(number - 1, pipeline.tally, time.perf_counter() - started, flushed, 0, inputs_read)
+            report.nothing_new = True
+            log.warning("every input was read by earlier runs: nothing new to publish")
+            return report
         files = writer.close()
+        report = RunReport(number, pipeline.tally, time.perf_counter() - started, flushed, len(files), inputs_read)
+        ledger = ledger_record(report, files, pipeline.sessionizer, pending_before, config, replace=overwrite)
+        if state_path is not None:
+            state.runs += 1
+            for key, position in new_positions.items():
+                state.inputs.pop(key, None)  # re-inserted last: the newest inputs are kept longest
+                state.inputs[key] = {**position.to_dict(), "run": number}
+            stage_state(writer.staging, state_payload(config, state))
+        commit_run(writer.staging, run=number, files=files, ledger=ledger, state_path=state_path, replace=overwrite)
     except OSError as exc:
         writer.abort()
         raise OutputError(f"{lake}: cannot write: {exc}") from exc
     except BaseException:
         writer.abort()
         raise
-    report = RunReport(number, pipeline.tally, time.perf_counter() - started, flushed, len(files), inputs_read)
-    try:
-        writer.commit(files)
-        if state_path is not None:
-            save_state(state_path, config, pipeline.sessionizer, runs + 1)
-        ledger = {**report.to_dict(), "files": [str(f) for f in files], "pending_in_state": _pending(pipeline)}
-        write_atomically(_ledger_dir(lake) / f"run-{number:05d}.json", orjson.dumps(ledger, option=orjson.OPT_INDENT_2))
-    except OSError as exc:
-        raise OutputError(f"{lake}: cannot publish run {number}: {exc}") from exc
+    publish(lake, writer.staging, number)
     return report
 
 
-def _pending(pipeline: Pipeline) -> int:
-    return sum(len(state.pending) for state in pipeline.sessionizer.machines.values())
+def publish(lake: Path, staging: Path, run: int) -> None:
+    """After the commit point: the run has happened; put it in place (or leave it to recovery)."""
+    try:
+        roll_forward(lake, staging)
+    except OSError as exc:
+        raise OutputError(
+            f"{lake}: run {run} is committed but could not be put in place: {exc}; "
+            "the next run on this lake finishes it (or: sessionflow verify --repair)"
+        ) from exc
 
 
-def refine_stream(source: Source, pipeline: Pipeline, progress: Progress | None) -> Iterator[tuple[Refined, int]]:
+def ledger_record(
+    report: RunReport,
+    files: list[Path],
+    sessionizer: Sessionizer,
+    pending_before: int,
+    config: Config,
+    *,
+    replace: bool,
+) -> dict[str, Any]:
+    """What the run did, for `sessionflow verify`: counts, files, and what the state still holds."""
+    open_sessions = [
+        machine.session
+        for machine in sessionizer.machines.values()
+        if machine.session is not None and not machine.session.closed
+    ]
+    return {
+        **report.to_dict(),
+        "files": [path.as_posix() for path in files],
+        "replace": replace,
+        "config_fingerprint": session_fingerprint(config),
+        # Conservation: records = events + rejected + duplicates + pending_in_state - pending_before.
+        "pending_before": pending_before,
+        "pending_in_state": _pending(sessionizer),
+        # Events already written whose session summary comes in a later run.
+        "open_sessions": len(open_sessions),
+        "events_in_open_sessions": sum(session.count for session in open_sessions),
+    }
+
+
+def _input_key(source: Source) -> str | None:
+    """How a later run recognises an input: its absolute path (standard input is never recognised)."""
+    if source.path is None or source.name == STDIN:
+        return None
+    return str(source.path.resolve())
+
+
+def _pending(sessionizer: Sessionizer) -> int:
+    return sum(len(state.pending) for state in sessionizer.machines.values())
+
+
+def refine_batch(pipeline: Pipeline, batch: ReadBatch) -> Refined:
+    """The stateless half for one read batch, oversized lines included (the reader cut them out)."""
+    refined = pipeline.refine(batch)
+    limit = pipeline.config.validation.max_record_bytes
+    for line in batch.oversized:
+        rejection = Rejection(
+            Reason.OVERSIZED,
+            f"record is {line.size} bytes, over the limit of {limit}; only its first {len(line.prefix)} bytes are kept",
+            line.prefix,
+        )
+        refined.rejections.append(rejection_row(rejection, line.source, line.line))
+        refined.rejected[Reason.OVERSIZED.value] += 1
+        refined.records += 1
+    return refined
+
+
+def refine_stream(reader: SourceReader, pipeline: Pipeline, progress: Progress | None) -> Iterator[tuple[Refined, int]]:
     """(refined batch, its last line number) in input order."""
-    for batch in read_batches(source):
+    for batch in reader.batches():
         if progress is not None:
-            progress(sum(len(raw) for raw, _, _ in batch))
-        yield pipeline.refine(batch), batch[-1][2]
+            progress(batch.nbytes)
+        yield refine_batch(pipeline, batch), batch.last_line
