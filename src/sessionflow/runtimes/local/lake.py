@@ -127,7 +127,7 @@ class _PartitionedParquet:
             table = table.slice(part.num_rows)
             if written >= self.rows_per_file:
                 writer.close()
-                del self.writers[value]
+                self.writers.pop(value, None)  # a writer opened by this very call is not in the dict yet
             else:
                 self.writers[value] = (writer, written)
 
