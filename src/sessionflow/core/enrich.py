@@ -16,9 +16,14 @@ _CACHE_LIMIT = 100_000
 def version_parts(version: str) -> tuple[int | None, int | None]:
     """``"11.2.3"`` -> (11, 2); parts that are not numbers are None."""
     parts = version.split(".", 2)
-    major = int(parts[0]) if parts[0].isdigit() else None
-    minor = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    major = _version_number(parts[0])
+    minor = _version_number(parts[1]) if len(parts) > 1 else None
     return major, minor
+
+
+def _version_number(part: str) -> int | None:
+    # ASCII digits only ("²".isdigit() is True, int("²") fails), and at most 9 of them: an int32 column.
+    return int(part) if part.isascii() and part.isdigit() and len(part) <= 9 else None
 
 
 def iso_date(day: int) -> str:

@@ -145,7 +145,10 @@ class Refiner:
             if kind == "int" and value is not None and not _INT64_MIN <= value <= _INT64_MAX:
                 return Rejection(Reason.WRONG_TYPE, f"field {name!r} does not fit a 64-bit integer", raw)
             event[name] = value
-        event["extra"] = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode() if record else None
+        try:
+            event["extra"] = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode() if record else None
+        except orjson.JSONEncodeError as exc:  # nesting deeper than orjson writes (it reads deeper), or a bad value
+            return Rejection(Reason.MALFORMED_JSON, f"the fields without a column cannot be kept as JSON: {exc}", raw)
         return self._enrich(event)
 
 
