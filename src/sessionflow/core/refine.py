@@ -144,6 +144,8 @@ class Refiner:
                 return Rejection(Reason.WRONG_TYPE, f"field {name!r} must be a {kind}, got {_json_kind(value)}", raw)
             if kind == "int" and value is not None and not _INT64_MIN <= value <= _INT64_MAX:
                 return Rejection(Reason.WRONG_TYPE, f"field {name!r} does not fit a 64-bit integer", raw)
+            if kind == "float" and type(value) is int:
+                value = float(value)  # a float column takes whole numbers too, even past 64 bits
             event[name] = value
         try:
             event["extra"] = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode() if record else None
