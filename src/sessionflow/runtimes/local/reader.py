@@ -260,6 +260,7 @@ class SourceReader:
         while True:
             chunk = self._read_chunk(stream, _CHUNK, line_no)
             covered += len(chunk)
+            at_end = not chunk
             if skipping is not None:
                 end = chunk.find(b"\n")
                 if end < 0 and chunk:
@@ -272,7 +273,9 @@ class SourceReader:
                 if end < 0:  # the oversized line ended the stream
                     break
                 chunk = chunk[end + 1 :]
-            if not chunk:
+                if not chunk:
+                    continue  # the oversized line ended with this chunk: the stream goes on
+            if at_end:
                 if carry:
                     line_no += 1
                     lines.append((carry, name, line_no))
