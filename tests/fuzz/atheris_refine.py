@@ -15,15 +15,15 @@ from __future__ import annotations
 import sys
 import time
 
-import atheris
+import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
     import orjson
 
     from sessionflow.config import Config
     from sessionflow.core import Outputs, Pipeline, Reason
-    from sessionflow.runtimes.local.lake import SESSION_COLUMNS, _table, arrow_schema
-    from sessionflow.schema import event_columns
+    from sessionflow.runtimes.local.lake import _table, arrow_schema
+    from sessionflow.schema import SESSION_COLUMNS, event_columns
 
 NOW_MS = int(time.time() * 1000)
 REASONS = {reason.value for reason in Reason}

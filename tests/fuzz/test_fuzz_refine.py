@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from sessionflow.config import Config
 from sessionflow.core import Outputs, Pipeline, Reason, Refiner
 from sessionflow.runtimes.local import reader as reader_module
-from sessionflow.runtimes.local.lake import SESSION_COLUMNS, _table, arrow_schema
+from sessionflow.runtimes.local.lake import _table, arrow_schema
 from sessionflow.runtimes.local.reader import OVERSIZED_KEEP, Source, SourceReader
-from sessionflow.schema import event_columns
+from sessionflow.schema import SESSION_COLUMNS, event_columns
 from tests.fuzz.strategies import NOW_MS, any_line, record_bytes
 
 EXAMPLES = int(os.environ.get("SESSIONFLOW_FUZZ_EXAMPLES", "60"))
@@ -90,11 +90,14 @@ def test_the_cases_fuzzing_found_are_rejected_not_raised() -> None:
 
 
 def test_a_record_over_the_limit_is_rejected_without_being_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sessionflow.core.refine as refine_module
-
     parsed: list[bytes] = []
     real_loads = orjson.loads
-    monkeypatch.setattr(refine_module.orjson, "loads", lambda raw: parsed.append(raw) or real_loads(raw))
+
+    def spy(raw: bytes) -> object:
+        parsed.append(raw)
+        return real_loads(raw)
+
+    monkeypatch.setattr(orjson, "loads", spy)
     refiner = Refiner(Config.from_dict({"validation": {"max_record_bytes": 100}}))
     record = orjson.dumps(
         {"event_id": "e", "machine_id": "m", "event_type": "view", "timestamp": NOW_MS, "p": "x" * 60}
@@ -110,7 +113,8 @@ def test_a_record_over_the_limit_is_rejected_without_being_parsed(monkeypatch: p
 def read_all(data: bytes, limit: int | None, tmp_path: Path) -> tuple[list[tuple[bytes, int]], list[tuple[int, int]]]:
     path = tmp_path / "input.jsonl"
     path.write_bytes(data)
-    lines, oversized = [], []
+    lines: list[tuple[bytes, int]] = []
+    oversized: list[tuple[int, int]] = []
     reader = SourceReader(Source(str(path), path), max_line_bytes=limit, batch_bytes=64)
     for batch in reader.batches():
         lines.extend((raw, number) for raw, _, number in batch)

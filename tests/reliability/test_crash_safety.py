@@ -80,7 +80,7 @@ def crash_env(step: str) -> dict[str, str]:
 # Every step of the last (flushing) run; the first two runs share the steps between them.
 HOURLY_STEPS = ("batch:1", "staged", "committed", "moved:1", "moved:4", "state", "ledger", "cleaned")
 REPLACE_STEPS = ("staged", "committed", "replaced", "moved:6", "ledger")
-CASES = [("hourly", 2, (step,)) for step in HOURLY_STEPS]
+CASES: list[tuple[str, int, tuple[str, ...]]] = [("hourly", 2, (step,)) for step in HOURLY_STEPS]
 CASES += [("hourly", index % 2, (step,)) for index, step in enumerate(HOURLY_STEPS) if index % 2 == 0]
 CASES += [("replace", 1, (step,)) for step in REPLACE_STEPS]
 # Killed again while the restarted run finishes the committed one (recovery is itself interrupted).

@@ -10,21 +10,23 @@ so the same command started again never reads a line twice.
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from sessionflow.config import Config
-from sessionflow.core import Outputs, Pipeline, Reason, Refined, Rejection, Sessionizer, Tally, rejection_row
+from sessionflow.core import Reason, Rejection, Sessionizer, Tally, rejection_row
 from sessionflow.errors import OutputError, StateError
+from sessionflow.runtimes.local.engine import Assembler, Block, Engine
 from sessionflow.runtimes.local.lake import (
     META_DIR,
     LakeWriter,
@@ -37,15 +39,7 @@ from sessionflow.runtimes.local.lake import (
     stage_state,
     write_atomically,
 )
-from sessionflow.runtimes.local.reader import (
-    LINE_SLACK,
-    STDIN,
-    Position,
-    ReadBatch,
-    Source,
-    SourceReader,
-    expand_inputs,
-)
+from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Source, bounded, expand_inputs
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +80,9 @@ Progress = Callable[[int], None]  # called with the bytes just consumed
 def session_fingerprint(config: Config) -> str:
     """Changes whenever a setting that shapes state changes: such a state cannot be reused."""
     session = config.session
-    text = repr((session, config.fields, config.columns))
+    # A frozenset's repr follows the string hash, which changes from one process to the next.
+    opening = sorted(session.opening_events)
+    text = repr((replace(session, opening_events=frozenset()), opening, config.fields, config.columns))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -123,23 +119,23 @@ def load_state(path: Path, config: Config) -> RunState:
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def state_payload(config: Config, state: RunState) -> bytes:
-    inputs = state.inputs
+def state_payload(config: Config, snapshot: dict[str, Any] | None, runs: int, inputs: dict[str, Any]) -> bytes:
+    """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
     if len(inputs) > MAX_REMEMBERED_INPUTS:
         newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
         inputs = {key: inputs[key] for key in newest}
     data = {
         "format": STATE_FORMAT,
         "fingerprint": session_fingerprint(config),
-        "runs": state.runs,
-        "sessionizer": state.sessionizer.snapshot(),
+        "runs": runs,
+        "sessionizer": snapshot or {"clock": -1, "leaders": {}, "machines": []},
         "inputs": inputs,
     }
     return orjson.dumps(data)
 
 
-def save_state(path: Path, config: Config, sessionizer: Sessionizer, runs: int) -> None:
-    write_atomically(path, state_payload(config, RunState(sessionizer, runs)))
+def save_state(path: Path, config: Config, snapshot: dict[str, Any] | None, runs: int) -> None:
+    write_atomically(path, state_payload(config, snapshot, runs, {}))
 
 
 def next_run_number(lake: Path) -> int:
@@ -202,12 +198,18 @@ def _create_lake_folder(lake: Path) -> bool:
 
 def _remove_if_empty_lake(lake: Path) -> None:
     """A failed first run leaves no lake: only our own bookkeeping may be in the folder."""
-    if lake_exists(lake) or any(p.name != META_DIR for p in lake.iterdir()):
+    if not lake.is_dir() or lake_exists(lake) or any(p.name != META_DIR for p in lake.iterdir()):
         return
     meta = lake / META_DIR
     if any((meta / "ledger").glob("run-*.json")) or any((meta / "staging").glob("*/COMMIT.json")):
         return
     shutil.rmtree(lake, ignore_errors=True)
+
+
+def default_workers() -> int:
+    """Worker processes for refining: one per core; none on a single core (pickling would only cost)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if cores > 1 else 0
 
 
 def run(
@@ -219,6 +221,7 @@ def run(
     flush: bool = False,
     overwrite: bool = False,
     now_ms: int | None = None,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> RunReport:
     """One run of the embedded pipeline. Raises InputError, OutputError or StateError.
@@ -232,94 +235,139 @@ def run(
         with LakeLock(lake):
             prepare_lake(lake, stateful=state_path is not None, overwrite=overwrite)
             state = load_state(state_path, config) if state_path is not None else RunState(Sessionizer(config.session))
-            return _run_locked(sources, lake, config, state, state_path, flush, overwrite, now_ms, progress, started)
+            options = _Options(state_path, flush, overwrite, now_ms, workers, progress, started)
+            return _run_locked(sources, lake, config, state, options)
     except BaseException:
         if created:
             _remove_if_empty_lake(lake)
         raise
 
 
-def _run_locked(
-    sources: list[Source],
-    lake: Path,
-    config: Config,
-    state: RunState,
-    state_path: Path | None,
-    flush: bool,
-    overwrite: bool,
-    now_ms: int | None,
-    progress: Progress | None,
-    started: float,
-) -> RunReport:
-    flushed = flush or state_path is None
+@dataclass(frozen=True)
+class _Options:
+    state_path: Path | None
+    flush: bool
+    overwrite: bool
+    now_ms: int | None
+    workers: int | None
+    progress: Progress | None
+    started: float
+
+
+def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunState, options: _Options) -> RunReport:
+    state_path = options.state_path
+    sessionizer = state.sessionizer
+    flushed = options.flush or state_path is None
     # A replacing run is run 1 of the new lake; the old lake stays whole until it commits.
-    number = 1 if overwrite else next_run_number(lake)
-    pending_before = _pending(state.sessionizer)
-    had_machines = bool(state.sessionizer.machines)
-    pipeline = Pipeline(config, now_ms if now_ms is not None else int(time.time() * 1000), state.sessionizer)
+    number = 1 if options.overwrite else next_run_number(lake)
+    pending_before = _pending(sessionizer.snapshot()) if sessionizer.machines else 0
+    had_machines = bool(sessionizer.machines)
+    now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
     writer = LakeWriter(lake, config, number)
+    assembler = Assembler(writer.events.add_table, writer.events.add)
     inputs_read: list[dict[str, Any]] = []
     new_positions: dict[str, Position] = {}
     all_seen = bool(sources)
+    engine = None
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived containers, no cycles: the collector only costs here
     try:
-        out = Outputs()
-        for source in sources:
-            key = _input_key(source) if state_path is not None else None
+        engine = Engine(config, now, default_workers() if options.workers is None else options.workers)
+        for given in sources:
+            key = _input_key(given) if state_path is not None else None
             remembered = state.inputs.get(key) if key is not None else None
-            reader = SourceReader(
-                source,
+            source = bounded(
+                given,
                 max_line_bytes=config.validation.max_record_bytes + LINE_SLACK,
                 resume=Position.from_dict(remembered) if remembered is not None else None,
             )
-            for refined, _last_line in refine_stream(reader, pipeline, progress):
-                pipeline.sessionize(refined, out)
-                writer.write(out.events, out.sessions, out.rejections)
-                out.clear()
+            for block in engine.blocks(source, options.progress):
+                add_oversized(block, source, config)
+                assembler.feed(block, sessionizer)
+                writer.write([], assembler.sessions, block.rejections)
+                assembler.sessions.clear()
                 crash_point("batch")
-            position = reader.position
-            if not reader.resumed or position.bytes != reader.start.bytes:
+            report = source.report
+            position = report.position or report.start
+            if not report.resumed or position.bytes != report.start.bytes:
                 all_seen = False
             if key is not None:
                 new_positions[key] = position
             inputs_read.append(
                 {
-                    "source": source.name,
-                    "start_line": reader.start.lines,
+                    "source": given.name,
+                    "start_line": report.start.lines,
                     "lines": position.lines,
-                    "start_byte": reader.start.bytes,
+                    "start_byte": report.start.bytes,
                     "bytes": position.bytes,
                 }
             )
+        pending_sessions = _open_sessions(sessionizer)
         if flushed:
-            pipeline.flush(out)
-            writer.write(out.events, out.sessions, out.rejections)
-            out.clear()
-        if state_path is not None and all_seen and not (flush and had_machines) and not pipeline.tally.records:
+            sessionizer.flush(assembler)
+            assembler.finish()
+            snapshot = None
+        else:
+            snapshot = assembler.finish_partial(sessionizer)
+        writer.write([], assembler.sessions, [])
+        tally = assembler.tally
+        if state_path is not None and all_seen and not (options.flush and had_machines) and not tally.records:
             # The same command again after its run was published: publishing an empty run would
             # make the lake differ from one where the first attempt simply finished.
             writer.abort()
-            report = RunReport(number - 1, pipeline.tally, time.perf_counter() - started, flushed, 0, inputs_read)
-            report.nothing_new = True
+            seconds = time.perf_counter() - options.started
             log.warning("every input was read by earlier runs: nothing new to publish")
-            return report
+            return RunReport(number - 1, tally, seconds, flushed, 0, inputs_read, nothing_new=True)
         files = writer.close()
-        report = RunReport(number, pipeline.tally, time.perf_counter() - started, flushed, len(files), inputs_read)
-        ledger = ledger_record(report, files, pipeline.sessionizer, pending_before, config, replace=overwrite)
+        report_ = RunReport(number, tally, time.perf_counter() - options.started, flushed, len(files), inputs_read)
+        open_sessions = (0, 0) if flushed else pending_sessions
+        ledger = ledger_record(report_, files, snapshot, pending_before, open_sessions, config, options.overwrite)
         if state_path is not None:
-            state.runs += 1
             for key, position in new_positions.items():
                 state.inputs.pop(key, None)  # re-inserted last: the newest inputs are kept longest
                 state.inputs[key] = {**position.to_dict(), "run": number}
-            stage_state(writer.staging, state_payload(config, state))
-        commit_run(writer.staging, run=number, files=files, ledger=ledger, state_path=state_path, replace=overwrite)
+            stage_state(writer.staging, state_payload(config, snapshot, state.runs + 1, state.inputs))
+        commit_run(
+            writer.staging, run=number, files=files, ledger=ledger, state_path=state_path, replace=options.overwrite
+        )
     except OSError as exc:
         writer.abort()
         raise OutputError(f"{lake}: cannot write: {exc}") from exc
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if engine is not None:
+            engine.close()
+        if gc_was_enabled:
+            gc.enable()
     publish(lake, writer.staging, number)
-    return report
+    return report_
+
+
+def add_oversized(block: Block, source: Source, config: Config) -> None:
+    """Resumed line numbers, and the oversized lines the reader cut out as rejections.
+
+    The reader stands an empty line in for an oversized one (the core counted it as blank) and
+    reports it aside with its first bytes and its size.
+    """
+    report = source.report
+    shift = report.start.lines
+    if shift:
+        block.first_line += shift
+        for row in block.rejections:
+            row["line"] += shift
+    limit = config.validation.max_record_bytes
+    for line in report.take_oversized(block.first_line + block.lines - 1):
+        rejection = Rejection(
+            Reason.OVERSIZED,
+            f"record is {line.size} bytes, over the limit of {limit}; only its first {len(line.prefix)} bytes are kept",
+            line.prefix,
+        )
+        block.rejections.append(rejection_row(rejection, line.source, line.line))
+        block.rejected[Reason.OVERSIZED.value] += 1
+        block.records += 1
+        block.blank -= 1
 
 
 def publish(lake: Path, staging: Path, run: int) -> None:
@@ -336,18 +384,13 @@ def publish(lake: Path, staging: Path, run: int) -> None:
 def ledger_record(
     report: RunReport,
     files: list[Path],
-    sessionizer: Sessionizer,
+    snapshot: dict[str, Any] | None,
     pending_before: int,
+    open_sessions: tuple[int, int],
     config: Config,
-    *,
     replace: bool,
 ) -> dict[str, Any]:
     """What the run did, for `sessionflow verify`: counts, files, and what the state still holds."""
-    open_sessions = [
-        machine.session
-        for machine in sessionizer.machines.values()
-        if machine.session is not None and not machine.session.closed
-    ]
     return {
         **report.to_dict(),
         "files": [path.as_posix() for path in files],
@@ -355,11 +398,21 @@ def ledger_record(
         "config_fingerprint": session_fingerprint(config),
         # Conservation: records = events + rejected + duplicates + pending_in_state - pending_before.
         "pending_before": pending_before,
-        "pending_in_state": _pending(sessionizer),
+        "pending_in_state": _pending(snapshot),
         # Events already written whose session summary comes in a later run.
-        "open_sessions": len(open_sessions),
-        "events_in_open_sessions": sum(session.count for session in open_sessions),
+        "open_sessions": open_sessions[0],
+        "events_in_open_sessions": open_sessions[1],
     }
+
+
+def _open_sessions(sessionizer: Sessionizer) -> tuple[int, int]:
+    """(sessions still open, events placed in them so far)."""
+    sessions = [
+        machine.session
+        for machine in sessionizer.machines.values()
+        if machine.session is not None and not machine.session.closed
+    ]
+    return len(sessions), sum(session.count for session in sessions)
 
 
 def _input_key(source: Source) -> str | None:
@@ -369,29 +422,7 @@ def _input_key(source: Source) -> str | None:
     return str(source.path.resolve())
 
 
-def _pending(sessionizer: Sessionizer) -> int:
-    return sum(len(state.pending) for state in sessionizer.machines.values())
-
-
-def refine_batch(pipeline: Pipeline, batch: ReadBatch) -> Refined:
-    """The stateless half for one read batch, oversized lines included (the reader cut them out)."""
-    refined = pipeline.refine(batch)
-    limit = pipeline.config.validation.max_record_bytes
-    for line in batch.oversized:
-        rejection = Rejection(
-            Reason.OVERSIZED,
-            f"record is {line.size} bytes, over the limit of {limit}; only its first {len(line.prefix)} bytes are kept",
-            line.prefix,
-        )
-        refined.rejections.append(rejection_row(rejection, line.source, line.line))
-        refined.rejected[Reason.OVERSIZED.value] += 1
-        refined.records += 1
-    return refined
-
-
-def refine_stream(reader: SourceReader, pipeline: Pipeline, progress: Progress | None) -> Iterator[tuple[Refined, int]]:
-    """(refined batch, its last line number) in input order."""
-    for batch in reader.batches():
-        if progress is not None:
-            progress(batch.nbytes)
-        yield refine_batch(pipeline, batch), batch.last_line
+def _pending(snapshot: dict[str, Any] | None) -> int:
+    if snapshot is None:
+        return 0
+    return sum(len(machine["pending"]) for machine in snapshot["machines"])
