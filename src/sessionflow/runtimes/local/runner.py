@@ -145,13 +145,21 @@ def next_run_number(lake: Path) -> int:
 
 
 class LakeLock:
-    """One writer per lake: an exclusive lock the kernel releases when the process dies, even by SIGKILL."""
+    """One writer per lake: an exclusive lock the kernel releases when the process dies, even by SIGKILL.
+
+    Worker processes forked while it is held close their copy of it, so that a killed run's
+    orphaned workers never keep its lake locked.
+    """
 
     def __init__(self, lake: Path) -> None:
         self.path = lake / META_DIR / "lock"
         self.handle: Any = None
 
     def __enter__(self) -> LakeLock:
+        global _fork_hook_registered  # noqa: PLW0603 - once per process
+        if not _fork_hook_registered:
+            os.register_at_fork(after_in_child=_close_held_locks)
+            _fork_hook_registered = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a+b")
         try:
@@ -159,10 +167,22 @@ class LakeLock:
         except BlockingIOError:
             self.handle.close()
             raise OutputError(f"{self.path.parent.parent}: another sessionflow run is writing to this lake") from None
+        _held_locks.add(self.handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _held_locks.discard(self.handle)
         self.handle.close()
+
+
+_held_locks: set[Any] = set()
+_fork_hook_registered = False
+
+
+def _close_held_locks() -> None:
+    for handle in _held_locks:
+        handle.close()
+    _held_locks.clear()
 
 
 def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
