@@ -11,11 +11,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from sessionflow.cli import EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, EXIT_VERIFY, main
 from sessionflow.runtimes.local import lake as lake_module
-from sessionflow.runtimes.local import reader as reader_module
 from sessionflow.runtimes.local.runner import LakeLock
 from sessionflow.runtimes.local.verify import verify_lake
 from tests.reliability.lakes import snapshot, write_config, write_feed_parts
@@ -109,7 +109,7 @@ def test_a_full_disk_while_writing_leaves_the_lake_and_state_of_the_runs_before(
     lake, state = tmp_path / "lake", tmp_path / "state.json"
     assert main(run_args([feed[0]], lake, "--state", str(state))) == 0
     before = snapshot(lake, state)
-    monkeypatch.setattr(lake_module.pq.ParquetWriter, "write_table", _enospc)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", _enospc)
     assert main(run_args([feed[1]], lake, "--state", str(state))) == EXIT_OUTPUT
     assert "No space left on device" in capsys.readouterr().err
     assert snapshot(lake, state) == before
