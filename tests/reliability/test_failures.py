@@ -63,7 +63,7 @@ def test_an_unreadable_input_fails_with_permission_denied(
     secret.chmod(0o000)
     if os.geteuid() == 0:  # root reads anything: let the permission check see what a user would
         real_access = os.access
-        monkeypatch.setattr(reader_module.os, "access", lambda path, mode: path != secret and real_access(path, mode))
+        monkeypatch.setattr(os, "access", lambda path, mode: path != secret and real_access(path, mode))
     assert main(run_args([feed[1], secret], tmp_path / "lake")) == EXIT_INPUT
     assert "secret.jsonl: permission denied" in capsys.readouterr().err
     assert not (tmp_path / "lake").exists()
