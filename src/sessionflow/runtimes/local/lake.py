@@ -46,6 +46,11 @@ META_DIR = "_sessionflow"
 TABLES = ("events", "sessions", "rejected")
 _ROW_GROUP = 128 * 1024
 _BUFFER_ROWS = 512 * 1024  # rows held in memory over all partitions before writing
+# ... or this many bytes of Arrow data, whichever comes first: a table of few but wide rows (the
+# sessions, with their map column) would otherwise stay in memory for millions of input events.
+_BUFFER_BYTES = 32 << 20
+# Files open at once per table: an input spanning months must not keep one writer per day open.
+_MAX_OPEN_FILES = 16
 
 
 def arrow_type(logical: str) -> pa.DataType:
@@ -97,6 +102,8 @@ class _PartitionedParquet:
         self.compression = config.output.compression
         self.pending: dict[str, list[pa.Table]] = defaultdict(list)
         self.pending_rows = 0
+        self.pending_bytes = 0
+        # Least recently written first: the one closed when too many are open.
         self.writers: dict[str, tuple[pq.ParquetWriter, int]] = {}
         self.files: list[Path] = []
         self.sequence = 0
@@ -124,8 +131,9 @@ class _PartitionedParquet:
     def _hold(self, value: str, table: pa.Table) -> None:
         self.pending[value].append(table)
         self.pending_rows += table.num_rows
+        self.pending_bytes += table.nbytes
         self.rows += table.num_rows
-        if self.pending_rows >= _BUFFER_ROWS:
+        if self.pending_rows >= _BUFFER_ROWS or self.pending_bytes >= _BUFFER_BYTES:
             self.write_pending()
 
     def write_pending(self) -> None:
@@ -133,10 +141,15 @@ class _PartitionedParquet:
             self._write(value, pa.concat_tables(tables).cast(self.schema))
         self.pending.clear()
         self.pending_rows = 0
+        self.pending_bytes = 0
 
     def _write(self, value: str, table: pa.Table) -> None:
         while table.num_rows:
-            writer, written = self.writers.get(value) or (self._open(value), 0)
+            current = self.writers.pop(value, None)
+            if current is None and len(self.writers) >= _MAX_OPEN_FILES:
+                oldest = next(iter(self.writers))
+                self.writers.pop(oldest)[0].close()
+            writer, written = current or (self._open(value), 0)
             room = self.rows_per_file - written
             part = table.slice(0, room)
             writer.write_table(part, row_group_size=_ROW_GROUP)
@@ -144,7 +157,6 @@ class _PartitionedParquet:
             table = table.slice(part.num_rows)
             if written >= self.rows_per_file:
                 writer.close()
-                self.writers.pop(value, None)  # a writer opened by this very call is not in the dict yet
             else:
                 self.writers[value] = (writer, written)
 
