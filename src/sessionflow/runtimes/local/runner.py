@@ -286,6 +286,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
     writer = LakeWriter(lake, config, number)
     assembler = Assembler(writer.events.add_table, writer.events.add)
     inputs_read: list[dict[str, Any]] = []
+    positions: list[dict[str, Any]] = []  # for the ledger: where each input started and ended
     new_positions: dict[str, Position] = {}
     all_seen = bool(sources)
     engine = None
@@ -313,7 +314,8 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
                 all_seen = False
             if key is not None:
                 new_positions[key] = position
-            inputs_read.append(
+            inputs_read.append({"source": given.name, "lines": position.lines})
+            positions.append(
                 {
                     "source": given.name,
                     "start_line": report.start.lines,
@@ -342,6 +344,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
         report_ = RunReport(number, tally, time.perf_counter() - options.started, flushed, len(files), inputs_read)
         open_sessions = (0, 0) if flushed else pending_sessions
         ledger = ledger_record(report_, files, snapshot, pending_before, open_sessions, config, options.overwrite)
+        ledger["inputs"] = positions
         if state_path is not None:
             for key, position in new_positions.items():
                 state.inputs.pop(key, None)  # re-inserted last: the newest inputs are kept longest
