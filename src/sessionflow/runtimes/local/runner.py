@@ -280,7 +280,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
     flushed = options.flush or state_path is None
     # A replacing run is run 1 of the new lake; the old lake stays whole until it commits.
     number = 1 if options.overwrite else next_run_number(lake)
-    pending_before = _pending(sessionizer.snapshot()) if sessionizer.machines else 0
+    pending_before = sum(len(machine.pending) for machine in sessionizer.machines.values())
     had_machines = bool(sessionizer.machines)
     now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
     writer = LakeWriter(lake, config, number)
