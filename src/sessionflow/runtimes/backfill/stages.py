@@ -1,0 +1,346 @@
+"""What the Spark executors run: the core, applied to Arrow batches. No Spark import here.
+
+Three stages, each a plain function over Arrow data so it can be tested without a cluster:
+
+* :func:`refine_batches` (``mapInArrow`` over raw lines): ``strip_record`` + ``Refiner.refine``, the
+  same calls the embedded runner makes; every line keeps its arrival key (file, split, index in
+  split) and every split reports how many lines it holds, so exact line numbers can be rebuilt.
+* :func:`sessionize_partition` (``mapInArrow`` over rows hash-partitioned and sorted by machine_id,
+  which also runs on Spark 3.5, unlike ``applyInArrow``): per machine, first arrival wins for each
+  event_id, then the core ``Sessionizer`` over its events sorted by (timestamp, event_id), flushed.
+  For a date range it works out whether the window it was given decides the range; when it does
+  not, it says so and the driver runs that machine again over all of its history.
+* :func:`rejection_lines` (``mapInArrow``): the core's ``rejection_row`` as one JSON line.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sessionflow.config import Config, SessionConfig
+from sessionflow.core.pipeline import rejection_row
+from sessionflow.core.refine import Refiner, strip_record
+from sessionflow.core.rejections import Reason, Rejection
+from sessionflow.core.sessionizer import Outputs, Sessionizer
+from sessionflow.schema import SESSION_COLUMNS, Column, event_columns
+
+try:
+    import pyarrow as pa
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError("the Spark backfill needs pyarrow: pip install 'sessionflow[spark]'") from exc
+
+# Row kinds of the refine stage's output.
+EVENT = 0
+REJECTION = 1
+SPLIT = 2  # one per input split: how many lines (and blank lines) it holds
+# Row kinds of the sessionize stage's output.
+SESSION = 1
+UNRESOLVED = 2  # a machine whose window did not decide the date range
+
+# Where a line came from, in arrival order: input file, byte offset of its split, index in the split.
+ARRIVAL: tuple[Column, ...] = (("file_index", "int32"), ("block_start", "int64"), ("idx", "int64"))
+# Session columns travel next to event columns in one output; the prefix keeps names apart.
+SESSION_PREFIX = "s_"
+# Timestamp columns are written from the epoch-ms column the core already holds.
+TIMESTAMP_SOURCES = {"event_time": "timestamp", "session_start": "start_ts", "session_end": "end_ts"}
+
+_ARROW_TYPES = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "int32": pa.int32(),
+    "int8": pa.int8(),
+    "bool": pa.bool_(),
+    "float64": pa.float64(),
+    "binary": pa.binary(),
+    "map<string,int64>": pa.map_(pa.string(), pa.int64()),
+}
+
+
+def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
+    return pa.schema([pa.field(name, _ARROW_TYPES[kind]) for name, kind in columns])
+
+
+def refined_event_columns(config: Config) -> tuple[Column, ...]:
+    """What a refined event carries across the shuffle: the events table before sessionization."""
+    derived = {"event_time", "session_id", "session_seq", "ms_since_prev", "late"}
+    return (*(c for c in event_columns(config) if c[0] not in derived), ("event_date", "string"))
+
+
+def refine_columns(config: Config) -> tuple[Column, ...]:
+    return (
+        ("kind", "int8"),
+        *ARRIVAL,
+        *refined_event_columns(config),
+        ("reason", "string"),
+        ("message", "string"),
+        ("raw", "binary"),
+        ("blank", "int64"),
+    )
+
+
+def sessionized_event_columns(config: Config) -> tuple[Column, ...]:
+    """The events table minus ``event_time`` (built by Spark from ``timestamp``) plus its partition."""
+    return (*(c for c in event_columns(config) if c[0] != "event_time"), ("event_date", "string"))
+
+
+def sessionized_session_columns() -> tuple[Column, ...]:
+    timestamps = {"session_start", "session_end"}
+    columns = (*(c for c in SESSION_COLUMNS if c[0] not in timestamps), ("session_date", "string"))
+    return tuple((SESSION_PREFIX + name, kind) for name, kind in columns)
+
+
+def sessionize_columns(config: Config) -> tuple[Column, ...]:
+    return (("kind", "int8"), *sessionized_event_columns(config), *sessionized_session_columns())
+
+
+# -- stage 1: raw lines -> refined events, rejections, split sizes ------------------------------------
+
+
+def refine_batches(
+    batches: Iterator[pa.RecordBatch], *, config: Config, now_ms: int, file_index: dict[str, int]
+) -> Iterator[pa.RecordBatch]:
+    """Input batches hold ``raw`` (binary), ``file_path`` and ``block_start``, in file order per split.
+
+    ``file_index`` maps a normalised file path (see :func:`path_key`) to the file's position in the
+    input list, which is the arrival order of files.
+    """
+    refine = Refiner(config).refine
+    schema = arrow_schema(refine_columns(config))
+    names = schema.names
+    # Per split: (lines seen, blank lines seen). A split is read front to back by one task.
+    splits: dict[tuple[int, int], list[int]] = {}
+    indexes: dict[str, int] = {}
+    for batch in batches:
+        rows: list[dict[str, Any]] = []
+        raws = batch.column("raw").to_pylist()
+        paths = batch.column("file_path").to_pylist()
+        starts = batch.column("block_start").to_pylist()
+        for raw, path, block_start in zip(raws, paths, starts, strict=True):
+            index = indexes.get(path)
+            if index is None:
+                index = indexes[path] = file_index[path_key(path, encoded=True)]
+            counter = splits.get((index, block_start))
+            if counter is None:
+                counter = splits[(index, block_start)] = [0, 0]
+            idx = counter[0]
+            counter[0] += 1
+            record = strip_record(raw)
+            if not record:
+                counter[1] += 1
+                continue
+            result = refine(record, now_ms)
+            if type(result) is dict:
+                result["kind"] = EVENT
+                result["file_index"] = index
+                result["block_start"] = block_start
+                result["idx"] = idx
+                rows.append(result)
+            else:
+                assert isinstance(result, Rejection)
+                rows.append(
+                    {
+                        "kind": REJECTION,
+                        "file_index": index,
+                        "block_start": block_start,
+                        "idx": idx,
+                        "reason": result.reason.value,
+                        "message": result.message,
+                        # The line as read, not the stripped record: rejections keep what arrived.
+                        "raw": raw,
+                    }
+                )
+        if rows:
+            yield _batch(rows, schema, names)
+    if splits:
+        rows = [
+            {"kind": SPLIT, "file_index": index, "block_start": start, "idx": lines, "blank": blank}
+            for (index, start), (lines, blank) in splits.items()
+        ]
+        yield _batch(rows, schema, names)
+
+
+def path_key(path: str, *, encoded: bool = False) -> str:
+    """One spelling for a file's URI, from Hadoop's listing (``encoded=False``: ``Path.toString()``
+    is decoded) or from Spark's ``_metadata.file_path`` (``encoded=True``: %-encoded)."""
+    from urllib.parse import unquote
+
+    if encoded:
+        path = unquote(path)
+    if path.startswith("file:"):
+        return "file:/" + path[5:].lstrip("/")
+    return path
+
+
+def _batch(rows: list[dict[str, Any]], schema: pa.Schema, names: list[str]) -> pa.RecordBatch:
+    arrays = [pa.array([row.get(name) for row in rows], fld.type) for name, fld in zip(names, schema, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# -- stage 2: one machine's events -> sessionized events and session summaries ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A date-range backfill: write ``[lo, hi)``, having read the machine's events in ``[read_lo, read_hi)``.
+
+    ``read_lo``/``read_hi`` of None mean the machine's whole history was read.
+    """
+
+    lo: int
+    hi: int
+    read_lo: int | None
+    read_hi: int | None
+
+
+def sessionize_partition(
+    batches: Iterator[pa.RecordBatch], *, config: Config, window: Window | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Rows clustered by machine_id (each machine's rows together, in any order) -> sessionized rows.
+
+    The driver hash-partitions by machine_id and sorts within partitions, so one machine's events
+    arrive together, possibly across several batches; one machine is held in memory at a time.
+    """
+    schema = arrow_schema(sessionize_columns(config))
+    names = schema.names
+    current: str | None = None
+    events: list[dict[str, Any]] = []
+    ready: list[dict[str, Any]] = []
+    for batch in batches:
+        for event in batch.to_pylist():
+            machine_id = event["machine_id"]
+            if machine_id != current:
+                if events:
+                    ready.extend(sessionize_machine(events, config=config, window=window))
+                current, events = machine_id, []
+            events.append(event)
+        if len(ready) >= _OUTPUT_BATCH_ROWS:
+            yield _batch(ready, schema, names)
+            ready = []
+    if events:
+        ready.extend(sessionize_machine(events, config=config, window=window))
+    if ready:
+        yield _batch(ready, schema, names)
+
+
+_OUTPUT_BATCH_ROWS = 10_000
+
+
+def sessionize_machine(
+    events: list[dict[str, Any]], *, config: Config, window: Window | None = None
+) -> list[dict[str, Any]]:
+    """All of one machine's refined events (any order) -> its events and sessions, as the core decides.
+
+    Output rows carry ``kind``: EVENT rows have the events table's columns, SESSION rows the sessions
+    table's (prefixed), and a single UNRESOLVED row means ``window`` did not settle this machine.
+    """
+    if not events:
+        return []
+    # First arrival wins: arrival order is input file order, then position in the file.
+    events.sort(key=lambda e: (e["file_index"], e["block_start"], e["idx"]))
+    seen: set[str] = set()
+    unique = []
+    for event in events:
+        if event["event_id"] not in seen:
+            seen.add(event["event_id"])
+            unique.append(event)
+    unique.sort(key=lambda e: (e["timestamp"], e["event_id"]))
+    start = 0
+    machine_id = unique[0]["machine_id"]
+    if window is not None:
+        timestamps = [e["timestamp"] for e in unique]
+        first_in = bisect.bisect_left(timestamps, window.lo)
+        if first_in == bisect.bisect_left(timestamps, window.hi):
+            return []  # nothing of this machine in the range
+        found = _last_certain_start(unique, first_in, config.session, window.read_lo)
+        if found is None:
+            return [{"kind": UNRESOLVED, "machine_id": machine_id}]
+        start = found
+    out = Outputs()
+    sessionizer = Sessionizer(config.session)
+    sessionizer.process(unique[start:], out)
+    sessionizer.flush(out)
+    sessions = out.sessions
+    released = out.events
+    if window is not None:
+        if not _range_sessions_complete(sessions, window, config.session):
+            return [{"kind": UNRESOLVED, "machine_id": machine_id}]
+        released = [e for e in released if window.lo <= e["timestamp"] < window.hi]
+        sessions = [s for s in sessions if window.lo <= s["start_ts"] < window.hi]
+    rows: list[dict[str, Any]] = []
+    for event in released:
+        event["kind"] = EVENT
+        rows.append(event)
+    for summary in sessions:
+        row = {SESSION_PREFIX + key: value for key, value in summary.items()}
+        row["kind"] = SESSION
+        row[SESSION_PREFIX + "event_type_counts"] = list(summary["event_type_counts"].items())
+        rows.append(row)
+    return rows
+
+
+def _last_certain_start(
+    events: list[dict[str, Any]], first_in: int, config: SessionConfig, read_lo: int | None
+) -> int | None:
+    """The last event at or before ``events[first_in]`` that starts a session whatever came before it.
+
+    An opening event always starts one; so does an event more than ``timeout`` after the one before
+    it. The first event read is such a start when nothing can precede it within ``timeout``: the
+    whole history was read, or it is at least ``timeout`` after the start of what was read.
+    ``max_session_duration`` never makes a start certain: where it cuts depends on where the
+    session began, so it is followed from a certain start like everything else.
+    """
+    opening = config.opening_events
+    timeout = config.timeout_ms
+    for i in range(first_in, -1, -1):
+        event = events[i]
+        if event["event_type"] in opening:
+            return i
+        if i == 0:
+            if read_lo is None or event["timestamp"] - read_lo >= timeout:
+                return 0
+        elif event["timestamp"] - events[i - 1]["timestamp"] > timeout:
+            return i
+    return None
+
+
+def _range_sessions_complete(sessions: list[dict[str, Any]], window: Window, config: SessionConfig) -> bool:
+    """Are the summaries of the sessions starting before ``window.hi`` final?
+
+    The last one is final if a later session started inside what was read, or if no event after
+    what was read could still join it (gap over ``timeout``, or over ``max_session_duration``).
+    """
+    last_in = None
+    for position, summary in enumerate(sessions):
+        if summary["start_ts"] < window.hi:
+            last_in = position
+    if last_in is None or last_in < len(sessions) - 1 or window.read_hi is None:
+        return True
+    last = sessions[last_in]
+    if window.read_hi - last["end_ts"] > config.timeout_ms:
+        return True
+    limit = config.max_session_duration_ms
+    return limit is not None and window.read_hi - last["start_ts"] > limit
+
+
+# -- stage 3: rejections -> the JSON lines of the rejected table ------------------------------------------
+
+
+def rejection_lines(batches: Iterator[pa.RecordBatch], *, sources: list[str]) -> Iterator[pa.RecordBatch]:
+    """Rows of reason, message, raw, file_index, line -> (reason, JSON line) via the core's ``rejection_row``."""
+    schema = pa.schema([pa.field("reason", pa.string()), pa.field("value", pa.string())])
+    for batch in batches:
+        reasons = batch.column("reason").to_pylist()
+        messages = batch.column("message").to_pylist()
+        raws = batch.column("raw").to_pylist()
+        files = batch.column("file_index").to_pylist()
+        lines = batch.column("line").to_pylist()
+        values = []
+        for reason, message, raw, file, line in zip(reasons, messages, raws, files, lines, strict=True):
+            row = rejection_row(Rejection(Reason(reason), message, raw), sources[file], line, raw)
+            values.append(orjson.dumps(row).decode())
+        yield pa.RecordBatch.from_arrays([pa.array(reasons, pa.string()), pa.array(values, pa.string())], schema=schema)

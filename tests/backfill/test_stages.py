@@ -1,0 +1,116 @@
+"""The executor-side functions without Spark: the date-range logic against a whole-history run, and
+the spark-submit argument handling. Fast; no SparkSession."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Any
+
+import pytest
+
+from sessionflow.config import DAY, HOUR, MINUTE, Config, SessionConfig
+from sessionflow.core.refine import Refiner, strip_record
+from sessionflow.synthetic import FeedShape, generate
+
+pytest.importorskip("pyarrow")
+
+from sessionflow.runtimes.backfill.stages import (
+    EVENT,
+    SESSION,
+    UNRESOLVED,
+    Window,
+    sessionize_machine,
+)
+
+START = 1_791_244_800_000  # 2026-10-06T00:00:00Z: the feed below starts on 2026-10-05
+
+
+def _machines(config: Config) -> dict[str, list[dict[str, Any]]]:
+    refine = Refiner(config).refine
+    machines: dict[str, list[dict[str, Any]]] = {}
+    for index, raw in enumerate(generate(FeedShape(events=6_000, machines=12, seed=5, days=4))):
+        event = refine(strip_record(raw), START + 400 * DAY)
+        if isinstance(event, dict):
+            event.update(file_index=0, block_start=0, idx=index)
+            machines.setdefault(event["machine_id"], []).append(event)
+    return machines
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    if row["kind"] == EVENT:
+        return (EVENT, row["event_id"], row["session_id"], row["session_seq"], row["ms_since_prev"])
+    return (SESSION, row["s_session_id"], row["s_event_count"], row["s_end_ts"], tuple(row["s_event_type_counts"]))
+
+
+@pytest.mark.parametrize(
+    ("session", "bot_needs_history"),
+    [
+        (SessionConfig(), True),
+        (SessionConfig(max_session_duration_ms=2 * HOUR), True),
+        # The bot pauses 5 to 15 minutes: with a 10-minute timeout the margin settles it too.
+        (SessionConfig(timeout_ms=10 * MINUTE, opening_events=frozenset()), False),
+    ],
+    ids=["default", "max-duration", "short-timeout-no-opening-events"],
+)
+def test_a_window_gives_the_range_of_a_whole_history_run_or_says_it_cannot(
+    session: SessionConfig, bot_needs_history: bool
+) -> None:
+    # The feed's 11.2.* builds send seconds: without this rule their machines would have no events.
+    rules = Config.from_dict({"clean": [{"when": {"app_version": "11.2.*"}, "scale": {"timestamp": 1000}}]}).clean
+    config = Config(session=session, clean=rules)
+    settled = unresolved = 0
+    for events in _machines(config).values():
+        whole = sessionize_machine(copy.deepcopy(events), config=config)
+        for first_day in range(4):
+            lo = START - DAY + first_day * DAY
+            for days, margin in ((1, session.timeout_ms), (1, DAY), (2, 3 * HOUR)):
+                hi = lo + days * DAY
+                expected = sorted(
+                    _key(r)
+                    for r in whole
+                    if (r["kind"] == EVENT and lo <= r["timestamp"] < hi)
+                    or (r["kind"] == SESSION and lo <= r["s_start_ts"] < hi)
+                )
+                near = [copy.deepcopy(e) for e in events if lo - margin <= e["timestamp"] < hi + margin]
+                rows = sessionize_machine(near, config=config, window=Window(lo, hi, lo - margin, hi + margin))
+                if rows and rows[0]["kind"] == UNRESOLVED:
+                    unresolved += 1
+                    rows = sessionize_machine(copy.deepcopy(events), config=config, window=Window(lo, hi, None, None))
+                else:
+                    settled += 1
+                assert sorted(_key(r) for r in rows) == expected
+    # Most machines settle within the margin; the bot, which never pauses for `timeout`, does not.
+    assert settled > 5 * unresolved
+    assert (unresolved > 0) is bot_needs_history
+
+
+def test_first_arrival_wins_whatever_the_timestamps() -> None:
+    config = Config()
+    base = {"machine_id": "m", "event_type": "view", "block_start": 0, "file_index": 0}
+    events = [
+        {**base, "event_id": "a", "timestamp": START + 5_000, "idx": 7},
+        {**base, "event_id": "a", "timestamp": START, "idx": 3, "block_start": 0, "file_index": 1},
+        {**base, "event_id": "b", "timestamp": START + 1_000, "idx": 9},
+    ]
+    rows = sessionize_machine(events, config=config)
+    kept = {r["event_id"]: r["timestamp"] for r in rows if r["kind"] == EVENT}
+    assert kept == {"a": START + 5_000, "b": START + 1_000}
+
+
+def test_glue_arguments_are_dropped_with_their_values() -> None:
+    pytest.importorskip("pyspark")
+    from sessionflow.runtimes.backfill.job import drop_foreign_options
+    from sessionflow.runtimes.backfill.options import add_arguments, date_range_of, inputs_of
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--JOB_ID", "j_1", "--input", "s3://raw/a/,s3://raw/b/", "--TempDir=s3://t", "--out", "s3://lake"]
+    argv += ["--enable-metrics", "true", "--overwrite", "true", "--from", "2026-10-07", "--to", "2026-10-08"]
+    ours, foreign = drop_foreign_options(argv, parser)
+    assert foreign == ["--JOB_ID", "j_1", "--TempDir=s3://t", "--enable-metrics", "true"]
+    args = parser.parse_args(ours)
+    assert inputs_of(args) == ["s3://raw/a/", "s3://raw/b/"]
+    assert args.overwrite is True
+    window = date_range_of(args)
+    assert window is not None and window.days() == ["2026-10-07", "2026-10-08"]
