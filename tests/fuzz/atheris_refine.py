@@ -22,6 +22,7 @@ with atheris.instrument_imports():
 
     from sessionflow.config import Config
     from sessionflow.core import Outputs, Pipeline, Reason
+    from sessionflow.runtimes.local import engine
     from sessionflow.runtimes.local.lake import _table, arrow_schema
     from sessionflow.schema import SESSION_COLUMNS, event_columns
 
@@ -54,6 +55,9 @@ def one_input(data: bytes) -> None:
         _table(out.events, EVENTS)
     if out.sessions:
         _table(out.sessions, SESSIONS)
+    # The runner's own path: a worker refines the block straight into an Arrow record batch.
+    block = engine._block(engine.refine_block(data + b"\n", "fuzz", 1), "fuzz", 1)
+    assert (block.records, block.batch.num_rows) == (batch.records, len(batch.events))
 
 
 HEAD = b'"machine_id":"m1","event_type":'
@@ -72,6 +76,7 @@ def main() -> None:
         Path(corpus).mkdir(parents=True, exist_ok=True)
         for number, seed in enumerate(SEEDS):
             (Path(corpus) / f"seed-{number}").write_bytes(seed)
+    engine._init_worker(CONFIG, NOW_MS)
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 

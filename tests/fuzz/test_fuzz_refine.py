@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from sessionflow.config import Config
 from sessionflow.core import Outputs, Pipeline, Reason, Refiner
+from sessionflow.runtimes.local import engine
 from sessionflow.runtimes.local import reader as reader_module
 from sessionflow.runtimes.local.lake import _table, arrow_schema
 from sessionflow.runtimes.local.reader import OVERSIZED_KEEP, Source, SourceReader
@@ -60,6 +61,12 @@ def check_batch(config: Config, lines: list[bytes]) -> None:
         _table(out.events, arrow_schema(event_columns(config)))
     if out.sessions:
         _table(out.sessions, arrow_schema(SESSION_COLUMNS))
+    # The runner's own path: a worker refines a block straight into an Arrow record batch.
+    single = [line for line in lines if b"\n" not in line]  # a block is cut at newlines
+    expected = Pipeline(config, NOW_MS).refine([(line, "fuzz", number) for number, line in enumerate(single, 1)])
+    engine._init_worker(config, NOW_MS)
+    block = engine._block(engine.refine_block(b"".join(line + b"\n" for line in single), "fuzz", 1), "fuzz", 1)
+    assert (block.records, block.batch.num_rows) == (expected.records, len(expected.events))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
