@@ -111,6 +111,7 @@ class Refiner:
         dumps = orjson.dumps
         sort_keys = orjson.OPT_SORT_KEYS
         decode_error = orjson.JSONDecodeError
+        encode_error = orjson.JSONEncodeError
 
         def refine(raw: bytes, now_ms: int) -> Event | Rejection:
             """``raw`` is one record without its line end (see :func:`strip_record`)."""
@@ -173,8 +174,15 @@ class Refiner:
                         )
                     if kind == "int" and not _INT64_MIN <= value <= _INT64_MAX:
                         return Rejection(Reason.WRONG_TYPE, f"field {name!r} does not fit a 64-bit integer", raw)
+                    if kind == "float" and type(value) is int:
+                        value = float(value)  # a float column takes whole numbers too, even past 64 bits
                 event[name] = value
-            event["extra"] = dumps(record, option=sort_keys).decode() if record else None
+            try:
+                event["extra"] = dumps(record, option=sort_keys).decode() if record else None
+            except encode_error as exc:  # nested deeper than orjson writes (it reads deeper)
+                return Rejection(
+                    Reason.MALFORMED_JSON, f"the fields without a column cannot be kept as JSON: {exc}", raw
+                )
             return event if enrich is None else enrich(event)
 
         return refine

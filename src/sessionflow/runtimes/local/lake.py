@@ -7,15 +7,18 @@ Layout (DuckDB, Spark and Athena read it as it is)::
     DIR/rejected/reason=CODE/part-RRRRR-NNNNN.jsonl
     DIR/_sessionflow/                    ledgers, staging (readers skip names starting with _)
 
-A run writes every file into its staging folder; :meth:`LakeWriter.commit` moves them into place
-only when the run has finished, so a reader never sees a half-written file.
+A run writes every file into its staging folder; the commit protocol below moves them into place
+only when the run has finished, so a reader never sees a half-written file, and a run killed at any
+moment leaves either nothing or a run that the next start finishes (see docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections import defaultdict
+import signal
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -43,6 +46,11 @@ META_DIR = "_sessionflow"
 TABLES = ("events", "sessions", "rejected")
 _ROW_GROUP = 128 * 1024
 _BUFFER_ROWS = 512 * 1024  # rows held in memory over all partitions before writing
+# ... or this many bytes of Arrow data, whichever comes first: a table of few but wide rows (the
+# sessions, with their map column) would otherwise stay in memory for millions of input events.
+_BUFFER_BYTES = 32 << 20
+# Files open at once per table: an input spanning months must not keep one writer per day open.
+_MAX_OPEN_FILES = 16
 
 
 def arrow_type(logical: str) -> pa.DataType:
@@ -94,6 +102,8 @@ class _PartitionedParquet:
         self.compression = config.output.compression
         self.pending: dict[str, list[pa.Table]] = defaultdict(list)
         self.pending_rows = 0
+        self.pending_bytes = 0
+        # Least recently written first: the one closed when too many are open.
         self.writers: dict[str, tuple[pq.ParquetWriter, int]] = {}
         self.files: list[Path] = []
         self.sequence = 0
@@ -121,8 +131,9 @@ class _PartitionedParquet:
     def _hold(self, value: str, table: pa.Table) -> None:
         self.pending[value].append(table)
         self.pending_rows += table.num_rows
+        self.pending_bytes += table.nbytes
         self.rows += table.num_rows
-        if self.pending_rows >= _BUFFER_ROWS:
+        if self.pending_rows >= _BUFFER_ROWS or self.pending_bytes >= _BUFFER_BYTES:
             self.write_pending()
 
     def write_pending(self) -> None:
@@ -130,10 +141,15 @@ class _PartitionedParquet:
             self._write(value, pa.concat_tables(tables).cast(self.schema))
         self.pending.clear()
         self.pending_rows = 0
+        self.pending_bytes = 0
 
     def _write(self, value: str, table: pa.Table) -> None:
         while table.num_rows:
-            writer, written = self.writers.get(value) or (self._open(value), 0)
+            current = self.writers.pop(value, None)
+            if current is None and len(self.writers) >= _MAX_OPEN_FILES:
+                oldest = next(iter(self.writers))
+                self.writers.pop(oldest)[0].close()
+            writer, written = current or (self._open(value), 0)
             room = self.rows_per_file - written
             part = table.slice(0, room)
             writer.write_table(part, row_group_size=_ROW_GROUP)
@@ -141,7 +157,6 @@ class _PartitionedParquet:
             table = table.slice(part.num_rows)
             if written >= self.rows_per_file:
                 writer.close()
-                del self.writers[value]
             else:
                 self.writers[value] = (writer, written)
 
@@ -226,21 +241,16 @@ class LakeWriter:
             _fsync(path)
         return [path.relative_to(self.staging) for path in files]
 
-    def commit(self, files: list[Path]) -> None:
-        """Move the staged files into the lake. Idempotent: a file already moved is skipped."""
-        for relative in files:
-            staged = self.staging / relative
-            final = self.lake / relative
-            if staged.exists():
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, final)
-        shutil.rmtree(self.staging, ignore_errors=True)
-
     def abort(self) -> None:
-        for table in (self.events, self.sessions):
-            for writer, _ in table.writers.values():
-                writer.close()
-        self.rejected.close()
+        """Drop the staged files. Never raises: it runs while another error is on its way out."""
+        handles: list[Any] = [writer for table in (self.events, self.sessions) for writer, _ in table.writers.values()]
+        handles.extend(self.rejected.handles.values())
+        for handle in handles:
+            with contextlib.suppress(Exception):  # a full disk fails the close too; the files go anyway
+                handle.close()
+        self.events.writers.clear()
+        self.sessions.writers.clear()
+        self.rejected.handles.clear()
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -254,3 +264,186 @@ def _fsync(path: Path) -> None:
 
 def lake_exists(lake: Path) -> bool:
     return any((lake / table).exists() for table in TABLES)
+
+
+# -- the commit protocol --------------------------------------------------------------------------
+#
+# 1. A run writes its files, and the state it will leave, into staging/run-N (fsynced).
+# 2. Commit point: staging/run-N/COMMIT.json (files, ledger, where the state goes) appears by an
+#    atomic rename. Before it, the run never happened; after it, the run has happened.
+# 3. Roll forward (idempotent, so it may be interrupted and redone any number of times): with
+#    ``replace``, remove what the lake held before; move each staged file into place; write the
+#    state; write the ledger; drop COMMIT.json; remove the staging folder.
+# 4. Every start recovers first: a staging folder with COMMIT.json is rolled forward, one without
+#    is deleted.
+
+MANIFEST = "COMMIT.json"
+STAGED_STATE = "state.json"
+MANIFEST_FORMAT = 1
+CRASH_ENV = "SESSIONFLOW_CRASH_AT"  # tests only: "<step>" or "<step>:<nth>", see crash_point
+_crash_counts: Counter[str] = Counter()
+
+
+def crash_point(step: str) -> None:
+    """Kill this process (SIGKILL, no cleanup) at a named step when $SESSIONFLOW_CRASH_AT asks.
+
+    Only the fault-injection tests set the variable; it costs one environment lookup otherwise.
+    """
+    target = os.environ.get(CRASH_ENV)
+    if not target:
+        return
+    name, _, nth = target.partition(":")
+    if name != step:
+        return
+    _crash_counts[step] += 1
+    if _crash_counts[step] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def staging_root(lake: Path) -> Path:
+    return lake / META_DIR / "staging"
+
+
+def ledger_dir(lake: Path) -> Path:
+    return lake / META_DIR / "ledger"
+
+
+def ledger_path(lake: Path, run: int) -> Path:
+    return ledger_dir(lake) / f"run-{run:05d}.json"
+
+
+def write_atomically(path: Path, payload: bytes) -> None:
+    """Write to a temporary name, fsync, then rename: a reader sees the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def stage_state(staging: Path, payload: bytes) -> None:
+    with open(staging / STAGED_STATE, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def commit_run(
+    staging: Path,
+    *,
+    run: int,
+    files: list[Path],
+    ledger: dict[str, Any],
+    state_path: Path | None,
+    replace: bool,
+) -> None:
+    """The commit point: COMMIT.json appears atomically in the staging folder."""
+    crash_point("staged")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "run": run,
+        "replace": replace,
+        "files": [path.as_posix() for path in files],
+        "state": str(state_path.resolve()) if state_path is not None else None,
+        "ledger": ledger,
+    }
+    write_atomically(staging / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    crash_point("committed")
+
+
+def roll_forward(lake: Path, staging: Path) -> int:
+    """Publish a committed run from its staging folder; safe to repeat after any interruption."""
+    manifest = orjson.loads((staging / MANIFEST).read_bytes())
+    run = int(manifest["run"])
+    files = [Path(name) for name in manifest["files"]]
+    if manifest["replace"]:
+        _remove_all_but(lake, {path.as_posix() for path in files}, keep_ledger=run)
+        crash_point("replaced")
+    folders: set[Path] = set()
+    for relative in files:
+        staged = staging / relative
+        final = lake / relative
+        if staged.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+            folders.add(final.parent)
+            crash_point("moved")
+    for folder in folders:
+        _fsync_dir(folder)
+    state = staging / STAGED_STATE
+    if manifest["state"] is not None and state.exists():
+        write_atomically(Path(manifest["state"]), state.read_bytes())
+        crash_point("state")
+    write_atomically(ledger_path(lake, run), orjson.dumps(manifest["ledger"], option=orjson.OPT_INDENT_2))
+    crash_point("ledger")
+    # Without its manifest the folder is an uncommitted leftover: whatever happens next, it goes.
+    (staging / MANIFEST).unlink()
+    _fsync_dir(staging)
+    shutil.rmtree(staging, ignore_errors=True)
+    crash_point("cleaned")
+    return run
+
+
+def recover(lake: Path) -> list[int]:
+    """Finish what killed runs left: roll committed runs forward, delete uncommitted ones.
+
+    Returns the runs rolled forward. Call with the lake lock held.
+    """
+    root = staging_root(lake)
+    finished: list[int] = []
+    if root.is_dir():
+        for staging in sorted(root.iterdir()):
+            if (staging / MANIFEST).is_file():
+                finished.append(roll_forward(lake, staging))
+            elif staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                staging.unlink(missing_ok=True)
+    ledgers = ledger_dir(lake)
+    if ledgers.is_dir():
+        for leftover in ledgers.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+    return finished
+
+
+def pending_commits(lake: Path) -> list[Path]:
+    """Staging folders of committed runs not yet rolled forward (read-only)."""
+    root = staging_root(lake)
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+
+
+def _remove_all_but(lake: Path, keep: set[str], keep_ledger: int) -> None:
+    """Before a replacing run is published: remove every file of the lake it does not bring."""
+    for table in TABLES:
+        root = lake / table
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*"), reverse=True):
+            relative = path.relative_to(lake).as_posix()
+            if path.is_dir():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            elif relative not in keep:
+                path.unlink()
+    ledgers = ledger_dir(lake)
+    if ledgers.is_dir():
+        for ledger in ledgers.glob("run-*.json"):
+            if ledger.name != ledger_path(lake, keep_ledger).name:
+                ledger.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (a power cut, not only a kill)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

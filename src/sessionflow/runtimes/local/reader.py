@@ -2,21 +2,29 @@
 
 Accepts JSON-lines files, gzip files (recognised by their magic bytes, whatever their name),
 directories (every file below, sorted, hidden ones skipped) and ``-`` for standard input.
+
+Memory is bounded whatever the input: :class:`SourceReader` reads fixed-size chunks and never holds
+a line longer than its limit (such a line is reported with a bounded prefix and its size).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import logging
 import os
 import sys
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from sessionflow.core.pipeline import RawLine
 from sessionflow.errors import InputError
+
+log = logging.getLogger(__name__)
 
 STDIN = "-"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -26,6 +34,10 @@ _GZIP_MAGIC = b"\x1f\x8b"
 class Source:
     name: str  # as given, or the path of a file found under a given directory
     path: Path | None  # None for standard input
+    # Read with bounded lines and/or resumed (see `bounded`); then `report` is filled while reading.
+    max_line_bytes: int | None = None
+    resume: Position | None = None
+    report: ReadReport = field(default_factory=lambda: ReadReport(), compare=False)  # noqa: PLW0108 - defined below
 
     @property
     def size(self) -> int | None:
@@ -60,6 +72,13 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
 
 
 def open_source(source: Source) -> BinaryIO:
+    """The source's bytes, decompressed; with bounded lines and resumed when the source asks."""
+    if source.max_line_bytes is None and source.resume is None:
+        return _open(source)
+    return cast(BinaryIO, BoundedLines(source))
+
+
+def _open(source: Source) -> BinaryIO:
     raw: BinaryIO
     try:
         raw = sys.stdin.buffer if source.path is None else open(source.path, "rb")  # noqa: SIM115
@@ -71,27 +90,342 @@ def open_source(source: Source) -> BinaryIO:
     return buffered
 
 
-def read_batches(source: Source, batch_bytes: int = 4 << 20, start_line: int = 0) -> Iterator[list[RawLine]]:
-    """Batches of about ``batch_bytes``; skips the first ``start_line`` lines (a resumed run)."""
-    stream = open_source(source)
-    name = source.name
-    line_no = 0
-    try:
-        while True:
-            try:
-                lines = stream.readlines(batch_bytes)
-            except (OSError, EOFError) as exc:
-                raise InputError(f"{name}: read failed after line {line_no}: {exc}") from None
-            if not lines:
-                return
-            first = line_no + 1
-            line_no += len(lines)
-            if line_no <= start_line:
-                continue
-            batch = [(raw, name, first + i) for i, raw in enumerate(lines)]
-            if first <= start_line:
-                batch = batch[start_line - first + 1 :]
-            yield batch
-    finally:
-        if source.path is not None:
+# -- bounded line reading -------------------------------------------------------------------------
+
+# A line may carry this much whitespace (a CR, padding) around a record of the limit's size and
+# still reach the core intact, which then decides exactly (it measures the stripped record).
+LINE_SLACK = 64 * 1024
+# Bytes of an oversized line kept in its rejection: enough to see what it was, never the whole line.
+OVERSIZED_KEEP = 64 * 1024
+# Both ends of a source are fingerprinted over this many bytes to recognise it in a later run.
+FINGERPRINT_BYTES = 64 * 1024
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """How far into a source a run got: every line up to ``bytes`` was consumed.
+
+    ``head`` and ``tail`` are SHA-256 digests of the first and of the last
+    :data:`FINGERPRINT_BYTES` of that prefix; a later run resumes after ``bytes`` only when
+    the same path still starts and continues with exactly those bytes.
+    """
+
+    lines: int = 0
+    bytes: int = 0
+    head: str = ""
+    tail: str = ""
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"lines": self.lines, "bytes": self.bytes, "head": self.head, "tail": self.tail}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Position:
+        return cls(int(data["lines"]), int(data["bytes"]), str(data["head"]), str(data["tail"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A line longer than the reader's limit: only its first bytes were kept."""
+
+    prefix: bytes
+    source: str
+    line: int
+    size: int  # the whole line, in bytes, without its newline
+
+
+@dataclass
+class ReadReport:
+    """What reading a bounded source found: oversized lines (in order), where it started and ended."""
+
+    oversized: deque[Oversized] = field(default_factory=deque)
+    resumed: bool = False
+    start: Position = field(default_factory=Position)
+    position: Position | None = None  # set when the end of the source is reached
+
+    def take_oversized(self, last_line: int) -> list[Oversized]:
+        """The oversized lines up to ``last_line`` not taken yet."""
+        taken = []
+        while self.oversized and self.oversized[0].line <= last_line:
+            taken.append(self.oversized.popleft())
+        return taken
+
+
+def bounded(source: Source, *, max_line_bytes: int | None, resume: Position | None = None) -> Source:
+    """The same source, to be read with lines of at most ``max_line_bytes`` and/or resumed."""
+    return Source(source.name, source.path, max_line_bytes, resume)
+
+
+class BoundedLines:
+    """A stream of a source's bytes in which no line is longer than the source's limit.
+
+    Memory is bounded by the chunk size plus the limit: an oversized line is never held whole. It
+    is replaced by an empty line (so line numbers stay true) and reported in ``source.report`` with
+    its first :data:`OVERSIZED_KEEP` bytes and its size. ``read`` returns whole lines only (the
+    last line of the source excepted), so it may return more than asked.
+
+    With ``source.resume``, the lines an earlier run consumed are skipped when the source still
+    starts with the same bytes (see :class:`Position`); otherwise it is read from its start.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.report = source.report
+        self._limit = source.max_line_bytes
+        self._stream = _open(source)
+        self._head = bytearray()
+        self._tail = b""
+        self._read = 0
+        self._lines = 0  # lines passed on, resumed ones included
+        self._carry = b""  # the start of a line whose end has not been read yet
+        self._skip: list[Any] | None = None  # [kept prefix, size so far, line number] of an oversized line
+        self._started = False
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self.source.path is not None:
+            self._stream.close()
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._started:
+            self._started = True
+            self._start()
+        while not self._done:
+            chunk = self._pull(_CHUNK)
+            out = self._feed(chunk) if chunk else self._finish()
+            if out:
+                return out
+        return b""
+
+    # -- reading, fingerprints ---------------------------------------------------------------------
+
+    def _pull(self, size: int) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{self.source.name}: read failed after line {self._lines}: {exc}") from None
+        if len(self._head) < FINGERPRINT_BYTES:
+            self._head += data[: FINGERPRINT_BYTES - len(self._head)]
+        if len(data) >= FINGERPRINT_BYTES:
+            self._tail = data[-FINGERPRINT_BYTES:]
+        elif data:
+            self._tail = (self._tail + data)[-FINGERPRINT_BYTES:]
+        self._read += len(data)
+        return data
+
+    def _pull_exact(self, size: int) -> bytes | None:
+        parts = []
+        while size:
+            data = self._pull(min(size, _CHUNK))
+            if not data:
+                return None
+            parts.append(data)
+            size -= len(data)
+        return b"".join(parts)
+
+    def _start(self) -> None:
+        resume = self.source.resume
+        if resume is None or self.source.path is None:
+            return
+        if self._skip_consumed(resume):
+            self.report.resumed = True
+            self.report.start = resume
+            self._lines = resume.lines
+            return
+        log.warning("%s: not the input an earlier run read (its bytes differ): reading all of it", self.source.name)
+        self._stream.close()
+        self._stream = _open(self.source)
+        self._head, self._tail, self._read = bytearray(), b"", 0
+
+    def _skip_consumed(self, resume: Position) -> bool:
+        """Consume the prefix an earlier run read, if it is still there (head and tail fingerprints)."""
+        head = self._pull_exact(min(resume.bytes, FINGERPRINT_BYTES))
+        if head is None or _digest(head) != resume.head:
+            return False
+        tail_start = max(0, resume.bytes - FINGERPRINT_BYTES)
+        if tail_start < len(head):
+            rest = self._pull_exact(resume.bytes - len(head))
+            if rest is None:
+                return False
+            tail = (head + rest)[tail_start:]
+        else:
+            stream = self._stream
+            if stream.seekable() and not isinstance(stream, gzip.GzipFile):
+                stream.seek(tail_start)
+                self._read = tail_start
+            else:
+                while self._read < tail_start:
+                    if not self._pull(min(_CHUNK, tail_start - self._read)):
+                        return False
+            rest = self._pull_exact(resume.bytes - tail_start)
+            if rest is None:
+                return False
+            tail = rest
+        if _digest(tail) != resume.tail:
+            return False
+        self._tail = tail
+        return True
+
+    # -- cutting lines ---------------------------------------------------------------------------------
+
+    def _feed(self, chunk: bytes) -> bytes:
+        limit = self._limit
+        parts = []
+        if self._skip is not None:
+            end = chunk.find(b"\n")
+            if end < 0:
+                self._skip[1] += len(chunk)
+                return b""
+            self._skip[1] += end
+            parts.append(self._end_oversized())
+            chunk = chunk[end + 1 :]
+        data = self._carry + chunk if self._carry else chunk
+        cut = data.rfind(b"\n") + 1
+        complete, self._carry = data[:cut], data[cut:]
+        if complete:
+            if limit is not None and _may_hold_a_long_line(complete, limit):
+                complete = self._cut_long_lines(complete, limit)
+            else:
+                self._lines += complete.count(b"\n")
+            parts.append(complete)
+        if limit is not None and len(self._carry) > limit:
+            self._skip = [self._carry[:OVERSIZED_KEEP], len(self._carry), self._lines + 1]
+            self._carry = b""
+        return b"".join(parts)
+
+    def _cut_long_lines(self, complete: bytes, limit: int) -> bytes:
+        lines = complete.split(b"\n")
+        lines.pop()  # `complete` ends with a newline
+        for index, line in enumerate(lines):
+            self._lines += 1
+            if len(line) > limit:
+                self.report.oversized.append(Oversized(line[:OVERSIZED_KEEP], self.source.name, self._lines, len(line)))
+                lines[index] = b""
+        lines.append(b"")
+        return b"\n".join(lines)
+
+    def _end_oversized(self) -> bytes:
+        assert self._skip is not None
+        prefix, size, line = self._skip
+        self._skip = None
+        self._lines += 1
+        self.report.oversized.append(Oversized(prefix, self.source.name, line, size))
+        return b"\n"  # stands for the line: an empty line, so the lines after it keep their numbers
+
+    def _finish(self) -> bytes:
+        out = b""
+        if self._skip is not None:
+            out = self._end_oversized()
+        elif self._carry:
+            out, self._carry = self._carry, b""
+            self._lines += 1
+        self._done = True
+        self.report.position = Position(self._lines, self._read, _digest(bytes(self._head)), _digest(self._tail))
+        return out
+
+
+def _may_hold_a_long_line(data: bytes, limit: int) -> bool:
+    """False when every line of ``data`` (whole lines) is at most ``limit`` bytes; a few finds, not a split.
+
+    If each window of ``limit // 2`` bytes holds a newline, no two newlines are more than
+    ``limit`` apart.
+    """
+    step = max(1, limit // 2)
+    find = data.find
+    return any(find(b"\n", start, start + step) < 0 for start in range(0, len(data), step))
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ReadBatch(list[RawLine]):
+    """Raw lines (a ``list[RawLine]``), plus the oversized lines cut out of them.
+
+    ``last_line`` is the line number of the last line read, oversized or not; ``nbytes`` the
+    bytes of the stream this batch covers (for progress).
+    """
+
+    def __init__(self, lines: list[RawLine], oversized: list[Oversized], last_line: int, nbytes: int) -> None:
+        super().__init__(lines)
+        self.oversized = oversized
+        self.last_line = last_line
+        self.nbytes = nbytes
+
+
+class SourceReader:
+    """Batches of raw lines from one source, through :class:`BoundedLines` (bounded memory).
+
+    After the last batch: :attr:`resumed`, :attr:`start` (where it began) and :attr:`position`.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        max_line_bytes: int | None = None,
+        batch_bytes: int = 4 << 20,
+        resume: Position | None = None,
+    ) -> None:
+        self.source = bounded(source, max_line_bytes=max_line_bytes, resume=resume)
+        self.batch_bytes = batch_bytes
+        self.resumed = False
+        self.start = Position()
+        self.position = Position()
+
+    def batches(self) -> Iterator[ReadBatch]:
+        source = self.source
+        report = source.report
+        name = source.name
+        stream = BoundedLines(source)
+        try:
+            line_no: int | None = None
+            carry = b""
+            lines: list[RawLine] = []
+            held = 0
+            while True:
+                data = stream.read(self.batch_bytes)
+                if line_no is None:
+                    line_no = report.start.lines
+                if not data:
+                    break
+                held += len(data)
+                data = carry + data if carry else data
+                parts = data.split(b"\n")
+                carry = parts.pop()
+                first = line_no + 1
+                lines.extend((part, name, first + i) for i, part in enumerate(parts))
+                line_no += len(parts)
+                if held >= self.batch_bytes:
+                    yield _batch(lines, report.take_oversized(line_no), line_no, held)
+                    lines, held = [], 0
+            assert line_no is not None
+            if carry:
+                line_no += 1
+                lines.append((carry, name, line_no))
+            oversized = report.take_oversized(line_no)
+            if lines or oversized:
+                yield _batch(lines, oversized, line_no, held)
+        finally:
             stream.close()
+        self.resumed = report.resumed
+        self.start = report.start
+        self.position = report.position or Position()
+
+
+def _batch(lines: list[RawLine], oversized: list[Oversized], last_line: int, nbytes: int) -> ReadBatch:
+    if oversized:
+        cut = {line.line for line in oversized}
+        lines = [line for line in lines if line[2] not in cut]
+    return ReadBatch(lines, oversized, last_line, nbytes)
+
+
+def read_batches(source: Source, batch_bytes: int = 4 << 20, start_line: int = 0) -> Iterator[list[RawLine]]:
+    """Batches of about ``batch_bytes``; skips the first ``start_line`` lines. No line limit."""
+    for batch in SourceReader(source, batch_bytes=batch_bytes).batches():
+        if batch.last_line <= start_line:
+            continue
+        yield [line for line in batch if line[2] > start_line]

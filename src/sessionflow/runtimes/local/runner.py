@@ -1,11 +1,15 @@
 """The embedded runner: input files -> the core -> a Parquet lake, on one machine.
 
 A run is all-or-nothing: its files are staged and published together with its ledger and the
-sessionizer state, so the lake always holds whole runs only.
+sessionizer state through one commit point (see ``lake.commit_run``), so the lake always holds whole
+runs only, and a run killed at any moment and started again ends with the lake an uninterrupted run
+would have written. With ``--state``, the state remembers how far into each input file the runs got,
+so the same command started again never reads a line twice.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import logging
@@ -20,11 +24,22 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
-from sessionflow.core import Sessionizer, Tally
+from sessionflow.core import Reason, Rejection, Sessionizer, Tally, rejection_row
 from sessionflow.errors import OutputError, StateError
-from sessionflow.runtimes.local.engine import Assembler, Engine
-from sessionflow.runtimes.local.lake import META_DIR, TABLES, LakeWriter, lake_exists
-from sessionflow.runtimes.local.reader import expand_inputs
+from sessionflow.runtimes.local.engine import Assembler, Block, Engine
+from sessionflow.runtimes.local.lake import (
+    META_DIR,
+    LakeWriter,
+    commit_run,
+    crash_point,
+    lake_exists,
+    ledger_dir,
+    recover,
+    roll_forward,
+    stage_state,
+    write_atomically,
+)
+from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Source, bounded, expand_inputs
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +54,8 @@ class RunReport:
     flushed: bool
     files: int
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    # True when every input had been read by earlier runs and there was nothing to publish.
+    nothing_new: bool = False
 
     @property
     def events_per_second(self) -> float:
@@ -53,6 +70,7 @@ class RunReport:
             "flushed": self.flushed,
             "files": self.files,
             "inputs": self.inputs,
+            "nothing_new": self.nothing_new,
         }
 
 
@@ -68,10 +86,24 @@ def session_fingerprint(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_state(path: Path, config: Config) -> tuple[Sessionizer, int]:
-    """(sessionizer, runs so far) from a state file; a fresh one when the file does not exist."""
+@dataclass
+class RunState:
+    """What a --state file holds: the sessionizer, the run count, how far into each input."""
+
+    sessionizer: Sessionizer
+    runs: int = 0
+    # Input key (absolute path) -> where the last run that read it stopped, and which run that was.
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# A state remembers this many inputs (the most recent ones): ~200 bytes each.
+MAX_REMEMBERED_INPUTS = 10_000
+
+
+def load_state(path: Path, config: Config) -> RunState:
+    """The state in a file; a fresh one when the file does not exist."""
     if not path.exists():
-        return Sessionizer(config.session), 0
+        return RunState(Sessionizer(config.session))
     try:
         data = orjson.loads(path.read_bytes())
         if data.get("format") != STATE_FORMAT:
@@ -81,58 +113,117 @@ def load_state(path: Path, config: Config) -> tuple[Sessionizer, int]:
                 f"{path}: this state was built with other session, field or column settings; "
                 "use the same config, or start with a new state file"
             )
-        return Sessionizer.restore(config.session, data["sessionizer"]), int(data["runs"])
+        sessionizer = Sessionizer.restore(config.session, data["sessionizer"])
+        return RunState(sessionizer, int(data["runs"]), dict(data.get("inputs", {})))
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def save_state(path: Path, config: Config, snapshot: dict[str, Any] | None, runs: int) -> None:
+def state_payload(config: Config, snapshot: dict[str, Any] | None, runs: int, inputs: dict[str, Any]) -> bytes:
     """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
+    if len(inputs) > MAX_REMEMBERED_INPUTS:
+        newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
+        inputs = {key: inputs[key] for key in newest}
     data = {
         "format": STATE_FORMAT,
         "fingerprint": session_fingerprint(config),
         "runs": runs,
         "sessionizer": snapshot or {"clock": -1, "leaders": {}, "machines": []},
+        "inputs": inputs,
     }
-    write_atomically(path, orjson.dumps(data))
+    return orjson.dumps(data)
 
 
-def write_atomically(path: Path, payload: bytes) -> None:
-    """Write to a temporary name, fsync, then rename: a reader sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _ledger_dir(lake: Path) -> Path:
-    return lake / META_DIR / "ledger"
+def save_state(path: Path, config: Config, snapshot: dict[str, Any] | None, runs: int) -> None:
+    write_atomically(path, state_payload(config, snapshot, runs, {}))
 
 
 def next_run_number(lake: Path) -> int:
-    ledgers = _ledger_dir(lake)
+    ledgers = ledger_dir(lake)
     numbers = [int(p.stem.split("-")[1]) for p in ledgers.glob("run-*.json")] if ledgers.exists() else []
     return max(numbers, default=0) + 1
 
 
-def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> None:
-    if lake.exists() and not lake.is_dir():
-        raise OutputError(f"{lake}: exists and is not a directory")
-    if overwrite:
-        for name in (*TABLES, META_DIR):
-            shutil.rmtree(lake / name, ignore_errors=True)
-    elif not stateful and lake_exists(lake):
+class LakeLock:
+    """One writer per lake: an exclusive lock the kernel releases when the process dies, even by SIGKILL.
+
+    Worker processes forked while it is held close their copy of it, so that a killed run's
+    orphaned workers never keep its lake locked.
+    """
+
+    def __init__(self, lake: Path) -> None:
+        self.path = lake / META_DIR / "lock"
+        self.handle: Any = None
+
+    def __enter__(self) -> LakeLock:
+        global _fork_hook_registered  # noqa: PLW0603 - once per process
+        if not _fork_hook_registered:
+            os.register_at_fork(after_in_child=_close_held_locks)
+            _fork_hook_registered = True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+b")
+        try:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise OutputError(f"{self.path.parent.parent}: another sessionflow run is writing to this lake") from None
+        _held_locks.add(self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _held_locks.discard(self.handle)
+        self.handle.close()
+
+
+_held_locks: set[Any] = set()
+_fork_hook_registered = False
+
+
+def _close_held_locks() -> None:
+    for handle in _held_locks:
+        handle.close()
+    _held_locks.clear()
+
+
+def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
+    """Lock held: finish what killed runs left, then check the lake can take this run.
+
+    Returns the runs an earlier, killed process had committed and this call published.
+    """
+    finished = recover(lake)
+    if finished:
+        log.warning("%s: finished publishing run(s) %s, committed by a run that was stopped", lake, finished)
+    if not overwrite and not stateful and lake_exists(lake):
         raise OutputError(f"{lake}: already holds a lake; pass --overwrite to replace it, or --state to add runs to it")
+    probe = lake / f".write-probe-{os.getpid()}"
     try:
-        lake.mkdir(parents=True, exist_ok=True)
-        probe = lake / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"{lake}: cannot write: {exc.strerror}") from None
+    return finished
+
+
+def _create_lake_folder(lake: Path) -> bool:
+    """Create the lake folder; True when this run created it (so a failure can take it back)."""
+    if lake.exists() and not lake.is_dir():
+        raise OutputError(f"{lake}: exists and is not a directory")
+    created = not lake.exists()
+    try:
+        lake.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{lake}: cannot create: {exc.strerror}") from None
+    return created
+
+
+def _remove_if_empty_lake(lake: Path) -> None:
+    """A failed first run leaves no lake: only our own bookkeeping may be in the folder."""
+    if not lake.is_dir() or lake_exists(lake) or any(p.name != META_DIR for p in lake.iterdir()):
+        return
+    meta = lake / META_DIR
+    if any((meta / "ledger").glob("run-*.json")) or any((meta / "staging").glob("*/COMMIT.json")):
+        return
+    shutil.rmtree(lake, ignore_errors=True)
 
 
 def default_workers() -> int:
@@ -153,33 +244,87 @@ def run(
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> RunReport:
-    """One run of the embedded pipeline. Raises InputError, OutputError or StateError."""
+    """One run of the embedded pipeline. Raises InputError, OutputError or StateError.
+
+    On any error nothing of the run is published, and a lake folder this run created is removed.
+    """
     started = time.perf_counter()
-    sources = expand_inputs(inputs)
-    prepare_lake(lake, stateful=state_path is not None, overwrite=overwrite)
-    if state_path is not None:
-        sessionizer, runs = load_state(state_path, config)
-    else:
-        sessionizer, runs = Sessionizer(config.session), 0
-    flushed = flush or state_path is None
-    number = next_run_number(lake)
-    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    sources = expand_inputs(inputs)  # a missing input fails before the lake is touched
+    created = _create_lake_folder(lake)
+    try:
+        with LakeLock(lake):
+            prepare_lake(lake, stateful=state_path is not None, overwrite=overwrite)
+            state = load_state(state_path, config) if state_path is not None else RunState(Sessionizer(config.session))
+            options = _Options(state_path, flush, overwrite, now_ms, workers, progress, started)
+            return _run_locked(sources, lake, config, state, options)
+    except BaseException:
+        if created:
+            _remove_if_empty_lake(lake)
+        raise
+
+
+@dataclass(frozen=True)
+class _Options:
+    state_path: Path | None
+    flush: bool
+    overwrite: bool
+    now_ms: int | None
+    workers: int | None
+    progress: Progress | None
+    started: float
+
+
+def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunState, options: _Options) -> RunReport:
+    state_path = options.state_path
+    sessionizer = state.sessionizer
+    flushed = options.flush or state_path is None
+    # A replacing run is run 1 of the new lake; the old lake stays whole until it commits.
+    number = 1 if options.overwrite else next_run_number(lake)
+    pending_before = sum(len(machine.pending) for machine in sessionizer.machines.values())
+    had_machines = bool(sessionizer.machines)
+    now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
     writer = LakeWriter(lake, config, number)
     assembler = Assembler(writer.events.add_table, writer.events.add)
     inputs_read: list[dict[str, Any]] = []
+    positions: list[dict[str, Any]] = []  # for the ledger: where each input started and ended
+    new_positions: dict[str, Position] = {}
+    all_seen = bool(sources)
     engine = None
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of short-lived containers, no cycles: the collector only costs here
     try:
-        engine = Engine(config, now, default_workers() if workers is None else workers)
-        for source in sources:
-            lines = 0
-            for block in engine.blocks(source, progress):
+        engine = Engine(config, now, default_workers() if options.workers is None else options.workers)
+        for given in sources:
+            key = _input_key(given) if state_path is not None else None
+            remembered = state.inputs.get(key) if key is not None else None
+            source = bounded(
+                given,
+                max_line_bytes=config.validation.max_record_bytes + LINE_SLACK,
+                resume=Position.from_dict(remembered) if remembered is not None else None,
+            )
+            for block in engine.blocks(source, options.progress):
+                add_oversized(block, source, config)
                 assembler.feed(block, sessionizer)
                 writer.write([], assembler.sessions, block.rejections)
                 assembler.sessions.clear()
-                lines = block.first_line + block.lines - 1
-            inputs_read.append({"source": source.name, "lines": lines})
+                crash_point("batch")
+            report = source.report
+            position = report.position or report.start
+            if not report.resumed or position.bytes != report.start.bytes:
+                all_seen = False
+            if key is not None:
+                new_positions[key] = position
+            inputs_read.append({"source": given.name, "lines": position.lines})
+            positions.append(
+                {
+                    "source": given.name,
+                    "start_line": report.start.lines,
+                    "lines": position.lines,
+                    "start_byte": report.start.bytes,
+                    "bytes": position.bytes,
+                }
+            )
+        pending_sessions = _open_sessions(sessionizer)
         if flushed:
             sessionizer.flush(assembler)
             assembler.finish()
@@ -187,7 +332,27 @@ def run(
         else:
             snapshot = assembler.finish_partial(sessionizer)
         writer.write([], assembler.sessions, [])
+        tally = assembler.tally
+        if state_path is not None and all_seen and not (options.flush and had_machines) and not tally.records:
+            # The same command again after its run was published: publishing an empty run would
+            # make the lake differ from one where the first attempt simply finished.
+            writer.abort()
+            seconds = time.perf_counter() - options.started
+            log.warning("every input was read by earlier runs: nothing new to publish")
+            return RunReport(number - 1, tally, seconds, flushed, 0, inputs_read, nothing_new=True)
         files = writer.close()
+        report_ = RunReport(number, tally, time.perf_counter() - options.started, flushed, len(files), inputs_read)
+        open_sessions = (0, 0) if flushed else pending_sessions
+        ledger = ledger_record(report_, files, snapshot, pending_before, open_sessions, config, options.overwrite)
+        ledger["inputs"] = positions
+        if state_path is not None:
+            for key, position in new_positions.items():
+                state.inputs.pop(key, None)  # re-inserted last: the newest inputs are kept longest
+                state.inputs[key] = {**position.to_dict(), "run": number}
+            stage_state(writer.staging, state_payload(config, snapshot, state.runs + 1, state.inputs))
+        commit_run(
+            writer.staging, run=number, files=files, ledger=ledger, state_path=state_path, replace=options.overwrite
+        )
     except OSError as exc:
         writer.abort()
         raise OutputError(f"{lake}: cannot write: {exc}") from exc
@@ -199,18 +364,85 @@ def run(
             engine.close()
         if gc_was_enabled:
             gc.enable()
-    tally = assembler.tally
-    report = RunReport(number, tally, time.perf_counter() - started, flushed, len(files), inputs_read)
+    publish(lake, writer.staging, number)
+    return report_
+
+
+def add_oversized(block: Block, source: Source, config: Config) -> None:
+    """Resumed line numbers, and the oversized lines the reader cut out as rejections.
+
+    The reader stands an empty line in for an oversized one (the core counted it as blank) and
+    reports it aside with its first bytes and its size.
+    """
+    report = source.report
+    shift = report.start.lines
+    if shift:
+        block.first_line += shift
+        for row in block.rejections:
+            row["line"] += shift
+    limit = config.validation.max_record_bytes
+    for line in report.take_oversized(block.first_line + block.lines - 1):
+        rejection = Rejection(
+            Reason.OVERSIZED,
+            f"record is {line.size} bytes, over the limit of {limit}; only its first {len(line.prefix)} bytes are kept",
+            line.prefix,
+        )
+        block.rejections.append(rejection_row(rejection, line.source, line.line))
+        block.rejected[Reason.OVERSIZED.value] += 1
+        block.records += 1
+        block.blank -= 1
+
+
+def publish(lake: Path, staging: Path, run: int) -> None:
+    """After the commit point: the run has happened; put it in place (or leave it to recovery)."""
     try:
-        writer.commit(files)
-        if state_path is not None:
-            save_state(state_path, config, snapshot, runs + 1)
-        pending = _pending(snapshot)
-        ledger = {**report.to_dict(), "files": [str(f) for f in files], "pending_in_state": pending}
-        write_atomically(_ledger_dir(lake) / f"run-{number:05d}.json", orjson.dumps(ledger, option=orjson.OPT_INDENT_2))
+        roll_forward(lake, staging)
     except OSError as exc:
-        raise OutputError(f"{lake}: cannot publish run {number}: {exc}") from exc
-    return report
+        raise OutputError(
+            f"{lake}: run {run} is committed but could not be put in place: {exc}; "
+            "the next run on this lake finishes it (or: sessionflow verify --repair)"
+        ) from exc
+
+
+def ledger_record(
+    report: RunReport,
+    files: list[Path],
+    snapshot: dict[str, Any] | None,
+    pending_before: int,
+    open_sessions: tuple[int, int],
+    config: Config,
+    replace: bool,
+) -> dict[str, Any]:
+    """What the run did, for `sessionflow verify`: counts, files, and what the state still holds."""
+    return {
+        **report.to_dict(),
+        "files": [path.as_posix() for path in files],
+        "replace": replace,
+        "config_fingerprint": session_fingerprint(config),
+        # Conservation: records = events + rejected + duplicates + pending_in_state - pending_before.
+        "pending_before": pending_before,
+        "pending_in_state": _pending(snapshot),
+        # Events already written whose session summary comes in a later run.
+        "open_sessions": open_sessions[0],
+        "events_in_open_sessions": open_sessions[1],
+    }
+
+
+def _open_sessions(sessionizer: Sessionizer) -> tuple[int, int]:
+    """(sessions still open, events placed in them so far)."""
+    sessions = [
+        machine.session
+        for machine in sessionizer.machines.values()
+        if machine.session is not None and not machine.session.closed
+    ]
+    return len(sessions), sum(session.count for session in sessions)
+
+
+def _input_key(source: Source) -> str | None:
+    """How a later run recognises an input: its absolute path (standard input is never recognised)."""
+    if source.path is None or source.name == STDIN:
+        return None
+    return str(source.path.resolve())
 
 
 def _pending(snapshot: dict[str, Any] | None) -> int:
