@@ -18,6 +18,7 @@ help:
 	@echo "make test       install the dev dependencies, lint, run every test"
 	@echo "make bench      benchmarks against DuckDB and Polars baselines (see bench/)"
 	@echo "make lint       ruff + mypy"
+	@echo "make fuzz       a long fuzz run of parse, validate and clean"
 	@echo "make deploy-package  build the Lambda artifact, serverless package, cfn-lint"
 
 $(BIN)/python:
@@ -81,5 +82,11 @@ test-spark: $(STAMP) java-check
 bench: $(STAMP)
 	$(BIN)/python bench/bench_run.py --events 1000000
 
+# A long fuzz run (about 20 minutes): hypothesis with many examples, then atheris on refine.
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet 'atheris>=2.3'
+	SESSIONFLOW_FUZZ_EXAMPLES=10000 $(BIN)/pytest -n $(PYTEST_WORKERS) tests/fuzz
+	$(BIN)/python tests/fuzz/atheris_refine.py -max_total_time=600 -rss_limit_mb=4096 -dict=tests/fuzz/json.dict .fuzz-corpus
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sessionflow-demo bench/out build node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sessionflow-demo bench/out build node_modules .fuzz-corpus
