@@ -1,0 +1,442 @@
+"""`make bench`: sessionflow end to end against DuckDB and Polars baselines, on the same file, in one run.
+
+    python bench/bench_run.py [--events 1000000] [--machines 10000] [--seed 1] [--repeat 2]
+                              [--skip-10m] [--json results.json] [--all]
+
+Every contender is its own process, so its peak RSS (``ru_maxrss`` from ``os.wait4`` on that
+process alone) is its own; wall time is measured around the process, imports and writing included.
+Each contender runs ``--repeat`` times, interleaved; the table shows the best time and the highest
+peak RSS of those runs. Then the two stdin runs (``sessionflow generate -n N | sessionflow run -``)
+at N = --events and N = --big-events measure how memory grows with the input (only the ``run``
+process is measured). See bench/README.md.
+
+Exit status: 0 when everything ran, whatever the PASS/FAIL lines say (a FAIL is a finding);
+1 when a contender or a hook failed to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+BASELINES = BENCH_DIR / "baselines"
+HOOKS = ("bench_aws.py", "bench_backfill.py")  # written on other branches; run with --all when present
+
+RSS_LIMIT_MB = 500.0
+GROWTH_LIMIT = 1.5  # the big stdin run's peak RSS over the small one's
+COUNT_TOLERANCE = 0.005  # baselines keep no rejections and have no late semantics: counts differ a little
+SPEED_TARGET = 1.0
+
+
+class BenchError(Exception):
+    """A contender could not run: the benchmark has no result."""
+
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_rss_mb: float
+    cpu_seconds: float
+    stdout: str
+
+
+@dataclass
+class Contender:
+    name: str
+    samples: list[Sample] = field(default_factory=list)
+    events: int | None = None  # rows in its events table
+    sessions: int | None = None  # rows in its sessions table
+    identical_sessions: float | None = None  # share of its sessions found in sessionflow's, field for field
+
+    @property
+    def best_seconds(self) -> float:
+        return min(sample.seconds for sample in self.samples)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return max(sample.peak_rss_mb for sample in self.samples)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return min(sample.cpu_seconds for sample in self.samples)
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- measuring one process -------------------------------------------------------------------------
+
+
+def _reap(process: subprocess.Popen[bytes]) -> tuple[int, Any]:
+    """Wait for one child with wait4, so the resource usage is that child's alone (and its own children's)."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
+    return process.returncode, usage
+
+
+def measure(command: list[str], log_path: Path, producer: list[str] | None = None) -> Sample:
+    """Run ``command`` (fed by ``producer``'s stdout when given) and measure it alone."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        feeder = None
+        started = time.perf_counter()
+        if producer is not None:
+            feeder = subprocess.Popen(producer, stdout=subprocess.PIPE, stderr=log, cwd=ROOT)
+        process = subprocess.Popen(
+            command,
+            stdin=feeder.stdout if feeder else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=ROOT,
+        )
+        if feeder is not None and feeder.stdout is not None:
+            feeder.stdout.close()  # the consumer holds the only read end: the producer sees EPIPE if it dies
+        assert process.stdout is not None
+        stdout = process.stdout.read()
+        process.stdout.close()
+        returncode, usage = _reap(process)
+        seconds = time.perf_counter() - started
+        feeder_code = _reap(feeder)[0] if feeder is not None else 0
+    if returncode != 0 or feeder_code != 0:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        failed = " ".join(command if returncode != 0 else producer or command)
+        raise BenchError(f"{failed} exited {returncode or feeder_code}; stderr ({log_path}):\n{tail}")
+    return Sample(
+        seconds=seconds,
+        peak_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        stdout=stdout.decode(errors="replace"),
+    )
+
+
+# -- inputs --------------------------------------------------------------------------------------------
+
+
+def sessionflow_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sessionflow", *args]
+
+
+def generate_command(events: int, machines: int, seed: int, output: str = "-") -> list[str]:
+    return sessionflow_command("generate", "-n", str(events), "-m", str(machines), "-s", str(seed), "-o", output)
+
+
+def _generator_fingerprint() -> str:
+    """The input cache is keyed by the generator's code too: a changed generator regenerates."""
+    import sessionflow.synthetic
+
+    return hashlib.sha256(Path(sessionflow.synthetic.__file__).read_bytes()).hexdigest()[:8]
+
+
+def prepare_input(workdir: Path, events: int, machines: int, seed: int) -> Path:
+    path = workdir / f"input-e{events}-m{machines}-s{seed}-g{_generator_fingerprint()}.jsonl"
+    if path.exists():
+        _log(f"input: {path} (cached)")
+        return path
+    partial = path.with_suffix(".partial")
+    _log(f"input: generating {events:,} events over {machines:,} machines (seed {seed}) -> {path}")
+    started = time.perf_counter()
+    completed = subprocess.run(generate_command(events, machines, seed, str(partial)), cwd=ROOT, check=False)
+    if completed.returncode != 0:
+        raise BenchError(f"sessionflow generate exited {completed.returncode}")
+    partial.rename(path)
+    _log(f"input: generated in {time.perf_counter() - started:.1f} s")
+    return path
+
+
+def prepare_config(workdir: Path) -> Path:
+    path = workdir / "sessionflow.toml"
+    completed = subprocess.run(
+        sessionflow_command("init", str(path), "--force"), cwd=ROOT, check=False, capture_output=True
+    )
+    if completed.returncode != 0:
+        raise BenchError(f"sessionflow init exited {completed.returncode}: {completed.stderr.decode()}")
+    return path
+
+
+def warm_page_cache(path: Path) -> None:
+    """Read the input once so the first contender does not pay for the disk alone."""
+    with open(path, "rb") as handle:
+        while handle.read(16 << 20):
+            pass
+
+
+# -- the contenders ----------------------------------------------------------------------------------
+
+
+def contender_commands(config: Path) -> dict[str, Callable[[Path, Path], list[str]]]:
+    return {
+        "sessionflow": lambda source, out: sessionflow_command(
+            "run", str(source), "--out", str(out), "--config", str(config), "--overwrite", "--json"
+        ),
+        "duckdb": lambda source, out: [
+            sys.executable,
+            str(BASELINES / "duckdb_sessionize.py"),
+            str(source),
+            str(out),
+            "--config",
+            str(config),
+        ],
+        "polars": lambda source, out: [
+            sys.executable,
+            str(BASELINES / "polars_sessionize.py"),
+            str(source),
+            str(out),
+            "--config",
+            str(config),
+        ],
+    }
+
+
+def run_contenders(source: Path, config: Path, workdir: Path, repeat: int) -> dict[str, Contender]:
+    commands = contender_commands(config)
+    results = {name: Contender(name) for name in commands}
+    for round_number in range(1, repeat + 1):
+        for name, command in commands.items():
+            out = workdir / f"lake-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            sample = measure(command(source, out), workdir / "logs" / f"{name}-{round_number}.log")
+            results[name].samples.append(sample)
+            _log(
+                f"  round {round_number}/{repeat} {name:<12} {sample.seconds:7.2f} s  "
+                f"{sample.peak_rss_mb:7.0f} MB peak RSS  {sample.cpu_seconds:7.2f} s CPU"
+            )
+    return results
+
+
+# -- apples to apples: the lakes, compared ----------------------------------------------------------
+
+
+def compare_lakes(results: dict[str, Contender], workdir: Path) -> None:
+    """Count each lake's rows, and how many of a baseline's sessions sessionflow wrote identically."""
+    import duckdb
+
+    con = duckdb.connect()
+
+    def glob(name: str, table: str) -> str:
+        return str(workdir / f"lake-{name}" / table / "*" / "*.parquet").replace("'", "''")
+
+    for name, contender in results.items():
+        events = con.execute(f"SELECT count(*) FROM read_parquet('{glob(name, 'events')}')").fetchone()
+        sessions = con.execute(f"SELECT count(*) FROM read_parquet('{glob(name, 'sessions')}')").fetchone()
+        contender.events = int(events[0]) if events else 0
+        contender.sessions = int(sessions[0]) if sessions else 0
+    key = "session_id, machine_id, start_ts, end_ts, event_count, first_event_type, last_event_type"
+    for name, contender in results.items():
+        if name == "sessionflow" or not contender.sessions:
+            continue
+        row = con.execute(
+            f"SELECT count(*) FROM (SELECT {key} FROM read_parquet('{glob(name, 'sessions')}') "
+            f"INTERSECT SELECT {key} FROM read_parquet('{glob('sessionflow', 'sessions')}'))"
+        ).fetchone()
+        contender.identical_sessions = (int(row[0]) if row else 0) / contender.sessions
+
+
+# -- the stdin runs ------------------------------------------------------------------------------------
+
+
+def stdin_run(events: int, machines: int, seed: int, config: Path, workdir: Path) -> Sample:
+    out = workdir / f"lake-stdin-{events}"
+    shutil.rmtree(out, ignore_errors=True)
+    _log(f"stdin run: sessionflow generate -n {events:,} | sessionflow run - (only `run` is measured)")
+    sample = measure(
+        sessionflow_command("run", "-", "--out", str(out), "--config", str(config), "--overwrite", "--json"),
+        workdir / "logs" / f"stdin-{events}.log",
+        producer=generate_command(events, machines, seed),
+    )
+    shutil.rmtree(out, ignore_errors=True)  # a 10M lake is large, and only the measurement matters
+    _log(f"  {sample.seconds:7.2f} s  {sample.peak_rss_mb:7.0f} MB peak RSS  {sample.cpu_seconds:7.2f} s CPU")
+    return sample
+
+
+# -- hooks --------------------------------------------------------------------------------------------------
+
+
+def run_hooks(workdir: Path) -> dict[str, int]:
+    """Other benchmarks (AWS, backfill) run as they are, from the repository root, when present."""
+    codes: dict[str, int] = {}
+    for hook in HOOKS:
+        path = BENCH_DIR / hook
+        if not path.exists():
+            _log(f"hook {hook}: not present, skipped")
+            continue
+        _log(f"\n== {hook} ==")
+        environment = {**os.environ, "SESSIONFLOW_BENCH_WORKDIR": str(workdir / path.stem)}
+        codes[hook] = subprocess.run([sys.executable, str(path)], cwd=ROOT, env=environment, check=False).returncode
+        _log(f"hook {hook}: exit {codes[hook]}")
+    return codes
+
+
+# -- the report --------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for module in ("sessionflow", "duckdb", "polars", "pyarrow", "orjson"):
+        try:
+            versions[module] = str(__import__(module).__version__)
+        except (ImportError, AttributeError):
+            versions[module] = "-"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, check=False)
+    versions["commit"] = commit.stdout.decode().strip() or "-"
+    return versions
+
+
+def _check(passed: bool, text: str) -> dict[str, Any]:
+    _log(f"{'PASS' if passed else 'FAIL'}  {text}")
+    return {"passed": passed, "check": text}
+
+
+def report(
+    results: dict[str, Contender],
+    events: int,
+    repeat: int,
+    stdin_small: Sample | None,
+    stdin_big: Sample | None,
+    big_events: int,
+) -> list[dict[str, Any]]:
+    ours = results["sessionflow"]
+    ours_rate = events / ours.best_seconds
+    _log(f"\n{events:,} input lines; time: best of {repeat} runs; peak RSS: highest of {repeat} runs")
+    _log("speed ratio = sessionflow events/s / contender events/s (>= 1.0: sessionflow is faster)\n")
+    _log(f"{'contender':<12} {'seconds':>9} {'events/s':>10} {'peak RSS MB':>12} {'CPU s':>8} {'speed ratio':>12}")
+    for contender in results.values():
+        rate = events / contender.best_seconds
+        _log(
+            f"{contender.name:<12} {contender.best_seconds:9.2f} {rate:10,.0f} {contender.peak_rss_mb:12.0f} "
+            f"{contender.cpu_seconds:8.2f} {ours_rate / rate:12.2f}"
+        )
+    _log("")
+    for contender in results.values():
+        if contender.name == "sessionflow" or ours.events is None or ours.sessions is None:
+            continue
+        assert contender.events is not None and contender.sessions is not None
+        event_gap = (contender.events - ours.events) / max(1, ours.events)
+        session_gap = (contender.sessions - ours.sessions) / max(1, ours.sessions)
+        same = abs(event_gap) <= COUNT_TOLERANCE and abs(session_gap) <= COUNT_TOLERANCE
+        _log(
+            f"{'same work' if same else 'DIFFERENT'}  {contender.name}: {contender.events:,} events "
+            f"({event_gap:+.3%} vs sessionflow's {ours.events:,}), {contender.sessions:,} sessions "
+            f"({session_gap:+.3%} vs {ours.sessions:,}); {contender.identical_sessions or 0:.2%} of its sessions "
+            "are in sessionflow's lake with the same id, machine, start, end, count, first and last type"
+        )
+    _log("")
+    checks = []
+    duckdb_ratio = results["duckdb"].best_seconds / ours.best_seconds
+    polars_ratio = results["polars"].best_seconds / ours.best_seconds
+    checks.append(_check(duckdb_ratio >= SPEED_TARGET, f"speed ratio vs DuckDB {duckdb_ratio:.2f} >= {SPEED_TARGET}"))
+    checks.append(
+        _check(
+            ours.peak_rss_mb <= RSS_LIMIT_MB, f"sessionflow peak RSS {ours.peak_rss_mb:.0f} MB <= {RSS_LIMIT_MB:.0f} MB"
+        )
+    )
+    if stdin_small is not None and stdin_big is not None:
+        growth = stdin_big.peak_rss_mb / stdin_small.peak_rss_mb
+        checks.append(
+            _check(
+                growth <= GROWTH_LIMIT,
+                f"stdin peak RSS {big_events:,} events {stdin_big.peak_rss_mb:.0f} MB <= {GROWTH_LIMIT} x "
+                f"{events:,} events {stdin_small.peak_rss_mb:.0f} MB (ratio {growth:.2f})",
+            )
+        )
+    _log(f"info  speed ratio vs Polars {polars_ratio:.2f} (the next goal: >= 1.0)")
+    return checks
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="input lines (default 1,000,000)")
+    parser.add_argument("--machines", type=int, default=10_000, help="machines in the feed (default 10,000)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per contender; the best time is kept (default 2)")
+    parser.add_argument("--workdir", default=str(BENCH_DIR / "out"), help="inputs, lakes, logs (default bench/out)")
+    big = parser.add_mutually_exclusive_group()
+    big.add_argument(
+        "--rss-10m", dest="rss_big", action="store_true", default=True, help="the stdin RSS runs (default)"
+    )
+    big.add_argument("--skip-10m", dest="rss_big", action="store_false", help="skip the stdin RSS runs (minutes)")
+    parser.add_argument("--big-events", type=int, default=10_000_000, help="events of the big stdin run (10,000,000)")
+    parser.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
+    parser.add_argument("--all", action="store_true", help=f"also run {' and '.join(HOOKS)} when present")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    versions = _versions()
+    _log(
+        f"sessionflow bench: {os.cpu_count()} CPUs, load {load_before:.2f}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+    )
+    if load_before > 1.0:
+        _log("note: the machine is busy (load > 1): wall times are noisy; compare the CPU seconds too")
+    try:
+        source = prepare_input(workdir, args.events, args.machines, args.seed)
+        config = prepare_config(workdir)
+        warm_page_cache(source)
+        results = run_contenders(source, config, workdir, args.repeat)
+        compare_lakes(results, workdir)
+        stdin_small = stdin_big = None
+        if args.rss_big:
+            stdin_small = stdin_run(args.events, args.machines, args.seed, config, workdir)
+            stdin_big = stdin_run(args.big_events, args.machines, args.seed, config, workdir)
+    except BenchError as exc:
+        _log(f"error: {exc}")
+        return 1
+    checks = report(results, args.events, args.repeat, stdin_small, stdin_big, args.big_events)
+    load_after = os.getloadavg()[0]
+    _log(f"load average: {load_before:.2f} before, {load_after:.2f} after")
+    hooks = run_hooks(workdir) if args.all else {}
+    if args.json:
+        payload = {
+            "events": args.events,
+            "machines": args.machines,
+            "seed": args.seed,
+            "repeat": args.repeat,
+            "versions": versions,
+            "load_average": [load_before, load_after],
+            "contenders": {
+                name: {
+                    "best_seconds": c.best_seconds,
+                    "events_per_second": args.events / c.best_seconds,
+                    "peak_rss_mb": c.peak_rss_mb,
+                    "cpu_seconds": c.cpu_seconds,
+                    "speed_ratio": c.best_seconds / results["sessionflow"].best_seconds,
+                    "events": c.events,
+                    "sessions": c.sessions,
+                    "identical_sessions": c.identical_sessions,
+                    "samples": [{k: v for k, v in asdict(s).items() if k != "stdout"} for s in c.samples],
+                }
+                for name, c in results.items()
+            },
+            "stdin": {
+                str(n): {k: v for k, v in asdict(s).items() if k != "stdout"}
+                for n, s in ((args.events, stdin_small), (args.big_events, stdin_big))
+                if s is not None
+            },
+            "checks": checks,
+            "hooks": hooks,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        _log(f"wrote {args.json}")
+    return 1 if any(code != 0 for code in hooks.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
