@@ -77,6 +77,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sessionflow.runtimes.local.console import run_with_console
 
     config = resolve_config(args.config)
+    if args.workers is not None and args.workers < 0:
+        raise UsageError("--workers must be 0 or more")
     if args.flush and args.state is None:
         raise UsageError("--flush only makes sense with --state (a run without state always flushes)")
     return run_with_console(
@@ -87,6 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         flush=args.flush,
         overwrite=args.overwrite,
         max_reject_rate=args.max_reject_rate,
+        workers=args.workers,
         as_json=args.json,
         quiet=args.quiet,
     )
@@ -164,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_percentage,
         metavar="RATE",
         help="exit 6 when more than RATE of the records are rejected (e.g. 0.05 or 5%%); the lake is written",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes that parse and validate (default: one per core; 0: all in this process)",
     )
     run.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary table")

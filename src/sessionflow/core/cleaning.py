@@ -83,6 +83,13 @@ def _compile(rule: CleanRule) -> Cleaner:
     if rule.function is not None:
         actions.append(_function(rule.function))
 
+    # The common shapes get a function of their own: this runs for every record.
+    if not conditions and len(actions) == 1:
+        return actions[0]
+    if len(conditions) == 1 and len(actions) == 1:
+        condition, action = conditions[0], actions[0]
+        return lambda record: action(record) if condition(record) else record
+
     def apply(record: Record) -> Record:
         for condition in conditions:
             if not condition(record):

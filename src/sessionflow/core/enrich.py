@@ -6,6 +6,7 @@ Computed with integer arithmetic and small caches: this runs once per event.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 DAY_MS = 86_400_000
@@ -13,15 +14,28 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_LIMIT = 100_000
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def version_parts(version: str) -> tuple[int | None, int | None]:
-    """``"11.2.3"`` -> (11, 2); parts that are not numbers are None."""
+    """``"11.2.3"`` -> (11, 2); a part that is not a plain ASCII number within int32 is None."""
     parts = version.split(".", 2)
-    major = int(parts[0]) if parts[0].isdigit() else None
-    minor = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    major = _version_number(parts[0])
+    minor = _version_number(parts[1]) if len(parts) > 1 else None
     return major, minor
 
 
+def _version_number(part: str) -> int | None:
+    # ASCII only: "²".isdigit() is True yet int("²") raises. At most int32: the columns' type.
+    if not (part.isascii() and part.isdigit() and len(part) <= 10):
+        return None
+    number = int(part)
+    return number if number <= _INT32_MAX else None
+
+
+@lru_cache(maxsize=4096)
 def iso_date(day: int) -> str:
+    """Days since the epoch -> ``YYYY-MM-DD``."""
     return (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
 
 

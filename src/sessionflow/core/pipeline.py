@@ -61,8 +61,9 @@ class Tally:
         return cls(**{**data, "rejected": Counter(data["rejected"])})
 
 
-def rejection_row(rejection: Rejection, source: str, line: int) -> dict[str, Any]:
-    raw = rejection.raw
+def rejection_row(rejection: Rejection, source: str, line: int, raw: bytes | None = None) -> dict[str, Any]:
+    """The rejected-output row. ``raw``: the line as read, when the rejection holds a stripped copy."""
+    raw = rejection.raw if raw is None else raw.rstrip(b"\r\n")
     try:
         text: str | None = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -92,10 +93,12 @@ class Refined:
 class Pipeline:
     """Refiner + Sessionizer, fed batch after batch. ``now_ms`` is the processing time."""
 
-    def __init__(self, config: Config, now_ms: int, sessionizer: Sessionizer | None = None) -> None:
+    def __init__(
+        self, config: Config, now_ms: int, sessionizer: Sessionizer | None = None, *, enrich: bool = True
+    ) -> None:
         self.config = config
         self.now_ms = now_ms
-        self.refiner = Refiner(config)
+        self.refiner = Refiner(config, enrich=enrich)
         self.sessionizer = sessionizer or Sessionizer(config.session)
         self.tally = Tally()
 
@@ -113,17 +116,17 @@ class Pipeline:
         rejected = batch.rejected
         records = blank = 0
         for raw, source, line in lines:
-            raw = strip_record(raw)
-            if not raw:
+            record = strip_record(raw)
+            if not record:
                 blank += 1
                 continue
             records += 1
-            result = refine(raw, now)
+            result = refine(record, now)
             if type(result) is dict:
                 valid.append(result)
             else:
                 assert isinstance(result, Rejection)
-                rejections.append(rejection_row(result, source, line))
+                rejections.append(rejection_row(result, source, line, raw))
                 rejected[result.reason.value] += 1
         batch.records = records
         batch.blank = blank

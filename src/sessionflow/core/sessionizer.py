@@ -24,9 +24,9 @@ so any store can keep it between batches, runs or Lambda invocations.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Protocol
 
 from sessionflow.config import SessionConfig
 from sessionflow.core.enrich import iso_time
@@ -69,14 +69,38 @@ class OpenSession:
         return cls(**{**data, "type_counts": dict(data["type_counts"])})
 
 
+# What the sessionizer needs of an event, plus the event itself (opaque to the logic): a dict here,
+# a row handle in a columnar runtime. Timestamp and id come first so the reorder heap compares them.
+Record = tuple[int, str, str, str, str | None, str | None, Any]
+TS: Final = 0
+EVENT_ID: Final = 1
+MACHINE_ID: Final = 2
+EVENT_TYPE: Final = 3
+USER_ID: Final = 4
+APP_VERSION: Final = 5
+PAYLOAD: Final = 6
+
+
+def record_of(event: Event) -> Record:
+    return (
+        event["timestamp"],
+        event["event_id"],
+        event["machine_id"],
+        event["event_type"],
+        event.get("user_id"),
+        event.get("app_version"),
+        event,
+    )
+
+
 @dataclass(slots=True)
 class MachineState:
     machine_id: str
     newest_ts: int = -1
     # Stream clock when the machine's last event arrived: idleness is measured from here.
     arrival_clock: int = -1
-    # Heap of (timestamp, event_id, event) not yet released.
-    pending: list[tuple[int, str, Event]] = field(default_factory=list)
+    # Heap of records not yet released.
+    pending: list[Record] = field(default_factory=list)
     last_key: tuple[int, str] | None = None
     session: OpenSession | None = None
     # event_id -> timestamp, for dedupe within the horizon.
@@ -87,12 +111,14 @@ class MachineState:
     def anchor(self) -> int:
         return max(self.newest_ts, self.arrival_clock)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, resolve: Callable[[Any], Event] | None = None) -> dict[str, Any]:
+        """Plain values; ``resolve`` turns a pending record's payload into its event dict."""
+        pending = sorted(self.pending, key=lambda record: record[:2])
         return {
             "machine_id": self.machine_id,
             "newest_ts": self.newest_ts,
             "arrival_clock": self.arrival_clock,
-            "pending": [event for _, _, event in sorted(self.pending, key=lambda item: item[:2])],
+            "pending": [resolve(r[PAYLOAD]) if resolve else r[PAYLOAD] for r in pending],
             "last_key": list(self.last_key) if self.last_key else None,
             "session": self.session.to_dict() if self.session else None,
             "seen": dict(self.seen),
@@ -100,7 +126,7 @@ class MachineState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MachineState:
-        pending = [(e["timestamp"], e["event_id"], e) for e in data["pending"]]
+        pending = [record_of(event) for event in data["pending"]]
         heapq.heapify(pending)
         last_key = data["last_key"]
         session = data["session"]
@@ -116,15 +142,41 @@ class MachineState:
         )
 
 
+class Emitter(Protocol):
+    """Where the sessionizer's results go. ``payload`` is the record's opaque last element."""
+
+    def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
+        """An event placed in its session; a late event has session_id, seq and since None."""
+
+    def duplicate(self, payload: Any) -> None: ...
+
+    def session(self, summary: Summary) -> None: ...
+
+
 @dataclass(slots=True)
 class Outputs:
-    """What a batch produced. Lists are appended to in release order."""
+    """The dict emitter: session fields are written into each event dict, lists keep release order."""
 
     events: list[Event] = field(default_factory=list)
     sessions: list[Summary] = field(default_factory=list)
     duplicates: list[Event] = field(default_factory=list)
     rejections: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0
+
+    def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
+        payload["session_id"] = session_id
+        payload["session_seq"] = seq
+        payload["ms_since_prev"] = since
+        payload["late"] = session_id is None
+        if session_id is None:
+            self.late += 1
+        self.events.append(payload)
+
+    def duplicate(self, payload: Any) -> None:
+        self.duplicates.append(payload)
+
+    def session(self, summary: Summary) -> None:
+        self.sessions.append(summary)
 
     def clear(self) -> None:
         self.events.clear()
@@ -153,100 +205,94 @@ class Sessionizer:
 
     # -- the hot path -------------------------------------------------------------------------
 
-    def process(self, events: Iterable[Event], out: Outputs) -> None:
-        """Consume valid events in arrival order; append what they release to ``out``.
+    def process(self, events: Iterable[Event], out: Emitter) -> None:
+        """Consume valid event dicts in arrival order; what they release goes to ``out``.
 
         Call :meth:`end_batch` after each batch to advance the stream clock and close what is
         idle; a batch can be as small as one event.
         """
+        self.process_records(map(record_of, events), out)
+
+    def process_records(self, records: Iterable[Record], out: Emitter) -> None:
         machines = self.machines
         touched = self._touched
         lateness = self._lateness
         horizon = self.config.dedupe_horizon_ms
         clock = self.clock
         release = self._release
+        joins = self._joins
         push = heapq.heappush
         pop = heapq.heappop
-        for event in events:
-            machine_id = event["machine_id"]
+        for record in records:
+            ts, event_id, machine_id = record[0], record[1], record[2]
             state = machines.get(machine_id)
             if state is None:
                 state = machines[machine_id] = MachineState(machine_id)
-            event_id = event["event_id"]
-            ts = event["timestamp"]
+            seen = state.seen
             # The horizon is checked here, not only when pruning, so when pruning runs changes nothing.
-            twin_ts = state.seen.get(event_id)
+            twin_ts = seen.get(event_id)
             if twin_ts is not None and twin_ts >= state.newest_ts - horizon:
-                out.duplicates.append(event)
+                out.duplicate(record[PAYLOAD])
                 continue
-            state.seen[event_id] = ts
+            seen[event_id] = ts
             touched.add(machine_id)
             state.arrival_clock = clock
             last_key = state.last_key
-            if last_key is not None and ((ts, event_id) < last_key or self._extends_closed(state, event)):
-                self._mark_late(event)
-                out.events.append(event)
-                out.late += 1
-                continue
+            if last_key is not None:
+                session = state.session
+                # Late: it sorts before an event already placed, or it would extend a closed session.
+                if (ts, event_id) < last_key or (session is not None and session.closed and joins(session, record)):
+                    out.release(record[PAYLOAD], None, None, None)
+                    continue
             pending = state.pending
-            push(pending, (ts, event_id, event))
             state.newest_ts = max(state.newest_ts, ts)
             release_before = state.newest_ts - lateness
+            if ts < release_before and not pending:
+                release(state, record, out)  # already old enough: no need to buffer it
+                continue
+            push(pending, record)
             while pending and pending[0][0] < release_before:
-                release(state, pop(pending)[2], out)
+                release(state, pop(pending), out)
 
-    def _extends_closed(self, state: MachineState, event: Event) -> bool:
-        session = state.session
-        return session is not None and session.closed and self._joins(session, event)
-
-    def _joins(self, session: OpenSession, event: Event) -> bool:
-        """Would ``event``, coming right after the session's last event, stay in it?"""
-        ts = event["timestamp"]
-        if ts - session.last_ts > self._timeout or event["event_type"] in self._opening:
+    def _joins(self, session: OpenSession, record: Record) -> bool:
+        """Would ``record``, coming right after the session's last event, stay in it?"""
+        ts = record[TS]
+        if ts - session.last_ts > self._timeout or record[EVENT_TYPE] in self._opening:
             return False
         return self._max_duration is None or ts - session.start_ts <= self._max_duration
 
-    def _release(self, state: MachineState, event: Event, out: Outputs) -> None:
-        ts = event["timestamp"]
+    def _release(self, state: MachineState, record: Record, out: Emitter) -> None:
+        ts = record[TS]
+        event_type = record[EVENT_TYPE]
         session = state.session
-        if session is None or session.closed or not self._joins(session, event):
+        if session is None or session.closed or not self._joins(session, record):
             if session is not None and not session.closed:
-                out.sessions.append(self._summary(state.machine_id, session))
+                out.session(self._summary(state.machine_id, session))
             session = state.session = OpenSession(
-                session_id=session_id(state.machine_id, ts, event["event_id"]),
+                session_id=session_id(state.machine_id, ts, record[EVENT_ID]),
                 start_ts=ts,
                 last_ts=ts,
-                first_type=event["event_type"],
-                last_type=event["event_type"],
+                first_type=event_type,
+                last_type=event_type,
             )
-            event["ms_since_prev"] = None
+            since = None
         else:
-            event["ms_since_prev"] = ts - session.last_ts
+            since = ts - session.last_ts
         session.count += 1
         session.last_ts = ts
-        event_type = session.last_type = event["event_type"]
+        session.last_type = event_type
         counts = session.type_counts
         counts[event_type] = counts.get(event_type, 0) + 1
         if session.user_id is None:
-            session.user_id = event.get("user_id")
+            session.user_id = record[USER_ID]
         if session.app_version is None:
-            session.app_version = event.get("app_version")
-        event["session_id"] = session.session_id
-        event["session_seq"] = session.count
-        event["late"] = False
-        state.last_key = (ts, event["event_id"])
-        out.events.append(event)
-
-    @staticmethod
-    def _mark_late(event: Event) -> None:
-        event["session_id"] = None
-        event["session_seq"] = None
-        event["ms_since_prev"] = None
-        event["late"] = True
+            session.app_version = record[APP_VERSION]
+        state.last_key = (ts, record[EVENT_ID])
+        out.release(record[PAYLOAD], session.session_id, session.count, since)
 
     # -- per batch: the stream clock, idle machines, dedupe horizon ---------------------------------
 
-    def end_batch(self, out: Outputs) -> None:
+    def end_batch(self, out: Emitter) -> None:
         leaders = self._leaders
         quorum = self.config.clock_quorum
         for machine_id in self._touched:
@@ -265,7 +311,7 @@ class Sessionizer:
         self._touched.clear()
         self._close_idle(out)
 
-    def _close_idle(self, out: Outputs) -> None:
+    def _close_idle(self, out: Emitter) -> None:
         deadlines = self._deadlines
         idle = self.config.idle_close_ms
         retention = self.config.retention_ms
@@ -284,13 +330,13 @@ class Sessionizer:
             else:
                 heapq.heappush(deadlines, (anchor + retention, machine_id))
 
-    def _drain(self, state: MachineState, out: Outputs) -> None:
+    def _drain(self, state: MachineState, out: Emitter) -> None:
         pending = state.pending
         while pending:
-            self._release(state, heapq.heappop(pending)[2], out)
+            self._release(state, heapq.heappop(pending), out)
         session = state.session
         if session is not None and not session.closed:
-            out.sessions.append(self._summary(state.machine_id, session))
+            out.session(self._summary(state.machine_id, session))
             session.closed = True
 
     def _prune_seen(self, state: MachineState) -> None:
@@ -298,7 +344,7 @@ class Sessionizer:
         state.seen = {event_id: ts for event_id, ts in state.seen.items() if ts >= floor}
         state.prune_at = max(_PRUNE_FLOOR, 2 * len(state.seen))
 
-    def flush(self, out: Outputs) -> None:
+    def flush(self, out: Emitter) -> None:
         """End of input: release every buffered event, close every session, forget every machine."""
         for state in self.machines.values():
             self._drain(state, out)
@@ -328,12 +374,12 @@ class Sessionizer:
             "session_date": iso_time(session.start_ts)[:10],
         }
 
-    def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able values."""
+    def snapshot(self, resolve: Callable[[Any], Event] | None = None) -> dict[str, Any]:
+        """All state as plain JSON-able values (``resolve``: see :meth:`MachineState.to_dict`)."""
         return {
             "clock": self.clock,
             "leaders": dict(self._leaders),
-            "machines": [state.to_dict() for state in self.machines.values()],
+            "machines": [state.to_dict(resolve) for state in self.machines.values()],
         }
 
     @classmethod

@@ -27,6 +27,7 @@ def run_with_console(
     flush: bool,
     overwrite: bool,
     max_reject_rate: float | None,
+    workers: int | None,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -50,10 +51,11 @@ def run_with_console(
                 state_path=state_path,
                 flush=flush,
                 overwrite=overwrite,
+                workers=workers,
                 progress=lambda consumed: bar.advance(task, consumed),
             )
     else:
-        report = run(inputs, lake, config, state_path=state_path, flush=flush, overwrite=overwrite)
+        report = run(inputs, lake, config, state_path=state_path, flush=flush, overwrite=overwrite, workers=workers)
     if as_json:
         sys.stdout.write(orjson.dumps(report.to_dict()).decode() + "\n")
     elif not quiet:

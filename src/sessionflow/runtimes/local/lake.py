@@ -34,6 +34,7 @@ from sessionflow.schema import (
 
 try:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the embedded runner needs pyarrow: pip install 'sessionflow[local]'") from exc
@@ -91,7 +92,7 @@ class _PartitionedParquet:
         self.prefix = prefix
         self.rows_per_file = config.output.rows_per_file
         self.compression = config.output.compression
-        self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.pending: dict[str, list[pa.Table]] = defaultdict(list)
         self.pending_rows = 0
         self.writers: dict[str, tuple[pq.ParquetWriter, int]] = {}
         self.files: list[Path] = []
@@ -99,18 +100,34 @@ class _PartitionedParquet:
         self.rows = 0
 
     def add(self, rows: list[dict[str, Any]]) -> None:
-        key = self.partition
-        pending = self.pending
+        """Rows as dicts, each with its partition value."""
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            pending[row[key]].append(row)
-        self.pending_rows += len(rows)
-        self.rows += len(rows)
+            groups[row[self.partition]].append(row)
+        for value, group in groups.items():
+            self._hold(value, _table(group, self.schema))
+
+    def add_table(self, table: pa.Table) -> None:
+        """An Arrow table with the schema's columns plus the partition column."""
+        values = table.column(self.partition)
+        unique = pc.unique(values).to_pylist()
+        data = table.drop_columns([self.partition]).select(self.schema.names)
+        if len(unique) == 1:
+            self._hold(unique[0], data)
+            return
+        for value in unique:
+            self._hold(value, data.filter(pc.equal(values, value)))
+
+    def _hold(self, value: str, table: pa.Table) -> None:
+        self.pending[value].append(table)
+        self.pending_rows += table.num_rows
+        self.rows += table.num_rows
         if self.pending_rows >= _BUFFER_ROWS:
             self.write_pending()
 
     def write_pending(self) -> None:
-        for value, rows in self.pending.items():
-            self._write(value, _table(rows, self.schema))
+        for value, tables in self.pending.items():
+            self._write(value, pa.concat_tables(tables).cast(self.schema))
         self.pending.clear()
         self.pending_rows = 0
 

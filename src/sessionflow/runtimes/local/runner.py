@@ -6,23 +6,25 @@ sessionizer state, so the lake always holds whole runs only.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from sessionflow.config import Config
-from sessionflow.core import Outputs, Pipeline, Refined, Sessionizer, Tally
+from sessionflow.core import Sessionizer, Tally
 from sessionflow.errors import OutputError, StateError
+from sessionflow.runtimes.local.engine import Assembler, Engine
 from sessionflow.runtimes.local.lake import META_DIR, TABLES, LakeWriter, lake_exists
-from sessionflow.runtimes.local.reader import Source, expand_inputs, read_batches
+from sessionflow.runtimes.local.reader import expand_inputs
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,9 @@ Progress = Callable[[int], None]  # called with the bytes just consumed
 def session_fingerprint(config: Config) -> str:
     """Changes whenever a setting that shapes state changes: such a state cannot be reused."""
     session = config.session
-    text = repr((session, config.fields, config.columns))
+    # A frozenset's repr follows the string hash, which changes from one process to the next.
+    opening = sorted(session.opening_events)
+    text = repr((replace(session, opening_events=frozenset()), opening, config.fields, config.columns))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -82,12 +86,13 @@ def load_state(path: Path, config: Config) -> tuple[Sessionizer, int]:
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def save_state(path: Path, config: Config, sessionizer: Sessionizer, runs: int) -> None:
+def save_state(path: Path, config: Config, snapshot: dict[str, Any] | None, runs: int) -> None:
+    """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
     data = {
         "format": STATE_FORMAT,
         "fingerprint": session_fingerprint(config),
         "runs": runs,
-        "sessionizer": sessionizer.snapshot(),
+        "sessionizer": snapshot or {"clock": -1, "leaders": {}, "machines": []},
     }
     write_atomically(path, orjson.dumps(data))
 
@@ -130,6 +135,12 @@ def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> None:
         raise OutputError(f"{lake}: cannot write: {exc.strerror}") from None
 
 
+def default_workers() -> int:
+    """Worker processes for refining: one per core; none on a single core (pickling would only cost)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if cores > 1 else 0
+
+
 def run(
     inputs: list[str],
     lake: Path,
@@ -139,6 +150,7 @@ def run(
     flush: bool = False,
     overwrite: bool = False,
     now_ms: int | None = None,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> RunReport:
     """One run of the embedded pipeline. Raises InputError, OutputError or StateError."""
@@ -151,23 +163,30 @@ def run(
         sessionizer, runs = Sessionizer(config.session), 0
     flushed = flush or state_path is None
     number = next_run_number(lake)
-    pipeline = Pipeline(config, now_ms if now_ms is not None else int(time.time() * 1000), sessionizer)
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
     writer = LakeWriter(lake, config, number)
+    assembler = Assembler(writer.events.add_table, writer.events.add)
     inputs_read: list[dict[str, Any]] = []
+    engine = None
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived containers, no cycles: the collector only costs here
     try:
-        out = Outputs()
+        engine = Engine(config, now, default_workers() if workers is None else workers)
         for source in sources:
             lines = 0
-            for refined, last_line in refine_stream(source, pipeline, progress):
-                pipeline.sessionize(refined, out)
-                writer.write(out.events, out.sessions, out.rejections)
-                out.clear()
-                lines = last_line
+            for block in engine.blocks(source, progress):
+                assembler.feed(block, sessionizer)
+                writer.write([], assembler.sessions, block.rejections)
+                assembler.sessions.clear()
+                lines = block.first_line + block.lines - 1
             inputs_read.append({"source": source.name, "lines": lines})
         if flushed:
-            pipeline.flush(out)
-            writer.write(out.events, out.sessions, out.rejections)
-            out.clear()
+            sessionizer.flush(assembler)
+            assembler.finish()
+            snapshot = None
+        else:
+            snapshot = assembler.finish_partial(sessionizer)
+        writer.write([], assembler.sessions, [])
         files = writer.close()
     except OSError as exc:
         writer.abort()
@@ -175,25 +194,26 @@ def run(
     except BaseException:
         writer.abort()
         raise
-    report = RunReport(number, pipeline.tally, time.perf_counter() - started, flushed, len(files), inputs_read)
+    finally:
+        if engine is not None:
+            engine.close()
+        if gc_was_enabled:
+            gc.enable()
+    tally = assembler.tally
+    report = RunReport(number, tally, time.perf_counter() - started, flushed, len(files), inputs_read)
     try:
         writer.commit(files)
         if state_path is not None:
-            save_state(state_path, config, pipeline.sessionizer, runs + 1)
-        ledger = {**report.to_dict(), "files": [str(f) for f in files], "pending_in_state": _pending(pipeline)}
+            save_state(state_path, config, snapshot, runs + 1)
+        pending = _pending(snapshot)
+        ledger = {**report.to_dict(), "files": [str(f) for f in files], "pending_in_state": pending}
         write_atomically(_ledger_dir(lake) / f"run-{number:05d}.json", orjson.dumps(ledger, option=orjson.OPT_INDENT_2))
     except OSError as exc:
         raise OutputError(f"{lake}: cannot publish run {number}: {exc}") from exc
     return report
 
 
-def _pending(pipeline: Pipeline) -> int:
-    return sum(len(state.pending) for state in pipeline.sessionizer.machines.values())
-
-
-def refine_stream(source: Source, pipeline: Pipeline, progress: Progress | None) -> Iterator[tuple[Refined, int]]:
-    """(refined batch, its last line number) in input order."""
-    for batch in read_batches(source):
-        if progress is not None:
-            progress(sum(len(raw) for raw, _, _ in batch))
-        yield pipeline.refine(batch), batch[-1][2]
+def _pending(snapshot: dict[str, Any] | None) -> int:
+    if snapshot is None:
+        return 0
+    return sum(len(machine["pending"]) for machine in snapshot["machines"])

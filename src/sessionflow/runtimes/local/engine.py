@@ -1,0 +1,288 @@
+"""The embedded runner's engine: refine in worker processes, sessionize in order, write Arrow.
+
+The stateless half of the core (parse, clean, validate) runs in a pool of processes on blocks of
+input; each block comes back as an Arrow record batch plus the few columns the sessionizer needs.
+The stateful half runs here, in arrival order, on lightweight records whose payload is a handle
+``(block, row)``; when every row of a block is placed, the block gets its session columns and goes
+to the lake. Results do not depend on the number of workers: blocks are cut the same way and
+consumed in input order.
+"""
+
+from __future__ import annotations
+
+import gc
+import marshal
+import multiprocessing
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import count, repeat
+from typing import Any
+
+import pyarrow as pa
+
+from sessionflow.config import Config
+from sessionflow.core import Pipeline, Sessionizer, Tally
+from sessionflow.core.sessionizer import Summary
+from sessionflow.errors import InputError
+from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, to_record_batch
+from sessionflow.runtimes.local.reader import Source, open_source
+
+BLOCK_BYTES = 2 << 20
+KEY_COLUMNS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
+
+
+@dataclass(slots=True)
+class Block:
+    """One block of input after refining."""
+
+    source: str
+    first_line: int
+    lines: int
+    records: int
+    blank: int
+    rejected: Counter[str]
+    rejections: list[dict[str, Any]]
+    batch: pa.RecordBatch
+    keys: list[list[Any]]  # KEY_COLUMNS, as Python lists
+
+
+# -- worker side ---------------------------------------------------------------------------------
+
+_worker: tuple[Pipeline, pa.Schema] | None = None
+
+
+def _init_worker(config: Config, now_ms: int) -> None:
+    global _worker  # noqa: PLW0603 - one pipeline per worker process, built once
+    gc.disable()  # refining allocates millions of short-lived containers and no cycles
+    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config))
+
+
+def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
+    """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`."""
+    assert _worker is not None
+    pipeline, schema = _worker
+    lines = chunk.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    refined = pipeline.refine(zip(lines, repeat(source), count(first_line)))
+    events = refined.events
+    # Every event has the refiner's keys in the same order: transpose rows to columns in C.
+    fields = pipeline.refiner.event_fields
+    transposed = list(zip(*map(tuple, map(dict.values, events)), strict=True)) if events else [()] * len(fields)
+    columns = dict(zip(fields, transposed, strict=True))
+    batch = to_record_batch(columns, len(events), schema)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as stream:
+        stream.write_batch(batch)
+    nothing = (None,) * len(events)
+    keys = marshal.dumps([columns.get(name, nothing) for name in KEY_COLUMNS])
+    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), keys
+
+
+def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
+    lines, blank, rejected, rejections, ipc, keys = parts
+    batch = pa.ipc.open_stream(ipc).read_next_batch()
+    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, marshal.loads(keys))
+
+
+# -- main side -----------------------------------------------------------------------------------
+
+
+def read_blocks(source: Source, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[bytes, int]]:
+    """(block of whole lines, number of its first line); a block ends at a newline."""
+    stream = open_source(source)
+    line = 1
+    carry = b""
+    try:
+        while True:
+            try:
+                data = stream.read(block_bytes)
+            except (OSError, EOFError) as exc:
+                raise InputError(f"{source.name}: read failed after line {line - 1}: {exc}") from None
+            if not data:
+                break
+            data = carry + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            block, carry = data[:cut], data[cut:]
+            yield block, line
+            line += block.count(b"\n")
+        if carry:
+            yield carry + b"\n", line
+    finally:
+        if source.path is not None:
+            stream.close()
+
+
+class Engine:
+    """Refines blocks in ``workers`` processes (0: in this process), yields them in input order."""
+
+    def __init__(self, config: Config, now_ms: int, workers: int) -> None:
+        self.config = config
+        self.now_ms = now_ms
+        self.workers = workers
+        self._pool: Any = None
+        if workers > 0:
+            context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+            self._pool = context.Pool(workers, initializer=_init_worker, initargs=(config, now_ms))
+        else:
+            _init_worker(config, now_ms)
+
+    def blocks(self, source: Source, on_read: Callable[[int], None] | None = None) -> Iterator[Block]:
+        if self._pool is None:
+            for chunk, first in read_blocks(source):
+                if on_read is not None:
+                    on_read(len(chunk))
+                yield _block(refine_block(chunk, source.name, first), source.name, first)
+            return
+        # A bounded window of blocks in flight: reading never runs ahead of the pool.
+        window: deque[tuple[Any, int]] = deque()
+        limit = 2 * self.workers + 1
+        for chunk, first in read_blocks(source):
+            if on_read is not None:
+                on_read(len(chunk))
+            window.append((self._pool.apply_async(refine_block, (chunk, source.name, first)), first))
+            if len(window) >= limit:
+                result, start = window.popleft()
+                yield _block(result.get(), source.name, start)
+        while window:
+            result, start = window.popleft()
+            yield _block(result.get(), source.name, start)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+
+class _Pending:
+    """A block waiting for all of its rows to be placed in sessions."""
+
+    __slots__ = ("batch", "keep", "late", "remaining", "seq", "session_id", "since")
+
+    def __init__(self, batch: pa.RecordBatch) -> None:
+        rows = batch.num_rows
+        self.batch = batch
+        self.remaining = rows
+        self.session_id: list[str | None] = [None] * rows
+        self.seq: list[int | None] = [None] * rows
+        self.since: list[int | None] = [None] * rows
+        self.late = [False] * rows
+        self.keep = [True] * rows
+
+
+class Assembler:
+    """The sessionizer's emitter for blocks: fills each block's session columns, hands full ones on."""
+
+    def __init__(self, write_events: Callable[[pa.Table], None], write_rows: Callable[[list[dict[str, Any]]], None]):
+        self.write_events = write_events
+        self.write_rows = write_rows  # events restored from state arrive as dicts
+        self.sessions: list[Summary] = []
+        self.rows: list[dict[str, Any]] = []
+        self.tally = Tally()
+        self._open: dict[int, _Pending] = {}
+        self._fields = session_schema_fields()
+
+    def feed(self, block: Block, sessionizer: Sessionizer) -> None:
+        tally = self.tally
+        tally.records += block.records
+        tally.blank += block.blank
+        tally.rejected.update(block.rejected)
+        if block.batch.num_rows == 0:
+            sessionizer.end_batch(self)
+            self._finish_ready()
+            return
+        holder = _Pending(block.batch)
+        self._open[id(holder)] = holder
+        handles = zip([holder] * block.batch.num_rows, range(block.batch.num_rows), strict=True)
+        records = zip(*block.keys, handles, strict=True)
+        sessionizer.process_records(records, self)
+        sessionizer.end_batch(self)
+        self._finish_ready()
+
+    def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
+        self.tally.events += 1
+        if session_id is None:
+            self.tally.late += 1
+        if type(payload) is dict:
+            payload.update(session_id=session_id, session_seq=seq, ms_since_prev=since, late=session_id is None)
+            self.rows.append(payload)
+            return
+        holder, row = payload
+        holder.session_id[row] = session_id
+        holder.seq[row] = seq
+        holder.since[row] = since
+        holder.late[row] = session_id is None
+        holder.remaining -= 1
+
+    def duplicate(self, payload: Any) -> None:
+        self.tally.duplicates += 1
+        if type(payload) is not dict:
+            holder, row = payload
+            holder.keep[row] = False
+            holder.remaining -= 1
+
+    def session(self, summary: Summary) -> None:
+        self.tally.sessions += 1
+        self.sessions.append(summary)
+
+    def _finish_ready(self) -> None:
+        done = [key for key, holder in self._open.items() if holder.remaining == 0]
+        for key in done:
+            self.write_events(self._table(self._open.pop(key)))
+        if self.rows:
+            self.write_rows(self.rows)
+            self.rows = []
+
+    def finish(self) -> None:
+        """End of input with a flush: every block is complete now."""
+        self._finish_ready()
+        if self._open:  # pragma: no cover - a flush places every row
+            raise AssertionError(f"{len(self._open)} blocks still have rows without a session")
+
+    def finish_partial(self, sessionizer: Sessionizer) -> dict[str, Any]:
+        """End of input without a flush: write what is placed, return the state with pending rows as dicts."""
+        pending: set[tuple[int, int]] = set()
+        for state in sessionizer.machines.values():
+            for record in state.pending:
+                payload = record[6]
+                if type(payload) is not dict:
+                    pending.add((id(payload[0]), payload[1]))
+        snapshot = sessionizer.snapshot(resolve=_resolve)
+        for key, holder in self._open.items():
+            waiting = [row for row in range(holder.batch.num_rows) if (key, row) in pending]
+            for row in waiting:
+                holder.keep[row] = False
+            self.write_events(self._table(holder))
+        self._open.clear()
+        self._finish_ready()
+        return snapshot
+
+    def _table(self, holder: _Pending) -> pa.Table:
+        batch = holder.batch
+        columns = [
+            pa.array(holder.session_id, pa.string()),
+            pa.array(holder.seq, pa.int32()),
+            pa.array(holder.since, pa.int64()),
+            pa.array(holder.late, pa.bool_()),
+        ]
+        table = pa.Table.from_batches([batch])
+        for fld, column in zip(self._fields, columns, strict=True):
+            table = table.append_column(fld, column)
+        if not all(holder.keep):
+            table = table.filter(pa.array(holder.keep, pa.bool_()))
+        return table
+
+
+def _resolve(payload: Any) -> dict[str, Any]:
+    if type(payload) is dict:
+        return payload
+    holder, row = payload
+    event: dict[str, Any] = holder.batch.slice(row, 1).to_pylist()[0]
+    event["event_time"] = None  # derived again from timestamp when written
+    return event

@@ -1,0 +1,30 @@
+"""Small builders shared by the tests: raw records, events and a fixed processing time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from sessionflow.config import Config
+from sessionflow.core import Refiner, Rejection
+
+# 2026-10-05T00:00:00Z, a Monday; the processing time is a day later.
+T0 = 1_791_158_400_000
+NOW = T0 + 86_400_000
+
+
+def raw_record(**fields: Any) -> bytes:
+    """A valid raw record; keyword arguments override or add fields (``None`` removes one)."""
+    record: dict[str, Any] = {"event_id": "e-1", "machine_id": "m-1", "event_type": "view", "timestamp": T0}
+    record.update(fields)
+    return orjson.dumps({k: v for k, v in record.items() if v is not None})
+
+
+def refine(raw: bytes, config: Config | None = None, now_ms: int = NOW) -> dict[str, Any] | Rejection:
+    return Refiner(config or Config()).refine(raw, now_ms)
+
+
+def event(machine_id: str, ts: int, event_id: str, event_type: str = "view", **extra: Any) -> dict[str, Any]:
+    """A valid event as the sessionizer receives it."""
+    return {"event_id": event_id, "machine_id": machine_id, "event_type": event_type, "timestamp": ts, **extra}

@@ -1,0 +1,89 @@
+"""The embedded runner's columnar engine gives exactly what the core's dict pipeline gives.
+
+The core (`Pipeline`) is the reference every runtime must agree with, to the event: same
+rejections, same event columns, same session ids and summaries, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as ds
+import pytest
+
+from sessionflow.config import Config
+from sessionflow.core import Outputs, Pipeline
+from sessionflow.runtimes.local.runner import run
+from sessionflow.schema import SESSION_COLUMNS, event_columns
+
+NOW = int(datetime(2026, 11, 26, tzinfo=UTC).timestamp() * 1000)
+
+
+def reference(feed: Path, config: Config) -> Outputs:
+    pipeline = Pipeline(config, NOW)
+    out = Outputs()
+    lines = [(raw, str(feed), number) for number, raw in enumerate(feed.read_bytes().split(b"\n")[:-1], 1)]
+    for start in range(0, len(lines), 997):
+        pipeline.feed(lines[start : start + 997], out)
+    pipeline.flush(out)
+    return out
+
+
+def read_table(lake: Path, table: str, partition: str) -> list[dict[str, Any]]:
+    return ds.dataset(lake / table, format="parquet", partitioning="hive").to_table().to_pylist()
+
+
+def normalise_event(event: dict[str, Any], config: Config) -> dict[str, Any]:
+    row = {name: event[name] for name, _ in event_columns(config)}
+    row["event_date"] = event["event_date"]
+    if isinstance(row["event_time"], str):
+        row["event_time"] = datetime.fromisoformat(row["event_time"])
+    return row
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_lake_equals_the_core_reference(small_feed: Path, example_config: Config, tmp_path: Path, workers: int) -> None:
+    expected = reference(small_feed, example_config)
+    lake = tmp_path / "lake"
+    report = run([str(small_feed)], lake, example_config, now_ms=NOW, workers=workers)
+
+    got_events = {e["event_id"]: e for e in read_table(lake, "events", "event_date")}
+    want_events = {e["event_id"]: normalise_event(e, example_config) for e in expected.events}
+    assert len(got_events) == len(expected.events) == report.tally.events
+    for event_id, want in want_events.items():
+        got = got_events[event_id]
+        assert {k: got[k] for k in want} == want, event_id
+
+    got_sessions = sorted(read_table(lake, "sessions", "session_date"), key=lambda s: s["session_id"])
+    want_sessions = sorted(expected.sessions, key=lambda s: s["session_id"])
+    assert [s["session_id"] for s in got_sessions] == [s["session_id"] for s in want_sessions]
+    for got, want in zip(got_sessions, want_sessions, strict=True):
+        got["event_type_counts"] = dict(got["event_type_counts"])
+        for name, _ in SESSION_COLUMNS:
+            if name in ("session_start", "session_end"):
+                assert got[name] == datetime.fromisoformat(want[name])
+            else:
+                assert got[name] == want[name], name
+
+    rejected = [
+        row
+        for path in sorted((lake / "rejected").rglob("*.jsonl"))
+        for row in map(_json, path.read_bytes().splitlines())
+    ]
+    assert sorted((r["line"], r["reason"]) for r in rejected) == sorted(
+        (r["line"], r["reason"]) for r in expected.rejections
+    )
+    raw_lines = small_feed.read_bytes().split(b"\n")
+    for row in rejected:
+        # The line exactly as read, without its line end.
+        assert base64.b64decode(row["raw_base64"]) == raw_lines[row["line"] - 1].rstrip(b"\r")
+    assert report.tally.records == report.tally.events + report.tally.rejected_total + report.tally.duplicates
+
+
+def _json(line: bytes) -> dict[str, Any]:
+    import orjson
+
+    return orjson.loads(line)  # type: ignore[no-any-return]

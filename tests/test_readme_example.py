@@ -1,0 +1,58 @@
+"""The README's worked example and config, checked so the README cannot drift from the code."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from datetime import datetime
+from pathlib import Path
+
+from sessionflow.cli import EXAMPLE_CONFIG
+from sessionflow.config import Config
+from sessionflow.core import Outputs, Sessionizer
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def at(clock: str) -> int:
+    moment = datetime.fromisoformat(f"2026-11-02T{clock}+00:00")
+    return int(moment.timestamp() * 1000)
+
+
+def test_worked_example() -> None:
+    rows = [
+        ("e1", "09:00:00", "app_open"),
+        ("e2", "09:10:00", "doc_open"),
+        ("e3", "09:40:00", "view"),
+        ("e4", "10:10:00.001", "edit"),
+        ("e6", "10:11:00", "view"),  # arrives first, sorts after e5
+        ("e5", "10:11:00", "app_open"),
+    ]
+    events = [{"event_id": i, "machine_id": "m", "event_type": t, "timestamp": at(c)} for i, c, t in rows]
+    sessionizer = Sessionizer(Config().session)
+    out = Outputs()
+    sessionizer.process(events, out)
+    sessionizer.flush(out)
+    placed = {e["event_id"]: (e["session_id"], e["session_seq"]) for e in out.events}
+    s1, s2, s3 = placed["e1"][0], placed["e4"][0], placed["e5"][0]
+    assert len({s1, s2, s3}) == 3
+    assert placed == {
+        "e1": (s1, 1),
+        "e2": (s1, 2),
+        "e3": (s1, 3),
+        "e4": (s2, 1),
+        "e5": (s3, 1),
+        "e6": (s3, 2),
+    }
+    first = next(s for s in out.sessions if s["session_id"] == s1)
+    assert (first["start_ts"], first["end_ts"], first["event_count"]) == (at("09:00:00"), at("09:40:00"), 3)
+    assert (first["first_event_type"], first["last_event_type"]) == ("app_open", "view")
+
+
+def test_readme_config_is_the_example_and_loads() -> None:
+    block = re.search(r"```toml\n(\[session\].*?)```", README.read_text(), re.DOTALL)
+    assert block is not None
+    assert block.group(1) == EXAMPLE_CONFIG.split("\n", 1)[1]
+    config = Config.from_dict(tomllib.loads(block.group(1)))
+    assert config.session.timeout_ms == 30 * 60 * 1000
+    assert [rule.scale for rule in config.clean] == [(("timestamp", 1000),), ()]
