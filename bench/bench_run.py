@@ -4,7 +4,8 @@
                               [--skip-10m] [--json results.json] [--all]
 
 Every contender is its own process, so its peak RSS (``ru_maxrss`` from ``os.wait4`` on that
-process alone) is its own; wall time is measured around the process, imports and writing included.
+process alone, spawned by a tiny launcher) is its own; wall time is measured around the process,
+interpreter start, imports and writing included.
 Each contender runs ``--repeat`` times, interleaved; the table shows the best time and the highest
 peak RSS of those runs. Then the two stdin runs (``sessionflow generate -n N | sessionflow run -``)
 at N = --events and N = --big-events measure how memory grows with the input (only the ``run``
@@ -24,6 +25,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,9 +50,13 @@ class BenchError(Exception):
 @dataclass
 class Sample:
     seconds: float
-    peak_rss_mb: float
-    cpu_seconds: float
+    peak_rss_mb: float  # the figure checked: max(maxrss_mb, tree_pss_mb)
+    cpu_seconds: float  # user + system, the process and the children it waited for
     stdout: str
+    maxrss_mb: float = 0.0  # exact peak RSS of the largest single process (wait4)
+    tree_pss_mb: float = 0.0  # sampled peak of the summed PSS of the whole process tree
+    tree_rss_mb: float = 0.0  # the same with RSS (counts shared pages once per process)
+    processes: int = 1  # most processes seen at once
 
 
 @dataclass
@@ -81,23 +87,95 @@ def _log(message: str) -> None:
 # -- measuring one process -------------------------------------------------------------------------
 
 
-def _reap(process: subprocess.Popen[bytes]) -> tuple[int, Any]:
-    """Wait for one child with wait4, so the resource usage is that child's alone (and its own children's)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
-    return process.returncode, usage
+# Linux keeps a process's peak RSS across exec, and a child spawned with vfork (what subprocess
+# uses) or fork starts from its parent's address space: a child of this (large) process would
+# report at least this process's peak. So each measured command is started by a tiny launcher,
+# a fresh interpreter that only spawns it, waits for it with wait4 and writes its resource usage.
+_LAUNCHER = """
+import json, os, sys, time
+report, command = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.posix_spawnp(command[0], command, os.environ)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - started
+with open(report, "w") as handle:
+    json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss, "cpu": usage.ru_utime + usage.ru_stime}, handle)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+class TreeSampler(threading.Thread):
+    """Samples the memory of a process's descendants every ``interval`` s: peak of the sums.
+
+    ``ru_maxrss`` is per process: for a contender that forks workers (wait4 folds its children in
+    as a max, not a sum) it would show the largest process, not the footprint. PSS shares each
+    page among the processes mapping it, so forked workers' copy-on-write pages count once.
+    """
+
+    def __init__(self, root_pid: int, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.root_pid = root_pid
+        self.interval = interval
+        self.peak_pss_kib = 0
+        self.peak_rss_kib = 0
+        self.peak_processes = 0
+        self._finished = threading.Event()
+
+    def run(self) -> None:
+        while not self._finished.wait(self.interval):
+            pss = rss = 0
+            pids = _descendants(self.root_pid)
+            for pid in pids:
+                try:
+                    with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+                        for line in handle:
+                            if line.startswith(b"Pss:"):
+                                pss += int(line.split()[1])
+                            elif line.startswith(b"Rss:"):
+                                rss += int(line.split()[1])
+                except OSError:
+                    continue  # it ended between the listing and the read
+            self.peak_pss_kib = max(self.peak_pss_kib, pss)
+            self.peak_rss_kib = max(self.peak_rss_kib, rss)
+            self.peak_processes = max(self.peak_processes, len(pids))
+
+    def stop(self) -> None:
+        self._finished.set()
+        self.join()
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as handle:
+                    children = [int(child) for child in handle.read().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            stack.extend(children)
+    return found
 
 
 def measure(command: list[str], log_path: Path, producer: list[str] | None = None) -> Sample:
     """Run ``command`` (fed by ``producer``'s stdout when given) and measure it alone."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    usage_path = log_path.with_suffix(".usage.json")
+    usage_path.unlink(missing_ok=True)
+    launched = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(usage_path), *command]
     with open(log_path, "wb") as log:
         feeder = None
-        started = time.perf_counter()
         if producer is not None:
             feeder = subprocess.Popen(producer, stdout=subprocess.PIPE, stderr=log, cwd=ROOT)
         process = subprocess.Popen(
-            command,
+            launched,
             stdin=feeder.stdout if feeder else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -105,21 +183,31 @@ def measure(command: list[str], log_path: Path, producer: list[str] | None = Non
         )
         if feeder is not None and feeder.stdout is not None:
             feeder.stdout.close()  # the consumer holds the only read end: the producer sees EPIPE if it dies
-        assert process.stdout is not None
-        stdout = process.stdout.read()
-        process.stdout.close()
-        returncode, usage = _reap(process)
-        seconds = time.perf_counter() - started
-        feeder_code = _reap(feeder)[0] if feeder is not None else 0
-    if returncode != 0 or feeder_code != 0:
+        sampler = TreeSampler(process.pid) if Path("/proc/self/smaps_rollup").exists() else None
+        if sampler is not None:
+            sampler.start()
+        try:
+            stdout, _ = process.communicate()
+        finally:
+            if sampler is not None:
+                sampler.stop()
+        feeder_code = feeder.wait() if feeder is not None else 0
+    if process.returncode != 0 or feeder_code != 0 or not usage_path.exists():
         tail = log_path.read_text(errors="replace")[-3000:]
-        failed = " ".join(command if returncode != 0 else producer or command)
-        raise BenchError(f"{failed} exited {returncode or feeder_code}; stderr ({log_path}):\n{tail}")
+        failed = " ".join(command if process.returncode != 0 else producer or command)
+        raise BenchError(f"{failed} exited {process.returncode or feeder_code}; stderr ({log_path}):\n{tail}")
+    usage = json.loads(usage_path.read_text())
+    maxrss_mb = usage["maxrss_kib"] / 1024  # Linux reports KiB
+    tree_pss_mb = sampler.peak_pss_kib / 1024 if sampler is not None else 0.0
     return Sample(
-        seconds=seconds,
-        peak_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
-        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        seconds=usage["seconds"],
+        peak_rss_mb=max(maxrss_mb, tree_pss_mb),
+        cpu_seconds=usage["cpu"],
         stdout=stdout.decode(errors="replace"),
+        maxrss_mb=maxrss_mb,
+        tree_pss_mb=tree_pss_mb,
+        tree_rss_mb=sampler.peak_rss_kib / 1024 if sampler is not None else 0.0,
+        processes=sampler.peak_processes if sampler is not None else 1,
     )
 
 
@@ -201,6 +289,16 @@ def contender_commands(config: Path) -> dict[str, Callable[[Path, Path], list[st
     }
 
 
+def _describe(sample: Sample) -> str:
+    text = f"{sample.seconds:7.2f} s  {sample.peak_rss_mb:7.0f} MB peak memory  {sample.cpu_seconds:7.2f} s CPU"
+    if sample.processes > 1:
+        text += (
+            f"  ({sample.processes} processes: largest one {sample.maxrss_mb:.0f} MB, "
+            f"all together {sample.tree_pss_mb:.0f} MB PSS / {sample.tree_rss_mb:.0f} MB RSS)"
+        )
+    return text
+
+
 def run_contenders(source: Path, config: Path, workdir: Path, repeat: int) -> dict[str, Contender]:
     commands = contender_commands(config)
     results = {name: Contender(name) for name in commands}
@@ -210,10 +308,7 @@ def run_contenders(source: Path, config: Path, workdir: Path, repeat: int) -> di
             shutil.rmtree(out, ignore_errors=True)
             sample = measure(command(source, out), workdir / "logs" / f"{name}-{round_number}.log")
             results[name].samples.append(sample)
-            _log(
-                f"  round {round_number}/{repeat} {name:<12} {sample.seconds:7.2f} s  "
-                f"{sample.peak_rss_mb:7.0f} MB peak RSS  {sample.cpu_seconds:7.2f} s CPU"
-            )
+            _log(f"  round {round_number}/{repeat} {name:<12} {_describe(sample)}")
     return results
 
 
@@ -258,7 +353,7 @@ def stdin_run(events: int, machines: int, seed: int, config: Path, workdir: Path
         producer=generate_command(events, machines, seed),
     )
     shutil.rmtree(out, ignore_errors=True)  # a 10M lake is large, and only the measurement matters
-    _log(f"  {sample.seconds:7.2f} s  {sample.peak_rss_mb:7.0f} MB peak RSS  {sample.cpu_seconds:7.2f} s CPU")
+    _log(f"  {_describe(sample)}")
     return sample
 
 

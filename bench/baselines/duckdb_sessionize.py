@@ -68,11 +68,8 @@ def build_sql(plan: Plan, source: str) -> str:
             column = quote(internal[field])
             conditions.append("(" + " OR ".join(f"{column} GLOB {literal(p)}" for p in patterns) + ")")
         condition = " AND ".join(conditions) or "TRUE"
-        replaced = [
-            f"CASE WHEN {condition} THEN lower({quote(internal[f])}) ELSE {quote(internal[f])} END AS {quote(internal[f])}"
-            for f in step.lowercase
-            if f in internal and f != plan.timestamp
-        ]
+        lowered = [quote(internal[f]) for f in step.lowercase if f in internal and f != plan.timestamp]
+        replaced = [f"CASE WHEN {condition} THEN lower({c}) ELSE {c} END AS {c}" for c in lowered]
         if step.timestamp_factor is not None:
             replaced.append(f"CASE WHEN {condition} THEN ts_num * {step.timestamp_factor} ELSE ts_num END AS ts_num")
         if replaced:
@@ -93,7 +90,8 @@ def build_sql(plan: Plan, source: str) -> str:
         f"{ts_expr} AS ts FROM {previous} "
         f"WHERE {present('event_id')} AND {present('machine_id')} AND {present('event_type')})",
         f"valid AS (SELECT * FROM parsed WHERE ts BETWEEN {plan.min_ts} AND {plan.max_ts})",
-        "dedup AS (SELECT * FROM valid QUALIFY row_number() OVER (PARTITION BY machine_id, event_id ORDER BY arrival) = 1)",
+        "dedup AS (SELECT * FROM valid "
+        "QUALIFY row_number() OVER (PARTITION BY machine_id, event_id ORDER BY arrival) = 1)",
         # One window spec for everything per machine: DuckDB sorts once per spec.
         "gaps AS (SELECT *, ts - lag(ts) OVER machine_order AS gap, row_number() OVER machine_order AS position "
         "FROM dedup WINDOW machine_order AS (PARTITION BY machine_id ORDER BY ts, event_id))",
@@ -107,7 +105,8 @@ def build_sql(plan: Plan, source: str) -> str:
         "substr('89ab', (('0x' || h[17])::INTEGER & 3) + 1, 1), h[18:20], h[21:32])"
     )
     ctes += [
-        f"starts AS (SELECT *, gap IS NULL OR gap > {plan.timeout_ms} OR event_type IN ({opening}) AS is_start FROM gaps)",
+        f"starts AS (SELECT *, gap IS NULL OR gap > {plan.timeout_ms} OR event_type IN ({opening}) AS is_start "
+        "FROM gaps)",
         f"hashed AS (SELECT *, CASE WHEN is_start THEN {digest} END AS h FROM starts)",
         f"ids AS (SELECT * EXCLUDE (h), CASE WHEN h IS NOT NULL THEN {uuid5} END AS start_id FROM hashed)",
         # Gaps and islands: each event takes the id and position of the latest session start before it.
