@@ -17,11 +17,11 @@ def test_run_writes_a_lake_duckdb_reads(tmp_path: Path) -> None:
     assert main(["run", str(feed), "--out", str(tmp_path / "lake"), "--config", str(config), "--quiet"]) == 0
     events, sessions = db.execute(
         f"SELECT count(*), count(DISTINCT session_id) FROM read_parquet('{tmp_path}/lake/events/*/*.parquet')"
-    ).fetchone()
-    rejected = db.execute(f"SELECT count(*) FROM read_json('{tmp_path}/lake/rejected/*/*.jsonl')").fetchone()[0]
+    ).fetchall()[0]
+    rejected = db.execute(f"SELECT count(*) FROM read_json('{tmp_path}/lake/rejected/*/*.jsonl')").fetchall()[0][0]
     assert 0 < events < written
     assert (
         sessions
-        == db.execute(f"SELECT count(*) FROM read_parquet('{tmp_path}/lake/sessions/*/*.parquet')").fetchone()[0]
+        == db.execute(f"SELECT count(*) FROM read_parquet('{tmp_path}/lake/sessions/*/*.parquet')").fetchall()[0][0]
     )
     assert rejected > 0

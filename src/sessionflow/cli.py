@@ -98,7 +98,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from sessionflow.synthetic import FeedShape, write_feed
 
-    shape = FeedShape(events=args.events, machines=args.machines, seed=args.seed)
+    shape = FeedShape(events=args.events, machines=args.machines, seed=args.seed, late_rate=args.late_rate)
     written = write_feed(shape, args.output)
     if args.output != "-":
         log.warning("wrote %d records to %s", written, args.output)
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--events", "-n", type=int, default=100_000)
     generate.add_argument("--machines", "-m", type=int, default=1_000)
     generate.add_argument("--seed", "-s", type=int, default=1)
+    generate.add_argument(
+        "--late-rate", type=float, default=0.0, metavar="P", help="share of records that arrive 6-60 minutes late"
+    )
     generate.add_argument("-o", "--output", default="-", metavar="FILE", help="a .gz name compresses; - is stdout")
     generate.set_defaults(handler=_cmd_generate)
 

@@ -53,6 +53,8 @@ class FeedShape:
     iso_timestamp_rate: float = 0.02
     blank_rate: float = 0.0005
     max_delay_ms: int = 4 * MINUTE  # under the default 5 min lateness
+    # Records that arrive 6 to 60 minutes late: the sessionizer keeps them, flagged late.
+    late_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.events < 0 or self.machines <= 0:
@@ -214,6 +216,8 @@ def generate(shape: FeedShape) -> Iterator[bytes]:
         else:
             line = orjson.dumps(_record(machine, rng, shape, ts, event_type, extra))
         delay = rng.randint(0, 2 * SECOND) if rng.random() < 0.9 else rng.randint(0, shape.max_delay_ms)
+        if shape.late_rate and rng.random() < shape.late_rate:
+            delay = rng.randint(6 * MINUTE, 60 * MINUTE)
         sequence += 1
         heapq.heappush(arrivals, (ts + delay, sequence, line))
         produced += 1

@@ -222,14 +222,14 @@ def test_actions_within_a_rule_run_in_a_fixed_order() -> None:
 
 
 def test_rules_run_in_the_order_written() -> None:
-    first_map = [{"map": {"event_type": {"open": "app_open"}}}, {"lowercase": ["event_type"]}]
-    first_lower = [{"lowercase": ["event_type"]}, {"map": {"event_type": {"open": "app_open"}}}]
+    first_map: list[dict[str, Any]] = [{"map": {"event_type": {"open": "app_open"}}}, {"lowercase": ["event_type"]}]
+    first_lower: list[dict[str, Any]] = [{"lowercase": ["event_type"]}, {"map": {"event_type": {"open": "app_open"}}}]
     assert clean(first_map, event_type="OPEN")["event_type"] == "open"
     assert clean(first_lower, event_type="OPEN")["event_type"] == "app_open"
 
 
 def test_a_rule_sees_what_the_rules_before_it_did() -> None:
-    rules = [{"set": {"app_version": "11.2.9"}}, *SECONDS_BUILD]
+    rules: list[dict[str, Any]] = [{"set": {"app_version": "11.2.9"}}, *SECONDS_BUILD]
     assert clean(rules, timestamp=T0 // 1000)["timestamp"] == T0
 
 

@@ -86,4 +86,4 @@ def test_lake_equals_the_core_reference(small_feed: Path, example_config: Config
 def _json(line: bytes) -> dict[str, Any]:
     import orjson
 
-    return orjson.loads(line)  # type: ignore[no-any-return]
+    return orjson.loads(line)

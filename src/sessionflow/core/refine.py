@@ -180,7 +180,6 @@ class Refiner:
         return refine
 
 
-
 def _undecodable(raw: bytes, exc: Exception) -> Rejection:
     try:
         raw.decode("utf-8")
