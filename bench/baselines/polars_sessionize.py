@@ -55,11 +55,10 @@ def sessionize(plan: Plan, source: str):  # type: ignore[no-untyped-def]
         **{raw: pl.String for raw in (*required, plan.timestamp)},
         **{raw: getattr(pl, _POLARS_TYPES[kind]) for _, raw, kind in plan.columns},
     }
-    records = (
-        pl.read_ndjson(valid_lines.encode(), schema=schema, ignore_errors=True)
-        if valid_lines
-        else pl.DataFrame(schema=schema)
-    )
+    payload = valid_lines.encode()
+    del valid_lines  # the text exists three times over otherwise: lines, joined str, bytes
+    records = pl.read_ndjson(payload, schema=schema, ignore_errors=True) if payload else pl.DataFrame(schema=schema)
+    del payload
     frame = records.lazy().rename(renames)
     # A numeric timestamp arrives as its digits; cleaning scales numbers only, like sessionflow.
     is_number = pl.col("ts_raw").str.contains(r"^-?\d+(\.0*)?$")
