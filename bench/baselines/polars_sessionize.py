@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import polars as pl
 from common import Plan, fresh_dir, glob_regex, load_plan, now_ms, parse_args, report
 
 from sessionflow.core.ids import SESSION_NAMESPACE
@@ -28,10 +29,8 @@ from sessionflow.core.ids import SESSION_NAMESPACE
 _POLARS_TYPES = {"string": "String", "int": "Int64", "float": "Float64", "bool": "Boolean"}
 
 
-def sessionize(plan: Plan, source: str):  # type: ignore[no-untyped-def]
+def sessionize(plan: Plan, source: str) -> pl.DataFrame:
     """The sessionized, enriched events as an eager DataFrame (one row per event kept)."""
-    import polars as pl
-
     required = {plan.event_id: "event_id", plan.machine_id: "machine_id", plan.event_type: "event_type"}
     renames = {**required, plan.timestamp: "ts_raw", **{raw: name for name, raw, _ in plan.columns}}
     lines = pl.scan_csv(
@@ -160,9 +159,7 @@ def sessionize(plan: Plan, source: str):  # type: ignore[no-untyped-def]
     )
 
 
-def summarize(events):  # type: ignore[no-untyped-def]
-    import polars as pl
-
+def summarize(events: pl.DataFrame) -> pl.DataFrame:
     return (
         events.sort("session_id", "session_seq")
         .group_by("session_id")

@@ -50,7 +50,7 @@ def lakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _rows(lake: Path, table: str, columns: str = "*") -> set[tuple[object, ...]]:
-    rows = duckdb.sql(f"SELECT {columns} FROM read_parquet('{lake}/{table}/*/*.parquet')").fetchall()
+    rows = duckdb.connect().execute(f"SELECT {columns} FROM read_parquet('{lake}/{table}/*/*.parquet')").fetchall()
     return set(rows)
 
 
