@@ -343,14 +343,33 @@ def compare_lakes(results: dict[str, Contender], workdir: Path) -> None:
 # -- the stdin runs ------------------------------------------------------------------------------------
 
 
-def stdin_run(events: int, machines: int, seed: int, config: Path, workdir: Path) -> Sample:
+def feed_command(events: int, machines: int, seed: int, days: float | None) -> list[str]:
+    """The producer of a stdin run: ``sessionflow generate``, or the generator itself for a longer span."""
+    if days is None:
+        return generate_command(events, machines, seed)
+    # `generate` has no --days: call the same generator with a longer span, written the same way.
+    code = (
+        "from sessionflow.synthetic import FeedShape, write_feed; "
+        f"write_feed(FeedShape(events={events}, machines={machines}, seed={seed}, days={days!r}), '-')"
+    )
+    return [sys.executable, "-c", code]
+
+
+def default_days() -> float:
+    from sessionflow.synthetic import FeedShape
+
+    return float(FeedShape().days)
+
+
+def stdin_run(events: int, machines: int, seed: int, config: Path, workdir: Path, days: float | None = None) -> Sample:
     out = workdir / f"lake-stdin-{events}"
     shutil.rmtree(out, ignore_errors=True)
-    _log(f"stdin run: sessionflow generate -n {events:,} | sessionflow run - (only `run` is measured)")
+    span = f"{days:g} days" if days is not None else f"{default_days():g} days (generate's default)"
+    _log(f"stdin run: {events:,} events over {span} | sessionflow run - (only `run` is measured)")
     sample = measure(
         sessionflow_command("run", "-", "--out", str(out), "--config", str(config), "--overwrite", "--json"),
         workdir / "logs" / f"stdin-{events}.log",
-        producer=generate_command(events, machines, seed),
+        producer=feed_command(events, machines, seed, days),
     )
     shutil.rmtree(out, ignore_errors=True)  # a 10M lake is large, and only the measurement matters
     _log(f"  {_describe(sample)}")
@@ -443,7 +462,7 @@ def report(
         checks.append(
             _check(
                 growth <= GROWTH_LIMIT,
-                f"stdin peak RSS {big_events:,} events {stdin_big.peak_rss_mb:.0f} MB <= {GROWTH_LIMIT} x "
+                f"stdin peak memory {big_events:,} events {stdin_big.peak_rss_mb:.0f} MB <= {GROWTH_LIMIT} x "
                 f"{events:,} events {stdin_small.peak_rss_mb:.0f} MB (ratio {growth:.2f})",
             )
         )
@@ -464,6 +483,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     big.add_argument("--skip-10m", dest="rss_big", action="store_false", help="skip the stdin RSS runs (minutes)")
     parser.add_argument("--big-events", type=int, default=10_000_000, help="events of the big stdin run (10,000,000)")
+    parser.add_argument(
+        "--dense-10m",
+        action="store_true",
+        help="the big stdin run is plain `sessionflow generate -n BIG`: the same days as the small one, so 10x "
+        "the events per machine per hour (default: the days grow with the events, the rate stays)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
     parser.add_argument("--all", action="store_true", help=f"also run {' and '.join(HOOKS)} when present")
     return parser.parse_args(argv)
@@ -490,7 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         stdin_small = stdin_big = None
         if args.rss_big:
             stdin_small = stdin_run(args.events, args.machines, args.seed, config, workdir)
-            stdin_big = stdin_run(args.big_events, args.machines, args.seed, config, workdir)
+            # Same events per machine per hour as the small feed, for longer: only the input size grows.
+            # --dense-10m packs them into the same span instead (10x the rate: more in flight at once).
+            big_days = None if args.dense_10m else default_days() * args.big_events / args.events
+            stdin_big = stdin_run(args.big_events, args.machines, args.seed, config, workdir, big_days)
     except BenchError as exc:
         _log(f"error: {exc}")
         return 1
@@ -525,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 for n, s in ((args.events, stdin_small), (args.big_events, stdin_big))
                 if s is not None
             },
+            "stdin_big_feed": "same days as the small feed (dense)" if args.dense_10m else "days scaled with events",
             "checks": checks,
             "hooks": hooks,
         }
