@@ -5,13 +5,20 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 PYTEST_WORKERS ?= 2
 
-.PHONY: help install demo test test-fast lint format typecheck bench fuzz clean
+NODE_STAMP := node_modules/.installed
+# Offline, credential-free packaging: the framework must never phone home or need an account.
+SLS_OFFLINE := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing \
+	AWS_REGION=us-east-1 SLS_TELEMETRY_DISABLED=1 SLS_NOTIFICATIONS_MODE=off
+
+.PHONY: help install demo test test-fast lint format bench fuzz clean deploy-deps lambda-package \
+	deploy-package deploy-check
 
 help:
 	@echo "make demo       create the virtualenv, install, run the demo"
 	@echo "make test       install the dev dependencies, lint, run every test"
 	@echo "make bench      benchmarks against DuckDB and Polars baselines (see bench/)"
 	@echo "make lint       ruff + mypy"
+	@echo "make deploy-package  build the Lambda artifact, serverless package, cfn-lint"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +34,24 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Serverless Framework v3 (pinned in package-lock.json) for `serverless package` and its checks.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --prefer-offline
+	@touch $@
+
+deploy-deps: $(NODE_STAMP)
+
+lambda-package: $(STAMP)
+	$(BIN)/python deploy/build_lambda_package.py
+
+deploy-package: lambda-package $(NODE_STAMP)
+	$(SLS_OFFLINE) npx --no -- serverless package --stage dev --region us-east-1 --package build/serverless
+	$(BIN)/cfn-lint build/serverless/cloudformation-template-create-stack.json \
+		build/serverless/cloudformation-template-update-stack.json
+
+deploy-check: $(STAMP) $(NODE_STAMP)
+	$(BIN)/pytest tests/deploy -q
+
 demo: $(VENV)/.installed-local
 	$(BIN)/sessionflow demo --dir sessionflow-demo
 
@@ -39,7 +64,7 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-test: $(STAMP) lint
+test: $(STAMP) $(NODE_STAMP) lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=15
 
 test-fast: $(STAMP)
@@ -49,4 +74,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_run.py --events 1000000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sessionflow-demo bench/out
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sessionflow-demo bench/out build node_modules

@@ -77,6 +77,15 @@ class FieldNames:
     user_id: str = "user_id"
     app_version: str = "app_version"
 
+    def __post_init__(self) -> None:
+        # Two roles read from one field would leave one of them missing in every record.
+        roles: dict[str, str] = {}
+        for role in ("event_id", "machine_id", "event_type", "timestamp", "user_id", "app_version"):
+            name = getattr(self, role)
+            if name in roles:
+                raise ConfigError(f"fields.{role}", f"{name!r} is already the field of fields.{roles[name]}")
+            roles[name] = role
+
 
 @dataclass(frozen=True, slots=True)
 class ValidationConfig:

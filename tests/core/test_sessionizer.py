@@ -196,6 +196,19 @@ def test_event_exactly_the_lateness_behind_the_newest_is_on_time() -> None:
     assert sessions_of(out) == [["a", "b", "x", "n"]]
 
 
+def test_an_event_exactly_the_lateness_behind_stays_buffered() -> None:
+    sessionizer = Sessionizer(CONFIG)
+    out = Outputs()
+    sessionizer.process([event("m", T0, "w"), event("m", T0 + LATENESS, "n")], out)
+    assert out.events == []  # w is not released yet: a tie arriving now can still sort before it
+    sessionizer.process([event("m", T0, "v")], out)
+    sessionizer.process([event("m", T0 + LATENESS + 1, "p")], out)  # now w and v are past the bound
+    assert [e["event_id"] for e in out.events] == ["v", "w"]
+    sessionizer.flush(out)
+    assert out.late == 0
+    assert sessions_of(out) == [["v", "w", "n", "p"]]
+
+
 def test_event_sorting_before_a_released_event_is_late_flagged_and_kept() -> None:
     sessionizer, out = _released_up_to(T0 + 100 + LATENESS + 1)
     before = [event("m", T0 + 99, "y"), event("m", T0 + 100, "a2")]  # a2 ties b's timestamp, sorts first
@@ -275,6 +288,19 @@ def test_dedupe_horizon_boundary() -> None:
         # Past the horizon it is an event again, and a late one: still counted, never lost.
         assert len(out.events) == 4 - int(duplicate)
         assert out.late == 1 - int(duplicate)
+
+
+def test_the_last_placed_event_again_is_a_duplicate_even_past_the_horizon() -> None:
+    config = SessionConfig(dedupe_horizon_ms=HOUR, allowed_lateness_ms=LATENESS)
+    sessionizer = Sessionizer(config)
+    out = Outputs()
+    sessionizer.process([event("m", T0, "x"), event("m", T0 + 2 * HOUR, "z")], out)  # places x
+    sessionizer.end_batch(out)
+    sessionizer.machines["m"].seen.clear()  # its id pruned: only the last placed key recognises it
+    sessionizer.process([event("m", T0, "x")], out)
+    sessionizer.flush(out)
+    assert [e["event_id"] for e in out.duplicates] == ["x"]
+    assert out.late == 0
 
 
 def test_dedupe_survives_pruning_of_the_seen_ids() -> None:
@@ -461,3 +487,17 @@ def test_machine_state_round_trip() -> None:
     assert again.session is not None
     assert again.session.user_id == "u"
     assert [p[:2] for p in again.pending] == [(T0 + LATENESS + 5, "b")]
+
+
+def test_idle_machines_still_close_after_a_restore() -> None:
+    config = SessionConfig(timeout_ms=TIMEOUT, allowed_lateness_ms=LATENESS, clock_quorum=1)
+    sessionizer = Sessionizer(config)
+    out = Outputs()
+    sessionizer.process([event("m", T0, "a")], out)
+    sessionizer.end_batch(out)
+    restored = Sessionizer.restore(config, orjson.loads(orjson.dumps(sessionizer.snapshot())))
+    restored.process([event("n", T0 + config.idle_close_ms + 1, "b")], out)
+    restored.end_batch(out)
+    # m never speaks again: its session closes on the stream clock, not only at a flush.
+    assert [s["machine_id"] for s in out.sessions] == ["m"]
+    assert [e["event_id"] for e in out.events] == ["a"]

@@ -239,9 +239,13 @@ class Sessionizer:
             state.arrival_clock = clock
             last_key = state.last_key
             if last_key is not None:
+                key = (ts, event_id)
+                if key == last_key:  # the very event placed last, whatever the horizon says
+                    out.duplicate(record[PAYLOAD])
+                    continue
                 session = state.session
                 # Late: it sorts before an event already placed, or it would extend a closed session.
-                if (ts, event_id) < last_key or (session is not None and session.closed and joins(session, record)):
+                if key < last_key or (session is not None and session.closed and joins(session, record)):
                     out.release(record[PAYLOAD], None, None, None)
                     continue
             pending = state.pending

@@ -1,0 +1,265 @@
+"""``sessionflow aws-local ...``: a local AWS (moto server) to run the AWS runtime on a laptop.
+
+Import-light: boto3 and moto are imported by the subcommands when they run.
+
+    sessionflow aws-local up                 # moto server on 127.0.0.1 + streams, Firehoses, table, bucket
+    sessionflow aws-local put events.jsonl   # JSON lines onto the `raw` stream
+    sessionflow aws-local run --flush        # the Lambda-like poller: raw -> process -> clean -> sessionize
+    sessionflow aws-local fetch out/         # the S3 output, partitioned by date, exact copies dropped
+    sessionflow aws-local replay events.jsonl --out out/   # all of the above in one process
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ENDPOINT_FILE = ".sessionflow-aws-local.json"
+log = logging.getLogger("sessionflow")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "aws-local",
+        help="run the AWS runtime against a local AWS (moto server on 127.0.0.1)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="aws_command", metavar="ACTION", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--endpoint", help=f"the local AWS (default: $AWS_ENDPOINT_URL, else ./{ENDPOINT_FILE})")
+        sub.add_argument("--config", "-c", metavar="FILE", help="sessionflow.toml (env SESSIONFLOW_CONFIG)")
+
+    up = commands.add_parser("up", help="start moto server and create the resources; runs until Ctrl-C")
+    up.add_argument("--port", type=int, default=0, help="default: a free port")
+    up.add_argument("--raw-shards", type=int, default=2)
+    up.add_argument("--clean-shards", type=int, default=2)
+    up.set_defaults(handler=_up)
+
+    put = commands.add_parser("put", help="put JSON lines on the raw stream (partition key: machine id)")
+    common(put)
+    put.add_argument("files", nargs="+", metavar="FILE")
+    put.set_defaults(handler=_put)
+
+    run = commands.add_parser("run", help="poll the streams and invoke the handlers the way Lambda does")
+    common(run)
+    _poller_options(run)
+    run.add_argument("--follow", action="store_true", help="keep polling (Ctrl-C to stop)")
+    run.set_defaults(handler=_run)
+
+    flush = commands.add_parser("flush", help="close every open session (end of stream)")
+    common(flush)
+    flush.set_defaults(handler=_flush)
+
+    fetch = commands.add_parser("fetch", help="download the S3 output into DIR/<table>/<partition>=.../")
+    common(fetch)
+    fetch.add_argument("out", metavar="DIR")
+    fetch.add_argument("--keep-duplicates", action="store_true", help="keep exact re-deliveries (see docs/aws.md)")
+    fetch.set_defaults(handler=_fetch)
+
+    replay = commands.add_parser("replay", help="up + put + run + flush + fetch, in one process")
+    replay.add_argument("files", nargs="+", metavar="FILE")
+    replay.add_argument("--out", "-o", required=True, metavar="DIR")
+    replay.add_argument("--config", "-c", metavar="FILE")
+    _poller_options(replay)
+    replay.set_defaults(handler=_replay)
+
+
+def _poller_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=100, help="records per invocation (Lambda BatchSize)")
+    parser.add_argument("--window", type=float, default=0.0, help="seconds to gather a batch (MaximumBatchingWindow)")
+    parser.add_argument("--max-retries", type=int, default=3, help="MaximumRetryAttempts")
+    parser.add_argument("--flush", action="store_true", help="close every session when the streams are drained")
+
+
+# -- the subcommands -------------------------------------------------------------------------------
+
+
+def _up(args: argparse.Namespace) -> int:
+    import signal
+
+    from sessionflow.errors import UsageError
+    from sessionflow.runtimes.aws.local.resources import LocalAws, create_resources, moto_server
+    from sessionflow.runtimes.aws.settings import Settings
+
+    marker = Path(ENDPOINT_FILE)
+    if marker.is_file() and _alive(json.loads(marker.read_text()).get("pid")):
+        raise UsageError(f"a local AWS is already up (see ./{ENDPOINT_FILE}); stop it first")
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # `kill` stops it as cleanly as Ctrl-C
+    with moto_server(args.port) as endpoint:
+        try:
+            _use(endpoint)
+            create_resources(LocalAws(endpoint, Settings.from_env()), args.raw_shards, args.clean_shards)
+            marker.write_text(json.dumps({"endpoint": endpoint, "pid": os.getpid()}))
+            print(f"local AWS on {endpoint}; other aws-local commands find it in ./{ENDPOINT_FILE}", flush=True)
+            print(f"export AWS_ENDPOINT_URL={endpoint}", flush=True)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            marker.unlink(missing_ok=True)
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _put(args: argparse.Namespace) -> int:
+    from sessionflow.runtimes.aws.local.resources import put_lines
+
+    aws = _connect(args)
+    machine_field = _config(args).fields.machine_id
+    total = 0
+    for name in args.files:
+        with _open(name) as handle:
+            total += put_lines(aws, handle, machine_field=machine_field)
+    print(f"put {total} records on raw")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sessionflow.runtimes.aws import handlers
+    from sessionflow.runtimes.aws.local.poller import pipeline_poller
+
+    aws = _connect(args)
+    poller = pipeline_poller(aws, batch_size=args.batch_size, window_s=args.window, max_retries=args.max_retries)
+    with contextlib.suppress(KeyboardInterrupt):
+        poller.run(follow=args.follow)
+    if args.flush:
+        handlers.flush_handler({}, None)
+    _print_stats(poller)
+    return 0
+
+
+def _print_stats(poller: Any) -> None:
+    for stream, stats in poller.stats.items():
+        latencies = sorted(stats.latencies_ms) or [0.0]
+        ages = sorted(stats.iterator_ages_ms) or [0.0]
+        print(
+            f"{stream}: {stats.records} records in {stats.invocations} invocations, {stats.errors} errors, "
+            f"{stats.partial_failures} partial failures, {stats.sent_to_on_failure} to the on-failure queue; "
+            f"invocation p50 {latencies[len(latencies) // 2]:.0f} ms, max {latencies[-1]:.0f} ms; "
+            f"iterator age p50 {ages[len(ages) // 2]:.0f} ms, max {ages[-1]:.0f} ms"
+        )
+
+
+def _flush(args: argparse.Namespace) -> int:
+    from sessionflow.runtimes.aws import handlers
+
+    _connect(args)
+    print(handlers.flush_handler({}, None))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from sessionflow.runtimes.aws.local.resources import fetch
+
+    counts = fetch(_connect(args), Path(args.out), keep_duplicates=args.keep_duplicates)
+    print(", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from sessionflow.runtimes.aws import handlers
+    from sessionflow.runtimes.aws.local.poller import pipeline_poller
+    from sessionflow.runtimes.aws.local.resources import LocalAws, create_resources, fetch, moto_server, put_lines
+    from sessionflow.runtimes.aws.settings import Settings
+
+    with moto_server() as endpoint:
+        _use(endpoint)
+        _config(args)
+        aws = LocalAws(endpoint, Settings.from_env())
+        create_resources(aws)
+        started = time.perf_counter()
+        for name in args.files:
+            with _open(name) as handle:
+                put_lines(aws, handle, machine_field=handlers.runtime().config.fields.machine_id)
+        poller = pipeline_poller(aws, batch_size=args.batch_size, window_s=args.window, max_retries=args.max_retries)
+        poller.run()
+        handlers.flush_handler({}, None)
+        _print_stats(poller)
+        counts = fetch(aws, Path(args.out))
+        print(
+            ", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out} "
+            f"({time.perf_counter() - started:.1f} s)"
+        )
+    return 0
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _use(endpoint: str) -> None:
+    from sessionflow.runtimes.aws.local.resources import local_environment
+
+    os.environ.update(local_environment(endpoint))
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The handlers read SESSIONFLOW_CONFIG; --config and ./sessionflow.toml feed it, as for `run`."""
+    from sessionflow.config import Config
+
+    path = getattr(args, "config", None) or os.environ.get("SESSIONFLOW_CONFIG")
+    if path is None and Path("sessionflow.toml").is_file():
+        path = "sessionflow.toml"
+    if path:
+        os.environ["SESSIONFLOW_CONFIG"] = str(Path(path).resolve())
+        return Config.load(path)
+    return Config()
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from sessionflow.errors import UsageError
+    from sessionflow.runtimes.aws.local.resources import LocalAws
+    from sessionflow.runtimes.aws.settings import Settings
+
+    endpoint = args.endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint is None and Path(ENDPOINT_FILE).is_file():
+        endpoint = json.loads(Path(ENDPOINT_FILE).read_text())["endpoint"]
+    if endpoint is None:
+        raise UsageError("no local AWS: start one with `sessionflow aws-local up`, or pass --endpoint")
+    if not endpoint.startswith(("http://127.0.0.1:", "http://localhost:")):
+        raise UsageError(f"aws-local talks to a local endpoint only, got {endpoint}")
+    _use(endpoint)
+    _config(args)
+    return LocalAws(endpoint, Settings.from_env())
+
+
+def _open(name: str) -> Any:
+    import gzip
+
+    if name == "-":
+        return sys.stdin.buffer
+    return gzip.open(name, "rb") if name.endswith(".gz") else open(name, "rb")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sessionflow.runtimes.aws.commands ...`` works without the main CLI."""
+    parser = argparse.ArgumentParser(prog="sessionflow")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="sessionflow: %(message)s")
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""The ``sessionize`` step: the core :class:`Sessionizer` over per-machine state in a store.
+
+One call handles one batch of one shard of ``clean`` (Lambda never runs two batches of a shard at
+once, but a timed-out invocation can still be running while its retry starts). Keys in the store:
+
+* ``m#<machine_id>``: ``{"state": MachineState dict | None, "shard", "seq", "outbox"}``. ``seq`` is
+  the highest sequence number of ``shard`` applied to the machine, so a redelivered record is
+  skipped, never applied twice. ``state`` None is a tombstone (the core forgot the machine); it keeps
+  ``seq`` and the outbox. ``outbox`` holds the rows the last write produced, tagged with its token.
+* ``s#<stream/shard>``: the shard's stream clock and quorum leaders (the core's cross-machine state,
+  kept per shard), the timer buckets in use, and ``inflight`` (see below).
+* ``t#<stream/shard>#<bucket>``: a set of machine ids whose idle deadline (stream time) falls in that
+  minute. Idle machines are found here at the end of each batch of their shard, as the core's
+  deadline heap finds them at each ``end_batch``.
+
+A batch: (1) read the shard item and the batch's machines in one BatchGetItem; (2) run the core,
+then read the due timer buckets and let the core close those idle machines; (3) write the shard
+item with ``inflight = {token, machines}`` (conditional on its version: only one invocation of a
+shard commits), (4) add the timers, (5) write each changed machine conditionally on its version,
+its outbox tagged with the token, (6) send the rows to Firehose, (7) write the shard item again
+with ``inflight`` cleared. A crash anywhere leaves ``inflight`` set; the next invocation of the
+shard first re-sends the outboxes carrying that token. So no row is lost; a row is sent twice only
+if a crash falls between (6) and (7), and then as an exact copy (same event_id / session_id).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sessionflow.config import MINUTE, SessionConfig
+from sessionflow.core import MachineState, Outputs, Sessionizer
+from sessionflow.runtimes.aws.outputs import Row, Sink
+from sessionflow.state.base import Item, StateStore
+
+TIMER_BUCKET_MS = MINUTE
+
+
+class ShardConflict(RuntimeError):
+    """Another invocation committed this shard since we read it: the whole batch is retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class CleanRecord:
+    sequence_number: int
+    event: dict[str, Any]
+
+
+@dataclass
+class BatchReport:
+    records: int = 0
+    applied: int = 0
+    skipped: int = 0  # redelivered records already applied
+    events: int = 0
+    sessions: int = 0
+    duplicates: int = 0
+    late: int = 0
+    resent: int = 0  # rows re-sent from a previous attempt's outbox
+    swept: int = 0  # idle machines looked at through the timers
+    failed_machines: set[str] = field(default_factory=set)
+
+    def failed_sequence_numbers(self, records: Sequence[CleanRecord]) -> list[int]:
+        return [r.sequence_number for r in records if r.event["machine_id"] in self.failed_machines]
+
+
+def machine_key(machine_id: str) -> str:
+    return f"m#{machine_id}"
+
+
+def shard_key(shard: str) -> str:
+    return f"s#{shard}"
+
+
+def timer_key(shard: str, bucket: int) -> str:
+    return f"t#{shard}#{bucket}"
+
+
+@dataclass
+class _Change:
+    machine_id: str
+    version: int | None
+    value: dict[str, Any]
+
+
+class ShardSessionizer:
+    """Applies batches of one shard of ``clean`` to the store; rows go to ``sink``."""
+
+    def __init__(self, config: SessionConfig, store: StateStore, sink: Sink, write_threads: int = 8) -> None:
+        self.config = config
+        self.store = store
+        self.sink = sink
+        self.write_threads = write_threads
+
+    # -- one batch ----------------------------------------------------------------------------------
+
+    def apply(self, shard: str, records: Sequence[CleanRecord]) -> BatchReport:
+        report = BatchReport(records=len(records))
+        machine_ids = list(dict.fromkeys(r.event["machine_id"] for r in records))
+        items = self.store.get_many([shard_key(shard), *(machine_key(m) for m in machine_ids)])
+        shard_item = items.pop(shard_key(shard), None)
+        shard_state = self._recover(shard_item, report)
+        loaded = {key[2:]: item for key, item in items.items()}
+
+        fresh: list[dict[str, Any]] = []
+        newest_seq: dict[str, int] = {}
+        for record in records:
+            machine_id = record.event["machine_id"]
+            item = loaded.get(machine_id)
+            if item is not None and item.value["shard"] == shard and record.sequence_number <= int(item.value["seq"]):
+                report.skipped += 1
+                continue
+            fresh.append(record.event)
+            newest_seq[machine_id] = record.sequence_number
+        report.applied = len(fresh)
+
+        sessionizer = Sessionizer.restore(
+            self.config,
+            {
+                "clock": shard_state["clock"],
+                "leaders": shard_state["leaders"],
+                "machines": [item.value["state"] for item in loaded.values() if item.value["state"] is not None],
+            },
+        )
+        out = Outputs()
+        sessionizer.process(fresh, out)
+        sessionizer.end_batch(out)
+        after = sessionizer.snapshot()
+        states = {state["machine_id"]: state for state in after["machines"]}
+        clock, leaders = after["clock"], after["leaders"]
+
+        # Idle machines of this shard that the batch did not touch: the due timer buckets.
+        due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
+        swept: dict[str, Item] = {}
+        if due:
+            members = self.store.members_many(timer_key(shard, b) for b in due)
+            candidates = set().union(*members.values()) - set(machine_ids) if members else set()
+            for key, item in self.store.get_many(machine_key(m) for m in sorted(candidates)).items():
+                if item.value["shard"] == shard and item.value["state"] is not None:
+                    swept[key[2:]] = item
+            report.swept = len(swept)
+            if swept:
+                idle = Sessionizer.restore(
+                    self.config,
+                    {"clock": clock, "leaders": leaders, "machines": [i.value["state"] for i in swept.values()]},
+                )
+                idle.end_batch(out)
+                idle_after = idle.snapshot()
+                leaders = idle_after["leaders"]
+                states.update((s["machine_id"], s) for s in idle_after["machines"])
+        report.events, report.sessions = len(out.events), len(out.sessions)
+        report.duplicates, report.late = len(out.duplicates), out.late
+
+        # What changed: every machine loaded, swept or new, against what the core holds now.
+        rows = _rows_by_machine(out)
+        changes: list[_Change] = []
+        for machine_id in dict.fromkeys([*machine_ids, *swept]):
+            item = loaded.get(machine_id) or swept.get(machine_id)
+            state = states.get(machine_id)
+            seq = newest_seq.get(machine_id)
+            machine_rows = rows.get(machine_id)
+            if item is not None and seq is None and not machine_rows and item.value["state"] == state:
+                continue
+            if item is None and state is None and seq is None:
+                continue
+            value = {
+                "state": state,
+                "shard": shard,
+                "seq": str(seq) if seq is not None else (item.value["seq"] if item else "0"),
+                "outbox": machine_rows,
+            }
+            changes.append(_Change(machine_id, item.version if item else None, value))
+
+        fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock]
+        unchanged = (clock, leaders) == (shard_state["clock"], shard_state["leaders"])
+        if not changes and not fully_due and unchanged and not shard_state.get("inflight"):
+            return report  # a redelivered batch already applied: not even the shard item is rewritten
+        new_state = {"clock": clock, "leaders": leaders, "buckets": shard_state["buckets"]}
+        self._commit(shard, shard_item, new_state, changes, fully_due, report)
+        return report
+
+    # -- end of stream --------------------------------------------------------------------------------
+
+    def flush(self, shard: str) -> BatchReport:
+        """Close every session of the shard and forget its machines (the embedded runner's ``--flush``)."""
+        report = BatchReport()
+        shard_item = self.store.get(shard_key(shard))
+        if shard_item is None:
+            return report
+        shard_state = self._recover(shard_item, report)
+        members = self.store.members_many(timer_key(shard, b) for b in shard_state["buckets"])
+        machine_ids = sorted(set().union(*members.values())) if members else []
+        loaded = {
+            key[2:]: item
+            for key, item in self.store.get_many(machine_key(m) for m in machine_ids).items()
+            if item.value["shard"] == shard and item.value["state"] is not None
+        }
+        sessionizer = Sessionizer.restore(
+            self.config,
+            {
+                "clock": shard_state["clock"],
+                "leaders": shard_state["leaders"],
+                "machines": [item.value["state"] for item in loaded.values()],
+            },
+        )
+        out = Outputs()
+        sessionizer.flush(out)
+        report.swept, report.events, report.sessions = len(loaded), len(out.events), len(out.sessions)
+        rows = _rows_by_machine(out)
+        changes = [
+            _Change(m, item.version, {"state": None, "shard": shard, "seq": item.value["seq"], "outbox": rows.get(m)})
+            for m, item in loaded.items()
+        ]
+        new_state = {"clock": shard_state["clock"], "leaders": {}, "buckets": shard_state["buckets"]}
+        self._commit(shard, shard_item, new_state, changes, list(shard_state["buckets"]), report)
+        return report
+
+    # -- the commit protocol ------------------------------------------------------------------------------
+
+    def _recover(self, shard_item: Item | None, report: BatchReport) -> dict[str, Any]:
+        """The shard's state; first re-send what a crashed attempt committed but may not have sent."""
+        if shard_item is None:
+            return {"clock": -1, "leaders": {}, "buckets": [], "inflight": None}
+        state = shard_item.value
+        inflight = state.get("inflight")
+        if inflight:
+            token = inflight["token"]
+            rows: dict[str, list[Row]] = defaultdict(list)
+            for item in self.store.get_many(machine_key(m) for m in inflight["machines"]).values():
+                outbox = item.value.get("outbox")
+                if outbox and outbox.get("token") == token:
+                    for table in ("events", "sessions"):
+                        rows[table].extend(outbox.get(table, ()))
+            report.resent = sum(len(v) for v in rows.values())
+            self.sink.send(rows)
+        return state
+
+    def _commit(
+        self,
+        shard: str,
+        shard_item: Item | None,
+        new_state: dict[str, Any],
+        changes: list[_Change],
+        drop_buckets: Iterable[int],
+        report: BatchReport,
+    ) -> None:
+        config = self.config
+        token = uuid.uuid4().hex
+        timers: dict[int, set[str]] = defaultdict(set)
+        for change in changes:
+            state = change.value["state"]
+            if state is not None:
+                timers[_next_deadline(state, config) // TIMER_BUCKET_MS].add(change.machine_id)
+            if change.value["outbox"]:
+                change.value["outbox"]["token"] = token
+        buckets = sorted(set(new_state["buckets"]) | set(timers))
+
+        intent = {
+            **new_state,
+            "buckets": buckets,
+            "inflight": {"token": token, "machines": [c.machine_id for c in changes]},
+        }
+        version = self.store.put(shard_key(shard), intent, shard_item.version if shard_item else None)
+        if version is None:
+            raise ShardConflict(f"shard {shard} was committed by another invocation; retrying the batch")
+        for bucket, machine_ids in sorted(timers.items()):
+            self.store.add_members(timer_key(shard, bucket), machine_ids)
+
+        def write(change: _Change) -> bool:
+            return self.store.put(machine_key(change.machine_id), change.value, change.version) is not None
+
+        if self.write_threads > 1 and len(changes) > 1:
+            with ThreadPoolExecutor(min(self.write_threads, len(changes))) as pool:
+                written = list(pool.map(write, changes))
+        else:
+            written = [write(change) for change in changes]
+
+        rows: dict[str, list[Row]] = {"events": [], "sessions": []}
+        for change, ok in zip(changes, written, strict=True):
+            if not ok:
+                # A racing writer (e.g. across a reshard): its records are redelivered and re-read.
+                report.failed_machines.add(change.machine_id)
+                continue
+            outbox = change.value["outbox"]
+            if outbox:
+                rows["events"].extend(outbox["events"])
+                rows["sessions"].extend(outbox["sessions"])
+        self.sink.send(rows)
+
+        dropped = [] if report.failed_machines else list(drop_buckets)
+        for bucket in dropped:
+            self.store.delete(timer_key(shard, bucket), None)
+        done = {**intent, "buckets": sorted(set(buckets) - set(dropped)), "inflight": None}
+        if self.store.put(shard_key(shard), done, version) is None:
+            raise ShardConflict(f"shard {shard} changed while this invocation held it")
+
+
+def _rows_by_machine(out: Outputs) -> dict[str, dict[str, list[Row]]]:
+    rows: dict[str, dict[str, list[Row]]] = {}
+    for event in out.events:
+        rows.setdefault(event["machine_id"], {"events": [], "sessions": []})["events"].append(event)
+    for summary in out.sessions:
+        rows.setdefault(summary["machine_id"], {"events": [], "sessions": []})["sessions"].append(summary)
+    return rows
+
+
+def _next_deadline(state: dict[str, Any], config: SessionConfig) -> int:
+    """When the core will next look at this machine: idle close, or dropping its state."""
+    machine = MachineState.from_dict(state)
+    session = machine.session
+    if machine.pending or (session is not None and not session.closed):
+        return machine.anchor + config.idle_close_ms
+    return machine.anchor + config.retention_ms

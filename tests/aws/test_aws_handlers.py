@@ -1,0 +1,286 @@
+"""The Lambda handlers on sample Kinesis events, with an injected in-memory runtime (no network)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionflow.config import Config
+from sessionflow.core import Outputs, Pipeline
+from sessionflow.runtimes.aws import handlers
+from sessionflow.runtimes.aws.local.resources import dedupe
+from sessionflow.runtimes.aws.outputs import MemorySink, MemoryStreamWriter, Row, StreamEntry
+from sessionflow.runtimes.aws.settings import Settings
+from sessionflow.state.memory import MemoryStore
+
+pytestmark = pytest.mark.aws
+EVENTS = Path(__file__).parent.parent / "events"
+CLEAN_SHARD = "shardId-000000000001"
+
+
+@pytest.fixture
+def config(config_path: Path) -> Config:
+    return Config.load(config_path)
+
+
+@pytest.fixture
+def raw_event() -> dict[str, Any]:
+    return json.loads((EVENTS / "kinesis_raw.json").read_text())
+
+
+class Setup:
+    def __init__(self, config: Config, clean: Any = None, sink: Any = None) -> None:
+        self.store = MemoryStore()
+        self.clean = clean or MemoryStreamWriter()
+        self.sink = sink or MemorySink()
+        self.runtime = handlers.Runtime.build(Settings(), self.store, self.clean, self.sink, config=config)
+        handlers.use_runtime(self.runtime)
+
+    def clean_event(self, first: int = 0, last: int | None = None) -> dict[str, Any]:
+        """The entries written to ``clean`` as a Lambda event of one shard, sequence numbers increasing."""
+        entries = self.clean.entries[first:last]
+        records = []
+        for i, entry in enumerate(entries, start=first):
+            seq = str(49656547118329548349155380637212390853431398468374233090 + i)
+            records.append(
+                {
+                    "kinesis": {
+                        "kinesisSchemaVersion": "1.0",
+                        "partitionKey": entry.partition_key,
+                        "sequenceNumber": seq,
+                        "data": base64.b64encode(entry.data).decode(),
+                        "approximateArrivalTimestamp": 1791277301.5,
+                    },
+                    "eventSource": "aws:kinesis",
+                    "eventVersion": "1.0",
+                    "eventID": f"{CLEAN_SHARD}:{seq}",
+                    "eventName": "aws:kinesis:record",
+                    "invokeIdentityArn": "arn:aws:iam::123456789012:role/sessionflow-sessionize",
+                    "awsRegion": "us-east-1",
+                    "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/clean",
+                }
+            )
+        return {"Records": records}
+
+
+@pytest.fixture(autouse=True)
+def _reset_runtime() -> Iterator[None]:
+    yield
+    handlers.use_runtime(None)
+
+
+def _reference(config: Config, event: dict[str, Any]) -> Outputs:
+    lines = [base64.b64decode(r["kinesis"]["data"]) for r in event["Records"]]
+    pipeline = Pipeline(config, now_ms=1791277300123)
+    out = Outputs()
+    pipeline.feed([(line, "sample", i + 1) for i, line in enumerate(lines)], out)
+    pipeline.flush(out)
+    return out
+
+
+def test_process_then_sessionize_matches_the_core(config: Config, raw_event: dict[str, Any]) -> None:
+    setup = Setup(config)
+    assert handlers.process_handler(raw_event, None) == {"batchItemFailures": []}
+    assert [e.partition_key for e in setup.clean.entries] == [
+        json.loads(e.data)["machine_id"] for e in setup.clean.entries
+    ]
+    rejected = setup.sink.rows["rejected"]
+    assert sorted(r["reason"] for r in rejected) == ["invalid_utf8", "malformed_json"]
+    sequence_numbers = {r["kinesis"]["sequenceNumber"] for r in raw_event["Records"]}
+    assert {r["source"].split("/")[2] for r in rejected} <= sequence_numbers
+
+    assert handlers.sessionize_handler(setup.clean_event(), None) == {"batchItemFailures": []}
+    assert handlers.flush_handler({"shards": [f"clean/{CLEAN_SHARD}"]}, None)["sessions"] == 2
+    reference = _reference(config, raw_event)
+    events = setup.sink.rows["events"]
+    assert {e["event_id"]: e["session_id"] for e in events} == {
+        e["event_id"]: e["session_id"] for e in reference.events
+    }
+    assert sorted(setup.sink.rows["sessions"], key=lambda s: s["session_id"]) == sorted(
+        reference.sessions, key=lambda s: s["session_id"]
+    )
+    assert [r["reason"] for r in rejected] == [r["reason"] for r in reference.rejections]
+
+
+class RefusingWriter(MemoryStreamWriter):
+    """Kinesis refusing one entry (throttled), the way PutRecords reports it."""
+
+    def __init__(self, refuse_event_id: str) -> None:
+        super().__init__()
+        self.refuse = refuse_event_id
+
+    def put(self, entries: Sequence[StreamEntry]) -> list[bool]:
+        accepted = [json.loads(e.data)["event_id"] != self.refuse for e in entries]
+        self.entries.extend(e for e, ok in zip(entries, accepted, strict=True) if ok)
+        return accepted
+
+
+def test_a_refused_record_is_a_partial_batch_failure(config: Config, raw_event: dict[str, Any]) -> None:
+    Setup(config, clean=RefusingWriter("e-0003"))
+    response = handlers.process_handler(raw_event, None)
+    assert response == {"batchItemFailures": [{"itemIdentifier": raw_event["Records"][2]["kinesis"]["sequenceNumber"]}]}
+
+
+def test_a_retried_batch_changes_nothing(config: Config, raw_event: dict[str, Any]) -> None:
+    setup = Setup(config)
+    handlers.process_handler(raw_event, None)
+    event = setup.clean_event()
+    handlers.sessionize_handler(copy.deepcopy(event), None)
+    before = dict(setup.store._records)
+    rows_before = copy.deepcopy(setup.sink.rows)
+    assert handlers.sessionize_handler(copy.deepcopy(event), None) == {"batchItemFailures": []}
+    assert setup.sink.rows == rows_before
+    # Not one item rewritten: no machine, no timer, not even the shard item; no output.
+    assert setup.store._records == before
+    # Half of it again (a bisected retry): still nothing.
+    half = {"Records": event["Records"][: len(event["Records"]) // 2]}
+    handlers.sessionize_handler(half, None)
+    assert setup.sink.rows == rows_before
+
+
+class CrashingSink(MemorySink):
+    """Raises (a Lambda timeout, a killed container) on chosen calls, optionally after delivering."""
+
+    def __init__(self, crash_on: set[int], after_delivery: bool) -> None:
+        super().__init__()
+        self.crash_on = crash_on
+        self.after_delivery = after_delivery
+        self.count = 0
+
+    def send(self, rows: Mapping[str, Sequence[Row]]) -> None:
+        self.count += 1
+        if self.count in self.crash_on and not self.after_delivery:
+            raise TimeoutError("Task timed out")
+        super().send(rows)
+        if self.count in self.crash_on:
+            raise TimeoutError("Task timed out")
+
+
+def _synthetic_event(count: int) -> dict[str, Any]:
+    from sessionflow.synthetic import FeedShape, generate
+
+    lines = list(generate(FeedShape(events=count, machines=12, seed=7)))
+    return {
+        "Records": [
+            {
+                "kinesis": {
+                    "partitionKey": "p",
+                    "sequenceNumber": str(1000 + i),
+                    "data": base64.b64encode(line).decode(),
+                    "approximateArrivalTimestamp": 1791277300.0,
+                },
+                "eventID": f"shardId-000000000000:{1000 + i}",
+                "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/raw",
+                "eventSource": "aws:kinesis",
+            }
+            for i, line in enumerate(lines)
+            if line.strip()
+        ]
+    }
+
+
+@pytest.mark.parametrize("after_delivery", [False, True])
+def test_a_crash_between_state_and_outputs_loses_nothing(config: Config, after_delivery: bool) -> None:
+    raw = _synthetic_event(600)
+    setup = Setup(config)
+    handlers.process_handler(raw, None)
+    sink = CrashingSink({3}, after_delivery)  # in the 3rd batch, after its state is committed
+    setup.runtime.sessionize.sink = sink
+    batches = [setup.clean_event(first, first + 100) for first in range(0, len(setup.clean.entries), 100)]
+    for batch in batches[:2]:
+        handlers.sessionize_handler(copy.deepcopy(batch), None)
+    delivered = sum(len(rows) for rows in sink.rows.values())
+    with pytest.raises(TimeoutError):
+        handlers.sessionize_handler(copy.deepcopy(batches[2]), None)
+    copies = sum(len(rows) for rows in sink.rows.values()) - delivered
+    assert (copies > 0) == after_delivery
+    shard = setup.store.get(f"s#clean/{CLEAN_SHARD}")
+    assert shard is not None and shard.value["inflight"] is not None
+    for batch in batches[2:]:  # Lambda retries the batch, then goes on
+        handlers.sessionize_handler(copy.deepcopy(batch), None)
+    handlers.flush_handler({"shards": [f"clean/{CLEAN_SHARD}"]}, None)
+    reference = _reference(config, raw)
+    events, sessions = sink.rows["events"], sink.rows["sessions"]
+    assert len(events) + len(sessions) == len(reference.events) + len(reference.sessions) + copies
+    assert {e["event_id"]: e["session_id"] for e in dedupe(events, "event_id")} == {
+        e["event_id"]: e["session_id"] for e in reference.events
+    }
+    assert sorted(dedupe(sessions, "session_id"), key=lambda s: s["session_id"]) == sorted(
+        reference.sessions, key=lambda s: s["session_id"]
+    )
+
+
+def test_sessionize_on_a_sample_clean_event(config: Config, raw_event: dict[str, Any]) -> None:
+    """``tests/events/kinesis_clean.json`` is what process put on ``clean`` for the raw sample."""
+    setup = Setup(config)
+    clean_event = json.loads((EVENTS / "kinesis_clean.json").read_text())
+    assert handlers.sessionize_handler(clean_event, None) == {"batchItemFailures": []}
+    assert handlers.flush_handler({"shards": ["clean/shardId-000000000001"]}, None) == {"shards": 1, "sessions": 2}
+    reference = _reference(config, raw_event)
+    assert sorted(setup.sink.rows["sessions"], key=lambda s: s["session_id"]) == sorted(
+        reference.sessions, key=lambda s: s["session_id"]
+    )
+    # The state the batch left: one item per machine, keyed and versioned as documented.
+    machines = {key for key in setup.store._records if key.startswith("m#")}
+    assert machines == {f"m#{e['machine_id']}" for e in reference.events}
+
+
+@pytest.mark.parametrize(("batch_size", "shards"), [(25, 1), (100, 4), (400, 2)])
+def test_batching_and_sharding_do_not_change_sessions(config: Config, batch_size: int, shards: int) -> None:
+    """Any batch size, any number of clean shards: the core's sessions, event for event.
+
+    (For records that arrive later than ``allowed_lateness`` the core itself depends on when its
+    stream clock advances, i.e. on batch boundaries; docs/aws.md says so. This feed has none.)
+    """
+    import hashlib
+
+    from sessionflow.synthetic import FeedShape, generate
+
+    lines = [line for line in generate(FeedShape(events=2500, machines=60, seed=batch_size)) if line.strip()]
+    setup = Setup(config)
+    for start in range(0, len(lines), batch_size):
+        chunk = lines[start : start + batch_size]
+        handlers.process_handler(_kinesis("raw", "shardId-000000000000", chunk, start), None)
+    by_shard: dict[int, list[bytes]] = {}
+    for entry in setup.clean.entries:  # Kinesis routes by an MD5 of the partition key
+        shard = int(hashlib.md5(entry.partition_key.encode()).hexdigest(), 16) % shards
+        by_shard.setdefault(shard, []).append(entry.data)
+    for shard, datas in by_shard.items():
+        for start in range(0, len(datas), batch_size):
+            event = _kinesis("clean", f"shardId-{shard:012d}", datas[start : start + batch_size], start)
+            assert handlers.sessionize_handler(event, None) == {"batchItemFailures": []}
+    handlers.flush_handler({"shards": [f"clean/shardId-{s:012d}" for s in by_shard]}, None)
+
+    reference = _reference(
+        config, {"Records": [{"kinesis": {"data": base64.b64encode(line).decode()}} for line in lines]}
+    )
+    assert len(setup.sink.rows["events"]) == len(reference.events)
+    assert {e["event_id"]: e["session_id"] for e in setup.sink.rows["events"]} == {
+        e["event_id"]: e["session_id"] for e in reference.events
+    }
+    assert {s["session_id"]: s for s in setup.sink.rows["sessions"]} == {s["session_id"]: s for s in reference.sessions}
+
+
+def _kinesis(stream: str, shard: str, datas: list[bytes], first: int) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "kinesis": {
+                    "partitionKey": "k",
+                    "sequenceNumber": str(10**20 + first + i),
+                    "data": base64.b64encode(data).decode(),
+                    "approximateArrivalTimestamp": 1791277300.123,
+                },
+                "eventID": f"{shard}:{10**20 + first + i}",
+                "eventSourceARN": f"arn:aws:kinesis:us-east-1:123456789012:stream/{stream}",
+                "eventSource": "aws:kinesis",
+            }
+            for i, data in enumerate(datas)
+        ]
+    }
