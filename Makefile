@@ -80,7 +80,7 @@ test-spark: $(STAMP) java-check
 	$(BIN)/pytest -m spark tests/backfill
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_run.py --events 1000000
+	$(BIN)/python bench/bench_run.py --events 1000000 --all --json bench/out/results.json
 
 # A long fuzz run (about 20 minutes): hypothesis with many examples, then atheris on refine.
 fuzz: $(STAMP)
