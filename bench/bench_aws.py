@@ -21,20 +21,10 @@ from typing import Any
 
 import orjson
 
-from sessionflow.config import Config
+from sessionflow.config import EXAMPLE_CONFIG, Config
 from sessionflow.synthetic import FeedShape, generate
 
-SAMPLE_CONFIG = """
-[session]
-timeout = "30m"
-opening_events = ["app_open"]
-allowed_lateness = "5m"
-[[clean]]
-when = { app_version = "11.2.*" }
-scale = { timestamp = 1000 }
-[[clean]]
-lowercase = ["event_type"]
-"""
+SAMPLE_CONFIG = EXAMPLE_CONFIG
 
 
 def _kinesis_event(stream: str, shard: str, records: list[tuple[bytes, str]], first_seq: int) -> dict[str, Any]:

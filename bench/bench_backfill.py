@@ -17,23 +17,11 @@ from pathlib import Path
 
 import orjson
 
-from sessionflow.config import Config
+from sessionflow.config import EXAMPLE_CONFIG, Config
 from sessionflow.synthetic import FeedShape, write_feed
 
 OUT = Path(__file__).resolve().parent / "out"
-CONFIG = """\
-[session]
-timeout = "30m"
-opening_events = ["app_open"]
-allowed_lateness = "5m"
-
-[[clean]]
-when = { app_version = "11.2.*" }
-scale = { timestamp = 1000 }
-
-[[clean]]
-lowercase = ["event_type"]
-"""
+CONFIG = EXAMPLE_CONFIG
 
 
 def main() -> int:

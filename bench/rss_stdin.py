@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sessionflow.cli import EXAMPLE_CONFIG
+from sessionflow.config import EXAMPLE_CONFIG
 from sessionflow.synthetic import FeedShape, write_feed
 
 OUT = Path(__file__).parent / "out"

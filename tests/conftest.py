@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sessionflow.cli import EXAMPLE_CONFIG
-from sessionflow.config import Config
+from sessionflow.config import EXAMPLE_CONFIG, Config
 from sessionflow.synthetic import FeedShape, write_feed
 
 

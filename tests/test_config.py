@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from sessionflow.cli import EXAMPLE_CONFIG, main, resolve_config
+from sessionflow.cli import main, resolve_config
 from sessionflow.config import (
     DAY,
+    EXAMPLE_CONFIG,
     HOUR,
     MINUTE,
     SECOND,

@@ -7,8 +7,7 @@ import tomllib
 from datetime import datetime
 from pathlib import Path
 
-from sessionflow.cli import EXAMPLE_CONFIG
-from sessionflow.config import Config
+from sessionflow.config import EXAMPLE_CONFIG, Config
 from sessionflow.core import Outputs, Sessionizer
 
 README = Path(__file__).parent.parent / "README.md"

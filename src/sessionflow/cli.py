@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sessionflow import __version__
-from sessionflow.config import Config, ConfigError
+from sessionflow.config import EXAMPLE_CONFIG, Config, ConfigError
 from sessionflow.errors import InputError, OutputError, StateError, UsageError
 
 EXIT_OK = 0
@@ -33,21 +33,6 @@ ENV_LOG_LEVEL = "SESSIONFLOW_LOG_LEVEL"
 DEFAULT_CONFIG_FILE = "sessionflow.toml"
 
 log = logging.getLogger("sessionflow")
-
-EXAMPLE_CONFIG = """\
-# sessionflow.toml: see the README for every key.
-[session]
-timeout = "30m"
-opening_events = ["app_open"]
-allowed_lateness = "5m"
-
-[[clean]]          # build 11.2.* sent timestamps in seconds
-when = { app_version = "11.2.*" }
-scale = { timestamp = 1000 }
-
-[[clean]]          # some builds sent upper-case event types
-lowercase = ["event_type"]
-"""
 
 
 def resolve_config(explicit: str | None) -> Config:

@@ -28,6 +28,22 @@ _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
 DEFAULT_MIN_TIMESTAMP_MS = 946_684_800_000
 COLUMN_TYPES = ("string", "int", "float", "bool")
 
+# What `sessionflow init` writes, and the README shows: it must work as written.
+EXAMPLE_CONFIG = """\
+# sessionflow.toml: see the README for every key.
+[session]
+timeout = "30m"
+opening_events = ["app_open"]
+allowed_lateness = "5m"
+
+[[clean]]          # build 11.2.* sent timestamps in seconds
+when = { app_version = "11.2.*" }
+scale = { timestamp = 1000 }
+
+[[clean]]          # some builds sent upper-case event types
+lowercase = ["event_type"]
+"""
+
 CleanFunction = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 

@@ -11,21 +11,12 @@ import pytest
 pytest.importorskip("moto.server", reason="the AWS tests need moto: pip install 'sessionflow[dev]'")
 pytest.importorskip("boto3", reason="the AWS tests need boto3: pip install 'sessionflow[aws]'")
 
+from sessionflow.config import EXAMPLE_CONFIG
 from sessionflow.runtimes.aws import handlers
 from sessionflow.runtimes.aws.local.resources import LocalAws, create_resources, local_environment, moto_server
 from sessionflow.runtimes.aws.settings import Settings
 
-SAMPLE_CONFIG = """\
-[session]
-timeout = "30m"
-opening_events = ["app_open"]
-allowed_lateness = "5m"
-[[clean]]
-when = { app_version = "11.2.*" }
-scale = { timestamp = 1000 }
-[[clean]]
-lowercase = ["event_type"]
-"""
+SAMPLE_CONFIG = EXAMPLE_CONFIG
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sessionflow.config import Config
+from sessionflow.config import EXAMPLE_CONFIG, Config
 from sessionflow.synthetic import FeedShape, generate
 
 # One worker runs them all under `pytest -n N --dist loadgroup`: one JVM, fixtures built once.
@@ -27,20 +27,9 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 NOW = "2026-11-01T00:00:00+00:00"
 NOW_MS = 1_793_491_200_000
-CONFIG = """\
-[session]
-timeout = "30m"
-opening_events = ["app_open"]
-allowed_lateness = "5m"
-max_session_duration = "3h"
-
-[[clean]]
-when = { app_version = "11.2.*" }
-scale = { timestamp = 1000 }
-
-[[clean]]
-lowercase = ["event_type"]
-"""
+# The example config, with bots' sessions split at 3 hours.
+CONFIG = EXAMPLE_CONFIG.replace('allowed_lateness = "5m"\n', 'allowed_lateness = "5m"\nmax_session_duration = "3h"\n')
+assert "max_session_duration" in CONFIG
 MIDDLE_DAY = "2026-10-07"  # the feed covers 2026-10-05 .. 2026-10-09
 
 # Dirt the generator does not make: a BOM, CRLF, a lone CR inside a line, blanks, bytes that are not UTF-8.

@@ -7,8 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sessionflow.cli import EXAMPLE_CONFIG
-from sessionflow.config import CleanRule, Config
+from sessionflow.config import EXAMPLE_CONFIG, CleanRule, Config
 from sessionflow.core import Reason, Rejection, RejectRecord
 from sessionflow.core.cleaning import compile_rules
 from tests.helpers import T0, raw_record, refine

@@ -434,7 +434,7 @@ def _synthetic_batches(events: int, batch_size: int) -> list[list[tuple[bytes, s
 def _stream(batches: list[list[tuple[bytes, str, int]]], *, restore_each_batch: bool) -> tuple[Outputs, dict[str, Any]]:
     import tomllib
 
-    from sessionflow.cli import EXAMPLE_CONFIG
+    from sessionflow.config import EXAMPLE_CONFIG
 
     config = Config.from_dict(tomllib.loads(EXAMPLE_CONFIG))
     out = Outputs()

@@ -21,7 +21,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from sessionflow.cli import EXAMPLE_CONFIG, main
+from sessionflow.cli import main
+from sessionflow.config import EXAMPLE_CONFIG
 from sessionflow.synthetic import FeedShape, write_feed
 
 FEED_SHAPE = FeedShape(events=8_000, machines=60, seed=5)

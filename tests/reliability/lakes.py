@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from sessionflow.cli import EXAMPLE_CONFIG
+from sessionflow.config import EXAMPLE_CONFIG
 from sessionflow.synthetic import FeedShape, generate
 
 # Small files: a run publishes many of them, so kills land between many moves.

@@ -45,6 +45,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the backfill needs Spark: pip install 'sessionflow[spark]'") from exc
 
+from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES
 from sessionflow.runtimes.backfill import stages
 from sessionflow.runtimes.backfill.lakefs import HadoopFs, InputFile, expand_inputs
 from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date_range_of, inputs_of
@@ -342,8 +343,8 @@ def _compression(config: Config) -> str:
 def _write_events(sessionized: DataFrame, config: Config, path: str) -> None:
     columns = []
     for name, _ in event_columns(config):
-        if name in stages.TIMESTAMP_SOURCES:
-            columns.append(F.timestamp_millis(F.col(stages.TIMESTAMP_SOURCES[name])).alias(name))
+        if name in TIMESTAMP_SOURCES:
+            columns.append(F.timestamp_millis(F.col(TIMESTAMP_SOURCES[name])).alias(name))
         else:
             columns.append(F.col(name))
     events = sessionized.filter(F.col("kind") == EVENT).select(*columns, F.col(EVENT_PARTITION))
@@ -353,8 +354,8 @@ def _write_events(sessionized: DataFrame, config: Config, path: str) -> None:
 def _write_sessions(sessionized: DataFrame, config: Config, path: str) -> None:
     columns = []
     for name, _ in SESSION_COLUMNS:
-        if name in stages.TIMESTAMP_SOURCES:
-            source = F.col(SESSION_PREFIX + stages.TIMESTAMP_SOURCES[name])
+        if name in TIMESTAMP_SOURCES:
+            source = F.col(SESSION_PREFIX + TIMESTAMP_SOURCES[name])
             columns.append(F.timestamp_millis(source).alias(name))
         else:
             columns.append(F.col(SESSION_PREFIX + name).alias(name))

@@ -16,7 +16,7 @@ Three stages, each a plain function over Arrow data so it can be tested without 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from sessionflow.core.pipeline import rejection_row
 from sessionflow.core.refine import Refiner, strip_record
 from sessionflow.core.rejections import Reason, Rejection
 from sessionflow.core.sessionizer import Outputs, Sessionizer
+from sessionflow.runtimes.arrow import arrow_schema
 from sessionflow.schema import SESSION_COLUMNS, Column, event_columns
 
 try:
@@ -46,23 +47,6 @@ UNRESOLVED = 2  # a machine whose window did not decide the date range
 ARRIVAL: tuple[Column, ...] = (("file_index", "int32"), ("block_start", "int64"), ("idx", "int64"))
 # Session columns travel next to event columns in one output; the prefix keeps names apart.
 SESSION_PREFIX = "s_"
-# Timestamp columns are written from the epoch-ms column the core already holds.
-TIMESTAMP_SOURCES = {"event_time": "timestamp", "session_start": "start_ts", "session_end": "end_ts"}
-
-_ARROW_TYPES = {
-    "string": pa.string(),
-    "int64": pa.int64(),
-    "int32": pa.int32(),
-    "int8": pa.int8(),
-    "bool": pa.bool_(),
-    "float64": pa.float64(),
-    "binary": pa.binary(),
-    "map<string,int64>": pa.map_(pa.string(), pa.int64()),
-}
-
-
-def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
-    return pa.schema([pa.field(name, _ARROW_TYPES[kind]) for name, kind in columns])
 
 
 def refined_event_columns(config: Config) -> tuple[Column, ...]:

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from sessionflow.config import Config
 from sessionflow.core.enrich import DAY_MS, iso_date, version_parts
-from sessionflow.runtimes.local.lake import arrow_schema
+from sessionflow.runtimes.arrow import arrow_schema
 from sessionflow.schema import EVENT_PARTITION, event_columns
 
 SESSION_FIELDS = ("session_id", "session_seq", "ms_since_prev", "late")

@@ -95,7 +95,7 @@ def summary_table(report: RunReport, lake: Path) -> Table:
 
 def demo(folder: Path, *, events: int, machines: int) -> int:
     """The first command a newcomer runs: a config, a feed, a lake, and what is in it."""
-    from sessionflow.cli import EXAMPLE_CONFIG
+    from sessionflow.config import EXAMPLE_CONFIG
     from sessionflow.synthetic import FeedShape, write_feed
 
     console = Console(stderr=True)

@@ -19,19 +19,18 @@ import os
 import shutil
 import signal
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from sessionflow.config import Config
+from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES, arrow_schema
 from sessionflow.schema import (
     EVENT_PARTITION,
     REJECTED_PARTITION,
     SESSION_COLUMNS,
     SESSION_PARTITION,
-    Column,
     event_columns,
 )
 
@@ -53,33 +52,10 @@ _BUFFER_BYTES = 32 << 20
 _MAX_OPEN_FILES = 16
 
 
-def arrow_type(logical: str) -> pa.DataType:
-    if logical == "timestamp_ms":
-        return pa.timestamp("ms", tz="UTC")
-    if logical.startswith("map<"):
-        return pa.map_(pa.string(), pa.int64())
-    return {
-        "string": pa.string(),
-        "int64": pa.int64(),
-        "int32": pa.int32(),
-        "int8": pa.int8(),
-        "bool": pa.bool_(),
-        "float64": pa.float64(),
-    }[logical]
-
-
-def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
-    return pa.schema([pa.field(name, arrow_type(kind)) for name, kind in columns])
-
-
-# Timestamp columns are the same instant as an epoch-ms column the core already holds.
-_TIMESTAMP_SOURCES = {"event_time": "timestamp", "session_start": "start_ts", "session_end": "end_ts"}
-
-
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     arrays = []
     for fld in schema:
-        source = _TIMESTAMP_SOURCES.get(fld.name)
+        source = TIMESTAMP_SOURCES.get(fld.name)
         if source is not None:
             epoch = pa.array([row[source] for row in rows], pa.int64())
             arrays.append(epoch.cast(fld.type))
