@@ -163,17 +163,13 @@ class Engine:
 class _Pending:
     """A block waiting for all of its rows to be placed in sessions."""
 
-    __slots__ = ("batch", "keep", "late", "remaining", "seq", "session_id", "since")
+    __slots__ = ("batch", "placed", "remaining")
 
     def __init__(self, batch: pa.RecordBatch) -> None:
-        rows = batch.num_rows
         self.batch = batch
-        self.remaining = rows
-        self.session_id: list[str | None] = [None] * rows
-        self.seq: list[int | None] = [None] * rows
-        self.since: list[int | None] = [None] * rows
-        self.late = [False] * rows
-        self.keep = [True] * rows
+        self.remaining = batch.num_rows
+        # (session_id, seq, ms_since_prev) once placed; None for a duplicate or a row still pending.
+        self.placed: list[tuple[str | None, int | None, int | None] | None] = [None] * batch.num_rows
 
 
 class Assembler:
@@ -206,26 +202,21 @@ class Assembler:
         self._finish_ready()
 
     def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
-        self.tally.events += 1
-        if session_id is None:
-            self.tally.late += 1
-        if type(payload) is dict:
-            payload.update(session_id=session_id, session_seq=seq, ms_since_prev=since, late=session_id is None)
-            self.rows.append(payload)
+        if type(payload) is tuple:  # a row of a block: the hot path
+            holder, row = payload
+            holder.placed[row] = (session_id, seq, since)
+            holder.remaining -= 1
             return
-        holder, row = payload
-        holder.session_id[row] = session_id
-        holder.seq[row] = seq
-        holder.since[row] = since
-        holder.late[row] = session_id is None
-        holder.remaining -= 1
+        # An event restored from a state file, as a dict.
+        self.tally.events += 1
+        self.tally.late += session_id is None
+        payload.update(session_id=session_id, session_seq=seq, ms_since_prev=since, late=session_id is None)
+        self.rows.append(payload)
 
     def duplicate(self, payload: Any) -> None:
         self.tally.duplicates += 1
-        if type(payload) is not dict:
-            holder, row = payload
-            holder.keep[row] = False
-            holder.remaining -= 1
+        if type(payload) is tuple:
+            payload[0].remaining -= 1
 
     def session(self, summary: Summary) -> None:
         self.tally.sessions += 1
@@ -247,35 +238,32 @@ class Assembler:
 
     def finish_partial(self, sessionizer: Sessionizer) -> dict[str, Any]:
         """End of input without a flush: write what is placed, return the state with pending rows as dicts."""
-        pending: set[tuple[int, int]] = set()
-        for state in sessionizer.machines.values():
-            for record in state.pending:
-                payload = record[6]
-                if type(payload) is not dict:
-                    pending.add((id(payload[0]), payload[1]))
         snapshot = sessionizer.snapshot(resolve=_resolve)
-        for key, holder in self._open.items():
-            waiting = [row for row in range(holder.batch.num_rows) if (key, row) in pending]
-            for row in waiting:
-                holder.keep[row] = False
-            self.write_events(self._table(holder))
+        for holder in self._open.values():
+            self.write_events(self._table(holder))  # rows still pending are left out: they are in the state
         self._open.clear()
         self._finish_ready()
         return snapshot
 
     def _table(self, holder: _Pending) -> pa.Table:
-        batch = holder.batch
-        columns = [
-            pa.array(holder.session_id, pa.string()),
-            pa.array(holder.seq, pa.int32()),
-            pa.array(holder.since, pa.int64()),
-            pa.array(holder.late, pa.bool_()),
-        ]
-        table = pa.Table.from_batches([batch])
+        """The block's rows that were placed, with their session columns."""
+        placed = holder.placed
+        table = pa.Table.from_batches([holder.batch])
+        if None in placed:
+            table = table.filter(pa.array([p is not None for p in placed], pa.bool_()))
+            placed = [p for p in placed if p is not None]
+        session_ids, seqs, sinces = zip(*placed, strict=True) if placed else ((), (), ())
+        late = [session is None for session in session_ids]
+        self.tally.events += len(placed)
+        self.tally.late += sum(late)
+        columns = (
+            pa.array(session_ids, pa.string()),
+            pa.array(seqs, pa.int32()),
+            pa.array(sinces, pa.int64()),
+            pa.array(late, pa.bool_()),
+        )
         for fld, column in zip(self._fields, columns, strict=True):
             table = table.append_column(fld, column)
-        if not all(holder.keep):
-            table = table.filter(pa.array(holder.keep, pa.bool_()))
         return table
 
 
