@@ -21,8 +21,9 @@ from sessionflow.runtimes.arrow import arrow_schema
 from sessionflow.runtimes.local import engine
 from sessionflow.runtimes.local import reader as reader_module
 from sessionflow.runtimes.local.lake import _table
-from sessionflow.runtimes.local.reader import OVERSIZED_KEEP, Source, SourceReader
+from sessionflow.runtimes.local.reader import OVERSIZED_KEEP, Source
 from sessionflow.schema import SESSION_COLUMNS, event_columns
+from tests.fuzz.line_reader import SourceReader
 from tests.fuzz.strategies import NOW_MS, any_line, record_bytes
 
 EXAMPLES = int(os.environ.get("SESSIONFLOW_FUZZ_EXAMPLES", "60"))
