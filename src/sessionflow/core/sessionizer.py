@@ -269,15 +269,7 @@ class Sessionizer:
         ts = record[TS]
         event_type = record[EVENT_TYPE]
         session = state.session
-        # Inline of _joins (once per event): a gap strictly over the timeout, an opening event or
-        # a session grown past max_session_duration starts a new session.
-        if (
-            session is None
-            or session.closed
-            or ts - session.last_ts > self._timeout
-            or event_type in self._opening
-            or (self._max_duration is not None and ts - session.start_ts > self._max_duration)
-        ):
+        if session is None or session.closed or not self._joins(session, record):
             if session is not None and not session.closed:
                 out.session(self._summary(state.machine_id, session))
             session = state.session = OpenSession(
