@@ -18,7 +18,10 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,6 +53,28 @@ _BUFFER_ROWS = 512 * 1024  # rows held in memory over all partitions before writ
 _BUFFER_BYTES = 32 << 20
 # Files open at once per table: an input spanning months must not keep one writer per day open.
 _MAX_OPEN_FILES = 16
+
+
+class _LazyExecutor:
+    """A one-thread executor started on first use, and started again in a forked child."""
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def submit(self, function: Callable[..., None], *args: Any) -> Future[None]:
+        with self._lock:
+            if self._executor is None or self._pid != os.getpid():
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionflow-parquet")
+                self._pid = os.getpid()
+            return self._executor.submit(function, *args)
+
+
+# Parquet encoding and compression run in C++ without the GIL: on a thread of their own they
+# overlap with the sessionizer, which is the embedded runner's critical path. One thread keeps the
+# writes of a table in order; it is created on first use, never at import.
+_WRITER_THREAD = _LazyExecutor()
 
 
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -101,6 +126,7 @@ class _PartitionedParquet:
         self.files: list[Path] = []
         self.sequence = 0
         self.rows = 0
+        self._in_flight: Future[None] | None = None
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Rows as dicts, each with its partition value."""
@@ -130,11 +156,24 @@ class _PartitionedParquet:
             self.write_pending()
 
     def write_pending(self) -> None:
-        for value, tables in self.pending.items():
-            self._write(value, pa.concat_tables(tables).cast(self.schema))
+        """Hand what is held to the writing thread; at most one batch of writes is in flight."""
+        self.wait()
+        pending = dict(self.pending)
         self.pending.clear()
         self.pending_rows = 0
         self.pending_bytes = 0
+        if pending:
+            self._in_flight = _WRITER_THREAD.submit(self._write_all, pending)
+
+    def wait(self) -> None:
+        """Until the writes in flight are done; raises what they raised (a full disk, say)."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def _write_all(self, pending: dict[str, list[pa.Table]]) -> None:
+        for value, tables in pending.items():
+            self._write(value, pa.concat_tables(tables).cast(self.schema))
 
     def _write(self, value: str, table: pa.Table) -> None:
         while table.num_rows:
@@ -163,6 +202,7 @@ class _PartitionedParquet:
 
     def close(self) -> None:
         self.write_pending()
+        self.wait()
         for writer, _ in self.writers.values():
             writer.close()
         self.writers.clear()
@@ -236,6 +276,9 @@ class LakeWriter:
 
     def abort(self) -> None:
         """Drop the staged files. Never raises: it runs while another error is on its way out."""
+        for table in (self.events, self.sessions):
+            with contextlib.suppress(Exception):  # the error on its way out may be this one
+                table.wait()
         handles: list[Any] = [writer for table in (self.events, self.sessions) for writer, _ in table.writers.values()]
         handles.extend(self.rejected.handles.values())
         for handle in handles:
