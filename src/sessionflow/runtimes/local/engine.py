@@ -21,6 +21,7 @@ from itertools import count, repeat
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sessionflow.config import Config
 from sessionflow.core import Pipeline, Sessionizer, Tally
@@ -82,7 +83,11 @@ def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
 
 
 def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
+    """``parts`` of a block a worker numbered from line 1, renumbered from ``first_line``."""
     lines, blank, rejected, rejections, ipc, keys = parts
+    if first_line != 1:
+        for row in rejections:
+            row["line"] += first_line - 1
     batch = pa.ipc.open_stream(ipc).read_next_batch()
     return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, marshal.loads(keys))
 
@@ -90,29 +95,29 @@ def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
 # -- main side -----------------------------------------------------------------------------------
 
 
-def read_blocks(source: Source, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[bytes, int]]:
-    """(block of whole lines, number of its first line); a block ends at a newline."""
+def read_blocks(source: Source, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+    """Blocks of whole lines: each ends at a newline. Workers count the lines, not this process."""
     stream = open_source(source)
-    line = 1
+    offset = 0
     carry = b""
     try:
         while True:
             try:
                 data = stream.read(block_bytes)
             except (OSError, EOFError) as exc:
-                raise InputError(f"{source.name}: read failed after line {line - 1}: {exc}") from None
+                raise InputError(f"{source.name}: read failed after byte {offset}: {exc}") from None
             if not data:
                 break
+            offset += len(data)
             data = carry + data
             cut = data.rfind(b"\n") + 1
             if cut == 0:
                 carry = data
                 continue
             block, carry = data[:cut], data[cut:]
-            yield block, line
-            line += block.count(b"\n")
+            yield block
         if carry:
-            yield carry + b"\n", line
+            yield carry + b"\n"
     finally:
         if source.path is not None:
             stream.close()
@@ -133,25 +138,30 @@ class Engine:
             _init_worker(config, now_ms)
 
     def blocks(self, source: Source, on_read: Callable[[int], None] | None = None) -> Iterator[Block]:
+        line = 1  # of the next block: known once the blocks before it come back
         if self._pool is None:
-            for chunk, first in read_blocks(source):
+            for chunk in read_blocks(source):
                 if on_read is not None:
                     on_read(len(chunk))
-                yield _block(refine_block(chunk, source.name, first), source.name, first)
+                block = _block(refine_block(chunk, source.name, 1), source.name, line)
+                line += block.lines
+                yield block
             return
         # A bounded window of blocks in flight: reading never runs ahead of the pool.
-        window: deque[tuple[Any, int]] = deque()
+        window: deque[Any] = deque()
         limit = 2 * self.workers + 1
-        for chunk, first in read_blocks(source):
+        for chunk in read_blocks(source):
             if on_read is not None:
                 on_read(len(chunk))
-            window.append((self._pool.apply_async(refine_block, (chunk, source.name, first)), first))
+            window.append(self._pool.apply_async(refine_block, (chunk, source.name, 1)))
             if len(window) >= limit:
-                result, start = window.popleft()
-                yield _block(result.get(), source.name, start)
+                block = _block(window.popleft().get(), source.name, line)
+                line += block.lines
+                yield block
         while window:
-            result, start = window.popleft()
-            yield _block(result.get(), source.name, start)
+            block = _block(window.popleft().get(), source.name, line)
+            line += block.lines
+            yield block
 
     def close(self) -> None:
         if self._pool is not None:
@@ -161,15 +171,22 @@ class Engine:
 
 
 class _Pending:
-    """A block waiting for all of its rows to be placed in sessions."""
+    """A block waiting for all of its rows to be placed in sessions.
 
-    __slots__ = ("batch", "placed", "remaining")
+    The session columns are kept as three lists, filled row by row as the sessionizer places them:
+    ``seqs`` holds 0 (no session is ever numbered 0) for a row not placed (a duplicate, or still in
+    the reorder buffer) and None for a late row, so the table is built with no loop over rows.
+    """
+
+    __slots__ = ("batch", "remaining", "seqs", "session_ids", "sinces")
 
     def __init__(self, batch: pa.RecordBatch) -> None:
+        rows = batch.num_rows
         self.batch = batch
-        self.remaining = batch.num_rows
-        # (session_id, seq, ms_since_prev) once placed; None for a duplicate or a row still pending.
-        self.placed: list[tuple[str | None, int | None, int | None] | None] = [None] * batch.num_rows
+        self.remaining = rows
+        self.session_ids: list[str | None] = [None] * rows
+        self.seqs: list[int | None] = [0] * rows
+        self.sinces: list[int | None] = [None] * rows
 
 
 class Assembler:
@@ -204,7 +221,9 @@ class Assembler:
     def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
         if type(payload) is tuple:  # a row of a block: the hot path
             holder, row = payload
-            holder.placed[row] = (session_id, seq, since)
+            holder.session_ids[row] = session_id
+            holder.seqs[row] = seq
+            holder.sinces[row] = since
             holder.remaining -= 1
             return
         # An event restored from a state file, as a dict.
@@ -247,23 +266,17 @@ class Assembler:
 
     def _table(self, holder: _Pending) -> pa.Table:
         """The block's rows that were placed, with their session columns."""
-        placed = holder.placed
+        seqs = pa.array(holder.seqs, pa.int32())
+        placed = pc.fill_null(pc.not_equal(seqs, 0), True)
+        late = pc.is_null(seqs)
+        columns = [pa.array(holder.session_ids, pa.string()), seqs, pa.array(holder.sinces, pa.int64()), late]
         table = pa.Table.from_batches([holder.batch])
-        if None in placed:
-            table = table.filter(pa.array([p is not None for p in placed], pa.bool_()))
-            placed = [p for p in placed if p is not None]
-        session_ids, seqs, sinces = zip(*placed, strict=True) if placed else ((), (), ())
-        late = [session is None for session in session_ids]
-        self.tally.events += len(placed)
-        self.tally.late += sum(late)
-        columns = (
-            pa.array(session_ids, pa.string()),
-            pa.array(seqs, pa.int32()),
-            pa.array(sinces, pa.int64()),
-            pa.array(late, pa.bool_()),
-        )
         for fld, column in zip(self._fields, columns, strict=True):
             table = table.append_column(fld, column)
+        if placed.false_count:
+            table = table.filter(placed)
+        self.tally.events += table.num_rows
+        self.tally.late += late.true_count
         return table
 
 
