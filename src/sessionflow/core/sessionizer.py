@@ -361,13 +361,14 @@ class Sessionizer:
 
     @staticmethod
     def _summary(machine_id: str, session: OpenSession) -> Summary:
+        start = iso_time(session.start_ts)
         return {
             "session_id": session.session_id,
             "machine_id": machine_id,
             "user_id": session.user_id,
             "start_ts": session.start_ts,
             "end_ts": session.last_ts,
-            "session_start": iso_time(session.start_ts),
+            "session_start": start,
             "session_end": iso_time(session.last_ts),
             "duration_ms": session.last_ts - session.start_ts,
             "event_count": session.count,
@@ -375,7 +376,7 @@ class Sessionizer:
             "last_event_type": session.last_type,
             "event_type_counts": dict(sorted(session.type_counts.items())),
             "app_version": session.app_version,
-            "session_date": iso_time(session.start_ts)[:10],
+            "session_date": start[:10],
         }
 
     def snapshot(self, resolve: Callable[[Any], Event] | None = None) -> dict[str, Any]:
