@@ -284,3 +284,48 @@ def _kinesis(stream: str, shard: str, datas: list[bytes], first: int) -> dict[st
             for i, data in enumerate(datas)
         ]
     }
+
+
+def test_a_bot_that_never_stops_outgrows_an_item_and_nothing_fails(config: Config) -> None:
+    """About 6 events a second for an hour: the bot's state (an hour of event ids to dedupe against,
+    five minutes of reorder buffer, the batch's outbox) is far over DynamoDB's 400 KB per item.
+    The store (held to that limit) writes it in parts; the sessions are still the core's."""
+    import random
+    import uuid
+
+    rng = random.Random(7)  # random ids, as real ones are: they hardly compress
+    start = 1791277000000 - 60 * 60 * 1000
+    lines = [
+        json.dumps(
+            {
+                "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                "machine_id": "bot-7" if i % 20 else "human-1",
+                "event_type": "view",
+                "timestamp": start + i * 150,
+                "app_version": "12.0.1",
+                "user_id": "u-bot",
+                "document_id": f"doc-{i % 13}",
+            }
+        ).encode()
+        for i in range(24_000)
+    ]
+    setup = Setup(config)
+    for first in range(0, len(lines), 500):
+        handlers.process_handler(_kinesis("raw", "shardId-000000000000", lines[first : first + 500], first), None)
+    datas = [entry.data for entry in setup.clean.entries]
+    for first in range(0, len(datas), 1000):
+        event = _kinesis("clean", CLEAN_SHARD, datas[first : first + 1000], first)
+        assert handlers.sessionize_handler(event, None) == {"batchItemFailures": []}
+    assert setup.store.stats.parts_written > 0
+    assert any("#part#" in key for key in setup.store._records)
+    handlers.flush_handler({"shards": [f"clean/{CLEAN_SHARD}"]}, None)
+
+    reference = _reference(
+        config, {"Records": [{"kinesis": {"data": base64.b64encode(line).decode()}} for line in lines]}
+    )
+    assert {e["event_id"]: e["session_id"] for e in setup.sink.rows["events"]} == {
+        e["event_id"]: e["session_id"] for e in reference.events
+    }
+    assert {s["session_id"]: s for s in setup.sink.rows["sessions"]} == {s["session_id"]: s for s in reference.sessions}
+    # The flush forgot the machines: no part is left behind.
+    assert not [key for key in setup.store._records if "#part#" in key]

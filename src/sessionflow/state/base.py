@@ -9,11 +9,21 @@ Versions: a value is written with ``expected_version`` = the version read (``Non
 absent); the write succeeds only if nobody wrote in between, and the new version is one more. A
 lost race is a ``False``, never an exception: the caller decides (the sessionizer fails the records
 of that machine so Lambda redelivers them).
+
+Large values: DynamoDB refuses an item over 400 KB, and a bot's machine state (its dedupe memory,
+its reorder buffer, the outbox of a big batch) outgrows that at a few events per second. A value
+whose compressed bytes exceed :data:`MAX_INLINE_BYTES` is written as *parts*, items of their own
+under a fresh token, and the key's item holds only a pointer to them. The parts are written before
+the pointer, so a reader never finds a pointer without its parts unless a newer write replaced both
+in between (the replaced parts are deleted at once, not left to the TTL); the reader then reads the
+key again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+import uuid
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -48,6 +58,19 @@ class StoreStats:
     writes: int = 0  # conditional puts and deletes, one item each
     conflicts: int = 0
     set_adds: int = 0
+    parts_written: int = 0  # items of large values, besides their pointer (counted in writes)
+
+
+# DynamoDB's item limit is 400 KB, attribute names and the other attributes included.
+ITEM_LIMIT_BYTES = 400 * 1024
+MAX_INLINE_BYTES = 350_000
+PART_BYTES = 350_000
+_POINTER = b"sessionflow-parts:"  # never the start of a zlib stream (those start with 0x78)
+_READ_ATTEMPTS = 4
+
+
+class CorruptStateError(RuntimeError):
+    """A large value's parts are missing or do not match their pointer, read after read."""
 
 
 class StateStore(ABC):
@@ -57,6 +80,8 @@ class StateStore(ABC):
         self.ttl_s = ttl_s
         self._now = now
         self.stats = StoreStats()
+        # key -> (version, part keys) of the large values read: replaced parts are deleted on write.
+        self._parts: dict[str, tuple[int, list[str]]] = {}
 
     # -- the template ---------------------------------------------------------------------------
 
@@ -65,15 +90,24 @@ class StateStore(ABC):
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        now = int(self._now())
-        records = self._read(wanted)
-        items = {}
-        for key, record in records.items():
-            if record.blob is None or _expired(record, now):
-                continue
-            items[key] = Item(decode(record.blob), record.version)
-        self.stats.items_read += len(records)
-        return items
+        items: dict[str, Item] = {}
+        for attempt in range(_READ_ATTEMPTS):
+            now = int(self._now())
+            records = self._read(wanted)
+            self.stats.items_read += len(records)
+            live = {key: r for key, r in records.items() if r.blob is not None and not _expired(r, now)}
+            blobs = self._join_parts(live)
+            for key, record in live.items():
+                blob = blobs.get(key)
+                if blob is not None:
+                    items[key] = Item(decode(blob), record.version)
+            # A pointer whose parts a newer write already replaced: read those keys again.
+            wanted = [key for key in live if key not in blobs]
+            if not wanted:
+                return items
+            if attempt + 1 < _READ_ATTEMPTS:
+                time.sleep(0.01 * 2**attempt)
+        raise CorruptStateError(f"the parts of {wanted[:5]} are missing or damaged")
 
     def get(self, key: str) -> Item | None:
         return self.get_many([key]).get(key)
@@ -82,11 +116,22 @@ class StateStore(ABC):
         """Write ``value`` if the key is still at ``expected_version``; the new version, or None."""
         now = int(self._now())
         version = 1 if expected_version is None else expected_version + 1
-        ok = self._write(key, encode(value), version, self._expires_at(now), expected_version, now)
+        expires_at = self._expires_at(now)
+        blob = encode(value)
+        parts: list[str] = []
+        if len(blob) > MAX_INLINE_BYTES:
+            parts, blob = self._write_parts(key, blob, expires_at, now)
+        ok = self._write(key, blob, version, expires_at, expected_version, now)
         self.stats.writes += 1
         if not ok:
             self.stats.conflicts += 1
+            self._remove_parts(parts)  # nobody points at them
             return None
+        replaced = self._parts.pop(key, None)
+        if replaced is not None and replaced[0] == expected_version:
+            self._remove_parts(replaced[1])
+        if parts:
+            self._parts[key] = (version, parts)
         return version
 
     def delete(self, key: str, expected_version: int | None) -> bool:
@@ -95,7 +140,58 @@ class StateStore(ABC):
         self.stats.writes += 1
         if not ok:
             self.stats.conflicts += 1
+            return ok
+        replaced = self._parts.pop(key, None)
+        if replaced is not None and (expected_version is None or replaced[0] == expected_version):
+            self._remove_parts(replaced[1])
         return ok
+
+    # -- large values ------------------------------------------------------------------------------
+
+    def _write_parts(self, key: str, blob: bytes, expires_at: int | None, now: int) -> tuple[list[str], bytes]:
+        """Write ``blob`` as parts under a fresh token; returns their keys and the pointer to them."""
+        token = uuid.uuid4().hex
+        keys = [f"{key}#part#{token}#{i}" for i in range(-(-len(blob) // PART_BYTES))]
+        for index, part_key in enumerate(keys):
+            part = blob[index * PART_BYTES : (index + 1) * PART_BYTES]
+            if not self._write(part_key, part, 1, expires_at, None, now):  # pragma: no cover - a fresh token
+                raise RuntimeError(f"{part_key}: a part key with a fresh token already exists")
+            self.stats.parts_written += 1
+        pointer = {"parts": keys, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+        return keys, _POINTER + orjson.dumps(pointer)
+
+    def _join_parts(self, records: dict[str, Record]) -> dict[str, bytes]:
+        """The value bytes of each record; a large value whose parts are not all there is left out."""
+        blobs: dict[str, bytes] = {}
+        pointers: dict[str, dict[str, Any]] = {}
+        for key, record in records.items():
+            assert record.blob is not None
+            if record.blob.startswith(_POINTER):
+                pointers[key] = orjson.loads(record.blob[len(_POINTER) :])
+            else:
+                blobs[key] = record.blob
+        if not pointers:
+            return blobs
+        parts = self._read([part for pointer in pointers.values() for part in pointer["parts"]])
+        self.stats.items_read += len(parts)
+        for key, pointer in pointers.items():
+            found = [parts.get(part) for part in pointer["parts"]]
+            if any(part is None or part.blob is None for part in found):
+                continue
+            blob = b"".join(part.blob for part in found if part is not None and part.blob is not None)
+            if len(blob) != pointer["bytes"] or hashlib.sha256(blob).hexdigest() != pointer["sha256"]:
+                continue
+            blobs[key] = blob
+            self._parts[key] = (records[key].version, list(pointer["parts"]))
+        return blobs
+
+    def _remove_parts(self, keys: list[str]) -> None:
+        """Best effort: a part left behind is unreachable, and its TTL removes it."""
+        for part in keys:
+            try:
+                self._remove(part, None)
+            except Exception:  # the value is written; only the clean-up failed
+                continue
 
     def add_members(self, key: str, members: Iterable[str]) -> None:
         """Set union, idempotent and commutative: safe to repeat and to race."""

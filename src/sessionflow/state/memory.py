@@ -6,7 +6,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from sessionflow.state.base import Record, StateStore
+from sessionflow.state.base import ITEM_LIMIT_BYTES, Record, StateStore
+
+
+class ItemTooLargeError(ValueError):
+    """What DynamoDB answers (a ValidationException) for an item over its size limit."""
 
 
 class MemoryStore(StateStore):
@@ -23,6 +27,9 @@ class MemoryStore(StateStore):
     def _write(
         self, key: str, blob: bytes, version: int, expires_at: int | None, expected_version: int | None, now: int
     ) -> bool:
+        # Held to DynamoDB's limit, so that what works here works there.
+        if len(key) + len(blob) + 64 > ITEM_LIMIT_BYTES:
+            raise ItemTooLargeError(f"{key}: item size has exceeded the maximum allowed size")
         with self._lock:
             current = self._records.get(key)
             if expected_version is None:
@@ -45,7 +52,10 @@ class MemoryStore(StateStore):
     def _add(self, key: str, members: frozenset[str], expires_at: int | None) -> None:
         with self._lock:
             current = self._records.get(key)
+            merged = members if current is None else current.members | members
+            if len(key) + sum(map(len, merged)) + 64 > ITEM_LIMIT_BYTES:
+                raise ItemTooLargeError(f"{key}: item size has exceeded the maximum allowed size")
             if current is None:
                 self._records[key] = Record(None, 0, expires_at, members)
             else:
-                self._records[key] = Record(current.blob, current.version, expires_at, current.members | members)
+                self._records[key] = Record(current.blob, current.version, expires_at, merged)
