@@ -329,3 +329,36 @@ def test_a_bot_that_never_stops_outgrows_an_item_and_nothing_fails(config: Confi
     assert {s["session_id"]: s for s in setup.sink.rows["sessions"]} == {s["session_id"]: s for s in reference.sessions}
     # The flush forgot the machines: no part is left behind.
     assert not [key for key in setup.store._records if "#part#" in key]
+
+
+def test_a_busy_shard_rolls_its_timer_sets_over_before_an_item_is_full(config: Config) -> None:
+    """20,000 machines in one minute: their ids (~0.6 MB) overflow one 400 KB timer set item.
+
+    The sets roll over to more items, and every machine is still found when it goes idle."""
+    from sessionflow.runtimes.aws.outputs import MemorySink
+    from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardSessionizer
+
+    pipeline = Pipeline(config, now_ms=1791277300123)
+    minute = 1791270000000
+
+    def event(i: int, machine: str, ts: int) -> dict[str, Any]:
+        raw = json.dumps({"event_id": f"e-{i}", "machine_id": machine, "event_type": "view", "timestamp": ts})
+        refined = pipeline.refiner.refine(raw.encode(), pipeline.now_ms)
+        assert isinstance(refined, dict)
+        return refined
+
+    quiet = [event(i, f"machine-{i:06d}-{'x' * 12}", minute + i % 50_000) for i in range(20_000)]
+    # Later, a few machines move the stream clock an hour on: the 20,000 are idle by then.
+    later = [event(100_000 + i, f"late-{i}", minute + 3_600_000 + i) for i in range(5)]
+    store, sink = MemoryStore(), MemorySink()
+    sessionizer = ShardSessionizer(config.session, store, sink, write_threads=1)
+    records = [CleanRecord(i + 1, e) for i, e in enumerate(quiet + later)]
+    sessionizer.apply("clean/s1", records[:20_000])
+    timer_items = [key for key in store._records if key.startswith("t#clean/s1#")]
+    assert len(timer_items) >= 2
+    report = sessionizer.apply("clean/s1", records[20_000:])
+
+    assert report.swept == 20_000
+    closed = {s["machine_id"] for s in sink.rows["sessions"]}
+    assert closed == {e["machine_id"] for e in quiet}
+    assert not [key for key in store._records if key in timer_items]  # the due sets are deleted

@@ -11,7 +11,9 @@ once, but a timed-out invocation can still be running while its retry starts). K
   kept per shard), the timer buckets in use, and ``inflight`` (see below).
 * ``t#<stream/shard>#<bucket>``: a set of machine ids whose idle deadline (stream time) falls in that
   minute. Idle machines are found here at the end of each batch of their shard, as the core's
-  deadline heap finds them at each ``end_batch``.
+  deadline heap finds them at each ``end_batch``. A busy shard writes tens of thousands of machines
+  a minute, more than one 400 KB item holds: the shard item counts the bytes added to each bucket's
+  set and rolls over to ``t#<stream/shard>#<bucket>#<n>`` before the limit.
 
 A batch: (1) read the shard item and the batch's machines in one BatchGetItem; (2) run the core,
 then read the due timer buckets and let the core close those idle machines; (3) write the shard
@@ -38,6 +40,10 @@ from sessionflow.runtimes.aws.outputs import Row, Sink
 from sessionflow.state.base import Item, StateStore
 
 TIMER_BUCKET_MS = MINUTE
+# Bytes of machine ids in one timer set item before the next one is started (DynamoDB: 400 KB).
+TIMER_SET_BYTES = 300_000
+# What one member may cost beyond its UTF-8 bytes: an over-estimate keeps the sets under the limit.
+_MEMBER_OVERHEAD = 8
 
 
 class ShardConflict(RuntimeError):
@@ -75,8 +81,13 @@ def shard_key(shard: str) -> str:
     return f"s#{shard}"
 
 
-def timer_key(shard: str, bucket: int) -> str:
-    return f"t#{shard}#{bucket}"
+def timer_key(shard: str, bucket: int, part: int = 0) -> str:
+    return f"t#{shard}#{bucket}" if part == 0 else f"t#{shard}#{bucket}#{part}"
+
+
+def _timer_keys(shard: str, buckets: Iterable[int], fill: dict[str, list[int]]) -> list[str]:
+    """Every set item of these buckets; ``fill``: bucket -> [set items, bytes in the last one]."""
+    return [timer_key(shard, b, part) for b in buckets for part in range(fill.get(str(b), [1, 0])[0])]
 
 
 @dataclass
@@ -134,9 +145,10 @@ class ShardSessionizer:
 
         # Idle machines of this shard that the batch did not touch: the due timer buckets.
         due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
+        fill = shard_state.get("timer_fill", {})
         swept: dict[str, Item] = {}
         if due:
-            members = self.store.members_many(timer_key(shard, b) for b in due)
+            members = self.store.members_many(_timer_keys(shard, due, fill))
             candidates = set().union(*members.values()) - set(machine_ids) if members else set()
             for key, item in self.store.get_many(machine_key(m) for m in sorted(candidates)).items():
                 if item.value["shard"] == shard and item.value["state"] is not None:
@@ -178,7 +190,7 @@ class ShardSessionizer:
         unchanged = (clock, leaders) == (shard_state["clock"], shard_state["leaders"])
         if not changes and not fully_due and unchanged and not shard_state.get("inflight"):
             return report  # a redelivered batch already applied: not even the shard item is rewritten
-        new_state = {"clock": clock, "leaders": leaders, "buckets": shard_state["buckets"]}
+        new_state = {"clock": clock, "leaders": leaders, "buckets": shard_state["buckets"], "timer_fill": fill}
         self._commit(shard, shard_item, new_state, changes, fully_due, report)
         return report
 
@@ -191,7 +203,8 @@ class ShardSessionizer:
         if shard_item is None:
             return report
         shard_state = self._recover(shard_item, report)
-        members = self.store.members_many(timer_key(shard, b) for b in shard_state["buckets"])
+        fill = shard_state.get("timer_fill", {})
+        members = self.store.members_many(_timer_keys(shard, shard_state["buckets"], fill))
         machine_ids = sorted(set().union(*members.values())) if members else []
         loaded = {
             key[2:]: item
@@ -214,7 +227,12 @@ class ShardSessionizer:
             _Change(m, item.version, {"state": None, "shard": shard, "seq": item.value["seq"], "outbox": rows.get(m)})
             for m, item in loaded.items()
         ]
-        new_state = {"clock": shard_state["clock"], "leaders": {}, "buckets": shard_state["buckets"]}
+        new_state = {
+            "clock": shard_state["clock"],
+            "leaders": {},
+            "buckets": shard_state["buckets"],
+            "timer_fill": fill,
+        }
         self._commit(shard, shard_item, new_state, changes, list(shard_state["buckets"]), report)
         return report
 
@@ -257,17 +275,20 @@ class ShardSessionizer:
             if change.value["outbox"]:
                 change.value["outbox"]["token"] = token
         buckets = sorted(set(new_state["buckets"]) | set(timers))
+        fill = {key: list(value) for key, value in new_state.get("timer_fill", {}).items()}
+        additions = _fill_timer_sets(shard, timers, fill)
 
         intent = {
             **new_state,
             "buckets": buckets,
+            "timer_fill": fill,
             "inflight": {"token": token, "machines": [c.machine_id for c in changes]},
         }
         version = self.store.put(shard_key(shard), intent, shard_item.version if shard_item else None)
         if version is None:
             raise ShardConflict(f"shard {shard} was committed by another invocation; retrying the batch")
-        for bucket, machine_ids in sorted(timers.items()):
-            self.store.add_members(timer_key(shard, bucket), machine_ids)
+        for key, machine_ids in additions:
+            self.store.add_members(key, machine_ids)
 
         def write(change: _Change) -> bool:
             return self.store.put(machine_key(change.machine_id), change.value, change.version) is not None
@@ -291,11 +312,40 @@ class ShardSessionizer:
         self.sink.send(rows)
 
         dropped = [] if report.failed_machines else list(drop_buckets)
+        for key in _timer_keys(shard, dropped, fill):
+            self.store.delete(key, None)
         for bucket in dropped:
-            self.store.delete(timer_key(shard, bucket), None)
-        done = {**intent, "buckets": sorted(set(buckets) - set(dropped)), "inflight": None}
+            fill.pop(str(bucket), None)
+        done = {**intent, "buckets": sorted(set(buckets) - set(dropped)), "timer_fill": fill, "inflight": None}
         if self.store.put(shard_key(shard), done, version) is None:
             raise ShardConflict(f"shard {shard} changed while this invocation held it")
+
+
+def _fill_timer_sets(
+    shard: str, timers: dict[int, set[str]], fill: dict[str, list[int]]
+) -> list[tuple[str, list[str]]]:
+    """(set item, machine ids to add) per bucket, starting a new item of a bucket before one is full.
+
+    ``fill`` is updated in place. It counts every addition, repeats included: it can only
+    over-estimate a set's size, so an item may be rolled over early, never too late.
+    """
+    additions: list[tuple[str, list[str]]] = []
+    for bucket, machine_ids in sorted(timers.items()):
+        parts, size = fill.get(str(bucket), [1, 0])
+        chunk: list[str] = []
+        for machine_id in sorted(machine_ids):
+            cost = len(machine_id.encode()) + _MEMBER_OVERHEAD
+            if size + cost > TIMER_SET_BYTES and size > 0:
+                if chunk:
+                    additions.append((timer_key(shard, bucket, parts - 1), chunk))
+                    chunk = []
+                parts, size = parts + 1, 0
+            chunk.append(machine_id)
+            size += cost
+        if chunk:
+            additions.append((timer_key(shard, bucket, parts - 1), chunk))
+        fill[str(bucket)] = [parts, size]
+    return additions
 
 
 def _rows_by_machine(out: Outputs) -> dict[str, dict[str, list[Row]]]:
