@@ -362,3 +362,98 @@ def test_a_busy_shard_rolls_its_timer_sets_over_before_an_item_is_full(config: C
     closed = {s["machine_id"] for s in sink.rows["sessions"]}
     assert closed == {e["machine_id"] for e in quiet}
     assert not [key for key in store._records if key in timer_items]  # the due sets are deleted
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _events(config: Config, rows: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """(machine, timestamp) -> refined events, ids in order."""
+    refiner = Pipeline(config, now_ms=1791277300123).refiner
+    events = []
+    for i, (machine, ts) in enumerate(rows):
+        raw = json.dumps({"event_id": f"e-{i:05d}", "machine_id": machine, "event_type": "view", "timestamp": ts})
+        event = refiner.refine(raw.encode(), 1791277300123)
+        assert isinstance(event, dict)
+        events.append(event)
+    return events
+
+
+def test_a_quiet_shard_closes_its_idle_sessions_on_the_sweep(config: Config) -> None:
+    from sessionflow.runtimes.aws.outputs import MemorySink
+    from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardSessionizer
+
+    t0 = 1791270000000
+    first = [(f"m{m}", t0 + m * 30_000 + k * 20_000) for m in range(5) for k in range(4)]  # 4 minutes
+    again = [(f"m{m}", t0 + 2 * 3_600_000 + m * 1_000) for m in range(5)]  # two hours later
+    events = _events(config, first + again)
+    wall = WallClock()
+    store, sink = MemoryStore(), MemorySink()
+    shard = ShardSessionizer(config.session, store, sink, write_threads=1, now=wall)
+    shard.apply("clean/s1", [CleanRecord(i + 1, e) for i, e in enumerate(events[: len(first)])])
+    assert "sessions" not in sink.rows  # open: nothing has told the shard that time went on
+
+    wall.now += 10 * 60  # quiet, but not for the idle close time (35 min): a slow shard, not a dead one
+    assert shard.sweep("clean/s1").sessions == 0
+    wall.now += 30 * 60
+    report = shard.sweep("clean/s1")
+    assert report.swept == 5 and report.sessions == 5
+    assert shard.sweep("clean/s1").sessions == 0  # closed once
+    closed = {s["session_id"]: s for s in sink.rows["sessions"]}
+
+    # Traffic resumes: the shard goes on from its real clock; the sessions closed stay closed.
+    shard.apply("clean/s1", [CleanRecord(100 + i, e) for i, e in enumerate(events[len(first) :])])
+    shard.flush("clean/s1")
+    reference = Outputs()
+    pipeline = Pipeline(config, now_ms=1791277300123)
+    pipeline.sessionizer.process(events, reference)
+    pipeline.sessionizer.flush(reference)
+    assert {s["session_id"]: s for s in sink.rows["sessions"]} == {s["session_id"]: s for s in reference.sessions}
+    assert set(closed) <= {s["session_id"] for s in reference.sessions}
+    assert {e["event_id"]: e["session_id"] for e in sink.rows["events"]} == {
+        e["event_id"]: e["session_id"] for e in reference.events
+    }
+
+
+def test_the_sweep_leaves_a_shard_that_receives_records(config: Config) -> None:
+    from sessionflow.runtimes.aws.outputs import MemorySink
+    from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardSessionizer
+
+    t0 = 1791270000000
+    events = _events(config, [(f"m{m}", t0 + m * 1_000) for m in range(5)])
+    wall = WallClock()
+    store, sink = MemoryStore(), MemorySink()
+    shard = ShardSessionizer(config.session, store, sink, write_threads=1, now=wall)
+    shard.apply("clean/s1", [CleanRecord(1, events[0])])
+    for minutes, event in enumerate(events[1:], start=1):
+        wall.now += 20 * 60  # a record every 20 minutes: never quiet for 35
+        assert shard.sweep("clean/s1").swept == 0
+        shard.apply("clean/s1", [CleanRecord(minutes + 1, event)])
+    assert shard.sweep("clean/s1").swept == 0
+    assert shard.sweep("clean/missing").swept == 0  # a shard that never had a batch
+
+
+def test_the_sweep_handler_sweeps_every_shard_and_skips_a_busy_one(config: Config) -> None:
+    from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardConflict
+
+    setup = Setup(config)
+    wall = WallClock()
+    setup.runtime.sessionize._now = wall
+    t0 = 1791270000000
+    events = _events(config, [(f"m{m}", t0 + m * 1_000) for m in range(6)])
+    setup.runtime.sessionize.apply("clean/a", [CleanRecord(i + 1, e) for i, e in enumerate(events[:3])])
+    setup.runtime.sessionize.apply("clean/b", [CleanRecord(i + 1, e) for i, e in enumerate(events[3:])])
+    wall.now += 3600
+    result = handlers.sweep_handler({"shards": ["clean/a", "clean/b"]}, None)
+    assert result == {"shards": 2, "swept": 6, "sessions": 6, "busy": 0}
+
+    def conflict(shard: str, quiet_ms: int | None = None) -> Any:
+        raise ShardConflict(shard)
+
+    setup.runtime.sessionize.sweep = conflict  # type: ignore[method-assign]
+    assert handlers.sweep_handler({"shards": ["clean/a"]}, None)["busy"] == 1

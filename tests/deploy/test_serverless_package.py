@@ -67,6 +67,15 @@ FUNCTION_ENV = {
         "SESSIONFLOW_SESSIONS_FIREHOSE",
         "SESSIONFLOW_CONFIG",
     },
+    # On a schedule: lists the clean shards, closes the idle sessions of the quiet ones.
+    "sweep": {
+        "SESSIONFLOW_CLEAN_STREAM",
+        "SESSIONFLOW_STATE_TABLE",
+        "SESSIONFLOW_STATE_TTL",
+        "SESSIONFLOW_EVENTS_FIREHOSE",
+        "SESSIONFLOW_SESSIONS_FIREHOSE",
+        "SESSIONFLOW_CONFIG",
+    },
 }
 # What each function must be allowed to do with the resource each env var names.
 _STATE = ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem")
@@ -79,6 +88,12 @@ FUNCTION_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
     },
     "flush": {
+        "SESSIONFLOW_CLEAN_STREAM": ("kinesis:ListShards",),
+        "SESSIONFLOW_STATE_TABLE": _STATE,
+        "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
+        "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
+    },
+    "sweep": {
         "SESSIONFLOW_CLEAN_STREAM": ("kinesis:ListShards",),
         "SESSIONFLOW_STATE_TABLE": _STATE,
         "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
@@ -491,6 +506,9 @@ def _action(service: str, method: str) -> str:
         ("state/dynamodb.py", "DynamoDBStore", "dynamodb", "flush", "SESSIONFLOW_STATE_TABLE"),
         ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "flush", "SESSIONFLOW_EVENTS_FIREHOSE"),
         ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "flush", "SESSIONFLOW_SESSIONS_FIREHOSE"),
+        ("state/dynamodb.py", "DynamoDBStore", "dynamodb", "sweep", "SESSIONFLOW_STATE_TABLE"),
+        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "sweep", "SESSIONFLOW_EVENTS_FIREHOSE"),
+        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "sweep", "SESSIONFLOW_SESSIONS_FIREHOSE"),
     ],
 )
 def test_roles_grant_every_call_the_runtime_makes(
@@ -505,9 +523,23 @@ def test_roles_grant_every_call_the_runtime_makes(
     assert not missing, f"{function}'s role lacks {missing} on {resource} (AccessDenied in AWS, unseen by moto)"
 
 
-def test_flush_may_list_the_clean_shards(template: Template) -> None:
-    flush = functions(template)["flush"]
-    assert allows(role_of(template, flush), "kinesis:ListShards", getatt("CleanStream"))
+def test_flush_and_sweep_may_list_the_clean_shards(template: Template) -> None:
+    for name in ("flush", "sweep"):
+        assert allows(role_of(template, functions(template)[name]), "kinesis:ListShards", getatt("CleanStream"))
+
+
+def test_the_sweep_runs_on_a_schedule_and_may_be_invoked_by_it(template: Template) -> None:
+    resources = template["Resources"]
+    rules = [r for r in resources.values() if r["Type"] == "AWS::Events::Rule"]
+    assert len(rules) == 1
+    rule = rules[0]["Properties"]
+    assert rule["ScheduleExpression"] == "rate(5 minutes)" and rule["State"] == "ENABLED"
+    assert [t["Arn"] for t in rule["Targets"]] == [getatt("SweepLambdaFunction")]
+    permissions = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::Permission"]
+    assert any(
+        p["Principal"] == "events.amazonaws.com" and p["FunctionName"] == getatt("SweepLambdaFunction")
+        for p in permissions
+    )
 
 
 def test_runtime_reads_every_variable_the_template_sets(template: Template) -> None:

@@ -5,6 +5,7 @@ Import-light: boto3 and moto are imported by the subcommands when they run.
     sessionflow aws-local up                 # moto server on 127.0.0.1 + streams, Firehoses, table, bucket
     sessionflow aws-local put events.jsonl   # JSON lines onto the `raw` stream
     sessionflow aws-local run --flush        # the Lambda-like poller: raw -> process -> clean -> sessionize
+    sessionflow aws-local sweep              # what the scheduled sweep does: close idle sessions of quiet shards
     sessionflow aws-local fetch out/         # the S3 output, partitioned by date, exact copies dropped
     sessionflow aws-local replay events.jsonl --out out/   # all of the above in one process
 """
@@ -58,6 +59,10 @@ def register(subparsers: Any) -> None:
     flush = commands.add_parser("flush", help="close every open session (end of stream)")
     common(flush)
     flush.set_defaults(handler=_flush)
+
+    sweep = commands.add_parser("sweep", help="close the idle sessions of shards quiet for the idle close time")
+    common(sweep)
+    sweep.set_defaults(handler=_sweep)
 
     fetch = commands.add_parser("fetch", help="download the S3 output into DIR/<table>/<partition>=.../")
     common(fetch)
@@ -167,6 +172,14 @@ def _flush(args: argparse.Namespace) -> int:
 
     _connect(args)
     print(handlers.flush_handler({}, None))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from sessionflow.runtimes.aws import handlers
+
+    _connect(args)
+    print(handlers.sweep_handler({}, None))
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from sessionflow.config import Config
 from sessionflow.runtimes.aws.outputs import FirehoseSink, KinesisWriter, Sink, StreamWriter
 from sessionflow.runtimes.aws.process import ProcessStep, Refined, raw_record
-from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardSessionizer
+from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardConflict, ShardSessionizer
 from sessionflow.runtimes.aws.settings import Settings
 from sessionflow.state.base import StateStore
 
@@ -156,12 +156,44 @@ def sessionize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def flush_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """End of a stream (a replay, a test): close every open session of every shard of ``clean``."""
     rt = runtime()
-    shards = event.get("shards")
-    if shards is None:
-        kinesis = rt.clients["kinesis"]
-        stream = rt.settings.clean_stream
-        shards = [f"{stream}/{s['ShardId']}" for s in kinesis.list_shards(StreamName=stream)["Shards"]]
+    shards = event.get("shards") or clean_shards(rt)
     sessions = 0
     for shard in shards:
         sessions += rt.sessionize.flush(shard).sessions
     return {"shards": len(shards), "sessions": sessions}
+
+
+def sweep_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """On a schedule: close the idle sessions of the shards that have gone quiet.
+
+    See :meth:`ShardSessionizer.sweep`. A shard whose item another invocation is writing is left
+    for the next sweep: a busy shard closes its idle sessions itself.
+    """
+    rt = runtime()
+    shards = event.get("shards") or clean_shards(rt)
+    swept = sessions = busy = 0
+    for shard in shards:
+        try:
+            report = rt.sessionize.sweep(shard)
+        except ShardConflict:
+            busy += 1
+            continue
+        swept += report.swept
+        sessions += report.sessions
+    result = {"shards": len(shards), "swept": swept, "sessions": sessions, "busy": busy}
+    logger.info("swept", extra=result)
+    return result
+
+
+def clean_shards(rt: Runtime) -> list[str]:
+    """Every shard of ``clean``, closed parents of a reshard included (their sessions need closing too)."""
+    kinesis = rt.clients["kinesis"]
+    stream = rt.settings.clean_stream
+    shards: list[str] = []
+    request: dict[str, Any] = {"StreamName": stream}
+    while True:
+        page = kinesis.list_shards(**request)
+        shards.extend(f"{stream}/{shard['ShardId']}" for shard in page["Shards"])
+        if not page.get("NextToken"):
+            return shards
+        request = {"NextToken": page["NextToken"]}  # ListShards takes the token without the stream name

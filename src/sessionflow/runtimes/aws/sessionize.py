@@ -27,9 +27,10 @@ if a crash falls between (6) and (7), and then as an exact copy (same event_id /
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,11 +101,19 @@ class _Change:
 class ShardSessionizer:
     """Applies batches of one shard of ``clean`` to the store; rows go to ``sink``."""
 
-    def __init__(self, config: SessionConfig, store: StateStore, sink: Sink, write_threads: int = 8) -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        store: StateStore,
+        sink: Sink,
+        write_threads: int = 8,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.store = store
         self.sink = sink
         self.write_threads = write_threads
+        self._now = now  # wall-clock seconds: when a shard last committed a batch, for the sweep
 
     # -- one batch ----------------------------------------------------------------------------------
 
@@ -144,53 +153,102 @@ class ShardSessionizer:
         clock, leaders = after["clock"], after["leaders"]
 
         # Idle machines of this shard that the batch did not touch: the due timer buckets.
-        due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
         fill = shard_state.get("timer_fill", {})
-        swept: dict[str, Item] = {}
-        if due:
-            members = self.store.members_many(_timer_keys(shard, due, fill))
-            candidates = set().union(*members.values()) - set(machine_ids) if members else set()
-            for key, item in self.store.get_many(machine_key(m) for m in sorted(candidates)).items():
-                if item.value["shard"] == shard and item.value["state"] is not None:
-                    swept[key[2:]] = item
-            report.swept = len(swept)
-            if swept:
-                idle = Sessionizer.restore(
-                    self.config,
-                    {"clock": clock, "leaders": leaders, "machines": [i.value["state"] for i in swept.values()]},
-                )
-                idle.end_batch(out)
-                idle_after = idle.snapshot()
-                leaders = idle_after["leaders"]
-                states.update((s["machine_id"], s) for s in idle_after["machines"])
+        due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
+        swept, leaders = self._close_idle(shard, due, fill, clock, leaders, set(machine_ids), states, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
         report.duplicates, report.late = len(out.duplicates), out.late
 
-        # What changed: every machine loaded, swept or new, against what the core holds now.
-        rows = _rows_by_machine(out)
-        changes: list[_Change] = []
-        for machine_id in dict.fromkeys([*machine_ids, *swept]):
-            item = loaded.get(machine_id) or swept.get(machine_id)
-            state = states.get(machine_id)
-            seq = newest_seq.get(machine_id)
-            machine_rows = rows.get(machine_id)
-            if item is not None and seq is None and not machine_rows and item.value["state"] == state:
-                continue
-            if item is None and state is None and seq is None:
-                continue
-            value = {
-                "state": state,
-                "shard": shard,
-                "seq": str(seq) if seq is not None else (item.value["seq"] if item else "0"),
-                "outbox": machine_rows,
-            }
-            changes.append(_Change(machine_id, item.version if item else None, value))
-
+        changes = _changes(shard, [*machine_ids, *swept], {**swept, **loaded}, states, newest_seq, out)
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock]
         unchanged = (clock, leaders) == (shard_state["clock"], shard_state["leaders"])
         if not changes and not fully_due and unchanged and not shard_state.get("inflight"):
             return report  # a redelivered batch already applied: not even the shard item is rewritten
-        new_state = {"clock": clock, "leaders": leaders, "buckets": shard_state["buckets"], "timer_fill": fill}
+        new_state = {
+            "clock": clock,
+            "leaders": leaders,
+            "buckets": shard_state["buckets"],
+            "timer_fill": fill,
+            "wall": int(self._now() * 1000),
+        }
+        self._commit(shard, shard_item, new_state, changes, fully_due, report)
+        return report
+
+    def _close_idle(
+        self,
+        shard: str,
+        due: list[int],
+        fill: dict[str, list[int]],
+        clock: int,
+        leaders: dict[str, int],
+        exclude: set[str],
+        states: dict[str, dict[str, Any]],
+        out: Outputs,
+        report: BatchReport,
+    ) -> tuple[dict[str, Item], dict[str, int]]:
+        """Load the machines of the due timer sets (but ``exclude``) and let the core close the idle ones.
+
+        Their states after that go into ``states``; returns the machines loaded and the leaders.
+        """
+        swept: dict[str, Item] = {}
+        if not due:
+            return swept, leaders
+        members = self.store.members_many(_timer_keys(shard, due, fill))
+        candidates = set().union(*members.values()) - exclude if members else set()
+        for key, item in self.store.get_many(machine_key(m) for m in sorted(candidates)).items():
+            if item.value["shard"] == shard and item.value["state"] is not None:
+                swept[key[2:]] = item
+        report.swept = len(swept)
+        if not swept:
+            return swept, leaders
+        idle = Sessionizer.restore(
+            self.config,
+            {"clock": clock, "leaders": leaders, "machines": [i.value["state"] for i in swept.values()]},
+        )
+        idle.end_batch(out)
+        after = idle.snapshot()
+        states.update((s["machine_id"], s) for s in after["machines"])
+        return swept, after["leaders"]
+
+    # -- a quiet shard ------------------------------------------------------------------------------
+
+    def sweep(self, shard: str, quiet_ms: int | None = None) -> BatchReport:
+        """Close the idle sessions of a shard that has received nothing for ``quiet_ms`` of wall time.
+
+        A shard's stream clock moves only with its records: when traffic stops, its open sessions
+        would stay open until traffic resumes. A live stream's time goes at the wall clock's pace,
+        so a shard quiet since wall time W, its clock then C, is taken to stand at C + (now - W):
+        machines idle by that clock are closed exactly as a batch would close them. The stored clock
+        is not moved (the next batch goes on from the real one). Default ``quiet_ms``: the idle
+        close time (``timeout + allowed_lateness``), so a shard still receiving records is never
+        swept. Run on a schedule (``sweep_handler``).
+        """
+        report = BatchReport()
+        shard_item = self.store.get(shard_key(shard))
+        if shard_item is None:
+            return report
+        shard_state = self._recover(shard_item, report)
+        wall = shard_state.get("wall")
+        now_ms = int(self._now() * 1000)
+        quiet = self.config.idle_close_ms if quiet_ms is None else quiet_ms
+        leaders: dict[str, int] = shard_state["leaders"]
+        base = shard_state["clock"] if shard_state["clock"] >= 0 else max(leaders.values(), default=-1)
+        if wall is None or now_ms - wall < quiet or base < 0:
+            return report
+        clock = base + (now_ms - wall)
+        fill = shard_state.get("timer_fill", {})
+        due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
+        out = Outputs()
+        states: dict[str, dict[str, Any]] = {}
+        swept, leaders = self._close_idle(shard, due, fill, clock, leaders, set(), states, out, report)
+        report.events, report.sessions = len(out.events), len(out.sessions)
+        changes = _changes(shard, list(swept), swept, states, {}, out)
+        fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock]
+        if not changes and not fully_due:
+            return report
+        # The stored clock and wall time stay; machines the core forgot leave the leaders.
+        new_state = {key: shard_state[key] for key in ("clock", "buckets", "wall")}
+        new_state.update(leaders=leaders, timer_fill=fill)
         self._commit(shard, shard_item, new_state, changes, fully_due, report)
         return report
 
@@ -232,6 +290,7 @@ class ShardSessionizer:
             "leaders": {},
             "buckets": shard_state["buckets"],
             "timer_fill": fill,
+            "wall": int(self._now() * 1000),
         }
         self._commit(shard, shard_item, new_state, changes, list(shard_state["buckets"]), report)
         return report
@@ -346,6 +405,36 @@ def _fill_timer_sets(
             additions.append((timer_key(shard, bucket, parts - 1), chunk))
         fill[str(bucket)] = [parts, size]
     return additions
+
+
+def _changes(
+    shard: str,
+    machine_ids: Iterable[str],
+    items: dict[str, Item],
+    states: dict[str, dict[str, Any]],
+    newest_seq: dict[str, int],
+    out: Outputs,
+) -> list[_Change]:
+    """The machine items to write: each machine read, swept or new, whose state, seq or rows changed."""
+    rows = _rows_by_machine(out)
+    changes: list[_Change] = []
+    for machine_id in dict.fromkeys(machine_ids):
+        item = items.get(machine_id)
+        state = states.get(machine_id)
+        seq = newest_seq.get(machine_id)
+        machine_rows = rows.get(machine_id)
+        if item is not None and seq is None and not machine_rows and item.value["state"] == state:
+            continue
+        if item is None and state is None and seq is None:
+            continue
+        value = {
+            "state": state,
+            "shard": shard,
+            "seq": str(seq) if seq is not None else (item.value["seq"] if item else "0"),
+            "outbox": machine_rows,
+        }
+        changes.append(_Change(machine_id, item.version if item else None, value))
+    return changes
 
 
 def _rows_by_machine(out: Outputs) -> dict[str, dict[str, list[Row]]]:
