@@ -20,8 +20,10 @@ import shutil
 import signal
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import accumulate, chain
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,32 +80,29 @@ _WRITER_THREAD = _LazyExecutor()
 
 
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    if not rows:
+        return schema.empty_table()
+    sources = [TIMESTAMP_SOURCES.get(fld.name, fld.name) for fld in schema]
+    # One pass over the rows, in C: each row dict is visited once, not once per column.
+    columns = zip(*map(itemgetter(*sources), rows), strict=True) if len(sources) > 1 else ([r] for r in rows)
     arrays = []
-    for fld in schema:
-        source = TIMESTAMP_SOURCES.get(fld.name)
-        if source is not None:
-            epoch = pa.array([row[source] for row in rows], pa.int64())
-            arrays.append(epoch.cast(fld.type))
+    for fld, column in zip(schema, columns, strict=True):
+        if fld.name in TIMESTAMP_SOURCES:
+            arrays.append(pa.array(column, pa.int64()).cast(fld.type))
         elif pa.types.is_map(fld.type):
-            arrays.append(_map_array([row[fld.name] for row in rows], fld.type))
+            arrays.append(_map_array(column, fld.type))
         else:
-            arrays.append(pa.array([row[fld.name] for row in rows], fld.type))
+            arrays.append(pa.array(column, fld.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _map_array(mappings: list[dict[str, int]], map_type: pa.MapType) -> pa.MapArray:
+def _map_array(mappings: Sequence[dict[str, int]], map_type: pa.MapType) -> pa.MapArray:
     """Dicts -> a map array from flat keys and values: far cheaper than converting pairs."""
-    offsets = [0]
-    keys: list[str] = []
-    values: list[int] = []
-    for mapping in mappings:
-        keys.extend(mapping)
-        values.extend(mapping.values())
-        offsets.append(len(keys))
+    offsets = [0, *accumulate(map(len, mappings))]
     return pa.MapArray.from_arrays(
         pa.array(offsets, pa.int32()),
-        pa.array(keys, map_type.key_type),
-        pa.array(values, map_type.item_type),
+        pa.array(list(chain.from_iterable(mappings)), map_type.key_type),
+        pa.array(list(chain.from_iterable(map(dict.values, mappings))), map_type.item_type),
         type=map_type,
     )
 
