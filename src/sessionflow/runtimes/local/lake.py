@@ -20,7 +20,7 @@ import shutil
 import signal
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import accumulate, chain
 from operator import itemgetter
@@ -84,7 +84,10 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         return schema.empty_table()
     sources = [TIMESTAMP_SOURCES.get(fld.name, fld.name) for fld in schema]
     # One pass over the rows, in C: each row dict is visited once, not once per column.
-    columns = zip(*map(itemgetter(*sources), rows), strict=True) if len(sources) > 1 else ([r] for r in rows)
+    if len(sources) > 1:
+        columns: Iterable[Sequence[Any]] = zip(*map(itemgetter(*sources), rows), strict=True)
+    else:  # itemgetter of one name gives the value itself, not a 1-tuple
+        columns = [[row[sources[0]] for row in rows]]
     arrays = []
     for fld, column in zip(schema, columns, strict=True):
         if fld.name in TIMESTAMP_SOURCES:
