@@ -18,10 +18,9 @@ import contextlib
 import os
 import shutil
 import signal
-import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from itertools import accumulate, chain
 from operator import itemgetter
 from pathlib import Path
@@ -55,28 +54,6 @@ _BUFFER_ROWS = 512 * 1024  # rows held in memory over all partitions before writ
 _BUFFER_BYTES = 32 << 20
 # Files open at once per table: an input spanning months must not keep one writer per day open.
 _MAX_OPEN_FILES = 16
-
-
-class _LazyExecutor:
-    """A one-thread executor started on first use, and started again in a forked child."""
-
-    def __init__(self) -> None:
-        self._executor: ThreadPoolExecutor | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def submit(self, function: Callable[..., None], *args: Any) -> Future[None]:
-        with self._lock:
-            if self._executor is None or self._pid != os.getpid():
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionflow-parquet")
-                self._pid = os.getpid()
-            return self._executor.submit(function, *args)
-
-
-# Parquet encoding and compression run in C++ without the GIL: on a thread of their own they
-# overlap with the sessionizer, which is the embedded runner's critical path. One thread keeps the
-# writes of a table in order; it is created on first use, never at import.
-_WRITER_THREAD = _LazyExecutor()
 
 
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -113,7 +90,9 @@ def _map_array(mappings: Sequence[dict[str, int]], map_type: pa.MapType) -> pa.M
 class _PartitionedParquet:
     """One table's open files, a file per partition value, rolled at ``rows_per_file``."""
 
-    def __init__(self, root: Path, partition: str, schema: pa.Schema, prefix: str, config: Config) -> None:
+    def __init__(
+        self, root: Path, partition: str, schema: pa.Schema, prefix: str, config: Config, executor: Executor
+    ) -> None:
         self.root = root
         self.partition = partition
         self.schema = schema
@@ -128,6 +107,10 @@ class _PartitionedParquet:
         self.files: list[Path] = []
         self.sequence = 0
         self.rows = 0
+        # Parquet encoding and compression run in C++ without the GIL: on a thread of their own they
+        # overlap with the sessionizer, the embedded runner's critical path. One thread, shared by
+        # the tables, keeps each table's writes in order.
+        self._executor = executor
         self._in_flight: Future[None] | None = None
 
     def add(self, rows: list[dict[str, Any]]) -> None:
@@ -165,7 +148,7 @@ class _PartitionedParquet:
         self.pending_rows = 0
         self.pending_bytes = 0
         if pending:
-            self._in_flight = _WRITER_THREAD.submit(self._write_all, pending)
+            self._in_flight = self._executor.submit(self._write_all, pending)
 
     def wait(self) -> None:
         """Until the writes in flight are done; raises what they raised (a full disk, say)."""
@@ -248,11 +231,17 @@ class LakeWriter:
         if self.staging.exists():
             shutil.rmtree(self.staging)  # an earlier attempt of this run that never committed
         prefix = f"{run:05d}"
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionflow-parquet")
         self.events = _PartitionedParquet(
-            self.staging / "events", EVENT_PARTITION, arrow_schema(event_columns(config)), prefix, config
+            self.staging / "events",
+            EVENT_PARTITION,
+            arrow_schema(event_columns(config)),
+            prefix,
+            config,
+            self._executor,
         )
         self.sessions = _PartitionedParquet(
-            self.staging / "sessions", SESSION_PARTITION, arrow_schema(SESSION_COLUMNS), prefix, config
+            self.staging / "sessions", SESSION_PARTITION, arrow_schema(SESSION_COLUMNS), prefix, config, self._executor
         )
         self.rejected = _PartitionedJsonLines(self.staging / "rejected", REJECTED_PARTITION, prefix)
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -271,6 +260,7 @@ class LakeWriter:
         """Finish every file; returns them, relative to the staging folder."""
         for table in (self.events, self.sessions, self.rejected):
             table.close()
+        self._executor.shutdown()
         files = [*self.events.files, *self.sessions.files, *self.rejected.files]
         for path in files:
             _fsync(path)
@@ -281,6 +271,7 @@ class LakeWriter:
         for table in (self.events, self.sessions):
             with contextlib.suppress(Exception):  # the error on its way out may be this one
                 table.wait()
+        self._executor.shutdown(wait=False, cancel_futures=True)
         handles: list[Any] = [writer for table in (self.events, self.sessions) for writer, _ in table.writers.values()]
         handles.extend(self.rejected.handles.values())
         for handle in handles:
