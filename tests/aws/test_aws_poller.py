@@ -86,3 +86,20 @@ def test_a_partial_failure_retries_from_the_lowest_failed_record(local_aws: Loca
     Poller(local_aws.client("kinesis"), MemoryStore(), [Mapping("raw", flaky, batch_size=10)]).run()
     assert calls == [values, values[2:]]  # redelivered from r2, the lowest failure, in order
     assert sequence_numbers == sorted(sequence_numbers, key=int)
+
+
+def test_a_scheduled_function_runs_between_rounds(local_aws: LocalAws) -> None:
+    """What EventBridge does for the sweep in AWS; here every round, as ``every_s`` is 0."""
+    _put(local_aws, ["r0", "r1"])
+    handler = Recorder()
+    ticks: list[int] = []
+    poller = Poller(local_aws.client("kinesis"), MemoryStore(), [Mapping("raw", handler)])
+    poller.run(scheduled=lambda: ticks.append(len(handler.delivered)), every_s=0.0)
+    assert handler.delivered == ["r0", "r1"]
+    assert len(ticks) >= 2 and ticks[-1] == 2  # before the records and after them
+
+    idle: list[int] = []
+    Poller(local_aws.client("kinesis"), MemoryStore(), [Mapping("raw", Recorder())]).run(
+        scheduled=lambda: idle.append(1), every_s=3600.0
+    )
+    assert idle == []  # not due within the run

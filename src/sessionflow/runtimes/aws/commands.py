@@ -54,6 +54,13 @@ def register(subparsers: Any) -> None:
     common(run)
     _poller_options(run)
     run.add_argument("--follow", action="store_true", help="keep polling (Ctrl-C to stop)")
+    run.add_argument(
+        "--sweep-every",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="run the sweep this often while polling, as the deployed schedule does (default 300)",
+    )
     run.set_defaults(handler=_run)
 
     flush = commands.add_parser("flush", help="close every open session (end of stream)")
@@ -148,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     aws = _connect(args)
     poller = pipeline_poller(aws, batch_size=args.batch_size, window_s=args.window, max_retries=args.max_retries)
     with contextlib.suppress(KeyboardInterrupt):
-        poller.run(follow=args.follow)
+        poller.run(follow=args.follow, scheduled=lambda: handlers.sweep_handler({}, None), every_s=args.sweep_every)
     if args.flush:
         handlers.flush_handler({}, None)
     _print_stats(poller)

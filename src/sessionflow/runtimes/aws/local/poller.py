@@ -90,10 +90,25 @@ class Poller:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def run(self, idle_rounds: int = 2, follow: bool = False, sleep_s: float = 0.05) -> None:
-        """Poll until every stream has been empty for ``idle_rounds`` rounds (or forever if ``follow``)."""
+    def run(
+        self,
+        idle_rounds: int = 2,
+        follow: bool = False,
+        sleep_s: float = 0.05,
+        scheduled: Callable[[], Any] | None = None,
+        every_s: float = 300.0,
+    ) -> None:
+        """Poll until every stream has been empty for ``idle_rounds`` rounds (or forever if ``follow``).
+
+        ``scheduled`` runs every ``every_s`` seconds between rounds, as an EventBridge schedule
+        invokes a function (the sweep, in ``aws-local run --follow``).
+        """
         quiet = 0
+        next_run = time.monotonic() + every_s
         while True:
+            if scheduled is not None and time.monotonic() >= next_run:
+                scheduled()
+                next_run = time.monotonic() + every_s
             moved = sum(self.poll_once(mapping) for mapping in self.mappings)
             waiting = any(shard.buffer for shards in self._shards.values() for shard in shards.values())
             # Records held back by the batching window are not quiet: their window will end.
