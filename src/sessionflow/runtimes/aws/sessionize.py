@@ -155,7 +155,7 @@ class ShardSessionizer:
         # Idle machines of this shard that the batch did not touch: the due timer buckets.
         fill = shard_state.get("timer_fill", {})
         due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
-        swept, leaders = self._close_idle(shard, due, fill, clock, leaders, set(machine_ids), states, out, report)
+        swept, leaders = self._close_timed_out(shard, due, fill, clock, leaders, set(machine_ids), states, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
         report.duplicates, report.late = len(out.duplicates), out.late
 
@@ -174,7 +174,7 @@ class ShardSessionizer:
         self._commit(shard, shard_item, new_state, changes, fully_due, report)
         return report
 
-    def _close_idle(
+    def _close_timed_out(
         self,
         shard: str,
         due: list[int],
@@ -240,7 +240,7 @@ class ShardSessionizer:
         due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
         out = Outputs()
         states: dict[str, dict[str, Any]] = {}
-        swept, leaders = self._close_idle(shard, due, fill, clock, leaders, set(), states, out, report)
+        swept, leaders = self._close_timed_out(shard, due, fill, clock, leaders, set(), states, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
         changes = _changes(shard, list(swept), swept, states, {}, out)
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock]
