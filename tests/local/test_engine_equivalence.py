@@ -16,6 +16,7 @@ import pytest
 
 from sessionflow.config import Config
 from sessionflow.core import Outputs, Pipeline
+from sessionflow.runtimes.local import engine
 from sessionflow.runtimes.local.runner import run
 from sessionflow.schema import SESSION_COLUMNS, event_columns
 
@@ -44,8 +45,24 @@ def normalise_event(event: dict[str, Any], config: Config) -> dict[str, Any]:
     return row
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_lake_equals_the_core_reference(small_feed: Path, example_config: Config, tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize(
+    ("workers", "block_bytes"),
+    [(0, None), (2, None), (0, 16 << 10), (2, 16 << 10)],
+    ids=["in-process", "2-workers", "in-process-many-blocks", "2-workers-many-blocks"],
+)
+def test_lake_equals_the_core_reference(
+    small_feed: Path,
+    example_config: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    block_bytes: int | None,
+) -> None:
+    """With 16 KiB blocks (about 80 of them), rows wait in the reorder buffer across blocks and
+    each block's line numbers are known only when the blocks before it come back."""
+    if block_bytes is not None:
+        monkeypatch.setattr(engine, "BLOCK_BYTES", block_bytes)
+        assert small_feed.stat().st_size > 50 * block_bytes
     expected = reference(small_feed, example_config)
     lake = tmp_path / "lake"
     report = run([str(small_feed)], lake, example_config, now_ms=NOW, workers=workers)

@@ -138,10 +138,11 @@ def read_blocks(source: Source, block_bytes: int = BLOCK_BYTES) -> Iterator[byte
 class Engine:
     """Refines blocks in ``workers`` processes (0: in this process), yields them in input order."""
 
-    def __init__(self, config: Config, now_ms: int, workers: int) -> None:
+    def __init__(self, config: Config, now_ms: int, workers: int, block_bytes: int | None = None) -> None:
         self.config = config
         self.now_ms = now_ms
         self.workers = workers
+        self.block_bytes = block_bytes or BLOCK_BYTES
         self._pool: Any = None
         if workers > 0:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
@@ -152,7 +153,7 @@ class Engine:
     def blocks(self, source: Source, on_read: Callable[[int], None] | None = None) -> Iterator[Block]:
         line = 1  # of the next block: known once the blocks before it come back
         if self._pool is None:
-            for chunk in read_blocks(source):
+            for chunk in read_blocks(source, self.block_bytes):
                 if on_read is not None:
                     on_read(len(chunk))
                 block = _block(refine_block(chunk, source.name, 1), source.name, line)
@@ -162,7 +163,7 @@ class Engine:
         # A bounded window of blocks in flight: reading never runs ahead of the pool.
         window: deque[Any] = deque()
         limit = 2 * self.workers + 1
-        for chunk in read_blocks(source):
+        for chunk in read_blocks(source, self.block_bytes):
             if on_read is not None:
                 on_read(len(chunk))
             window.append(self._pool.apply_async(refine_block, (chunk, source.name, 1)))
