@@ -30,7 +30,9 @@ from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, to_record_batch
 from sessionflow.runtimes.local.reader import Source, open_source
 
-BLOCK_BYTES = 2 << 20
+# About 4,500 events. Bigger blocks mean fewer stream-clock steps, but more memory in flight:
+# 4 MiB measured ~5-7% faster on 1M events with peak memory 490-510 MB against 380 MB here.
+BLOCK_BYTES = 1 << 20
 KEY_COLUMNS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
 
 

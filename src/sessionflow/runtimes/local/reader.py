@@ -157,10 +157,11 @@ def bounded(source: Source, *, max_line_bytes: int | None, resume: Position | No
 class BoundedLines:
     """A stream of a source's bytes in which no line is longer than the source's limit.
 
-    Memory is bounded by the chunk size plus the limit: an oversized line is never held whole. It
-    is replaced by an empty line (so line numbers stay true) and reported in ``source.report`` with
-    its first :data:`OVERSIZED_KEEP` bytes and its size. ``read`` returns whole lines only (the
-    last line of the source excepted), so it may return more than asked.
+    Memory is bounded by the chunk size (what ``read`` is asked for, 1 MiB by default) plus the
+    limit: an oversized line is never held whole. It is replaced by an empty line (so line numbers
+    stay true) and reported in ``source.report`` with its first :data:`OVERSIZED_KEEP` bytes and its
+    size. ``read`` returns whole lines only (the last line of the source excepted), so it may return
+    more or less than asked.
 
     With ``source.resume``, the lines an earlier run consumed are skipped when the source still
     starts with the same bytes (see :class:`Position`); otherwise it is read from its start.
@@ -192,7 +193,7 @@ class BoundedLines:
             self._started = True
             self._start()
         while not self._done:
-            chunk = self._pull(_CHUNK)
+            chunk = self._pull(size if size > 0 else _CHUNK)
             out = self._feed(chunk) if chunk else self._finish()
             if out:
                 return out
