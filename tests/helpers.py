@@ -28,3 +28,13 @@ def refine(raw: bytes, config: Config | None = None, now_ms: int = NOW) -> dict[
 def event(machine_id: str, ts: int, event_id: str, event_type: str = "view", **extra: Any) -> dict[str, Any]:
     """A valid event as the sessionizer receives it."""
     return {"event_id": event_id, "machine_id": machine_id, "event_type": event_type, "timestamp": ts, **extra}
+
+
+class FakeClock:
+    """A clock in epoch seconds that a test moves by hand (``clock.now += 60``)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -18,6 +18,7 @@ from sessionflow.runtimes.aws.local.resources import dedupe
 from sessionflow.runtimes.aws.outputs import MemorySink, MemoryStreamWriter, Row, StreamEntry
 from sessionflow.runtimes.aws.settings import Settings
 from sessionflow.state.memory import MemoryStore
+from tests.helpers import FakeClock, event
 
 pytestmark = pytest.mark.aws
 EVENTS = Path(__file__).parent.parent / "events"
@@ -338,18 +339,10 @@ def test_a_busy_shard_rolls_its_timer_sets_over_before_an_item_is_full(config: C
     from sessionflow.runtimes.aws.outputs import MemorySink
     from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardSessionizer
 
-    pipeline = Pipeline(config, now_ms=1791277300123)
     minute = 1791270000000
-
-    def event(i: int, machine: str, ts: int) -> dict[str, Any]:
-        raw = json.dumps({"event_id": f"e-{i}", "machine_id": machine, "event_type": "view", "timestamp": ts})
-        refined = pipeline.refiner.refine(raw.encode(), pipeline.now_ms)
-        assert isinstance(refined, dict)
-        return refined
-
-    quiet = [event(i, f"machine-{i:06d}-{'x' * 12}", minute + i % 50_000) for i in range(20_000)]
+    quiet = [event(f"machine-{i:06d}-{'x' * 12}", minute + i % 50_000, f"e-{i}") for i in range(20_000)]
     # Later, a few machines move the stream clock an hour on: the 20,000 are idle by then.
-    later = [event(100_000 + i, f"late-{i}", minute + 3_600_000 + i) for i in range(5)]
+    later = [event(f"late-{i}", minute + 3_600_000 + i, f"e-late-{i}") for i in range(5)]
     store, sink = MemoryStore(), MemorySink()
     sessionizer = ShardSessionizer(config.session, store, sink, write_threads=1)
     records = [CleanRecord(i + 1, e) for i, e in enumerate(quiet + later)]
@@ -364,24 +357,9 @@ def test_a_busy_shard_rolls_its_timer_sets_over_before_an_item_is_full(config: C
     assert not [key for key in store._records if key in timer_items]  # the due sets are deleted
 
 
-class WallClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _events(config: Config, rows: list[tuple[str, int]]) -> list[dict[str, Any]]:
-    """(machine, timestamp) -> refined events, ids in order."""
-    refiner = Pipeline(config, now_ms=1791277300123).refiner
-    events = []
-    for i, (machine, ts) in enumerate(rows):
-        raw = json.dumps({"event_id": f"e-{i:05d}", "machine_id": machine, "event_type": "view", "timestamp": ts})
-        event = refiner.refine(raw.encode(), 1791277300123)
-        assert isinstance(event, dict)
-        events.append(event)
-    return events
+def _events(rows: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """(machine, timestamp) -> events as the sessionizer takes them, ids in order."""
+    return [event(machine, ts, f"e-{i:05d}") for i, (machine, ts) in enumerate(rows)]
 
 
 def test_a_quiet_shard_closes_its_idle_sessions_on_the_sweep(config: Config) -> None:
@@ -391,8 +369,8 @@ def test_a_quiet_shard_closes_its_idle_sessions_on_the_sweep(config: Config) -> 
     t0 = 1791270000000
     first = [(f"m{m}", t0 + m * 30_000 + k * 20_000) for m in range(5) for k in range(4)]  # 4 minutes
     again = [(f"m{m}", t0 + 2 * 3_600_000 + m * 1_000) for m in range(5)]  # two hours later
-    events = _events(config, first + again)
-    wall = WallClock()
+    events = _events(first + again)
+    wall = FakeClock()
     store, sink = MemoryStore(), MemorySink()
     shard = ShardSessionizer(config.session, store, sink, write_threads=1, now=wall)
     shard.apply("clean/s1", [CleanRecord(i + 1, e) for i, e in enumerate(events[: len(first)])])
@@ -425,15 +403,15 @@ def test_the_sweep_leaves_a_shard_that_receives_records(config: Config) -> None:
     from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardSessionizer
 
     t0 = 1791270000000
-    events = _events(config, [(f"m{m}", t0 + m * 1_000) for m in range(5)])
-    wall = WallClock()
+    events = _events([(f"m{m}", t0 + m * 1_000) for m in range(5)])
+    wall = FakeClock()
     store, sink = MemoryStore(), MemorySink()
     shard = ShardSessionizer(config.session, store, sink, write_threads=1, now=wall)
     shard.apply("clean/s1", [CleanRecord(1, events[0])])
-    for minutes, event in enumerate(events[1:], start=1):
+    for sequence, record in enumerate(events[1:], start=2):
         wall.now += 20 * 60  # a record every 20 minutes: never quiet for 35
         assert shard.sweep("clean/s1").swept == 0
-        shard.apply("clean/s1", [CleanRecord(minutes + 1, event)])
+        shard.apply("clean/s1", [CleanRecord(sequence, record)])
     assert shard.sweep("clean/s1").swept == 0
     assert shard.sweep("clean/missing").swept == 0  # a shard that never had a batch
 
@@ -442,10 +420,10 @@ def test_the_sweep_handler_sweeps_every_shard_and_skips_a_busy_one(config: Confi
     from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardConflict
 
     setup = Setup(config)
-    wall = WallClock()
+    wall = FakeClock()
     setup.runtime.sessionize._now = wall
     t0 = 1791270000000
-    events = _events(config, [(f"m{m}", t0 + m * 1_000) for m in range(6)])
+    events = _events([(f"m{m}", t0 + m * 1_000) for m in range(6)])
     setup.runtime.sessionize.apply("clean/a", [CleanRecord(i + 1, e) for i, e in enumerate(events[:3])])
     setup.runtime.sessionize.apply("clean/b", [CleanRecord(i + 1, e) for i, e in enumerate(events[3:])])
     wall.now += 3600

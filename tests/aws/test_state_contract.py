@@ -10,16 +10,9 @@ import pytest
 
 from sessionflow.state.base import Item, Record, StateStore
 from sessionflow.state.memory import MemoryStore
+from tests.helpers import FakeClock
 
 pytestmark = pytest.mark.aws
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 StoreFactory = Callable[..., StateStore]
