@@ -161,6 +161,7 @@ class CleanRule:
     lowercase: tuple[str, ...] = ()
     map: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     scale: tuple[tuple[str, float | int], ...] = ()
+    divide: tuple[tuple[str, int], ...] = ()
     set: tuple[tuple[str, Any], ...] = ()
     drop: tuple[str, ...] = ()
     function: CleanFunction | None = None
@@ -347,14 +348,14 @@ def _output(table: Mapping[str, Any]) -> OutputConfig:
     return OutputConfig(**kwargs)
 
 
-_RULE_KEYS = {"name", "when", "rename", "lowercase", "map", "scale", "set", "drop", "function"}
+_RULE_KEYS = {"name", "when", "rename", "lowercase", "map", "scale", "divide", "set", "drop", "function"}
 
 
 def _rule(raw: Any, index: int) -> CleanRule:
     key = f"clean[{index}]"
     _only(raw, f"{key}.", _RULE_KEYS)
     if not _RULE_KEYS - {"name", "when"} & set(raw):
-        raise ConfigError(key, "has no action (rename, lowercase, map, scale, set, drop or function)")
+        raise ConfigError(key, "has no action (rename, lowercase, map, scale, divide, set, drop or function)")
 
     def table(name: str) -> Mapping[str, Any]:
         value = raw.get(name, {})
@@ -377,6 +378,11 @@ def _rule(raw: Any, index: int) -> CleanRule:
         if isinstance(factor, bool) or not isinstance(factor, int | float) or factor == 0:
             raise ConfigError(f"{key}.scale.{fld}", f"must be a non-zero number, got {factor!r}")
         scale.append((fld, factor))
+    divide = []
+    for fld, divisor in table("divide").items():
+        if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
+            raise ConfigError(f"{key}.divide.{fld}", f"must be a whole number of at least 1, got {divisor!r}")
+        divide.append((fld, divisor))
     mapping = []
     for fld, values in table("map").items():
         if not isinstance(values, Mapping):
@@ -392,6 +398,7 @@ def _rule(raw: Any, index: int) -> CleanRule:
         lowercase=names("lowercase"),
         map=tuple(mapping),
         scale=tuple(scale),
+        divide=tuple(divide),
         set=tuple(table("set").items()),
         drop=names("drop"),
         function=function,

@@ -71,6 +71,27 @@ def test_scale_float_result_that_is_whole_becomes_int() -> None:
     assert extra(clean([{"scale": {"ratio": 0.5}}], ratio=3)) == {"ratio": 1.5}
 
 
+def test_divide_microseconds_and_nanoseconds_to_milliseconds_exactly() -> None:
+    # A build sending microseconds: not every value is a whole number of milliseconds.
+    event = clean([{"divide": {"timestamp": 1000}}], timestamp=T0 * 1000 + 999)
+    assert event["timestamp"] == T0 and type(event["timestamp"]) is int
+    # Nanoseconds are past 2**53: a float factor would lose the last digits, integer division does not.
+    nanoseconds = (T0 + 7) * 1_000_000 + 123_456
+    assert nanoseconds > 2**53
+    assert clean([{"divide": {"timestamp": 1_000_000}}], timestamp=nanoseconds)["timestamp"] == T0 + 7
+
+
+def test_divide_rounds_floats_down_and_leaves_non_numbers_alone() -> None:
+    event = clean([{"divide": {"timestamp": 1000}}], timestamp=float(T0 * 1000))
+    assert event["timestamp"] == T0 and type(event["timestamp"]) is int
+    assert extra(clean([{"divide": {"pages": 2}}], pages=7.9)) == {"pages": 3}
+    assert extra(clean([{"divide": {"pages": 2}}], pages=-3)) == {"pages": -2}  # down, not toward zero
+    rules = [{"divide": {"timestamp": 1000, "flag": 2, "name": 3}}]
+    event = clean(rules, timestamp="2026-10-05T00:00:00Z", flag=True, name="x")
+    assert event["timestamp"] == T0
+    assert extra(event) == {"flag": True, "name": "x"}
+
+
 def test_scale_leaves_non_numbers_alone() -> None:
     rules = [{"scale": {"timestamp": 1000, "flag": 2}}]
     event = clean(rules, timestamp="2026-10-05T00:00:00Z", flag=True)
@@ -202,7 +223,7 @@ def test_when_is_case_sensitive() -> None:
 
 
 def test_actions_within_a_rule_run_in_a_fixed_order() -> None:
-    # rename, lowercase, map, scale, set, drop, function: whatever order the keys are written in.
+    # rename, lowercase, map, scale, divide, set, drop, function: whatever order the keys are written in.
     rules = [
         {
             "function": "tests.core.test_cleaning:add_source",
@@ -218,6 +239,11 @@ def test_actions_within_a_rule_run_in_a_fixed_order() -> None:
     assert event["event_type"] == "app_open"  # renamed, then lower-cased, then mapped
     assert event["timestamp"] == T0  # renamed, then scaled
     assert extra(event) == {"seen": 1, "source": "plugin"}  # set after scale; function last
+
+
+def test_divide_runs_after_scale_and_before_set() -> None:
+    rules = [{"set": {"m": 7}, "divide": {"n": 3, "m": 2}, "scale": {"n": 10}}]
+    assert extra(clean(rules, n=1, m=100)) == {"n": 3, "m": 7}  # (1 * 10) // 3; m divided, then set
 
 
 def test_rules_run_in_the_order_written() -> None:

@@ -7,6 +7,7 @@ function. Rules run in the order they are written.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any
@@ -76,6 +77,8 @@ def _compile(rule: CleanRule) -> Cleaner:
         actions.append(_map(field, dict(table)))
     for field, factor in rule.scale:
         actions.append(_scale(field, factor))
+    for field, divisor in rule.divide:
+        actions.append(_divide(field, divisor))
     if rule.set:
         actions.append(_set(rule.set))
     if rule.drop:
@@ -144,6 +147,20 @@ def _scale(field: str, factor: int | float) -> Cleaner:
         return record
 
     return scale
+
+
+def _divide(field: str, divisor: int) -> Cleaner:
+    def divide(record: Record) -> Record:
+        value = record.get(field)
+        # Rounded down to a whole number, in integer arithmetic for integers: a nanosecond timestamp
+        # (past 2**53) divided into milliseconds loses nothing, as it would through a float factor.
+        if isinstance(value, int) and not isinstance(value, bool):
+            record[field] = value // divisor
+        elif isinstance(value, float) and math.isfinite(value):
+            record[field] = int(value // divisor)
+        return record
+
+    return divide
 
 
 def _set(pairs: tuple[tuple[str, Any], ...]) -> Cleaner:
