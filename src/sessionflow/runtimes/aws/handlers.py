@@ -156,7 +156,9 @@ def sessionize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def flush_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """End of a stream (a replay, a test): close every open session of every shard of ``clean``."""
     rt = runtime()
-    shards = event.get("shards") or clean_shards(rt)
+    shards = event.get("shards")
+    if shards is None:  # a scheduled or hand invocation without a list: every shard
+        shards = clean_shards(rt)
     sessions = 0
     for shard in shards:
         sessions += rt.sessionize.flush(shard).sessions
@@ -170,7 +172,9 @@ def sweep_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     for the next sweep: a busy shard closes its idle sessions itself.
     """
     rt = runtime()
-    shards = event.get("shards") or clean_shards(rt)
+    shards = event.get("shards")
+    if shards is None:  # a scheduled or hand invocation without a list: every shard
+        shards = clean_shards(rt)
     swept = sessions = busy = 0
     for shard in shards:
         try:
