@@ -538,3 +538,40 @@ def test_a_record_larger_than_a_read_block_and_no_final_newline(workdir: Path, c
     # The reader never holds a line that long: the rejection keeps its first 64 KiB and its size.
     assert base64.b64decode(row["raw_base64"]) == big[: 64 * 1024]
     assert f"record is {len(big)} bytes" in row["message"]
+
+
+def test_ctrl_c_exits_130_publishes_nothing_and_leaves_no_process(workdir: Path, feed: Path, config_file: Path) -> None:
+    """Ctrl-C reaches the whole process group (the run and its workers), as in a terminal."""
+    import signal
+    import time
+
+    lake = workdir / "interrupted-lake"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "sessionflow", "run", "-", "--out", str(lake), "--config", str(config_file), "-q"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert run.stdin is not None
+    data = feed.read_bytes()
+    run.stdin.write(data[: len(data) // 2])  # the run is busy, waiting for the rest
+    run.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not (lake / "_sessionflow" / "lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the workers are up and refining
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+
+    assert run.returncode == 130
+    assert stderr.decode().strip().splitlines() == ["sessionflow: interrupted; nothing of this run was published"]
+    assert not lake.exists()  # the run created the folder: it takes it back
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(run.pid, 0)  # a worker still alive in the group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("worker processes outlived the interrupted run")

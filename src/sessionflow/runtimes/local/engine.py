@@ -14,6 +14,7 @@ import gc
 import marshal
 import multiprocessing
 import os
+import signal
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,13 @@ def _init_worker(config: Config, now_ms: int) -> None:
     global _worker  # noqa: PLW0603 - one pipeline per worker process, built once
     gc.disable()  # refining allocates millions of short-lived containers and no cycles
     _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config))
+
+
+def _init_pool_worker(config: Config, now_ms: int) -> None:
+    # Ctrl-C reaches the whole process group: the main process answers it (and terminates the
+    # pool); a worker that raised KeyboardInterrupt too would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(config, now_ms)
 
 
 def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
@@ -148,7 +156,7 @@ class Engine:
         self._pool: Any = None
         if workers > 0:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            self._pool = context.Pool(workers, initializer=_init_worker, initargs=(config, now_ms))
+            self._pool = context.Pool(workers, initializer=_init_pool_worker, initargs=(config, now_ms))
         else:
             _init_worker(config, now_ms)
 
