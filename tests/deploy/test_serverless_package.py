@@ -49,6 +49,14 @@ OFFLINE_ENV = {
 }
 
 # The runtime contract: the env vars each function must be given.
+_SHARD_CLOSER_ENV = {
+    "SESSIONFLOW_CLEAN_STREAM",
+    "SESSIONFLOW_STATE_TABLE",
+    "SESSIONFLOW_STATE_TTL",
+    "SESSIONFLOW_EVENTS_FIREHOSE",
+    "SESSIONFLOW_SESSIONS_FIREHOSE",
+    "SESSIONFLOW_CONFIG",
+}
 FUNCTION_ENV = {
     "process": {"SESSIONFLOW_CLEAN_STREAM", "SESSIONFLOW_REJECTED_FIREHOSE", "SESSIONFLOW_CONFIG"},
     "sessionize": {
@@ -59,27 +67,19 @@ FUNCTION_ENV = {
         "SESSIONFLOW_CONFIG",
     },
     # Invoked by hand at the end of a replay: lists the clean shards, then closes their sessions.
-    "flush": {
-        "SESSIONFLOW_CLEAN_STREAM",
-        "SESSIONFLOW_STATE_TABLE",
-        "SESSIONFLOW_STATE_TTL",
-        "SESSIONFLOW_EVENTS_FIREHOSE",
-        "SESSIONFLOW_SESSIONS_FIREHOSE",
-        "SESSIONFLOW_CONFIG",
-    },
+    "flush": _SHARD_CLOSER_ENV,
     # On a schedule: lists the clean shards, closes the idle sessions of the quiet ones.
-    "sweep": {
-        "SESSIONFLOW_CLEAN_STREAM",
-        "SESSIONFLOW_STATE_TABLE",
-        "SESSIONFLOW_STATE_TTL",
-        "SESSIONFLOW_EVENTS_FIREHOSE",
-        "SESSIONFLOW_SESSIONS_FIREHOSE",
-        "SESSIONFLOW_CONFIG",
-    },
+    "sweep": _SHARD_CLOSER_ENV,
 }
 # What each function must be allowed to do with the resource each env var names.
 _STATE = ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem")
 _DELIVER = ("firehose:PutRecordBatch",)
+_SHARD_CLOSER_GRANTS = {
+    "SESSIONFLOW_CLEAN_STREAM": ("kinesis:ListShards",),
+    "SESSIONFLOW_STATE_TABLE": _STATE,
+    "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
+    "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
+}
 FUNCTION_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "process": {"SESSIONFLOW_CLEAN_STREAM": ("kinesis:PutRecords",), "SESSIONFLOW_REJECTED_FIREHOSE": _DELIVER},
     "sessionize": {
@@ -87,18 +87,8 @@ FUNCTION_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
         "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
     },
-    "flush": {
-        "SESSIONFLOW_CLEAN_STREAM": ("kinesis:ListShards",),
-        "SESSIONFLOW_STATE_TABLE": _STATE,
-        "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
-        "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
-    },
-    "sweep": {
-        "SESSIONFLOW_CLEAN_STREAM": ("kinesis:ListShards",),
-        "SESSIONFLOW_STATE_TABLE": _STATE,
-        "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
-        "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
-    },
+    "flush": _SHARD_CLOSER_GRANTS,
+    "sweep": _SHARD_CLOSER_GRANTS,
 }
 STREAM_FUNCTIONS = ("ProcessLambdaFunction", "SessionizeLambdaFunction")
 KINESIS_READ = ("GetRecords", "GetShardIterator", "DescribeStream", "DescribeStreamSummary", "ListShards")
@@ -495,20 +485,24 @@ def _action(service: str, method: str) -> str:
     return f"{service}:" + "".join(part.capitalize() for part in method.split("_"))
 
 
+# What every function that runs the sessionizer calls: the state table and the two deliveries.
+_SESSIONIZING_CALLS = [
+    ("state/dynamodb.py", "DynamoDBStore", "dynamodb", "SESSIONFLOW_STATE_TABLE"),
+    ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "SESSIONFLOW_EVENTS_FIREHOSE"),
+    ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "SESSIONFLOW_SESSIONS_FIREHOSE"),
+]
+
+
 @pytest.mark.parametrize(
     ("module", "class_name", "service", "function", "env"),
     [
-        ("state/dynamodb.py", "DynamoDBStore", "dynamodb", "sessionize", "SESSIONFLOW_STATE_TABLE"),
         ("runtimes/aws/outputs.py", "KinesisWriter", "kinesis", "process", "SESSIONFLOW_CLEAN_STREAM"),
         ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "process", "SESSIONFLOW_REJECTED_FIREHOSE"),
-        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "sessionize", "SESSIONFLOW_EVENTS_FIREHOSE"),
-        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "sessionize", "SESSIONFLOW_SESSIONS_FIREHOSE"),
-        ("state/dynamodb.py", "DynamoDBStore", "dynamodb", "flush", "SESSIONFLOW_STATE_TABLE"),
-        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "flush", "SESSIONFLOW_EVENTS_FIREHOSE"),
-        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "flush", "SESSIONFLOW_SESSIONS_FIREHOSE"),
-        ("state/dynamodb.py", "DynamoDBStore", "dynamodb", "sweep", "SESSIONFLOW_STATE_TABLE"),
-        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "sweep", "SESSIONFLOW_EVENTS_FIREHOSE"),
-        ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "sweep", "SESSIONFLOW_SESSIONS_FIREHOSE"),
+        *(
+            (module, class_name, service, function, env)
+            for function in ("sessionize", "flush", "sweep")
+            for module, class_name, service, env in _SESSIONIZING_CALLS
+        ),
     ],
 )
 def test_roles_grant_every_call_the_runtime_makes(
