@@ -153,7 +153,7 @@ class ShardSessionizer:
         clock, leaders = after["clock"], after["leaders"]
 
         # Idle machines of this shard that the batch did not touch: the due timer buckets.
-        fill = shard_state.get("timer_fill", {})
+        fill = shard_state["timer_fill"]
         due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
         swept, leaders = self._close_timed_out(shard, due, fill, clock, leaders, set(machine_ids), states, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
@@ -169,7 +169,7 @@ class ShardSessionizer:
             "leaders": leaders,
             "buckets": shard_state["buckets"],
             "timer_fill": fill,
-            "wall": int(self._now() * 1000),
+            "wall": self._wall_ms(),
         }
         self._commit(shard, shard_item, new_state, changes, fully_due, report)
         return report
@@ -210,6 +210,9 @@ class ShardSessionizer:
         states.update((s["machine_id"], s) for s in after["machines"])
         return swept, after["leaders"]
 
+    def _wall_ms(self) -> int:
+        return int(self._now() * 1000)
+
     # -- a quiet shard ------------------------------------------------------------------------------
 
     def sweep(self, shard: str, quiet_ms: int | None = None) -> BatchReport:
@@ -228,15 +231,15 @@ class ShardSessionizer:
         if shard_item is None:
             return report
         shard_state = self._recover(shard_item, report)
-        wall = shard_state.get("wall")
-        now_ms = int(self._now() * 1000)
+        wall = shard_state["wall"]
+        now_ms = self._wall_ms()
         quiet = self.config.idle_close_ms if quiet_ms is None else quiet_ms
         leaders: dict[str, int] = shard_state["leaders"]
         base = shard_state["clock"] if shard_state["clock"] >= 0 else max(leaders.values(), default=-1)
         if wall is None or now_ms - wall < quiet or base < 0:
             return report
         clock = base + (now_ms - wall)
-        fill = shard_state.get("timer_fill", {})
+        fill = shard_state["timer_fill"]
         due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
         out = Outputs()
         states: dict[str, dict[str, Any]] = {}
@@ -261,7 +264,7 @@ class ShardSessionizer:
         if shard_item is None:
             return report
         shard_state = self._recover(shard_item, report)
-        fill = shard_state.get("timer_fill", {})
+        fill = shard_state["timer_fill"]
         members = self.store.members_many(_timer_keys(shard, shard_state["buckets"], fill))
         machine_ids = sorted(set().union(*members.values())) if members else []
         loaded = {
@@ -290,7 +293,7 @@ class ShardSessionizer:
             "leaders": {},
             "buckets": shard_state["buckets"],
             "timer_fill": fill,
-            "wall": int(self._now() * 1000),
+            "wall": self._wall_ms(),
         }
         self._commit(shard, shard_item, new_state, changes, list(shard_state["buckets"]), report)
         return report
@@ -299,9 +302,18 @@ class ShardSessionizer:
 
     def _recover(self, shard_item: Item | None, report: BatchReport) -> dict[str, Any]:
         """The shard's state; first re-send what a crashed attempt committed but may not have sent."""
+        # Every key present, whatever wrote the item: timer_fill and wall came later than the others.
+        state: dict[str, Any] = {
+            "clock": -1,
+            "leaders": {},
+            "buckets": [],
+            "timer_fill": {},
+            "wall": None,
+            "inflight": None,
+        }
         if shard_item is None:
-            return {"clock": -1, "leaders": {}, "buckets": [], "inflight": None}
-        state = shard_item.value
+            return state
+        state.update(shard_item.value)
         inflight = state.get("inflight")
         if inflight:
             token = inflight["token"]
@@ -334,7 +346,7 @@ class ShardSessionizer:
             if change.value["outbox"]:
                 change.value["outbox"]["token"] = token
         buckets = sorted(set(new_state["buckets"]) | set(timers))
-        fill = {key: list(value) for key, value in new_state.get("timer_fill", {}).items()}
+        fill = {key: list(value) for key, value in new_state["timer_fill"].items()}
         additions = _fill_timer_sets(shard, timers, fill)
 
         intent = {
