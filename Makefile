@@ -25,11 +25,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-local: pyproject.toml | $(BIN)/python
+# setup.py and the .pyx: a change to the compiled sessionizer is rebuilt by the next make.
+BUILD_INPUTS := pyproject.toml setup.py src/sessionflow/core/_native.pyx
+
+$(VENV)/.installed-local: $(BUILD_INPUTS) | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[local]'
 	@touch $@
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): $(BUILD_INPUTS) | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 

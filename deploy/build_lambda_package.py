@@ -52,7 +52,11 @@ def install_dependencies(target: Path, requirements: Path, python_version: str, 
 
 
 def copy_source(target: Path) -> None:
-    shutil.copytree(SOURCE_PACKAGE, target / "sessionflow", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        SOURCE_PACKAGE,
+        target / "sessionflow",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.c", "*.pyx"),
+    )
 
 
 def check_config(config: Path) -> None:

@@ -359,6 +359,10 @@ class Sessionizer:
 
     # -- summaries and state ----------------------------------------------------------------------
 
+    def pending_count(self) -> int:
+        """Records waiting in reorder buffers."""
+        return sum(len(state.pending) for state in self.machines.values())
+
     @staticmethod
     def _summary(machine_id: str, session: OpenSession) -> Summary:
         start = iso_time(session.start_ts)

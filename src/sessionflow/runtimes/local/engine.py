@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from sessionflow.config import Config
 from sessionflow.core import Pipeline, Sessionizer, Tally
+from sessionflow.core.native import compiled
 from sessionflow.core.sessionizer import Summary
 from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, to_record_batch
@@ -194,7 +195,7 @@ class Engine:
 
 
 class _Pending:
-    """A block waiting for all of its rows to be placed in sessions.
+    """A block waiting for all of its rows to be placed in sessions (``_native.Placements`` is its twin).
 
     The session columns are kept as three lists, filled row by row as the sessionizer places them:
     ``seqs`` holds 0 (no session is ever numbered 0) for a row not placed (a duplicate, or still in
@@ -223,6 +224,8 @@ class Assembler:
         self.tally = Tally()
         self._open: dict[int, _Pending] = {}
         self._fields = session_schema_fields()
+        native = compiled()
+        self._placements: Callable[[pa.RecordBatch], Any] | None = None if native is None else native.Placements
 
     def feed(self, block: Block, sessionizer: Sessionizer) -> None:
         tally = self.tally
@@ -233,11 +236,17 @@ class Assembler:
             sessionizer.end_batch(self)
             self._finish_ready()
             return
-        holder = _Pending(block.batch)
-        self._open[id(holder)] = holder
-        handles = zip([holder] * block.batch.num_rows, range(block.batch.num_rows), strict=True)
-        records = zip(*block.keys, handles, strict=True)
-        sessionizer.process_records(records, self)
+        if self._placements is not None and hasattr(sessionizer, "process_block"):
+            # The compiled sessionizer writes the placed rows' columns itself.
+            holder = self._placements(block.batch)
+            self._open[id(holder)] = holder
+            sessionizer.process_block(*block.keys, holder, self)
+        else:
+            holder = _Pending(block.batch)
+            self._open[id(holder)] = holder
+            handles = zip([holder] * block.batch.num_rows, range(block.batch.num_rows), strict=True)
+            records = zip(*block.keys, handles, strict=True)
+            sessionizer.process_records(records, self)
         sessionizer.end_batch(self)
         self._finish_ready()
 

@@ -25,6 +25,7 @@ import orjson
 
 from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, Sessionizer, Tally, rejection_row
+from sessionflow.core.native import new_sessionizer, sessionizer_class
 from sessionflow.errors import OutputError, StateError
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
 from sessionflow.runtimes.local.lake import (
@@ -100,10 +101,10 @@ class RunState:
 MAX_REMEMBERED_INPUTS = 10_000
 
 
-def load_state(path: Path, config: Config) -> RunState:
-    """The state in a file; a fresh one when the file does not exist."""
-    if not path.exists():
-        return RunState(Sessionizer(config.session))
+def load_state(path: Path | None, config: Config) -> RunState:
+    """The state in a file; a fresh one when there is no file (or no path: a run without state)."""
+    if path is None or not path.exists():
+        return RunState(new_sessionizer(config.session))
     try:
         data = orjson.loads(path.read_bytes())
         if data.get("format") != STATE_FORMAT:
@@ -113,7 +114,7 @@ def load_state(path: Path, config: Config) -> RunState:
                 f"{path}: this state was built with other session, field or column settings; "
                 "use the same config, or start with a new state file"
             )
-        sessionizer = Sessionizer.restore(config.session, data["sessionizer"])
+        sessionizer = sessionizer_class().restore(config.session, data["sessionizer"])
         return RunState(sessionizer, int(data["runs"]), dict(data.get("inputs", {})))
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise StateError(f"{path}: cannot read state: {exc}") from None
@@ -254,7 +255,7 @@ def run(
     try:
         with LakeLock(lake):
             prepare_lake(lake, stateful=state_path is not None, overwrite=overwrite)
-            state = load_state(state_path, config) if state_path is not None else RunState(Sessionizer(config.session))
+            state = load_state(state_path, config)
             options = _Options(state_path, flush, overwrite, now_ms, workers, progress, started)
             return _run_locked(sources, lake, config, state, options)
     except BaseException:
@@ -280,7 +281,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
     flushed = options.flush or state_path is None
     # A replacing run is run 1 of the new lake; the old lake stays whole until it commits.
     number = 1 if options.overwrite else next_run_number(lake)
-    pending_before = sum(len(machine.pending) for machine in sessionizer.machines.values())
+    pending_before = sessionizer.pending_count()
     had_machines = bool(sessionizer.machines)
     now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
     writer = LakeWriter(lake, config, number)

@@ -1,0 +1,562 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, auto_pickle=False
+"""The sessionizer compiled, with native data structures: the embedded runner's hot loop.
+
+The same logic as :class:`sessionflow.core.sessionizer.Sessionizer`, rule for rule and in the same
+order (read that module for the *why*); the differences are only in how state is held:
+
+* a machine's reorder buffer is a C array heap of :c:type:`Rec` structs (timestamp as a C integer,
+  references to the strings), not a list of tuples;
+* a row of a block is placed by writing its three session columns straight into a
+  :class:`Placements` object, not through a Python ``release`` call per event.
+
+Snapshots use the pure sessionizer's format, so a state file written by one restores in the other.
+``tests/core/test_native.py`` holds the two equal on random streams (duplicates, late events,
+bots, silent machines, snapshots in the middle).
+"""
+
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.unicode cimport PyUnicode_Compare
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, realloc
+
+import heapq
+
+from sessionflow.core.ids import session_id as _session_id
+from sessionflow.core.sessionizer import Sessionizer as _PureSessionizer
+
+cdef Py_ssize_t PRUNE_FLOOR = 256
+_summary = _PureSessionizer._summary
+
+
+cdef struct Rec:
+    int64_t ts
+    int64_t arrival  # tie-break after (ts, event_id), which never tie in a valid stream
+    PyObject* ts_obj
+    PyObject* event_id
+    PyObject* event_type
+    PyObject* user_id
+    PyObject* app_version
+    PyObject* payload  # a Placements block, or the record's opaque payload when row < 0
+    Py_ssize_t row
+
+
+cdef inline bint rec_less(Rec* a, Rec* b) except -1:
+    if a.ts != b.ts:
+        return a.ts < b.ts
+    cdef int c = PyUnicode_Compare(<object>a.event_id, <object>b.event_id)
+    if c != 0:
+        return c < 0
+    return a.arrival < b.arrival
+
+
+cdef inline void rec_clear(Rec* r):
+    Py_XDECREF(r.ts_obj)
+    Py_XDECREF(r.event_id)
+    Py_XDECREF(r.event_type)
+    Py_XDECREF(r.user_id)
+    Py_XDECREF(r.app_version)
+    Py_XDECREF(r.payload)
+
+
+cdef class Placements:
+    """A block's session columns, filled row by row; ``remaining`` counts the rows not yet placed.
+
+    ``seqs`` holds 0 for a row not placed (a duplicate, or one still buffered) and None for a late
+    row, as the engine expects.
+    """
+
+    cdef public object batch
+    cdef public list session_ids
+    cdef public list seqs
+    cdef public list sinces
+    cdef public Py_ssize_t remaining
+
+    def __init__(self, batch):
+        cdef Py_ssize_t rows = batch.num_rows
+        self.batch = batch
+        self.remaining = rows
+        self.session_ids = [None] * rows
+        self.seqs = [0] * rows
+        self.sinces = [None] * rows
+
+
+cdef class NativeSession:
+    """:class:`~sessionflow.core.sessionizer.OpenSession`, with C integers."""
+
+    cdef public str session_id
+    cdef public int64_t start_ts
+    cdef public int64_t last_ts
+    cdef public object first_type
+    cdef public object last_type
+    cdef public Py_ssize_t count
+    cdef public dict type_counts
+    cdef public object user_id
+    cdef public object app_version
+    cdef public bint closed
+
+    def to_dict(self):
+        return {
+            "session_id": self.session_id,
+            "start_ts": self.start_ts,
+            "last_ts": self.last_ts,
+            "first_type": self.first_type,
+            "last_type": self.last_type,
+            "count": self.count,
+            "type_counts": dict(self.type_counts),
+            "user_id": self.user_id,
+            "app_version": self.app_version,
+            "closed": self.closed,
+        }
+
+
+cdef NativeSession session_from_dict(dict data):
+    cdef NativeSession session = NativeSession.__new__(NativeSession)
+    session.session_id = data["session_id"]
+    session.start_ts = data["start_ts"]
+    session.last_ts = data["last_ts"]
+    session.first_type = data["first_type"]
+    session.last_type = data["last_type"]
+    session.count = data["count"]
+    session.type_counts = dict(data["type_counts"])
+    session.user_id = data["user_id"]
+    session.app_version = data["app_version"]
+    session.closed = data["closed"]
+    return session
+
+
+cdef class NativeMachine:
+    """:class:`~sessionflow.core.sessionizer.MachineState`, its reorder heap a C array."""
+
+    cdef readonly object machine_id
+    cdef public int64_t newest_ts
+    cdef public int64_t arrival_clock
+    cdef Rec* heap
+    cdef Py_ssize_t size
+    cdef Py_ssize_t capacity
+    cdef bint has_last
+    cdef int64_t last_ts
+    cdef object last_id
+    cdef public NativeSession session
+    cdef public dict seen
+    cdef Py_ssize_t prune_at
+
+    def __cinit__(self, machine_id):
+        self.machine_id = machine_id
+        self.newest_ts = -1
+        self.arrival_clock = -1
+        self.heap = NULL
+        self.size = 0
+        self.capacity = 0
+        self.has_last = False
+        self.session = None
+        self.seen = {}
+        self.prune_at = PRUNE_FLOOR
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.size):
+            rec_clear(&self.heap[i])
+        free(self.heap)
+
+    @property
+    def pending(self):
+        """How many records wait in the reorder buffer (the pure state's ``len(pending)``)."""
+        return self.size
+
+    @property
+    def anchor(self):
+        return max(self.newest_ts, self.arrival_clock)
+
+    cdef int push(self, Rec* rec) except -1:
+        cdef Py_ssize_t i, parent
+        cdef Rec* grown
+        if self.size == self.capacity:
+            self.capacity = 8 if self.capacity == 0 else 2 * self.capacity
+            grown = <Rec*>realloc(self.heap, self.capacity * sizeof(Rec))
+            if grown == NULL:
+                raise MemoryError()
+            self.heap = grown
+        i = self.size
+        self.size += 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not rec_less(rec, &self.heap[parent]):
+                break
+            self.heap[i] = self.heap[parent]
+            i = parent
+        self.heap[i] = rec[0]
+        return 0
+
+    cdef int pop(self, Rec* out) except -1:
+        """Moves the smallest record (its references too) into ``out``."""
+        cdef Py_ssize_t i = 0, child, n
+        cdef Rec last
+        out[0] = self.heap[0]
+        self.size -= 1
+        n = self.size
+        if n == 0:
+            return 0
+        last = self.heap[n]
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and rec_less(&self.heap[child + 1], &self.heap[child]):
+                child += 1
+            if not rec_less(&self.heap[child], &last):
+                break
+            self.heap[i] = self.heap[child]
+            i = child
+        self.heap[i] = last
+        return 0
+
+    def to_dict(self, resolve=None):
+        cdef Py_ssize_t i
+        cdef list records = []
+        cdef Rec* r
+        for i in range(self.size):
+            r = &self.heap[i]
+            records.append((r.ts, <object>r.event_id, r.arrival, i))
+        records.sort()
+        pending = []
+        for _, _, _, i in records:
+            payload = payload_of(&self.heap[i])
+            pending.append(resolve(payload) if resolve is not None else payload)
+        return {
+            "machine_id": self.machine_id,
+            "newest_ts": self.newest_ts,
+            "arrival_clock": self.arrival_clock,
+            "pending": pending,
+            "last_key": [self.last_ts, self.last_id] if self.has_last else None,
+            "session": self.session.to_dict() if self.session is not None else None,
+            "seen": dict(self.seen),
+        }
+
+
+cdef inline object payload_of(Rec* r):
+    if r.row >= 0:
+        return (<object>r.payload, r.row)
+    return <object>r.payload
+
+
+cdef class NativeSessionizer:
+    """:class:`~sessionflow.core.sessionizer.Sessionizer`, compiled. Same methods, same results."""
+
+    cdef readonly object config
+    cdef public int64_t clock
+    cdef public dict machines
+    cdef list _deadlines
+    cdef dict _leaders
+    cdef set _touched
+    cdef int64_t _timeout
+    cdef int64_t _lateness
+    cdef int64_t _horizon
+    cdef int64_t _max_duration
+    cdef bint _has_max
+    cdef object _opening
+    cdef int64_t _arrivals
+
+    def __init__(self, config, clock=-1):
+        self.config = config
+        self.clock = clock
+        self.machines = {}
+        self._deadlines = []
+        self._leaders = {}
+        self._touched = set()
+        self._timeout = config.timeout_ms
+        self._lateness = config.allowed_lateness_ms
+        self._horizon = config.dedupe_horizon_ms
+        self._has_max = config.max_session_duration_ms is not None
+        self._max_duration = config.max_session_duration_ms if self._has_max else 0
+        self._opening = frozenset(config.opening_events)
+        self._arrivals = 0
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    def process(self, events, out):
+        for event in events:
+            self._process(
+                event["timestamp"], event["event_id"], event["machine_id"], event["event_type"],
+                event.get("user_id"), event.get("app_version"), event, -1, out,
+            )
+
+    def process_records(self, records, out):
+        """Records as the pure sessionizer takes them; their payloads go to ``out.release``."""
+        for record in records:
+            self._process(record[0], record[1], record[2], record[3], record[4], record[5], record[6], -1, out)
+
+    def process_block(self, timestamps, event_ids, machine_ids, event_types, user_ids, app_versions,
+                      Placements placements, out):
+        """One block's key columns, in arrival order; row ``i``'s payload is ``(placements, i)``.
+
+        A row placed in a session is written into ``placements``; duplicates and late rows go to
+        ``out.duplicate`` / ``out.release`` as ``(placements, i)``.
+        """
+        cdef tuple ts = tuple(timestamps), ids = tuple(event_ids), mids = tuple(machine_ids)
+        cdef tuple types = tuple(event_types), users = tuple(user_ids), versions = tuple(app_versions)
+        cdef Py_ssize_t i, n = len(ts)
+        if not (len(ids) == len(mids) == len(types) == len(users) == len(versions) == n):
+            raise ValueError("the key columns of a block differ in length")
+        for i in range(n):
+            self._process(ts[i], ids[i], mids[i], types[i], users[i], versions[i], placements, i, out)
+
+    cdef int _process(self, object ts_obj, object event_id, object machine_id, object event_type,
+                      object user_id, object app_version, object payload, Py_ssize_t row,
+                      object out) except -1:
+        cdef int64_t ts = ts_obj
+        cdef NativeMachine state
+        cdef NativeSession session
+        cdef object found = self.machines.get(machine_id)
+        cdef object twin
+        cdef int64_t release_before
+        cdef int c
+        cdef Rec rec
+        if found is None:
+            state = NativeMachine(machine_id)
+            self.machines[machine_id] = state
+        else:
+            state = <NativeMachine>found
+        seen = state.seen
+        # The horizon is checked here, not only when pruning, so when pruning runs changes nothing.
+        twin = seen.get(event_id)
+        if twin is not None and <int64_t>twin >= state.newest_ts - self._horizon:
+            out.duplicate(payload if row < 0 else (payload, row))
+            return 0
+        seen[event_id] = ts_obj
+        self._touched.add(machine_id)
+        state.arrival_clock = self.clock
+        if state.has_last:
+            if ts == state.last_ts:
+                c = PyUnicode_Compare(event_id, state.last_id)
+                if c == 0:  # the very event placed last, whatever the horizon says
+                    out.duplicate(payload if row < 0 else (payload, row))
+                    return 0
+            else:
+                c = -1 if ts < state.last_ts else 1
+            session = state.session
+            # Late: it sorts before an event already placed, or it would extend a closed session.
+            if c < 0 or (session is not None and session.closed and self._joins(session, ts, event_type)):
+                out.release(payload if row < 0 else (payload, row), None, None, None)
+                return 0
+        if ts > state.newest_ts:
+            state.newest_ts = ts
+        release_before = state.newest_ts - self._lateness
+        rec.ts = ts
+        rec.arrival = self._arrivals
+        self._arrivals += 1
+        rec.ts_obj = <PyObject*>ts_obj
+        rec.event_id = <PyObject*>event_id
+        rec.event_type = <PyObject*>event_type
+        rec.user_id = <PyObject*>user_id
+        rec.app_version = <PyObject*>app_version
+        rec.payload = <PyObject*>payload
+        rec.row = row
+        if ts < release_before and state.size == 0:
+            # Already old enough: no need to buffer it (the references stay borrowed).
+            self._release(state, &rec, out)
+            return 0
+        Py_INCREF(ts_obj)
+        Py_INCREF(event_id)
+        Py_INCREF(event_type)
+        Py_INCREF(user_id)
+        Py_INCREF(app_version)
+        Py_INCREF(payload)
+        state.push(&rec)
+        while state.size and state.heap[0].ts < release_before:
+            state.pop(&rec)
+            try:
+                self._release(state, &rec, out)
+            finally:
+                rec_clear(&rec)
+        return 0
+
+    cdef inline bint _joins(self, NativeSession session, int64_t ts, object event_type) except -1:
+        """Would an event at ``ts``, coming right after the session's last event, stay in it?"""
+        if ts - session.last_ts > self._timeout or event_type in self._opening:
+            return False
+        return not self._has_max or ts - session.start_ts <= self._max_duration
+
+    cdef int _release(self, NativeMachine state, Rec* rec, object out) except -1:
+        cdef int64_t ts = rec.ts
+        cdef object event_type = <object>rec.event_type
+        cdef NativeSession session = state.session
+        cdef Placements placements
+        cdef object since
+        if session is None or session.closed or not self._joins(session, ts, event_type):
+            if session is not None and not session.closed:
+                out.session(_summary(state.machine_id, session))
+            session = NativeSession.__new__(NativeSession)
+            session.session_id = _session_id(state.machine_id, <object>rec.ts_obj, <object>rec.event_id)
+            session.start_ts = ts
+            session.last_ts = ts
+            session.first_type = event_type
+            session.last_type = event_type
+            session.count = 0
+            session.type_counts = {}
+            session.user_id = None
+            session.app_version = None
+            session.closed = False
+            state.session = session
+            since = None
+        else:
+            since = ts - session.last_ts
+        session.count += 1
+        session.last_ts = ts
+        session.last_type = event_type
+        counts = session.type_counts
+        counts[event_type] = counts.get(event_type, 0) + 1
+        if session.user_id is None:
+            session.user_id = <object>rec.user_id
+        if session.app_version is None:
+            session.app_version = <object>rec.app_version
+        state.has_last = True
+        state.last_ts = ts
+        state.last_id = <object>rec.event_id
+        if rec.row >= 0:
+            placements = <Placements>rec.payload
+            placements.session_ids[rec.row] = session.session_id
+            placements.seqs[rec.row] = session.count
+            placements.sinces[rec.row] = since
+            placements.remaining -= 1
+        else:
+            out.release(<object>rec.payload, session.session_id, session.count, since)
+        return 0
+
+    # -- per batch: the stream clock, idle machines, dedupe horizon ---------------------------------
+
+    def end_batch(self, out):
+        cdef NativeMachine state
+        cdef dict leaders = self._leaders
+        quorum = self.config.clock_quorum
+        for machine_id in self._touched:
+            state = self.machines[machine_id]
+            if len(state.seen) >= state.prune_at:
+                self._prune_seen(state)
+            if machine_id in leaders or len(leaders) < quorum or state.newest_ts > min(leaders.values()):
+                leaders[machine_id] = state.newest_ts
+                if len(leaders) > quorum:
+                    del leaders[min(leaders, key=leaders.__getitem__)]
+        if len(leaders) >= quorum:
+            self.clock = max(self.clock, min(leaders.values()))
+        idle = self.config.idle_close_ms
+        for machine_id in self._touched:
+            state = self.machines[machine_id]
+            heapq.heappush(self._deadlines, (max(state.newest_ts, state.arrival_clock) + idle, machine_id))
+        self._touched.clear()
+        self._close_idle(out)
+
+    cdef _close_idle(self, out):
+        cdef NativeMachine state
+        cdef int64_t anchor
+        deadlines = self._deadlines
+        idle = self.config.idle_close_ms
+        retention = self.config.retention_ms
+        while deadlines and deadlines[0][0] < self.clock:
+            _, machine_id = heapq.heappop(deadlines)
+            found = self.machines.get(machine_id)
+            if found is None:
+                continue
+            state = <NativeMachine>found
+            anchor = max(state.newest_ts, state.arrival_clock)
+            if self.clock <= anchor + idle:
+                continue  # it spoke again since; a newer deadline is queued
+            self._drain(state, out)
+            if self.clock > anchor + retention:
+                del self.machines[machine_id]
+                self._leaders.pop(machine_id, None)
+            else:
+                heapq.heappush(deadlines, (anchor + retention, machine_id))
+
+    cdef _drain(self, NativeMachine state, out):
+        cdef Rec rec
+        while state.size:
+            state.pop(&rec)
+            try:
+                self._release(state, &rec, out)
+            finally:
+                rec_clear(&rec)
+        session = state.session
+        if session is not None and not session.closed:
+            out.session(_summary(state.machine_id, session))
+            session.closed = True
+
+    cdef _prune_seen(self, NativeMachine state):
+        cdef int64_t floor = state.newest_ts - self._horizon
+        state.seen = {event_id: ts for event_id, ts in state.seen.items() if ts >= floor}
+        state.prune_at = max(PRUNE_FLOOR, 2 * len(state.seen))
+
+    def flush(self, out):
+        """End of input: release every buffered event, close every session, forget every machine."""
+        for state in self.machines.values():
+            self._drain(state, out)
+        self.machines.clear()
+        self._deadlines.clear()
+        self._leaders.clear()
+        self._touched.clear()
+
+    # -- state --------------------------------------------------------------------------------------
+
+    def pending_count(self):
+        """Records waiting in reorder buffers."""
+        cdef NativeMachine state
+        cdef Py_ssize_t total = 0
+        for state in self.machines.values():
+            total += state.size
+        return total
+
+    def snapshot(self, resolve=None):
+        """The pure sessionizer's snapshot format (see :meth:`Sessionizer.snapshot`)."""
+        return {
+            "clock": self.clock,
+            "leaders": dict(self._leaders),
+            "machines": [state.to_dict(resolve) for state in self.machines.values()],
+        }
+
+    @classmethod
+    def restore(cls, config, snapshot):
+        cdef NativeSessionizer sessionizer = cls(config, clock=snapshot["clock"])
+        cdef NativeMachine state
+        cdef Rec rec
+        sessionizer._leaders = dict(snapshot["leaders"])
+        idle = config.idle_close_ms
+        for data in snapshot["machines"]:
+            state = NativeMachine(data["machine_id"])
+            state.newest_ts = data["newest_ts"]
+            state.arrival_clock = data["arrival_clock"]
+            for event in data["pending"]:
+                ts_obj = event["timestamp"]
+                event_id = event["event_id"]
+                event_type = event["event_type"]
+                user_id = event.get("user_id")
+                app_version = event.get("app_version")
+                rec.ts = ts_obj
+                rec.arrival = sessionizer._arrivals
+                sessionizer._arrivals += 1
+                rec.ts_obj = <PyObject*>ts_obj
+                rec.event_id = <PyObject*>event_id
+                rec.event_type = <PyObject*>event_type
+                rec.user_id = <PyObject*>user_id
+                rec.app_version = <PyObject*>app_version
+                rec.payload = <PyObject*>event
+                rec.row = -1
+                Py_INCREF(ts_obj)
+                Py_INCREF(event_id)
+                Py_INCREF(event_type)
+                Py_INCREF(user_id)
+                Py_INCREF(app_version)
+                Py_INCREF(event)
+                state.push(&rec)
+            last_key = data["last_key"]
+            if last_key:
+                state.has_last = True
+                state.last_ts = last_key[0]
+                state.last_id = last_key[1]
+            session = data["session"]
+            state.session = session_from_dict(session) if session else None
+            state.seen = dict(data["seen"])
+            state.prune_at = max(PRUNE_FLOOR, 2 * len(state.seen))
+            sessionizer.machines[state.machine_id] = state
+            sessionizer._deadlines.append((max(state.newest_ts, state.arrival_clock) + idle, state.machine_id))
+        heapq.heapify(sessionizer._deadlines)
+        return sessionizer

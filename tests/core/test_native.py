@@ -1,0 +1,211 @@
+"""The compiled sessionizer is the pure one: same calls in the same order, same snapshots.
+
+Each stream is run through both, and every call each makes to its emitter is recorded: the two
+records must be equal, item for item. The streams are harsher than the streaming property's: any
+arrival order (events far later than the lateness), duplicates near and far, silent machines, and
+state saved as JSON mid-stream and restored into the *other* implementation.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sessionflow.config import HOUR, MINUTE, SessionConfig
+from sessionflow.core import Sessionizer
+from sessionflow.core.native import PURE_ENV, compiled, implementation
+from tests.helpers import T0
+
+native = compiled()
+needs_native = pytest.mark.skipif(native is None, reason="the compiled sessionizer is not built")
+
+TIMEOUT = 30 * MINUTE
+LATENESS = 5 * MINUTE
+TYPES = ("app_open", "view", "edit", "save")
+PROFILE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_the_compiled_sessionizer_is_built_in_a_dev_install() -> None:
+    # make install compiles it; a silent fallback to pure Python would only show as a slow run.
+    if os.environ.get(PURE_ENV):
+        pytest.skip(f"{PURE_ENV} is set")
+    assert native is not None, "sessionflow.core._native is missing: pip install -e . (needs a C compiler)"
+    assert implementation() == "compiled"
+
+
+def test_the_pure_sessionizer_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PURE_ENV, "1")
+    assert compiled() is None
+    assert implementation() == "pure"
+
+
+class Recorder:
+    """An emitter that keeps every call, with the event's id in place of its payload."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
+        self.calls.append(("release", _id(payload), session_id, seq, since))
+
+    def duplicate(self, payload: Any) -> None:
+        self.calls.append(("duplicate", _id(payload)))
+
+    def session(self, summary: dict[str, Any]) -> None:
+        self.calls.append(("session", summary))
+
+
+def _id(payload: Any) -> Any:
+    if type(payload) is tuple:  # a block row: (placements, row)
+        placements, row = payload
+        return placements.batch.ids[row]
+    return payload["event_id"]
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[SessionConfig, list[dict[str, Any]], list[int], list[int]]:
+    config = SessionConfig(
+        timeout_ms=TIMEOUT,
+        allowed_lateness_ms=draw(st.sampled_from([0, LATENESS])),
+        opening_events=frozenset({"app_open"}),
+        max_session_duration_ms=draw(st.sampled_from([None, HOUR])),
+        dedupe_horizon_ms=draw(st.sampled_from([LATENESS, HOUR])),
+        clock_quorum=draw(st.integers(1, 3)),
+    )
+    events: list[dict[str, Any]] = []
+    for machine in range(draw(st.integers(1, 4))):
+        ts = T0 + draw(st.integers(0, 2 * HOUR))
+        for index in range(draw(st.integers(1, 20))):
+            ts += draw(st.sampled_from([0, 1, LATENESS, TIMEOUT, TIMEOUT + 1, HOUR + 1, 3 * HOUR]))
+            events.append(
+                {
+                    "event_id": f"{draw(st.sampled_from('abc'))}-{machine}-{index:02d}",
+                    "machine_id": f"m{machine}",
+                    "event_type": draw(st.sampled_from(TYPES)),
+                    "timestamp": ts,
+                    "user_id": draw(st.sampled_from([None, "u-1", "u-2"])),
+                    "app_version": draw(st.sampled_from([None, "12.1.0"])),
+                }
+            )
+    # Duplicates: the same record again, anywhere in the stream.
+    for original in draw(st.lists(st.sampled_from(range(len(events))), max_size=5)):
+        events.append(dict(events[original]))
+    events = draw(st.permutations(events))
+    cuts = sorted(draw(st.lists(st.integers(0, len(events)), max_size=8)))
+    sizes = [b - a for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+    restarts = draw(st.lists(st.integers(0, len(sizes) - 1), max_size=3))
+    return config, events, sizes, restarts
+
+
+def _run(
+    config: SessionConfig, events: list[dict[str, Any]], sizes: list[int], restarts: list[int], first: type
+) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
+    """Batches of ``sizes``; after each batch in ``restarts``, the state moves to the other class."""
+    classes: list[Any] = [first, Sessionizer if first is not Sessionizer else native.NativeSessionizer]  # type: ignore[union-attr]
+    out = Recorder()
+    sessionizer = classes[0](config)
+    start = 0
+    for index, size in enumerate(sizes):
+        sessionizer.process(copy.deepcopy(events[start : start + size]), out)
+        sessionizer.end_batch(out)
+        start += size
+        if index in restarts:
+            classes.reverse()
+            sessionizer = classes[0].restore(config, orjson.loads(orjson.dumps(sessionizer.snapshot())))
+    final = orjson.loads(orjson.dumps(sessionizer.snapshot()))
+    sessionizer.flush(out)
+    return out.calls, final
+
+
+@needs_native
+@PROFILE
+@given(streams())
+def test_compiled_and_pure_make_the_same_calls_and_snapshots(stream: Any) -> None:
+    config, events, sizes, restarts = stream
+    pure = _run(config, events, sizes, [], Sessionizer)
+    assert _run(config, events, sizes, [], native.NativeSessionizer) == pure  # type: ignore[union-attr]
+    # State handed between the two mid-stream changes nothing either.
+    assert _run(config, events, sizes, restarts, native.NativeSessionizer) == pure  # type: ignore[union-attr]
+    assert _run(config, events, sizes, restarts, Sessionizer) == pure
+
+
+class _Columns:
+    """Stands in for a block's Arrow batch: the Recorder reads row ids from it."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+        self.num_rows = len(ids)
+
+
+@needs_native
+@PROFILE
+@given(streams())
+def test_blocks_place_their_rows_as_the_pure_sessionizer_releases_them(stream: Any) -> None:
+    config, events, sizes, _ = stream
+    pure = Recorder()
+    sessionizer = Sessionizer(config)
+    compiled_one = native.NativeSessionizer(config)  # type: ignore[union-attr]
+    out = Recorder()
+    blocks = []
+    start = 0
+    for size in sizes:
+        rows = events[start : start + size]
+        start += size
+        sessionizer.process(copy.deepcopy(rows), pure)
+        sessionizer.end_batch(pure)
+        placements = native.Placements(_Columns([row["event_id"] for row in rows]))  # type: ignore[union-attr]
+        columns = [[row.get(name) for row in rows] for name in ("timestamp", "event_id", "machine_id")]
+        columns += [[row.get(name) for row in rows] for name in ("event_type", "user_id", "app_version")]
+        compiled_one.process_block(*columns, placements, out)
+        compiled_one.end_batch(out)
+        blocks.append(placements)
+    sessionizer.flush(pure)
+    compiled_one.flush(out)
+    # Placed rows: the pure release calls with a session, as (id, session, seq, since).
+    placed = [call[1:] for call in pure.calls if call[0] == "release" and call[2] is not None]
+    written = [
+        (block.batch.ids[row], block.session_ids[row], block.seqs[row], block.sinces[row])
+        for block in blocks
+        for row in range(block.batch.num_rows)
+        if block.seqs[row]
+    ]
+    assert sorted(written, key=repr) == sorted(placed, key=repr)
+    # Everything else (late rows, duplicates, sessions) went through the emitter, in the same order.
+    others = [call for call in pure.calls if not (call[0] == "release" and call[2] is not None)]
+    assert out.calls == others
+    # A row handed to the emitter is still counted as remaining: the engine's emitter counts it down.
+    handed = sum(1 for call in others if call[0] != "session")
+    assert sum(block.remaining for block in blocks) == handed == len(events) - len(written)
+
+
+@needs_native
+def test_a_block_with_columns_of_different_lengths_is_refused() -> None:
+    sessionizer = native.NativeSessionizer(SessionConfig())  # type: ignore[union-attr]
+    placements = native.Placements(_Columns(["e1"]))  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="differ in length"):
+        sessionizer.process_block([T0], ["e1"], ["m1"], ["view"], [None], [], placements, Recorder())
+
+
+@needs_native
+def test_pending_count_and_open_sessions_read_the_same_in_both() -> None:
+    config = SessionConfig()
+    events = [
+        {"event_id": f"e{i}", "machine_id": f"m{i % 3}", "event_type": "view", "timestamp": T0 + i * MINUTE}
+        for i in range(30)
+    ]
+    both = [Sessionizer(config), native.NativeSessionizer(config)]  # type: ignore[union-attr]
+    for sessionizer in both:
+        sessionizer.process(copy.deepcopy(events), Recorder())
+        sessionizer.end_batch(Recorder())
+    assert both[0].pending_count() == both[1].pending_count() > 0
+    opened = [
+        sorted((m, s.session.count) for m, s in sessionizer.machines.items() if s.session is not None)
+        for sessionizer in both
+    ]
+    assert opened[0] == opened[1]
