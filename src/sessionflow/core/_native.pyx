@@ -20,8 +20,6 @@ from cpython.unicode cimport PyUnicode_Compare
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, realloc
 
-import heapq
-
 from sessionflow.core.ids import session_id as _session_id
 from sessionflow.core.sessionizer import Sessionizer as _PureSessionizer
 
@@ -234,6 +232,83 @@ cdef class NativeMachine:
         }
 
 
+cdef struct Due:
+    int64_t at
+    PyObject* machine_id
+
+
+cdef inline bint due_less(Due* a, Due* b) except -1:
+    if a.at != b.at:
+        return a.at < b.at
+    return PyUnicode_Compare(<object>a.machine_id, <object>b.machine_id) < 0
+
+
+cdef class Deadlines:
+    """The pure sessionizer's heap of ``(deadline, machine_id)``, with C integers: the same order."""
+
+    cdef Due* heap
+    cdef Py_ssize_t size
+    cdef Py_ssize_t capacity
+
+    def __dealloc__(self):
+        self.clear()
+        free(self.heap)
+
+    cdef void clear(self):
+        cdef Py_ssize_t i
+        for i in range(self.size):
+            Py_XDECREF(self.heap[i].machine_id)
+        self.size = 0
+
+    cdef int push(self, int64_t at, object machine_id) except -1:
+        cdef Py_ssize_t i, parent
+        cdef Due* grown
+        cdef Due due
+        if self.size == self.capacity:
+            self.capacity = 64 if self.capacity == 0 else 2 * self.capacity
+            grown = <Due*>realloc(self.heap, self.capacity * sizeof(Due))
+            if grown == NULL:
+                raise MemoryError()
+            self.heap = grown
+        Py_INCREF(machine_id)
+        due.at = at
+        due.machine_id = <PyObject*>machine_id
+        i = self.size
+        self.size += 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not due_less(&due, &self.heap[parent]):
+                break
+            self.heap[i] = self.heap[parent]
+            i = parent
+        self.heap[i] = due
+        return 0
+
+    cdef object pop(self):
+        """The machine of the earliest deadline (the caller reads ``heap[0].at`` first)."""
+        cdef Py_ssize_t i = 0, child, n
+        cdef Due last
+        cdef object machine_id = <object>self.heap[0].machine_id  # a new reference...
+        Py_XDECREF(self.heap[0].machine_id)  # ...so the heap's own is given up
+        self.size -= 1
+        n = self.size
+        if n == 0:
+            return machine_id
+        last = self.heap[n]
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and due_less(&self.heap[child + 1], &self.heap[child]):
+                child += 1
+            if not due_less(&self.heap[child], &last):
+                break
+            self.heap[i] = self.heap[child]
+            i = child
+        self.heap[i] = last
+        return machine_id
+
+
 cdef inline object payload_of(Rec* r):
     if r.row >= 0:
         return (<object>r.payload, r.row)
@@ -246,8 +321,9 @@ cdef class NativeSessionizer:
     cdef readonly object config
     cdef public int64_t clock
     cdef public dict machines
-    cdef list _deadlines
+    cdef Deadlines _deadlines
     cdef dict _leaders
+    cdef int64_t _leader_floor  # min(_leaders.values()) when _leaders is full
     cdef set _touched
     cdef int64_t _timeout
     cdef int64_t _lateness
@@ -261,7 +337,7 @@ cdef class NativeSessionizer:
         self.config = config
         self.clock = clock
         self.machines = {}
-        self._deadlines = []
+        self._deadlines = Deadlines()
         self._leaders = {}
         self._touched = set()
         self._timeout = config.timeout_ms
@@ -428,32 +504,37 @@ cdef class NativeSessionizer:
     def end_batch(self, out):
         cdef NativeMachine state
         cdef dict leaders = self._leaders
-        quorum = self.config.clock_quorum
+        cdef Py_ssize_t quorum = self.config.clock_quorum
+        cdef int64_t idle = self.config.idle_close_ms
+        cdef bint full = len(leaders) >= quorum
+        if full:
+            self._leader_floor = min(leaders.values())
         for machine_id in self._touched:
             state = self.machines[machine_id]
             if len(state.seen) >= state.prune_at:
                 self._prune_seen(state)
-            if machine_id in leaders or len(leaders) < quorum or state.newest_ts > min(leaders.values()):
+            # As the pure sessionizer: min(leaders.values()) is only read when the dict is full.
+            if not full or state.newest_ts > self._leader_floor or machine_id in leaders:
                 leaders[machine_id] = state.newest_ts
                 if len(leaders) > quorum:
                     del leaders[min(leaders, key=leaders.__getitem__)]
+                full = len(leaders) >= quorum
+                if full:
+                    self._leader_floor = min(leaders.values())
+            self._deadlines.push(max(state.newest_ts, state.arrival_clock) + idle, machine_id)
         if len(leaders) >= quorum:
             self.clock = max(self.clock, min(leaders.values()))
-        idle = self.config.idle_close_ms
-        for machine_id in self._touched:
-            state = self.machines[machine_id]
-            heapq.heappush(self._deadlines, (max(state.newest_ts, state.arrival_clock) + idle, machine_id))
         self._touched.clear()
         self._close_idle(out)
 
     cdef _close_idle(self, out):
         cdef NativeMachine state
         cdef int64_t anchor
-        deadlines = self._deadlines
-        idle = self.config.idle_close_ms
-        retention = self.config.retention_ms
-        while deadlines and deadlines[0][0] < self.clock:
-            _, machine_id = heapq.heappop(deadlines)
+        cdef int64_t idle = self.config.idle_close_ms
+        cdef int64_t retention = self.config.retention_ms
+        cdef Deadlines deadlines = self._deadlines
+        while deadlines.size and deadlines.heap[0].at < self.clock:
+            machine_id = deadlines.pop()
             found = self.machines.get(machine_id)
             if found is None:
                 continue
@@ -466,7 +547,7 @@ cdef class NativeSessionizer:
                 del self.machines[machine_id]
                 self._leaders.pop(machine_id, None)
             else:
-                heapq.heappush(deadlines, (anchor + retention, machine_id))
+                deadlines.push(anchor + retention, machine_id)
 
     cdef _drain(self, NativeMachine state, out):
         cdef Rec rec
@@ -557,6 +638,5 @@ cdef class NativeSessionizer:
             state.seen = dict(data["seen"])
             state.prune_at = max(PRUNE_FLOOR, 2 * len(state.seen))
             sessionizer.machines[state.machine_id] = state
-            sessionizer._deadlines.append((max(state.newest_ts, state.arrival_clock) + idle, state.machine_id))
-        heapq.heapify(sessionizer._deadlines)
+            sessionizer._deadlines.push(max(state.newest_ts, state.arrival_clock) + idle, state.machine_id)
         return sessionizer

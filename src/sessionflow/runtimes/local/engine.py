@@ -71,6 +71,15 @@ def _init_pool_worker(config: Config, now_ms: int) -> None:
     _init_worker(config, now_ms)
 
 
+def _warm_pyarrow() -> None:
+    """Lets pyarrow do its lazy imports once, before the workers fork, not once in every worker.
+
+    Building a batch makes it look for pandas (to tell DataFrames apart): 0.25 s where pandas is
+    installed, which forked workers inherit instead of repeating.
+    """
+    pa.RecordBatch.from_arrays([pa.array([0])], names=["warm"])
+
+
 def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`."""
     assert _worker is not None
@@ -156,6 +165,7 @@ class Engine:
         self.block_bytes = block_bytes or BLOCK_BYTES
         self._pool: Any = None
         if workers > 0:
+            _warm_pyarrow()
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
             self._pool = context.Pool(workers, initializer=_init_pool_worker, initargs=(config, now_ms))
         else:

@@ -52,6 +52,7 @@ _BUFFER_ROWS = 512 * 1024  # rows held in memory over all partitions before writ
 # ... or this many bytes of Arrow data, whichever comes first: a table of few but wide rows (the
 # sessions, with their map column) would otherwise stay in memory for millions of input events.
 _BUFFER_BYTES = 32 << 20
+_JSONL_BUFFER = 256 << 10
 # Files open at once per table: an input spanning months must not keep one writer per day open.
 _MAX_OPEN_FILES = 16
 
@@ -211,7 +212,9 @@ class _PartitionedJsonLines:
                 folder.mkdir(parents=True, exist_ok=True)
                 path = folder / f"part-{self.prefix}-00000.jsonl"
                 self.files.append(path)
-                handle = self.handles[value] = open(path, "wb")  # noqa: SIM115
+                # A big buffer: each flush is a write that lets go of the GIL, and the runner's
+                # other threads then hold it for up to a switch interval (5 ms) each time.
+                handle = self.handles[value] = open(path, "wb", buffering=_JSONL_BUFFER)  # noqa: SIM115
             handle.write(orjson.dumps(row) + b"\n")
         self.rows += len(rows)
 
