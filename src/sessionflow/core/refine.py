@@ -138,11 +138,20 @@ class Refiner:
             event_id = record.pop(id_name, None)
             machine_id = record.pop(machine_name, None)
             event_type = record.pop(type_name, None)
-            for name, value in zip(required, (event_id, machine_id, event_type), strict=True):
-                if type(value) is not str:
-                    return _field_problem(raw, name, value)
-                if not value or value.isspace():
-                    return Rejection(Reason.EMPTY_FIELD, f"field {name!r} is empty", raw)
+            # One test for the common case (three non-blank strings); the loop says what is wrong.
+            if not (
+                str is type(event_id) is type(machine_id) is type(event_type)
+                and event_id
+                and machine_id
+                and event_type
+                and not (event_id.isspace() or machine_id.isspace() or event_type.isspace())
+            ):
+                for name, value in zip(required, (event_id, machine_id, event_type), strict=True):
+                    if type(value) is not str:
+                        return _field_problem(raw, name, value)
+                    if not value or value.isspace():
+                        return Rejection(Reason.EMPTY_FIELD, f"field {name!r} is empty", raw)
+                raise AssertionError("unreachable: the fields passed the loop but not the test")
             ts = record.pop(ts_name, None)
             if type(ts) is not int:
                 if ts is None:  # null is missing, as for the other required fields
