@@ -64,7 +64,7 @@ class Recorder:
 def _id(payload: Any) -> Any:
     if type(payload) is tuple:  # a block row: (placements, row)
         placements, row = payload
-        return placements.batch.ids[row]
+        return placements.batch.column("event_id")[row].as_py()
     return payload["event_id"]
 
 
@@ -135,12 +135,18 @@ def test_compiled_and_pure_make_the_same_calls_and_snapshots(stream: Any) -> Non
     assert _run(config, events, sizes, restarts, Sessionizer) == pure
 
 
-class _Columns:
-    """Stands in for a block's Arrow batch: the Recorder reads row ids from it."""
+KEYS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
 
-    def __init__(self, ids: list[str]) -> None:
-        self.ids = ids
-        self.num_rows = len(ids)
+
+def _block(rows: list[dict[str, Any]]) -> tuple[Any, list[Any]]:
+    """A block as the runner hands it over: an Arrow batch and its key columns."""
+    pa = pytest.importorskip("pyarrow")
+    types = {"timestamp": pa.int64()}
+    batch = pa.RecordBatch.from_pydict(
+        {name: pa.array([row.get(name) for row in rows], types.get(name, pa.string())) for name in KEYS}
+    )
+    columns = [batch.column(name) for name in KEYS]
+    return batch, [*columns[:2], *(column.dictionary_encode() for column in columns[2:])]
 
 
 @needs_native
@@ -159,37 +165,70 @@ def test_blocks_place_their_rows_as_the_pure_sessionizer_releases_them(stream: A
         start += size
         sessionizer.process(copy.deepcopy(rows), pure)
         sessionizer.end_batch(pure)
-        placements = native.Placements(_Columns([row["event_id"] for row in rows]))  # type: ignore[union-attr]
-        columns = [[row.get(name) for row in rows] for name in ("timestamp", "event_id", "machine_id")]
-        columns += [[row.get(name) for row in rows] for name in ("event_type", "user_id", "app_version")]
+        batch, columns = _block(rows)
+        placements = native.Placements(batch)  # type: ignore[union-attr]
         compiled_one.process_block(*columns, placements, out)
         compiled_one.end_batch(out)
         blocks.append(placements)
     sessionizer.flush(pure)
     compiled_one.flush(out)
-    # Placed rows: the pure release calls with a session, as (id, session, seq, since).
-    placed = [call[1:] for call in pure.calls if call[0] == "release" and call[2] is not None]
+    # Rows placed or late: the pure release calls, as (id, session, seq, since).
+    released = [call[1:] for call in pure.calls if call[0] == "release"]
     written = [
-        (block.batch.ids[row], block.session_ids[row], block.seqs[row], block.sinces[row])
+        (block.batch.column("event_id")[row].as_py(), *block.placed(row))
         for block in blocks
         for row in range(block.batch.num_rows)
-        if block.seqs[row]
+        if block.placed(row)[1] != 0
     ]
-    assert sorted(written, key=repr) == sorted(placed, key=repr)
-    # Everything else (late rows, duplicates, sessions) went through the emitter, in the same order.
-    others = [call for call in pure.calls if not (call[0] == "release" and call[2] is not None)]
-    assert out.calls == others
-    # A row handed to the emitter is still counted as remaining: the engine's emitter counts it down.
-    handed = sum(1 for call in others if call[0] != "session")
-    assert sum(block.remaining for block in blocks) == handed == len(events) - len(written)
+    assert sorted(written, key=repr) == sorted(released, key=repr)
+    # Duplicates and sessions went through the emitter, in the same order.
+    assert out.calls == [call for call in pure.calls if call[0] != "release"]
+    # A duplicate handed to the emitter is still counted as remaining: the engine's emitter counts it down.
+    duplicates = sum(1 for call in out.calls if call[0] == "duplicate")
+    assert sum(block.remaining for block in blocks) == duplicates == len(events) - len(written)
+    # The Arrow columns say what placed() says, row for row.
+    for block in blocks:
+        session_ids, seqs, sinces, late, mask = block.columns()
+        rows = [block.placed(row) for row in range(block.batch.num_rows)]
+        assert session_ids.to_pylist() == [row[0] for row in rows]
+        assert seqs.to_pylist() == [row[1] or None for row in rows]
+        assert sinces.to_pylist() == [row[2] for row in rows]
+        assert late.to_pylist() == [row[1] is None for row in rows]
+        assert (mask.to_pylist() if mask is not None else None) == (
+            [row[1] != 0 for row in rows] if any(row[1] == 0 for row in rows) else None
+        )
+        for array in (session_ids, seqs, sinces, late):
+            array.validate(full=True)
 
 
 @needs_native
 def test_a_block_with_columns_of_different_lengths_is_refused() -> None:
+    pa = pytest.importorskip("pyarrow")
     sessionizer = native.NativeSessionizer(SessionConfig())  # type: ignore[union-attr]
-    placements = native.Placements(_Columns(["e1"]))  # type: ignore[union-attr]
+    batch, columns = _block([{"event_id": "e1", "machine_id": "m1", "event_type": "view", "timestamp": T0}])
+    placements = native.Placements(batch)  # type: ignore[union-attr]
+    columns[5] = pa.array([], pa.string()).dictionary_encode()
     with pytest.raises(ValueError, match="differ in length"):
-        sessionizer.process_block([T0], ["e1"], ["m1"], ["view"], [None], [], placements, Recorder())
+        sessionizer.process_block(*columns, placements, Recorder())
+
+
+@needs_native
+def test_a_block_reads_sliced_arrays_and_missing_columns() -> None:
+    # Arrow arrays can start at an offset into their buffers; user_id and app_version may be absent.
+    rows = [
+        {"event_id": f"e{i}", "machine_id": f"m{i % 2}", "event_type": "view", "timestamp": T0 + i, "user_id": None}
+        for i in range(10)
+    ]
+    batch, _ = _block(rows)
+    sliced = batch.slice(3, 5)
+    placements = native.Placements(sliced)  # type: ignore[union-attr]
+    sessionizer = native.NativeSessionizer(SessionConfig())  # type: ignore[union-attr]
+    keys = [sliced.column(name) for name in KEYS[:2]]
+    keys += [sliced.column(name).dictionary_encode().slice(0) for name in KEYS[2:4]]
+    sessionizer.process_block(*keys, None, None, placements, Recorder())
+    sessionizer.flush(Recorder())
+    assert [placements.placed(row)[1] for row in range(5)] == [1, 1, 2, 2, 3]
+    assert [placements.placed(row)[2] for row in range(5)] == [None, None, 2, 2, 2]
 
 
 @needs_native

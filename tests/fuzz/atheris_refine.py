@@ -77,7 +77,7 @@ def main() -> None:
         Path(corpus).mkdir(parents=True, exist_ok=True)
         for number, seed in enumerate(SEEDS):
             (Path(corpus) / f"seed-{number}").write_bytes(seed)
-    engine._init_worker(CONFIG, NOW_MS)
+    engine._init_worker(CONFIG, NOW_MS, send_keys=True)
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 

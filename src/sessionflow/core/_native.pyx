@@ -16,9 +16,17 @@ bots, silent machines, snapshots in the middle).
 
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from cpython.unicode cimport PyUnicode_Compare
-from libc.stdint cimport int64_t
-from libc.stdlib cimport free, realloc
+from cpython.list cimport PyList_GET_ITEM
+from cpython.long cimport PyLong_FromLongLong
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.unicode cimport PyUnicode_Compare, PyUnicode_DecodeUTF8
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memcpy
+
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
 
 from sessionflow.core.ids import session_id as _session_id
 from sessionflow.core.sessionizer import Sessionizer as _PureSessionizer
@@ -58,25 +66,243 @@ cdef inline void rec_clear(Rec* r):
 
 
 cdef class Placements:
-    """A block's session columns, filled row by row; ``remaining`` counts the rows not yet placed.
+    """A block's session columns, filled row by row as the sessionizer places rows.
 
-    ``seqs`` holds 0 for a row not placed (a duplicate, or one still buffered) and None for a late
-    row, as the engine expects.
+    ``remaining`` counts the rows not yet placed (nor handed to the emitter as duplicates). The
+    columns are C arrays, turned into Arrow arrays without a Python object per row by
+    :meth:`columns`.
     """
 
     cdef public object batch
-    cdef public list session_ids
-    cdef public list seqs
-    cdef public list sinces
     cdef public Py_ssize_t remaining
+    cdef Py_ssize_t rows
+    cdef int32_t* seqs  # 0: not placed (a duplicate, or still buffered); -1: late
+    cdef int64_t* sinces  # -1: none (first event of its session)
+    cdef PyObject** session_ids
 
-    def __init__(self, batch):
+    def __cinit__(self, batch):
         cdef Py_ssize_t rows = batch.num_rows
         self.batch = batch
+        self.rows = rows
         self.remaining = rows
-        self.session_ids = [None] * rows
-        self.seqs = [0] * rows
-        self.sinces = [None] * rows
+        self.seqs = <int32_t*>calloc(rows + 1, sizeof(int32_t))
+        self.sinces = <int64_t*>calloc(rows + 1, sizeof(int64_t))
+        self.session_ids = <PyObject**>calloc(rows + 1, sizeof(PyObject*))
+        if self.seqs == NULL or self.sinces == NULL or self.session_ids == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.session_ids != NULL:
+            for i in range(self.rows):
+                Py_XDECREF(self.session_ids[i])
+        free(self.seqs)
+        free(self.sinces)
+        free(self.session_ids)
+
+    cdef inline void place(self, Py_ssize_t row, object session_id, Py_ssize_t seq, int64_t since):
+        Py_INCREF(session_id)
+        Py_XDECREF(self.session_ids[row])
+        self.session_ids[row] = <PyObject*>session_id
+        self.seqs[row] = <int32_t>seq
+        self.sinces[row] = since
+        self.remaining -= 1
+
+    cdef inline void late(self, Py_ssize_t row):
+        self.seqs[row] = -1
+        self.remaining -= 1
+
+    def placed(self, Py_ssize_t row):
+        """``(session_id, seq, since)`` of a row; seq 0: not placed, None: late (for tests)."""
+        if not 0 <= row < self.rows:
+            raise IndexError(row)
+        if self.seqs[row] == -1:
+            return (None, None, None)
+        if self.seqs[row] == 0:
+            return (None, 0, None)
+        since = None if self.sinces[row] < 0 else self.sinces[row]
+        return (<object>self.session_ids[row], self.seqs[row], since)
+
+    def columns(self):
+        """Arrow arrays ``(session_id, session_seq, ms_since_prev, late)`` and the placed-row mask.
+
+        The mask is None when every row is placed (or late), as it is for most blocks.
+        """
+        import pyarrow as pa
+
+        cdef Py_ssize_t n = self.rows, i, size, total = 0, unplaced = 0, lates = 0
+        cdef bytearray id_valid = bytearray((n + 7) // 8)
+        cdef bytearray seq_valid = bytearray((n + 7) // 8)
+        cdef bytearray since_valid = bytearray((n + 7) // 8)
+        cdef bytearray late_bits = bytearray((n + 7) // 8)
+        cdef bytearray placed_bits = bytearray((n + 7) // 8)
+        cdef bytearray offsets = bytearray(4 * (n + 1))
+        cdef bytearray seqs = bytearray(4 * n)
+        cdef bytearray sinces = bytearray(8 * n)
+        cdef unsigned char* idv = id_valid
+        cdef unsigned char* sqv = seq_valid
+        cdef unsigned char* snv = since_valid
+        cdef unsigned char* lb = late_bits
+        cdef unsigned char* pb = placed_bits
+        cdef int32_t* offs = <int32_t*><char*>offsets
+        cdef int32_t* seq_out = <int32_t*><char*>seqs
+        cdef int64_t* since_out = <int64_t*><char*>sinces
+        cdef const char* text
+        cdef int32_t seq
+        cdef unsigned char bit
+        for i in range(n):
+            seq = self.seqs[i]
+            bit = 1 << (i & 7)
+            offs[i] = <int32_t>total
+            if seq > 0:
+                text = PyUnicode_AsUTF8AndSize(<object>self.session_ids[i], &size)
+                total += size
+                idv[i >> 3] |= bit
+                sqv[i >> 3] |= bit
+                pb[i >> 3] |= bit
+                seq_out[i] = seq
+                if self.sinces[i] >= 0:
+                    snv[i >> 3] |= bit
+                    since_out[i] = self.sinces[i]
+            elif seq == -1:
+                lb[i >> 3] |= bit
+                pb[i >> 3] |= bit
+                lates += 1
+            else:
+                unplaced += 1
+        offs[n] = <int32_t>total
+        if total > 0x7FFFFFFF:
+            raise OverflowError("a block's session ids exceed 2 GiB")
+        cdef bytearray data = bytearray(total)
+        cdef char* out = data
+        total = 0
+        for i in range(n):
+            if self.seqs[i] > 0:
+                text = PyUnicode_AsUTF8AndSize(<object>self.session_ids[i], &size)
+                memcpy(out + total, text, size)
+                total += size
+        placed_count = n - unplaced
+        session_ids = pa.Array.from_buffers(
+            pa.string(), n, [pa.py_buffer(id_valid), pa.py_buffer(offsets), pa.py_buffer(data)],
+            null_count=unplaced + lates,
+        )
+        seq_array = pa.Array.from_buffers(
+            pa.int32(), n, [pa.py_buffer(seq_valid), pa.py_buffer(seqs)], null_count=unplaced + lates
+        )
+        since_array = pa.Array.from_buffers(pa.int64(), n, [pa.py_buffer(since_valid), pa.py_buffer(sinces)])
+        late_array = pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(late_bits)], null_count=0)
+        mask = None
+        if unplaced:
+            mask = pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(placed_bits)], null_count=0)
+        return session_ids, seq_array, since_array, late_array, mask
+
+
+cdef class _Repeating:
+    """Reads a dictionary-encoded string array: one str per distinct value, shared by its rows.
+
+    Shared objects keep their hash, so the dict lookups of the hot loop do not hash each row anew.
+    """
+
+    cdef list values
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef const int32_t* indices
+    cdef const unsigned char* valid
+    cdef Py_buffer valid_view
+    cdef bint has_valid
+    cdef Py_ssize_t offset  # of the validity bitmap; ``indices`` already points at row 0
+
+    def __cinit__(self, array):
+        cdef Py_ssize_t i, j, n = len(array), size = len(array.dictionary)
+        indices = array.indices
+        self.offset = indices.offset
+        if str(indices.type) != "int32":
+            raise ValueError("dictionary indices must be int32")
+        self.values = array.dictionary.to_pylist()
+        if n == 0:
+            return
+        valid, data = indices.buffers()
+        PyObject_GetBuffer(data, &self.view, PyBUF_SIMPLE)
+        self.has_view = True
+        if self.view.len < 4 * (self.offset + n):
+            raise ValueError("the dictionary indices are shorter than the array")
+        self.indices = (<const int32_t*>self.view.buf) + self.offset
+        if valid is not None and indices.null_count:
+            PyObject_GetBuffer(valid, &self.valid_view, PyBUF_SIMPLE)
+            self.has_valid = True
+            self.valid = <const unsigned char*>self.valid_view.buf
+        for i in range(n):  # what the hot loop reads unchecked is checked once here
+            j = i + self.offset
+            if self.has_valid and not (self.valid[j >> 3] >> (j & 7)) & 1:
+                continue
+            if not 0 <= self.indices[i] < size:
+                raise ValueError("a dictionary index is out of range")
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+        if self.has_valid:
+            PyBuffer_Release(&self.valid_view)
+
+    cdef inline object get(self, Py_ssize_t i):
+        cdef Py_ssize_t j = i + self.offset
+        if self.has_valid and not (self.valid[j >> 3] >> (j & 7)) & 1:
+            return None
+        return <object>PyList_GET_ITEM(self.values, self.indices[i])
+
+
+cdef class _Strings:
+    """Reads a ``pa.string()`` array's buffers: values as str, without a list in between."""
+
+    cdef object array
+    cdef Py_buffer offsets_view
+    cdef Py_buffer data_view
+    cdef Py_buffer valid_view
+    cdef bint has_offsets, has_data, has_valid
+    cdef const int32_t* offsets
+    cdef const char* data
+    cdef const unsigned char* valid
+    cdef Py_ssize_t offset
+    cdef Py_ssize_t length
+
+    def __cinit__(self, array):
+        self.array = array
+        self.offset = array.offset
+        self.length = len(array)
+        valid, offsets, data = array.buffers()
+        if offsets is None and self.length:
+            raise ValueError("a string array without offsets")
+        if offsets is not None:
+            PyObject_GetBuffer(offsets, &self.offsets_view, PyBUF_SIMPLE)
+            self.has_offsets = True
+            if self.offsets_view.len < 4 * (self.offset + self.length + 1):
+                raise ValueError("the string array's offsets are shorter than the array")
+            self.offsets = <const int32_t*>self.offsets_view.buf
+        if data is not None:
+            PyObject_GetBuffer(data, &self.data_view, PyBUF_SIMPLE)
+            self.has_data = True
+            self.data = <const char*>self.data_view.buf
+        if self.length and self.offsets[self.offset + self.length] > (self.data_view.len if self.has_data else 0):
+            raise ValueError("the string array's offsets point past its data")
+        if valid is not None and array.null_count:
+            PyObject_GetBuffer(valid, &self.valid_view, PyBUF_SIMPLE)
+            self.has_valid = True
+            self.valid = <const unsigned char*>self.valid_view.buf
+
+    def __dealloc__(self):
+        if self.has_offsets:
+            PyBuffer_Release(&self.offsets_view)
+        if self.has_data:
+            PyBuffer_Release(&self.data_view)
+        if self.has_valid:
+            PyBuffer_Release(&self.valid_view)
+
+    cdef inline object get(self, Py_ssize_t i):
+        cdef Py_ssize_t j = i + self.offset
+        if self.has_valid and not (self.valid[j >> 3] >> (j & 7)) & 1:
+            return None
+        cdef int32_t start = self.offsets[j]
+        return PyUnicode_DecodeUTF8(self.data + start, self.offsets[j + 1] - start, NULL)
 
 
 cdef class NativeSession:
@@ -364,18 +590,43 @@ cdef class NativeSessionizer:
 
     def process_block(self, timestamps, event_ids, machine_ids, event_types, user_ids, app_versions,
                       Placements placements, out):
-        """One block's key columns, in arrival order; row ``i``'s payload is ``(placements, i)``.
-
-        A row placed in a session is written into ``placements``; duplicates and late rows go to
-        ``out.duplicate`` / ``out.release`` as ``(placements, i)``.
+        """One block's key columns as Arrow arrays, in arrival order: timestamps int64, event ids
+        strings, the other four dictionary-encoded strings (None for a column the events do not
+        have). Row ``i`` is placed in ``placements``; a duplicate
+        goes to ``out.duplicate`` as ``(placements, i)``.
         """
-        cdef tuple ts = tuple(timestamps), ids = tuple(event_ids), mids = tuple(machine_ids)
-        cdef tuple types = tuple(event_types), users = tuple(user_ids), versions = tuple(app_versions)
-        cdef Py_ssize_t i, n = len(ts)
-        if not (len(ids) == len(mids) == len(types) == len(users) == len(versions) == n):
-            raise ValueError("the key columns of a block differ in length")
-        for i in range(n):
-            self._process(ts[i], ids[i], mids[i], types[i], users[i], versions[i], placements, i, out)
+        cdef Py_ssize_t i, n = len(timestamps)
+        cdef Py_buffer ts_view
+        cdef const int64_t* ts
+        cdef Py_ssize_t ts_offset = timestamps.offset
+        cdef _Strings ids = _Strings(event_ids)
+        cdef _Repeating mids = _Repeating(machine_ids)
+        cdef _Repeating types = _Repeating(event_types)
+        cdef _Repeating users = _Repeating(user_ids) if user_ids is not None else None
+        cdef _Repeating versions = _Repeating(app_versions) if app_versions is not None else None
+        for column in (event_ids, machine_ids, event_types, user_ids, app_versions):
+            if column is not None and len(column) != n:
+                raise ValueError("the key columns of a block differ in length")
+        if placements.rows != n:
+            raise ValueError("the placements are not the block's")
+        if timestamps.null_count or event_ids.null_count or machine_ids.null_count or event_types.null_count:
+            raise ValueError("a block's timestamps and ids cannot be null")
+        if n == 0:
+            return
+        PyObject_GetBuffer(timestamps.buffers()[1], &ts_view, PyBUF_SIMPLE)
+        try:
+            if ts_view.len < 8 * (ts_offset + n):
+                raise ValueError("the timestamp buffer is shorter than the array")
+            ts = (<const int64_t*>ts_view.buf) + ts_offset
+            for i in range(n):
+                self._process(
+                    PyLong_FromLongLong(ts[i]), ids.get(i), mids.get(i), types.get(i),
+                    users.get(i) if users is not None else None,
+                    versions.get(i) if versions is not None else None,
+                    placements, i, out,
+                )
+        finally:
+            PyBuffer_Release(&ts_view)
 
     cdef int _process(self, object ts_obj, object event_id, object machine_id, object event_type,
                       object user_id, object app_version, object payload, Py_ssize_t row,
@@ -413,7 +664,10 @@ cdef class NativeSessionizer:
             session = state.session
             # Late: it sorts before an event already placed, or it would extend a closed session.
             if c < 0 or (session is not None and session.closed and self._joins(session, ts, event_type)):
-                out.release(payload if row < 0 else (payload, row), None, None, None)
+                if row >= 0:
+                    (<Placements>payload).late(row)
+                else:
+                    out.release(payload, None, None, None)
                 return 0
         if ts > state.newest_ts:
             state.newest_ts = ts
@@ -457,8 +711,8 @@ cdef class NativeSessionizer:
         cdef int64_t ts = rec.ts
         cdef object event_type = <object>rec.event_type
         cdef NativeSession session = state.session
-        cdef Placements placements
         cdef object since
+        cdef int64_t previous
         if session is None or session.closed or not self._joins(session, ts, event_type):
             if session is not None and not session.closed:
                 out.session(_summary(state.machine_id, session))
@@ -475,8 +729,10 @@ cdef class NativeSessionizer:
             session.closed = False
             state.session = session
             since = None
+            previous = ts + 1  # no previous event: -1 in the block's column
         else:
-            since = ts - session.last_ts
+            previous = session.last_ts
+            since = ts - previous
         session.count += 1
         session.last_ts = ts
         session.last_type = event_type
@@ -490,11 +746,7 @@ cdef class NativeSessionizer:
         state.last_ts = ts
         state.last_id = <object>rec.event_id
         if rec.row >= 0:
-            placements = <Placements>rec.payload
-            placements.session_ids[rec.row] = session.session_id
-            placements.seqs[rec.row] = session.count
-            placements.sinces[rec.row] = since
-            placements.remaining -= 1
+            (<Placements>rec.payload).place(rec.row, session.session_id, session.count, ts - previous)
         else:
             out.release(<object>rec.payload, session.session_id, session.count, since)
         return 0

@@ -50,25 +50,26 @@ class Block:
     rejected: Counter[str]
     rejections: list[dict[str, Any]]
     batch: pa.RecordBatch
-    keys: list[list[Any]]  # KEY_COLUMNS, as Python lists
+    keys: list[list[Any]] | None  # KEY_COLUMNS as Python lists, for the pure sessionizer only
 
 
 # -- worker side ---------------------------------------------------------------------------------
 
-_worker: tuple[Pipeline, pa.Schema] | None = None
+_worker: tuple[Pipeline, pa.Schema, bool] | None = None
 
 
-def _init_worker(config: Config, now_ms: int) -> None:
+def _init_worker(config: Config, now_ms: int, send_keys: bool) -> None:
+    """``send_keys``: the pure sessionizer takes the key columns as lists (the compiled one reads Arrow)."""
     global _worker  # noqa: PLW0603 - one pipeline per worker process, built once
     gc.disable()  # refining allocates millions of short-lived containers and no cycles
-    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config))
+    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), send_keys)
 
 
-def _init_pool_worker(config: Config, now_ms: int) -> None:
+def _init_pool_worker(config: Config, now_ms: int, send_keys: bool) -> None:
     # Ctrl-C reaches the whole process group: the main process answers it (and terminates the
     # pool); a worker that raised KeyboardInterrupt too would only print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(config, now_ms)
+    _init_worker(config, now_ms, send_keys)
 
 
 def _warm_pyarrow() -> None:
@@ -83,7 +84,7 @@ def _warm_pyarrow() -> None:
 def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`."""
     assert _worker is not None
-    pipeline, schema = _worker
+    pipeline, schema, send_keys = _worker
     lines = chunk.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
@@ -97,8 +98,10 @@ def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as stream:
         stream.write_batch(batch)
-    nothing = (None,) * len(events)
-    keys = marshal.dumps([_shared(columns.get(name, nothing), name) for name in KEY_COLUMNS])
+    keys = None
+    if send_keys:
+        nothing = (None,) * len(events)
+        keys = marshal.dumps([_shared(columns.get(name, nothing), name) for name in KEY_COLUMNS])
     return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), keys
 
 
@@ -121,7 +124,8 @@ def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
         for row in rejections:
             row["line"] += first_line - 1
     batch = pa.ipc.open_stream(ipc).read_next_batch()
-    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, marshal.loads(keys))
+    unpacked = marshal.loads(keys) if keys is not None else None
+    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, unpacked)
 
 
 # -- main side -----------------------------------------------------------------------------------
@@ -164,12 +168,13 @@ class Engine:
         self.workers = workers
         self.block_bytes = block_bytes or BLOCK_BYTES
         self._pool: Any = None
+        send_keys = compiled() is None
         if workers > 0:
             _warm_pyarrow()
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            self._pool = context.Pool(workers, initializer=_init_pool_worker, initargs=(config, now_ms))
+            self._pool = context.Pool(workers, initializer=_init_pool_worker, initargs=(config, now_ms, send_keys))
         else:
-            _init_worker(config, now_ms)
+            _init_worker(config, now_ms, send_keys)
 
     def blocks(self, source: Source, on_read: Callable[[int], None] | None = None) -> Iterator[Block]:
         line = 1  # of the next block: known once the blocks before it come back
@@ -222,6 +227,14 @@ class _Pending:
         self.seqs: list[int | None] = [0] * rows
         self.sinces: list[int | None] = [None] * rows
 
+    def columns(self) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array, pa.Array | None]:
+        """``(session_id, session_seq, ms_since_prev, late)`` and the placed-row mask (None: all)."""
+        seqs = pa.array(self.seqs, pa.int32())
+        placed = pc.fill_null(pc.not_equal(seqs, 0), True)
+        late = pc.is_null(seqs)
+        session_ids = pa.array(self.session_ids, pa.string())
+        return session_ids, seqs, pa.array(self.sinces, pa.int64()), late, placed if placed.false_count else None
+
 
 class Assembler:
     """The sessionizer's emitter for blocks: fills each block's session columns, hands full ones on."""
@@ -235,7 +248,7 @@ class Assembler:
         self._open: dict[int, _Pending] = {}
         self._fields = session_schema_fields()
         native = compiled()
-        self._placements: Callable[[pa.RecordBatch], Any] | None = None if native is None else native.Placements
+        self._placements: Callable[[pa.RecordBatch], Any] = _Pending if native is None else native.Placements
 
     def feed(self, block: Block, sessionizer: Sessionizer) -> None:
         tally = self.tally
@@ -246,11 +259,16 @@ class Assembler:
             sessionizer.end_batch(self)
             self._finish_ready()
             return
-        if self._placements is not None and hasattr(sessionizer, "process_block"):
-            # The compiled sessionizer writes the placed rows' columns itself.
-            holder = self._placements(block.batch)
+        if block.keys is None:
+            # The compiled sessionizer reads the key columns from Arrow and fills the session columns.
+            batch = block.batch
+            names = batch.schema.names
+            columns: list[Any] = [batch.column(name) if name in names else None for name in KEY_COLUMNS]
+            # Repeating values as one object each (in C++): their hashes are computed once per block.
+            columns[2:] = [pc.dictionary_encode(column) if column is not None else None for column in columns[2:]]
+            holder = self._placements(batch)
             self._open[id(holder)] = holder
-            sessionizer.process_block(*block.keys, holder, self)
+            sessionizer.process_block(*columns, holder, self)  # type: ignore[attr-defined]
         else:
             holder = _Pending(block.batch)
             self._open[id(holder)] = holder
@@ -308,14 +326,12 @@ class Assembler:
 
     def _table(self, holder: _Pending) -> pa.Table:
         """The block's rows that were placed, with their session columns."""
-        seqs = pa.array(holder.seqs, pa.int32())
-        placed = pc.fill_null(pc.not_equal(seqs, 0), True)
-        late = pc.is_null(seqs)
-        columns = [pa.array(holder.session_ids, pa.string()), seqs, pa.array(holder.sinces, pa.int64()), late]
+        *columns, placed = holder.columns()
+        late = columns[3]
         table = pa.Table.from_batches([holder.batch])
         for fld, column in zip(self._fields, columns, strict=True):
             table = table.append_column(fld, column)
-        if placed.false_count:
+        if placed is not None:
             table = table.filter(placed)
         self.tally.events += table.num_rows
         self.tally.late += late.true_count
