@@ -21,7 +21,7 @@ from cpython.long cimport PyLong_FromLongLong
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.unicode cimport PyUnicode_Compare, PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport calloc, free, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
 
 
@@ -78,7 +78,13 @@ cdef class Placements:
     cdef Py_ssize_t rows
     cdef int32_t* seqs  # 0: not placed (a duplicate, or still buffered); -1: late
     cdef int64_t* sinces  # -1: none (first event of its session)
-    cdef PyObject** session_ids
+    # Session ids are copied as UTF-8 when a row is placed, while the string is in the CPU's cache:
+    # read back from a million scattered str objects, they cost more than the rest of the column.
+    cdef char* text
+    cdef Py_ssize_t text_size
+    cdef Py_ssize_t text_capacity
+    cdef int64_t* text_at  # where each row's id starts in ``text``
+    cdef int32_t* text_len
 
     def __cinit__(self, batch):
         cdef Py_ssize_t rows = batch.num_rows
@@ -87,26 +93,38 @@ cdef class Placements:
         self.remaining = rows
         self.seqs = <int32_t*>calloc(rows + 1, sizeof(int32_t))
         self.sinces = <int64_t*>calloc(rows + 1, sizeof(int64_t))
-        self.session_ids = <PyObject**>calloc(rows + 1, sizeof(PyObject*))
-        if self.seqs == NULL or self.sinces == NULL or self.session_ids == NULL:
+        self.text_at = <int64_t*>calloc(rows + 1, sizeof(int64_t))
+        self.text_len = <int32_t*>calloc(rows + 1, sizeof(int32_t))
+        self.text_capacity = 40 * rows + 64
+        self.text = <char*>malloc(self.text_capacity)
+        if not (self.seqs and self.sinces and self.text_at and self.text_len and self.text):
             raise MemoryError()
 
     def __dealloc__(self):
-        cdef Py_ssize_t i
-        if self.session_ids != NULL:
-            for i in range(self.rows):
-                Py_XDECREF(self.session_ids[i])
         free(self.seqs)
         free(self.sinces)
-        free(self.session_ids)
+        free(self.text_at)
+        free(self.text_len)
+        free(self.text)
 
-    cdef inline void place(self, Py_ssize_t row, object session_id, Py_ssize_t seq, int64_t since):
-        Py_INCREF(session_id)
-        Py_XDECREF(self.session_ids[row])
-        self.session_ids[row] = <PyObject*>session_id
+    cdef inline int place(self, Py_ssize_t row, object session_id, Py_ssize_t seq, int64_t since) except -1:
+        cdef Py_ssize_t size
+        cdef const char* utf8 = PyUnicode_AsUTF8AndSize(session_id, &size)
+        cdef char* grown
+        if self.text_size + size > self.text_capacity:
+            self.text_capacity = 2 * (self.text_size + size)
+            grown = <char*>realloc(self.text, self.text_capacity)
+            if grown == NULL:
+                raise MemoryError()
+            self.text = grown
+        memcpy(self.text + self.text_size, utf8, size)
+        self.text_at[row] = self.text_size
+        self.text_len[row] = <int32_t>size
+        self.text_size += size
         self.seqs[row] = <int32_t>seq
         self.sinces[row] = since
         self.remaining -= 1
+        return 0
 
     cdef inline void late(self, Py_ssize_t row):
         self.seqs[row] = -1
@@ -121,7 +139,7 @@ cdef class Placements:
         if self.seqs[row] == 0:
             return (None, 0, None)
         since = None if self.sinces[row] < 0 else self.sinces[row]
-        return (<object>self.session_ids[row], self.seqs[row], since)
+        return (PyUnicode_DecodeUTF8(self.text + self.text_at[row], self.text_len[row], NULL), self.seqs[row], since)
 
     def columns(self):
         """Arrow arrays ``(session_id, session_seq, ms_since_prev, late)`` and the placed-row mask.
@@ -130,7 +148,7 @@ cdef class Placements:
         """
         import pyarrow as pa
 
-        cdef Py_ssize_t n = self.rows, i, size, total = 0, unplaced = 0, lates = 0
+        cdef Py_ssize_t n = self.rows, i, total = 0, unplaced = 0, lates = 0
         cdef bytearray id_valid = bytearray((n + 7) // 8)
         cdef bytearray seq_valid = bytearray((n + 7) // 8)
         cdef bytearray since_valid = bytearray((n + 7) // 8)
@@ -147,7 +165,6 @@ cdef class Placements:
         cdef int32_t* offs = <int32_t*><char*>offsets
         cdef int32_t* seq_out = <int32_t*><char*>seqs
         cdef int64_t* since_out = <int64_t*><char*>sinces
-        cdef const char* text
         cdef int32_t seq
         cdef unsigned char bit
         for i in range(n):
@@ -155,8 +172,7 @@ cdef class Placements:
             bit = 1 << (i & 7)
             offs[i] = <int32_t>total
             if seq > 0:
-                text = PyUnicode_AsUTF8AndSize(<object>self.session_ids[i], &size)
-                total += size
+                total += self.text_len[i]
                 idv[i >> 3] |= bit
                 sqv[i >> 3] |= bit
                 pb[i >> 3] |= bit
@@ -178,9 +194,8 @@ cdef class Placements:
         total = 0
         for i in range(n):
             if self.seqs[i] > 0:
-                text = PyUnicode_AsUTF8AndSize(<object>self.session_ids[i], &size)
-                memcpy(out + total, text, size)
-                total += size
+                memcpy(out + total, self.text + self.text_at[i], self.text_len[i])
+                total += self.text_len[i]
         placed_count = n - unplaced
         session_ids = pa.Array.from_buffers(
             pa.string(), n, [pa.py_buffer(id_valid), pa.py_buffer(offsets), pa.py_buffer(data)],
