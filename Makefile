@@ -25,8 +25,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# setup.py and the .pyx: a change to the compiled sessionizer is rebuilt by the next make.
-BUILD_INPUTS := pyproject.toml setup.py src/sessionflow/core/_native.pyx
+# What setup.py compiles: a change to any of these is rebuilt by the next make.
+BUILD_INPUTS := pyproject.toml setup.py src/sessionflow/core/_native.pyx \
+	src/sessionflow/core/refine.py src/sessionflow/core/cleaning.py src/sessionflow/core/pipeline.py
 
 $(VENV)/.installed-local: $(BUILD_INPUTS) | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[local]'
@@ -60,8 +61,8 @@ demo: $(VENV)/.installed-local
 	$(BIN)/sessionflow demo --dir sessionflow-demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench setup.py
+	$(BIN)/ruff format --check src tests bench setup.py
 	$(BIN)/mypy
 
 format: $(STAMP)

@@ -248,3 +248,25 @@ def test_pending_count_and_open_sessions_read_the_same_in_both() -> None:
         for sessionizer in both
     ]
     assert opened[0] == opened[1]
+
+
+def test_compiled_core_modules_are_built_from_the_current_sources() -> None:
+    # A compiled module shadows its .py: after an edit, the old build would run until make rebuilds it.
+    import hashlib
+    import importlib
+    import json
+    from pathlib import Path
+
+    import sessionflow.core
+
+    manifest_path = Path(sessionflow.core.__file__).parent / "_compiled.json"
+    if not manifest_path.exists():
+        pytest.skip("no compiled core modules in this install")
+    for name, digest in json.loads(manifest_path.read_text()).items():
+        module = importlib.import_module(name)
+        if module.__file__ is None or module.__file__.endswith(".py"):
+            continue  # this one was not compiled: the source runs
+        source = Path(module.__file__).parent / f"{name.rsplit('.', 1)[1]}.py"
+        assert hashlib.sha256(source.read_bytes()).hexdigest() == digest, (
+            f"{name} was compiled from an older {source.name}: run `make install` (pip install -e .)"
+        )
