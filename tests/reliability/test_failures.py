@@ -3,6 +3,7 @@ Each gives a clear message and its exit code, and leaves no partial lake behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import os
@@ -97,6 +98,19 @@ def test_a_full_disk_fails_the_run_and_leaves_no_lake(
     assert main(run_args([big], tiny_disk / "lake", "--config", str(write_config(tiny_disk.parent)))) == EXIT_OUTPUT
     assert "No space left on device" in capsys.readouterr().err
     assert list(tiny_disk.iterdir()) == []
+    # And no file of the run is still open: a deleted file held open keeps the disk full.
+    assert _open_files_under(tiny_disk) == []
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("no /proc/self/fd here")
+    targets = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(fd))
+    return [target for target in targets if target.startswith(str(folder))]
 
 
 def _enospc(*args: object, **kwargs: object) -> None:

@@ -166,15 +166,22 @@ class _PartitionedParquet:
             current = self.writers.pop(value, None)
             if current is None and len(self.writers) >= _MAX_OPEN_FILES:
                 oldest = next(iter(self.writers))
-                self.writers.pop(oldest)[0].close()
+                _close(self.writers.pop(oldest)[0])
             writer, written = current or (self._open(value), 0)
             room = self.rows_per_file - written
             part = table.slice(0, room)
-            writer.write_table(part, row_group_size=_ROW_GROUP)
+            try:
+                writer.write_table(part, row_group_size=_ROW_GROUP)
+            except BaseException:
+                # Out of self.writers, abort() would not see it: closed here, or its file (deleted
+                # by abort) stays open until a garbage collection, and a full disk stays full.
+                with contextlib.suppress(Exception):
+                    _close(writer)
+                raise
             written += part.num_rows
             table = table.slice(part.num_rows)
             if written >= self.rows_per_file:
-                writer.close()
+                _close(writer)
             else:
                 self.writers[value] = (writer, written)
 
@@ -190,8 +197,19 @@ class _PartitionedParquet:
         self.write_pending()
         self.wait()
         for writer, _ in self.writers.values():
-            writer.close()
+            _close(writer)
         self.writers.clear()
+
+
+def _close(writer: pq.ParquetWriter) -> None:
+    """Finish a Parquet file, and close it even when finishing fails (a full disk): pyarrow's own
+    close then leaves the file open."""
+    try:
+        writer.close()
+    finally:
+        if writer.file_handle is not None and not writer.file_handle.closed:
+            with contextlib.suppress(Exception):
+                writer.file_handle.close()
 
 
 class _PartitionedJsonLines:
@@ -275,10 +293,12 @@ class LakeWriter:
             with contextlib.suppress(Exception):  # the error on its way out may be this one
                 table.wait()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        handles: list[Any] = [writer for table in (self.events, self.sessions) for writer, _ in table.writers.values()]
-        handles.extend(self.rejected.handles.values())
-        for handle in handles:
-            with contextlib.suppress(Exception):  # a full disk fails the close too; the files go anyway
+        for table in (self.events, self.sessions):
+            for writer, _ in table.writers.values():
+                with contextlib.suppress(Exception):  # a full disk fails the close too; the files go anyway
+                    _close(writer)
+        for handle in self.rejected.handles.values():
+            with contextlib.suppress(Exception):
                 handle.close()
         self.events.writers.clear()
         self.sessions.writers.clear()
