@@ -202,6 +202,36 @@ def test_blocks_place_their_rows_as_the_pure_sessionizer_releases_them(stream: A
 
 
 @needs_native
+@PROFILE
+@given(streams())
+def test_collected_session_columns_make_the_table_the_summaries_make(stream: Any) -> None:
+    pytest.importorskip("pyarrow")
+    from sessionflow.runtimes.arrow import arrow_schema
+    from sessionflow.runtimes.local.columnar import session_table
+    from sessionflow.runtimes.local.lake import _table
+    from sessionflow.schema import SESSION_COLUMNS
+
+    config, events, sizes, _ = stream
+    calls, _ = _run(config, events, sizes, [], Sessionizer)
+    summaries = [call[1] for call in calls if call[0] == "session"]
+    collecting = native.NativeSessionizer(config)  # type: ignore[union-attr]
+    collecting.collect_sessions()
+    out = Recorder()
+    start = 0
+    for size in sizes:
+        collecting.process(copy.deepcopy(events[start : start + size]), out)
+        collecting.end_batch(out)
+        start += size
+    collecting.flush(out)
+    assert not [call for call in out.calls if call[0] == "session"]  # all collected, none emitted
+    table = session_table(collecting.take_sessions())
+    expected = _table(summaries, arrow_schema(SESSION_COLUMNS))
+    assert table.drop_columns(["session_date"]).equals(expected)
+    assert table.column("session_date").to_pylist() == [summary["session_date"] for summary in summaries]
+    assert session_table(collecting.take_sessions()).num_rows == 0  # taken once
+
+
+@needs_native
 def test_a_block_with_columns_of_different_lengths_is_refused() -> None:
     pa = pytest.importorskip("pyarrow")
     sessionizer = native.NativeSessionizer(SessionConfig())  # type: ignore[union-attr]

@@ -33,6 +33,11 @@ from sessionflow.core.sessionizer import Sessionizer as _PureSessionizer
 
 cdef Py_ssize_t PRUNE_FLOOR = 256
 _summary = _PureSessionizer._summary
+# take_sessions(): the summary's fields as columns (event_type_counts flattened in three lists).
+SESSION_COLUMN_NAMES = (
+    "session_id", "machine_id", "user_id", "start_ts", "end_ts", "duration_ms", "event_count",
+    "first_event_type", "last_event_type", "type_lengths", "type_keys", "type_counts", "app_version",
+)
 
 
 cdef struct Rec:
@@ -573,6 +578,7 @@ cdef class NativeSessionizer:
     cdef bint _has_max
     cdef object _opening
     cdef int64_t _arrivals
+    cdef list _session_columns  # see collect_sessions(); None: summaries go to out.session
 
     def __init__(self, config, clock=-1):
         self.config = config
@@ -588,6 +594,7 @@ cdef class NativeSessionizer:
         self._max_duration = config.max_session_duration_ms if self._has_max else 0
         self._opening = frozenset(config.opening_events)
         self._arrivals = 0
+        self._session_columns = None
 
     # -- the hot path -------------------------------------------------------------------------
 
@@ -730,7 +737,7 @@ cdef class NativeSessionizer:
         cdef int64_t previous
         if session is None or session.closed or not self._joins(session, ts, event_type):
             if session is not None and not session.closed:
-                out.session(_summary(state.machine_id, session))
+                self._emit_session(state.machine_id, session, out)
             session = NativeSession.__new__(NativeSession)
             session.session_id = _session_id(state.machine_id, <object>rec.ts_obj, <object>rec.event_id)
             session.start_ts = ts
@@ -764,6 +771,49 @@ cdef class NativeSessionizer:
             (<Placements>rec.payload).place(rec.row, session.session_id, session.count, ts - previous)
         else:
             out.release(<object>rec.payload, session.session_id, session.count, since)
+        return 0
+
+    # -- closed sessions ------------------------------------------------------------------------------
+
+    def collect_sessions(self):
+        """From now on, keep closed sessions as columns for :meth:`take_sessions` instead of handing
+        each to ``out.session`` as a dict: the embedded runner turns them into Arrow at once."""
+        if self._session_columns is None:
+            self._session_columns = [[] for _ in SESSION_COLUMN_NAMES]
+
+    def take_sessions(self):
+        """The sessions closed since the last call, as ``{column: list}`` (see ``SESSION_COLUMN_NAMES``).
+
+        ``event_type_counts`` is two lists: each session's number of types, then the sorted
+        ``(type, count)`` pairs of every session one after the other, as ``type_keys``/``type_counts``.
+        """
+        if self._session_columns is None:  # not collecting: every session went to out.session
+            return dict(zip(SESSION_COLUMN_NAMES, [[] for _ in SESSION_COLUMN_NAMES]))
+        columns = self._session_columns
+        self._session_columns = [[] for _ in SESSION_COLUMN_NAMES]
+        return dict(zip(SESSION_COLUMN_NAMES, columns))
+
+    cdef int _emit_session(self, object machine_id, NativeSession session, object out) except -1:
+        cdef list columns = self._session_columns
+        if columns is None:
+            out.session(_summary(machine_id, session))
+            return 0
+        # Sorted by type, as the pure summary's dict(sorted(...)).
+        pairs = sorted(session.type_counts.items())
+        (<list>columns[0]).append(session.session_id)
+        (<list>columns[1]).append(machine_id)
+        (<list>columns[2]).append(session.user_id)
+        (<list>columns[3]).append(session.start_ts)
+        (<list>columns[4]).append(session.last_ts)
+        (<list>columns[5]).append(session.last_ts - session.start_ts)
+        (<list>columns[6]).append(session.count)
+        (<list>columns[7]).append(session.first_type)
+        (<list>columns[8]).append(session.last_type)
+        (<list>columns[9]).append(len(pairs))
+        for key, value in pairs:
+            (<list>columns[10]).append(key)
+            (<list>columns[11]).append(value)
+        (<list>columns[12]).append(session.app_version)
         return 0
 
     # -- per batch: the stream clock, idle machines, dedupe horizon ---------------------------------
@@ -826,7 +876,7 @@ cdef class NativeSessionizer:
                 rec_clear(&rec)
         session = state.session
         if session is not None and not session.closed:
-            out.session(_summary(state.machine_id, session))
+            self._emit_session(state.machine_id, session, out)
             session.closed = True
 
     cdef _prune_seen(self, NativeMachine state):

@@ -9,6 +9,7 @@ pure functions of ``timestamp`` and ``app_version`` and computed here on whole c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import accumulate
 from typing import Any
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 from sessionflow.config import Config
 from sessionflow.core.enrich import DAY_MS, iso_date, version_parts
 from sessionflow.runtimes.arrow import arrow_schema
-from sessionflow.schema import EVENT_PARTITION, event_columns
+from sessionflow.schema import EVENT_PARTITION, SESSION_COLUMNS, SESSION_PARTITION, event_columns
 
 SESSION_FIELDS = ("session_id", "session_seq", "ms_since_prev", "late")
 ENRICHED = ("event_time", "event_hour", "day_of_week", "app_version_major", "app_version_minor")
@@ -79,3 +80,30 @@ def to_record_batch(columns: Mapping[str, Sequence[Any]], rows: int, schema: pa.
             array = pa.array(columns[fld.name], fld.type) if rows else pa.array([], fld.type)
         arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def session_table(columns: Mapping[str, Sequence[Any]]) -> pa.Table:
+    """Closed sessions as the compiled sessionizer collects them (``take_sessions``) -> the
+    sessions table plus its partition column. ``tests/core/test_native.py`` holds it equal to the
+    lake's conversion of the pure sessionizer's summary dicts."""
+    schema = arrow_schema(SESSION_COLUMNS)
+    start = pa.array(columns["start_ts"], pa.int64())
+    end = pa.array(columns["end_ts"], pa.int64())
+    map_type = schema.field("event_type_counts").type
+    counts = pa.MapArray.from_arrays(
+        pa.array([0, *accumulate(columns["type_lengths"])], pa.int32()),
+        pa.array(columns["type_keys"], map_type.key_type),
+        pa.array(columns["type_counts"], map_type.item_type),
+        type=map_type,
+    )
+    computed = {
+        "start_ts": start,
+        "end_ts": end,
+        "session_start": start.cast(schema.field("session_start").type),
+        "session_end": end.cast(schema.field("session_end").type),
+        "event_type_counts": counts,
+    }
+    arrays = [computed[fld.name] if fld.name in computed else pa.array(columns[fld.name], fld.type) for fld in schema]
+    days = pc.cast(pc.floor(pc.divide(pc.cast(start, pa.float64()), float(DAY_MS))), pa.int64())
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return table.append_column(pa.field(SESSION_PARTITION, pa.string()), _dates(days))

@@ -29,7 +29,7 @@ from sessionflow.core import Pipeline, Sessionizer, Tally
 from sessionflow.core.native import compiled
 from sessionflow.core.sessionizer import Summary
 from sessionflow.errors import InputError
-from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, to_record_batch
+from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, session_table, to_record_batch
 from sessionflow.runtimes.local.reader import Source, open_source
 
 # About 4,500 events. Bigger blocks mean fewer stream-clock steps, but more memory in flight:
@@ -239,9 +239,16 @@ class _Pending:
 class Assembler:
     """The sessionizer's emitter for blocks: fills each block's session columns, hands full ones on."""
 
-    def __init__(self, write_events: Callable[[pa.Table], None], write_rows: Callable[[list[dict[str, Any]]], None]):
+    def __init__(
+        self,
+        write_events: Callable[[pa.Table], None],
+        write_rows: Callable[[list[dict[str, Any]]], None],
+        write_sessions: Callable[[pa.Table], None] | None = None,
+    ):
         self.write_events = write_events
         self.write_rows = write_rows  # events restored from state arrive as dicts
+        # Where the compiled sessionizer's session columns go as a table (else: ``sessions``, dicts).
+        self.write_sessions = write_sessions
         self.sessions: list[Summary] = []
         self.rows: list[dict[str, Any]] = []
         self.tally = Tally()
@@ -251,13 +258,15 @@ class Assembler:
         self._placements: Callable[[pa.RecordBatch], Any] = _Pending if native is None else native.Placements
 
     def feed(self, block: Block, sessionizer: Sessionizer) -> None:
+        if self.write_sessions is not None and hasattr(sessionizer, "collect_sessions"):
+            sessionizer.collect_sessions()
         tally = self.tally
         tally.records += block.records
         tally.blank += block.blank
         tally.rejected.update(block.rejected)
         if block.batch.num_rows == 0:
             sessionizer.end_batch(self)
-            self._finish_ready()
+            self._finish_ready(sessionizer)
             return
         if block.keys is None:
             # The compiled sessionizer reads the key columns from Arrow and fills the session columns.
@@ -276,7 +285,7 @@ class Assembler:
             records = zip(*block.keys, handles, strict=True)
             sessionizer.process_records(records, self)
         sessionizer.end_batch(self)
-        self._finish_ready()
+        self._finish_ready(sessionizer)
 
     def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
         if type(payload) is tuple:  # a row of a block: the hot path
@@ -301,7 +310,12 @@ class Assembler:
         self.tally.sessions += 1
         self.sessions.append(summary)
 
-    def _finish_ready(self) -> None:
+    def _finish_ready(self, sessionizer: Sessionizer) -> None:
+        if self.write_sessions is not None and hasattr(sessionizer, "take_sessions"):
+            columns = sessionizer.take_sessions()
+            if columns["session_id"]:
+                self.tally.sessions += len(columns["session_id"])
+                self.write_sessions(session_table(columns))
         done = [key for key, holder in self._open.items() if holder.remaining == 0]
         for key in done:
             self.write_events(self._table(self._open.pop(key)))
@@ -309,9 +323,9 @@ class Assembler:
             self.write_rows(self.rows)
             self.rows = []
 
-    def finish(self) -> None:
-        """End of input with a flush: every block is complete now."""
-        self._finish_ready()
+    def finish(self, sessionizer: Sessionizer) -> None:
+        """End of input, after ``sessionizer.flush``: every block is complete now."""
+        self._finish_ready(sessionizer)
         if self._open:  # pragma: no cover - a flush places every row
             raise AssertionError(f"{len(self._open)} blocks still have rows without a session")
 
@@ -321,7 +335,7 @@ class Assembler:
         for holder in self._open.values():
             self.write_events(self._table(holder))  # rows still pending are left out: they are in the state
         self._open.clear()
-        self._finish_ready()
+        self._finish_ready(sessionizer)
         return snapshot
 
     def _table(self, holder: _Pending) -> pa.Table:

@@ -285,7 +285,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
     had_machines = bool(sessionizer.machines)
     now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
     writer = LakeWriter(lake, config, number)
-    assembler = Assembler(writer.events.add_table, writer.events.add)
+    assembler = Assembler(writer.events.add_table, writer.events.add, writer.sessions.add_table)
     inputs_read: list[dict[str, Any]] = []
     positions: list[dict[str, Any]] = []  # for the ledger: where each input started and ended
     new_positions: dict[str, Position] = {}
@@ -328,7 +328,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
         pending_sessions = _open_sessions(sessionizer)
         if flushed:
             sessionizer.flush(assembler)
-            assembler.finish()
+            assembler.finish(sessionizer)
             snapshot = None
         else:
             snapshot = assembler.finish_partial(sessionizer)
