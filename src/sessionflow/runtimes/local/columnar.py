@@ -9,6 +9,7 @@ pure functions of ``timestamp`` and ``app_version`` and computed here on whole c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 from itertools import accumulate
 from typing import Any
 
@@ -82,11 +83,16 @@ def to_record_batch(columns: Mapping[str, Sequence[Any]], rows: int, schema: pa.
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+@cache
+def _session_schema() -> pa.Schema:
+    return arrow_schema(SESSION_COLUMNS)
+
+
 def session_table(columns: Mapping[str, Sequence[Any]]) -> pa.Table:
     """Closed sessions as the compiled sessionizer collects them (``take_sessions``) -> the
     sessions table plus its partition column. ``tests/core/test_native.py`` holds it equal to the
     lake's conversion of the pure sessionizer's summary dicts."""
-    schema = arrow_schema(SESSION_COLUMNS)
+    schema = _session_schema()
     start = pa.array(columns["start_ts"], pa.int64())
     end = pa.array(columns["end_ts"], pa.int64())
     map_type = schema.field("event_type_counts").type
