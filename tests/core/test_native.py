@@ -300,3 +300,16 @@ def test_compiled_core_modules_are_built_from_the_current_sources() -> None:
         assert hashlib.sha256(source.read_bytes()).hexdigest() == digest, (
             f"{name} was compiled from an older {source.name}: run `make install` (pip install -e .)"
         )
+
+
+@needs_native
+@given(st.lists(st.fixed_dictionaries({"a": st.integers(), "b": st.text(max_size=3), "c": st.none()}), max_size=30))
+def test_transpose_is_zip_of_the_values(events: list[dict[str, Any]]) -> None:
+    expected = [list(column) for column in zip(*map(tuple, map(dict.values, events)), strict=True)] or [[], [], []]
+    assert native.transpose(events, 3) == expected  # type: ignore[union-attr]
+
+
+@needs_native
+def test_transpose_refuses_an_event_of_another_width() -> None:
+    with pytest.raises(ValueError, match="event 1 does not have the 2 keys"):
+        native.transpose([{"a": 1, "b": 2}, {"a": 1}, {"a": 1, "b": 2}], 2)  # type: ignore[union-attr]

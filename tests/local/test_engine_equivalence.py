@@ -16,6 +16,7 @@ import pytest
 
 from sessionflow.config import Config
 from sessionflow.core import Outputs, Pipeline
+from sessionflow.core.native import PURE_ENV, compiled
 from sessionflow.runtimes.local import engine
 from sessionflow.runtimes.local.runner import run
 from sessionflow.schema import SESSION_COLUMNS, event_columns
@@ -45,6 +46,7 @@ def normalise_event(event: dict[str, Any], config: Config) -> dict[str, Any]:
     return row
 
 
+@pytest.mark.parametrize("implementation", ["compiled", "pure"])
 @pytest.mark.parametrize(
     ("workers", "block_bytes"),
     [(0, None), (2, None), (0, 16 << 10), (2, 16 << 10)],
@@ -57,9 +59,15 @@ def test_lake_equals_the_core_reference(
     monkeypatch: pytest.MonkeyPatch,
     workers: int,
     block_bytes: int | None,
+    implementation: str,
 ) -> None:
     """With 16 KiB blocks (about 80 of them), rows wait in the reorder buffer across blocks and
-    each block's line numbers are known only when the blocks before it come back."""
+    each block's line numbers are known only when the blocks before it come back. The compiled
+    sessionizer reads Arrow key columns and writes Arrow session columns; the pure one gets lists."""
+    if implementation == "pure":
+        monkeypatch.setenv(PURE_ENV, "1")
+    elif compiled() is None:
+        pytest.skip("the compiled sessionizer is not built")
     if block_bytes is not None:
         monkeypatch.setattr(engine, "BLOCK_BYTES", block_bytes)
         assert small_feed.stat().st_size > 50 * block_bytes
@@ -104,3 +112,18 @@ def _json(line: bytes) -> dict[str, Any]:
     import orjson
 
     return orjson.loads(line)
+
+
+def test_the_pool_pipes_are_widened(example_config: Config) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", None)
+    if get_size is None:
+        pytest.skip("no F_GETPIPE_SZ here")
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    started = engine.Engine(example_config, NOW, workers=1)
+    try:
+        pool: Any = started._pool
+        for connection in (pool._inqueue._reader, pool._outqueue._writer):
+            assert fcntl.fcntl(connection.fileno(), get_size) == min(limit, engine.PIPE_BYTES)
+    finally:
+        started.close()

@@ -957,3 +957,38 @@ cdef class NativeSessionizer:
             sessionizer.machines[state.machine_id] = state
             sessionizer._deadlines.push(max(state.newest_ts, state.arrival_clock) + idle, state.machine_id)
         return sessionizer
+
+
+# -- refined events to columns ----------------------------------------------------------------------
+
+from cpython.dict cimport PyDict_Next
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+
+
+def transpose(list events, Py_ssize_t width):
+    """Event dicts with the same ``width`` keys in the same order -> ``width`` value lists.
+
+    What ``zip(*map(tuple, map(dict.values, events)))`` gives, as lists, without a tuple per event.
+    """
+    cdef Py_ssize_t n = len(events), row, column, position
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef list columns = [PyList_New(n) for _ in range(width)]
+    cdef list target
+    for row in range(n):
+        event = events[row]
+        if type(event) is not dict or len(<dict>event) != width:
+            # The lists are filled up to here: put None in the rest so they can be freed.
+            for column in range(width):
+                for position in range(row, n):
+                    Py_INCREF(None)
+                    PyList_SET_ITEM(columns[column], position, None)
+            raise ValueError(f"event {row} does not have the {width} keys of the others")
+        position = 0
+        column = 0
+        while PyDict_Next(event, &position, &key, &value):
+            target = <list>columns[column]
+            Py_INCREF(<object>value)
+            PyList_SET_ITEM(target, row, <object>value)
+            column += 1
+    return columns

@@ -10,6 +10,7 @@ consumed in input order.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import marshal
 import multiprocessing
@@ -19,10 +20,16 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import count, repeat
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 from sessionflow.config import Config
 from sessionflow.core import Pipeline, Sessionizer, Tally
@@ -35,6 +42,7 @@ from sessionflow.runtimes.local.reader import Source, open_source
 # About 4,500 events. Bigger blocks mean fewer stream-clock steps, but more memory in flight:
 # 4 MiB measured ~5-7% faster on 1M events with peak memory 490-510 MB against 380 MB here.
 BLOCK_BYTES = 1 << 20
+PIPE_BYTES = 4 << 20  # wished for; Linux grants up to /proc/sys/fs/pipe-max-size (1 MiB by default)
 KEY_COLUMNS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
 
 
@@ -81,6 +89,30 @@ def _warm_pyarrow() -> None:
     pa.RecordBatch.from_arrays([pa.array([0])], names=["warm"])
 
 
+def _widen_pipes(pool: Any) -> None:
+    """Pipes of up to 1 MiB (Linux's limit for any user) between the pool and this process.
+
+    A block goes out as ~1 MiB and comes back as ~2 MiB; through the default 64 KiB pipes that is
+    dozens of writes and wake-ups each way, and the GIL handed back and forth between the pool's
+    threads and the sessionizer: ~10% of a run's time on 2 cores (bench/README.md). Only a
+    speed-up: where a pipe cannot be widened (another OS, a lower limit) it stays as it is.
+    """
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if set_size is None:
+        return
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        limit = 1 << 20
+    try:  # multiprocessing.Pool's own queues: stable attributes, but not public ones
+        connections = [pool._inqueue._reader, pool._inqueue._writer, pool._outqueue._reader, pool._outqueue._writer]
+    except AttributeError:
+        return
+    for connection in connections:
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.fcntl(connection.fileno(), set_size, min(limit, PIPE_BYTES))
+
+
 def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`."""
     assert _worker is not None
@@ -92,7 +124,11 @@ def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     events = refined.events
     # Every event has the refiner's keys in the same order: transpose rows to columns in C.
     fields = pipeline.refiner.event_fields
-    transposed = list(zip(*map(tuple, map(dict.values, events)), strict=True)) if events else [()] * len(fields)
+    native = compiled()
+    if native is not None:
+        transposed: list[Any] = native.transpose(events, len(fields))
+    else:
+        transposed = list(zip(*map(tuple, map(dict.values, events)), strict=True)) if events else [()] * len(fields)
     columns = dict(zip(fields, transposed, strict=True))
     batch = to_record_batch(columns, len(events), schema)
     sink = pa.BufferOutputStream()
@@ -173,6 +209,7 @@ class Engine:
             _warm_pyarrow()
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
             self._pool = context.Pool(workers, initializer=_init_pool_worker, initargs=(config, now_ms, send_keys))
+            _widen_pipes(self._pool)
         else:
             _init_worker(config, now_ms, send_keys)
 
