@@ -81,6 +81,10 @@ cdef class Placements:
     cdef public object batch
     cdef public Py_ssize_t remaining
     cdef Py_ssize_t rows
+    # The block's user_id and app_version (_Strings or None): read only for a session's first
+    # values, so decoded only then, not for every row.
+    cdef object users
+    cdef object versions
     cdef int32_t* seqs  # 0: not placed (a duplicate, or still buffered); -1: late
     cdef int64_t* sinces  # -1: none (first event of its session)
     # Session ids are copied as UTF-8 when a row is placed, while the string is in the CPU's cache:
@@ -555,6 +559,13 @@ cdef class Deadlines:
         return machine_id
 
 
+cdef object _LAZY = object()  # a block row's user_id/app_version: read from its Placements if needed
+
+
+cdef inline object _read(Rec* rec, object column):
+    return (<_Strings>column).get(rec.row) if column is not None else None
+
+
 cdef inline object payload_of(Rec* r):
     if r.row >= 0:
         return (<object>r.payload, r.row)
@@ -612,9 +623,9 @@ cdef class NativeSessionizer:
 
     def process_block(self, timestamps, event_ids, machine_ids, event_types, user_ids, app_versions,
                       Placements placements, out):
-        """One block's key columns as Arrow arrays, in arrival order: timestamps int64, event ids
-        strings, the other four dictionary-encoded strings (None for a column the events do not
-        have). Row ``i`` is placed in ``placements``; a duplicate
+        """One block's key columns as Arrow arrays, in arrival order: timestamps int64; event ids,
+        user ids and app versions strings; machine ids and event types dictionary-encoded strings
+        (user ids and app versions may be None: a column the events do not have). Row ``i`` is placed in ``placements``; a duplicate
         goes to ``out.duplicate`` as ``(placements, i)``.
         """
         cdef Py_ssize_t i, n = len(timestamps)
@@ -624,8 +635,8 @@ cdef class NativeSessionizer:
         cdef _Strings ids = _Strings(event_ids)
         cdef _Repeating mids = _Repeating(machine_ids)
         cdef _Repeating types = _Repeating(event_types)
-        cdef _Repeating users = _Repeating(user_ids) if user_ids is not None else None
-        cdef _Repeating versions = _Repeating(app_versions) if app_versions is not None else None
+        placements.users = _Strings(user_ids) if user_ids is not None else None
+        placements.versions = _Strings(app_versions) if app_versions is not None else None
         for column in (event_ids, machine_ids, event_types, user_ids, app_versions):
             if column is not None and len(column) != n:
                 raise ValueError("the key columns of a block differ in length")
@@ -643,8 +654,7 @@ cdef class NativeSessionizer:
             for i in range(n):
                 self._process(
                     PyLong_FromLongLong(ts[i]), ids.get(i), mids.get(i), types.get(i),
-                    users.get(i) if users is not None else None,
-                    versions.get(i) if versions is not None else None,
+                    _LAZY, _LAZY,
                     placements, i, out,
                 )
         finally:
@@ -762,8 +772,12 @@ cdef class NativeSessionizer:
         counts[event_type] = counts.get(event_type, 0) + 1
         if session.user_id is None:
             session.user_id = <object>rec.user_id
+            if session.user_id is _LAZY:
+                session.user_id = _read(rec, (<Placements>rec.payload).users)
         if session.app_version is None:
             session.app_version = <object>rec.app_version
+            if session.app_version is _LAZY:
+                session.app_version = _read(rec, (<Placements>rec.payload).versions)
         state.has_last = True
         state.last_ts = ts
         state.last_id = <object>rec.event_id

@@ -310,8 +310,9 @@ class Assembler:
             batch = block.batch
             names = batch.schema.names
             columns: list[Any] = [batch.column(name) if name in names else None for name in KEY_COLUMNS]
-            # Repeating values as one object each (in C++): their hashes are computed once per block.
-            columns[2:] = [pc.dictionary_encode(column) if column is not None else None for column in columns[2:]]
+            # Machine ids and event types, read for every row: one object per value (in C++), each
+            # hashed once per block. User ids and app versions are read only for a session's first.
+            columns[2:4] = [pc.dictionary_encode(column) for column in columns[2:4]]
             holder = self._placements(batch)
             self._open[id(holder)] = holder
             sessionizer.process_block(*columns, holder, self)  # type: ignore[attr-defined]
