@@ -127,3 +127,23 @@ def test_the_pool_pipes_are_widened(example_config: Config) -> None:
             assert fcntl.fcntl(connection.fileno(), get_size) == min(limit, engine.PIPE_BYTES)
     finally:
         started.close()
+
+
+def test_columns_of_unique_values_are_written_without_a_dictionary(
+    small_feed: Path, example_config: Config, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    lake = tmp_path / "lake"
+    run([str(small_feed)], lake, example_config, now_ms=NOW, workers=0)
+    for table, plain, dictionary in (
+        ("events", {"event_id", "extra", "timestamp"}, {"machine_id", "event_type", "session_id"}),
+        ("sessions", {"session_id", "start_ts"}, {"machine_id", "first_event_type"}),
+    ):
+        path = next((lake / table).rglob("*.parquet"))
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        chunks = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+        for name in plain:
+            assert chunks[name].dictionary_page_offset is None, (table, name)
+        for name in dictionary:
+            assert chunks[name].dictionary_page_offset is not None, (table, name)

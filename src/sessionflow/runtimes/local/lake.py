@@ -53,6 +53,10 @@ _BUFFER_ROWS = 512 * 1024  # rows held in memory over all partitions before writ
 # sessions, with their map column) would otherwise stay in memory for millions of input events.
 _BUFFER_BYTES = 32 << 20
 _JSONL_BUFFER = 256 << 10
+# Columns whose values (nearly) never repeat get no dictionary encoding: Parquet writers build the
+# dictionary and then drop it. 1M events: 15% less CPU to write, files 10% smaller (bench/README.md).
+_UNIQUE_EVENT_VALUES = frozenset({"event_id", "extra", "timestamp", "event_time", "ms_since_prev"})
+_UNIQUE_SESSION_VALUES = frozenset({"session_id", "start_ts", "end_ts", "session_start", "session_end", "duration_ms"})
 # Files open at once per table: an input spanning months must not keep one writer per day open.
 _MAX_OPEN_FILES = 16
 
@@ -92,11 +96,20 @@ class _PartitionedParquet:
     """One table's open files, a file per partition value, rolled at ``rows_per_file``."""
 
     def __init__(
-        self, root: Path, partition: str, schema: pa.Schema, prefix: str, config: Config, executor: Executor
+        self,
+        root: Path,
+        partition: str,
+        schema: pa.Schema,
+        prefix: str,
+        config: Config,
+        executor: Executor,
+        unique: frozenset[str] = frozenset(),
     ) -> None:
+        """``unique``: columns written without dictionary encoding."""
         self.root = root
         self.partition = partition
         self.schema = schema
+        self.dictionary = [name for name in schema.names if name not in unique]
         self.prefix = prefix
         self.rows_per_file = config.output.rows_per_file
         self.compression = config.output.compression
@@ -191,7 +204,7 @@ class _PartitionedParquet:
         path = folder / f"part-{self.prefix}-{self.sequence:05d}.parquet"
         self.sequence += 1
         self.files.append(path)
-        return pq.ParquetWriter(path, self.schema, compression=self.compression)
+        return pq.ParquetWriter(path, self.schema, compression=self.compression, use_dictionary=self.dictionary)
 
     def close(self) -> None:
         self.write_pending()
@@ -260,9 +273,16 @@ class LakeWriter:
             prefix,
             config,
             self._executor,
+            _UNIQUE_EVENT_VALUES,
         )
         self.sessions = _PartitionedParquet(
-            self.staging / "sessions", SESSION_PARTITION, arrow_schema(SESSION_COLUMNS), prefix, config, self._executor
+            self.staging / "sessions",
+            SESSION_PARTITION,
+            arrow_schema(SESSION_COLUMNS),
+            prefix,
+            config,
+            self._executor,
+            _UNIQUE_SESSION_VALUES,
         )
         self.rejected = _PartitionedJsonLines(self.staging / "rejected", REJECTED_PARTITION, prefix)
         self.staging.mkdir(parents=True, exist_ok=True)
