@@ -278,7 +278,7 @@ class Assembler:
 
     def __init__(
         self,
-        write_events: Callable[[pa.Table], None],
+        write_events: Callable[[pa.Table, pa.Array | None], None],
         write_rows: Callable[[list[dict[str, Any]]], None],
         write_sessions: Callable[[pa.Table], None] | None = None,
     ):
@@ -356,7 +356,7 @@ class Assembler:
                 self.write_sessions(session_table(columns))
         done = [key for key, holder in self._open.items() if holder.remaining == 0]
         for key in done:
-            self.write_events(self._table(self._open.pop(key)))
+            self._write_block(self._open.pop(key))
         if self.rows:
             self.write_rows(self.rows)
             self.rows = []
@@ -371,23 +371,21 @@ class Assembler:
         """End of input without a flush: write what is placed, return the state with pending rows as dicts."""
         snapshot = sessionizer.snapshot(resolve=_resolve)
         for holder in self._open.values():
-            self.write_events(self._table(holder))  # rows still pending are left out: they are in the state
+            self._write_block(holder)  # rows still pending are left out: they are in the state
         self._open.clear()
         self._finish_ready(sessionizer)
         return snapshot
 
-    def _table(self, holder: _Pending) -> pa.Table:
-        """The block's rows that were placed, with their session columns."""
+    def _write_block(self, holder: _Pending) -> None:
+        """The block with its session columns, and the mask of its rows that were placed."""
         *columns, placed = holder.columns()
         late = columns[3]
         table = pa.Table.from_batches([holder.batch])
         for fld, column in zip(self._fields, columns, strict=True):
             table = table.append_column(fld, column)
-        if placed is not None:
-            table = table.filter(placed)
-        self.tally.events += table.num_rows
+        self.tally.events += table.num_rows - (placed.false_count if placed is not None else 0)
         self.tally.late += late.true_count
-        return table
+        self.write_events(table, placed)
 
 
 def _resolve(payload: Any) -> dict[str, Any]:

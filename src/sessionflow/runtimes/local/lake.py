@@ -113,7 +113,8 @@ class _PartitionedParquet:
         self.prefix = prefix
         self.rows_per_file = config.output.rows_per_file
         self.compression = config.output.compression
-        self.pending: dict[str, list[pa.Table]] = defaultdict(list)
+        # (partition value or None: see add_table, table, rows to keep or None: all)
+        self.pending: list[tuple[str | None, pa.Table, pa.Array | None]] = []
         self.pending_rows = 0
         self.pending_bytes = 0
         # Least recently written first: the one closed when too many are open.
@@ -133,32 +134,27 @@ class _PartitionedParquet:
         for row in rows:
             groups[row[self.partition]].append(row)
         for value, group in groups.items():
-            self._hold(value, _table(group, self.schema))
+            table = _table(group, self.schema)
+            self._hold((value, table, None), table.num_rows)
 
-    def add_table(self, table: pa.Table) -> None:
-        """An Arrow table with the schema's columns plus the partition column."""
-        values = table.column(self.partition)
-        unique = pc.unique(values).to_pylist()
-        data = table.drop_columns([self.partition]).select(self.schema.names)
-        if len(unique) == 1:
-            self._hold(unique[0], data)
-            return
-        for value in unique:
-            self._hold(value, data.filter(pc.equal(values, value)))
+    def add_table(self, table: pa.Table, keep: pa.Array | None = None) -> None:
+        """An Arrow table with the schema's columns plus the partition column; ``keep`` masks the
+        rows to write (None: all). Filtering and splitting by partition run on the writing thread:
+        Arrow does them without the GIL, beside the sessionizer."""
+        self._hold((None, table, keep), table.num_rows - (keep.false_count if keep is not None else 0))
 
-    def _hold(self, value: str, table: pa.Table) -> None:
-        self.pending[value].append(table)
-        self.pending_rows += table.num_rows
-        self.pending_bytes += table.nbytes
-        self.rows += table.num_rows
+    def _hold(self, item: tuple[str | None, pa.Table, pa.Array | None], rows: int) -> None:
+        self.pending.append(item)
+        self.pending_rows += item[1].num_rows
+        self.pending_bytes += item[1].nbytes
+        self.rows += rows
         if self.pending_rows >= _BUFFER_ROWS or self.pending_bytes >= _BUFFER_BYTES:
             self.write_pending()
 
     def write_pending(self) -> None:
         """Hand what is held to the writing thread; at most one batch of writes is in flight."""
         self.wait()
-        pending = dict(self.pending)
-        self.pending.clear()
+        pending, self.pending = self.pending, []
         self.pending_rows = 0
         self.pending_bytes = 0
         if pending:
@@ -170,8 +166,23 @@ class _PartitionedParquet:
         if in_flight is not None:
             in_flight.result()
 
-    def _write_all(self, pending: dict[str, list[pa.Table]]) -> None:
-        for value, tables in pending.items():
+    def _write_all(self, pending: list[tuple[str | None, pa.Table, pa.Array | None]]) -> None:
+        groups: dict[str, list[pa.Table]] = defaultdict(list)
+        for value, table, keep in pending:
+            if value is not None:  # from add(): one partition already, nothing to drop
+                groups[value].append(table)
+                continue
+            if keep is not None:
+                table = table.filter(keep)
+            values = table.column(self.partition)
+            data = table.drop_columns([self.partition]).select(self.schema.names)
+            unique = pc.unique(values).to_pylist()
+            if len(unique) == 1:
+                groups[unique[0]].append(data)
+                continue
+            for one in unique:
+                groups[one].append(data.filter(pc.equal(values, one)))
+        for value, tables in groups.items():
             self._write(value, pa.concat_tables(tables).cast(self.schema))
 
     def _write(self, value: str, table: pa.Table) -> None:
