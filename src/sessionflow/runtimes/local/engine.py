@@ -39,9 +39,10 @@ from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, session_table, to_record_batch
 from sessionflow.runtimes.local.reader import Source, open_source
 
-# About 4,500 events. Bigger blocks mean fewer stream-clock steps, but more memory in flight:
-# 4 MiB measured ~5-7% faster on 1M events with peak memory 490-510 MB against 380 MB here.
-BLOCK_BYTES = 1 << 20
+# About 9,000 events. Bigger blocks mean fewer stream-clock steps and less per-block work, but more
+# memory in flight. On 1M events (bench/bench_run.py): 1 MiB 3.99 s, 337 MB peak; 2 MiB 3.67 s,
+# 404 MB; 4 MiB (measured before the compiled sessionizer) ~500 MB, over the 500 MB budget.
+BLOCK_BYTES = 2 << 20
 PIPE_BYTES = 4 << 20  # wished for; Linux grants up to /proc/sys/fs/pipe-max-size (1 MiB by default)
 KEY_COLUMNS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
 
