@@ -313,3 +313,20 @@ def test_transpose_is_zip_of_the_values(events: list[dict[str, Any]]) -> None:
 def test_transpose_refuses_an_event_of_another_width() -> None:
     with pytest.raises(ValueError, match="event 1 does not have the 2 keys"):
         native.transpose([{"a": 1, "b": 2}, {"a": 1}, {"a": 1, "b": 2}], 2)  # type: ignore[union-attr]
+
+
+@needs_native
+def test_a_block_with_columns_of_the_wrong_types_is_refused() -> None:
+    pa = pytest.importorskip("pyarrow")
+    batch, columns = _block([{"event_id": "e1", "machine_id": "m1", "event_type": "view", "timestamp": T0}])
+    sessionizer = native.NativeSessionizer(SessionConfig())  # type: ignore[union-attr]
+    wrong = {
+        0: (pa.array([T0], pa.uint64()), "int64 timestamps"),
+        1: (pa.array(["e1"]).dictionary_encode(), "a string array"),
+        2: (pa.array(["m1"]), "a dictionary-encoded string array"),
+    }
+    for index, (column, message) in wrong.items():
+        given = list(columns)
+        given[index] = column
+        with pytest.raises(TypeError, match=message):
+            sessionizer.process_block(*given, native.Placements(batch), Recorder())  # type: ignore[union-attr]

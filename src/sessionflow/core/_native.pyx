@@ -118,6 +118,8 @@ cdef class Placements:
 
     cdef inline int place(self, Py_ssize_t row, object session_id, Py_ssize_t seq, int64_t since) except -1:
         cdef Py_ssize_t size
+        if seq > 0x7FFFFFFF:  # session_seq is an int32 column, as pa.array(..., pa.int32()) would say
+            raise OverflowError(f"session_seq {seq} does not fit the int32 column")
         cdef const char* utf8 = PyUnicode_AsUTF8AndSize(session_id, &size)
         cdef char* grown
         if self.text_size + size > self.text_capacity:
@@ -237,6 +239,8 @@ cdef class _Repeating:
     cdef Py_ssize_t offset  # of the validity bitmap; ``indices`` already points at row 0
 
     def __cinit__(self, array):
+        if not str(array.type).startswith("dictionary<values=string,"):
+            raise TypeError(f"expected a dictionary-encoded string array, got {array.type}")
         cdef Py_ssize_t i, j, n = len(array), size = len(array.dictionary)
         indices = array.indices
         self.offset = indices.offset
@@ -290,6 +294,8 @@ cdef class _Strings:
     cdef Py_ssize_t length
 
     def __cinit__(self, array):
+        if str(array.type) != "string":
+            raise TypeError(f"expected a string array, got {array.type}")
         self.array = array
         self.offset = array.offset
         self.length = len(array)
@@ -642,6 +648,8 @@ cdef class NativeSessionizer:
                 raise ValueError("the key columns of a block differ in length")
         if placements.rows != n:
             raise ValueError("the placements are not the block's")
+        if str(timestamps.type) != "int64":
+            raise TypeError(f"expected int64 timestamps, got {timestamps.type}")
         if timestamps.null_count or event_ids.null_count or machine_ids.null_count or event_types.null_count:
             raise ValueError("a block's timestamps and ids cannot be null")
         if n == 0:
