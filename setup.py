@@ -29,12 +29,14 @@ manifest = {
 }
 (ROOT / CORE / "_compiled.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
-setup(
-    ext_modules=cythonize(
-        extensions,
-        # annotation_typing off: the annotations stay hints, so the compiled code accepts exactly
-        # what the Python code does (a float where an int is annotated, say).
-        compiler_directives={"language_level": "3", "annotation_typing": False},
-        quiet=True,
-    )
+compiled = cythonize(
+    extensions,
+    # annotation_typing off: the annotations stay hints, so the compiled code accepts exactly
+    # what the Python code does (a float where an int is annotated, say).
+    compiler_directives={"language_level": "3", "annotation_typing": False},
+    quiet=True,
 )
+for extension in compiled:
+    extension.optional = True  # cythonize() builds new Extension objects and drops the flag
+
+setup(ext_modules=compiled)
