@@ -404,6 +404,9 @@ def _versions() -> dict[str, str]:
             versions[module] = str(__import__(module).__version__)
         except (ImportError, AttributeError):
             versions[module] = "-"
+    from sessionflow.core.native import implementation
+
+    versions["sessionizer"] = implementation()  # "compiled", or "pure" (no C compiler, SESSIONFLOW_PURE)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, check=False)
     versions["commit"] = commit.stdout.decode().strip() or "-"
     return versions

@@ -23,6 +23,7 @@ import pytest
 
 from sessionflow.cli import main
 from sessionflow.config import EXAMPLE_CONFIG
+from sessionflow.core.native import implementation
 from sessionflow.synthetic import FeedShape, write_feed
 
 FEED_SHAPE = FeedShape(events=8_000, machines=60, seed=5)
@@ -127,6 +128,7 @@ def test_conservation_from_the_summary_and_from_the_lake(
     reference_lake: tuple[Path, dict[str, Any]], feed: Path
 ) -> None:
     lake, summary = reference_lake
+    assert summary["sessionizer"] == implementation()  # the JSON says which sessionizer ran
     tally = summary["tally"]
     lines = feed.read_bytes().splitlines()
     assert len(lines) == FEED_SHAPE.events

@@ -25,7 +25,7 @@ import orjson
 
 from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, Sessionizer, Tally, rejection_row
-from sessionflow.core.native import new_sessionizer, sessionizer_class
+from sessionflow.core.native import implementation, new_sessionizer, sessionizer_class
 from sessionflow.errors import OutputError, StateError
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
 from sessionflow.runtimes.local.lake import (
@@ -72,6 +72,7 @@ class RunReport:
             "files": self.files,
             "inputs": self.inputs,
             "nothing_new": self.nothing_new,
+            "sessionizer": implementation(),  # "compiled" or "pure": which one ran (README, Compiled parts)
         }
 
 
