@@ -292,8 +292,7 @@ class Assembler:
         self.tally = Tally()
         self._open: dict[int, _Pending] = {}
         self._fields = session_schema_fields()
-        native = compiled()
-        self._placements: Callable[[pa.RecordBatch], Any] = _Pending if native is None else native.Placements
+        self._native = compiled()
 
     def feed(self, block: Block, sessionizer: Sessionizer) -> None:
         if self.write_sessions is not None and hasattr(sessionizer, "collect_sessions"):
@@ -306,7 +305,7 @@ class Assembler:
             sessionizer.end_batch(self)
             self._finish_ready(sessionizer)
             return
-        if block.keys is None:
+        if self._native is not None and hasattr(sessionizer, "process_block"):
             # The compiled sessionizer reads the key columns from Arrow and fills the session columns.
             batch = block.batch
             names = batch.schema.names
@@ -314,10 +313,12 @@ class Assembler:
             # Machine ids and event types, read for every row: one object per value (in C++), each
             # hashed once per block. User ids and app versions are read only for a session's first.
             columns[2:4] = [pc.dictionary_encode(column) for column in columns[2:4]]
-            holder = self._placements(batch)
+            holder = self._native.Placements(batch)
             self._open[id(holder)] = holder
-            sessionizer.process_block(*columns, holder, self)  # type: ignore[attr-defined]
+            sessionizer.process_block(*columns, holder, self)
         else:
+            if block.keys is None:
+                raise AssertionError("the workers sent no key columns, and the pure sessionizer needs them")
             holder = _Pending(block.batch)
             self._open[id(holder)] = holder
             handles = zip([holder] * block.batch.num_rows, range(block.batch.num_rows), strict=True)
