@@ -93,7 +93,7 @@ def _warm_pyarrow() -> None:
 def _widen_pipes(pool: Any) -> None:
     """Pipes of up to 1 MiB (Linux's limit for any user) between the pool and this process.
 
-    A block goes out as ~1 MiB and comes back as ~2 MiB; through the default 64 KiB pipes that is
+    A block goes out as ~2 MiB and comes back as ~4 MiB; through the default 64 KiB pipes that is
     dozens of writes and wake-ups each way, and the GIL handed back and forth between the pool's
     threads and the sessionizer: ~10% of a run's time on 2 cores (bench/README.md). Only a
     speed-up: where a pipe cannot be widened (another OS, a lower limit) it stays as it is.
