@@ -61,6 +61,16 @@ cdef inline bint rec_less(Rec* a, Rec* b) except -1:
     return a.arrival < b.arrival
 
 
+cdef inline void rec_hold(Rec* r):
+    """Takes a reference to each object of a record about to be kept in a heap."""
+    Py_INCREF(<object>r.ts_obj)
+    Py_INCREF(<object>r.event_id)
+    Py_INCREF(<object>r.event_type)
+    Py_INCREF(<object>r.user_id)
+    Py_INCREF(<object>r.app_version)
+    Py_INCREF(<object>r.payload)
+
+
 cdef inline void rec_clear(Rec* r):
     Py_XDECREF(r.ts_obj)
     Py_XDECREF(r.event_id)
@@ -726,12 +736,7 @@ cdef class NativeSessionizer:
             # Already old enough: no need to buffer it (the references stay borrowed).
             self._release(state, &rec, out)
             return 0
-        Py_INCREF(ts_obj)
-        Py_INCREF(event_id)
-        Py_INCREF(event_type)
-        Py_INCREF(user_id)
-        Py_INCREF(app_version)
-        Py_INCREF(payload)
+        rec_hold(&rec)
         state.push(&rec)
         while state.size and state.heap[0].ts < release_before:
             state.pop(&rec)
@@ -960,12 +965,7 @@ cdef class NativeSessionizer:
                 rec.app_version = <PyObject*>app_version
                 rec.payload = <PyObject*>event
                 rec.row = -1
-                Py_INCREF(ts_obj)
-                Py_INCREF(event_id)
-                Py_INCREF(event_type)
-                Py_INCREF(user_id)
-                Py_INCREF(app_version)
-                Py_INCREF(event)
+                rec_hold(&rec)
                 state.push(&rec)
             last_key = data["last_key"]
             if last_key:

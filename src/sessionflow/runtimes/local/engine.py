@@ -64,14 +64,14 @@ class Block:
 
 # -- worker side ---------------------------------------------------------------------------------
 
-_worker: tuple[Pipeline, pa.Schema, bool] | None = None
+_worker: tuple[Pipeline, pa.Schema, bool, Any] | None = None
 
 
 def _init_worker(config: Config, now_ms: int, send_keys: bool) -> None:
     """``send_keys``: the pure sessionizer takes the key columns as lists (the compiled one reads Arrow)."""
     global _worker  # noqa: PLW0603 - one pipeline per worker process, built once
     gc.disable()  # refining allocates millions of short-lived containers and no cycles
-    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), send_keys)
+    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), send_keys, compiled())
 
 
 def _init_pool_worker(config: Config, now_ms: int, send_keys: bool) -> None:
@@ -117,7 +117,7 @@ def _widen_pipes(pool: Any) -> None:
 def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`."""
     assert _worker is not None
-    pipeline, schema, send_keys = _worker
+    pipeline, schema, send_keys, native = _worker
     lines = chunk.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
@@ -125,7 +125,6 @@ def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     events = refined.events
     # Every event has the refiner's keys in the same order: transpose rows to columns in C.
     fields = pipeline.refiner.event_fields
-    native = compiled()
     if native is not None:
         transposed: list[Any] = native.transpose(events, len(fields))
     else:
