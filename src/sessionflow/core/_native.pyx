@@ -5,9 +5,12 @@ The same logic as :class:`sessionflow.core.sessionizer.Sessionizer`, rule for ru
 order (read that module for the *why*); the differences are only in how state is held:
 
 * a machine's reorder buffer is a C array heap of :c:type:`Rec` structs (timestamp as a C integer,
-  references to the strings), not a list of tuples;
-* a row of a block is placed by writing its three session columns straight into a
-  :class:`Placements` object, not through a Python ``release`` call per event.
+  references to the strings), not a list of tuples; so is the heap of idle deadlines;
+* a block comes in as Arrow key columns (:meth:`NativeSessionizer.process_block`), and its rows are
+  placed by writing their session columns into the C arrays of a :class:`Placements`, which become
+  Arrow arrays at once: no Python ``release`` call and no Python object per event;
+* closed sessions can be collected as columns (:meth:`NativeSessionizer.collect_sessions`) for one
+  Arrow table per block, instead of a summary dict each.
 
 Snapshots use the pure sessionizer's format, so a state file written by one restores in the other.
 ``tests/core/test_native.py`` holds the two equal on random streams (duplicates, late events,
@@ -641,8 +644,10 @@ cdef class NativeSessionizer:
                       Placements placements, out):
         """One block's key columns as Arrow arrays, in arrival order: timestamps int64; event ids,
         user ids and app versions strings; machine ids and event types dictionary-encoded strings
-        (user ids and app versions may be None: a column the events do not have). Row ``i`` is placed in ``placements``; a duplicate
-        goes to ``out.duplicate`` as ``(placements, i)``.
+        (user ids and app versions may be None: a column the events do not have).
+
+        Row ``i`` is placed (or marked late) in ``placements``; a duplicate goes to
+        ``out.duplicate`` as ``(placements, i)``.
         """
         cdef Py_ssize_t i, n = len(timestamps)
         cdef Py_buffer ts_view
