@@ -104,10 +104,17 @@ def streams(draw: st.DrawFn) -> tuple[SessionConfig, list[dict[str, Any]], list[
 
 
 def _run(
-    config: SessionConfig, events: list[dict[str, Any]], sizes: list[int], restarts: list[int], first: type
+    config: SessionConfig,
+    events: list[dict[str, Any]],
+    sizes: list[int],
+    restarts: list[int],
+    first: type,
+    switch: bool = True,
 ) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
-    """Batches of ``sizes``; after each batch in ``restarts``, the state moves to the other class."""
-    classes: list[Any] = [first, Sessionizer if first is not Sessionizer else native.NativeSessionizer]  # type: ignore[union-attr]
+    """Batches of ``sizes``; after each batch in ``restarts``, the state is saved as JSON and restored,
+    into the other class when ``switch``."""
+    other = Sessionizer if first is not Sessionizer else native.NativeSessionizer  # type: ignore[union-attr]
+    classes: list[Any] = [first, other if switch else first]
     out = Recorder()
     sessionizer = classes[0](config)
     start = 0
@@ -130,9 +137,12 @@ def test_compiled_and_pure_make_the_same_calls_and_snapshots(stream: Any) -> Non
     config, events, sizes, restarts = stream
     pure = _run(config, events, sizes, [], Sessionizer)
     assert _run(config, events, sizes, [], native.NativeSessionizer) == pure  # type: ignore[union-attr]
-    # State handed between the two mid-stream changes nothing either.
-    assert _run(config, events, sizes, restarts, native.NativeSessionizer) == pure  # type: ignore[union-attr]
-    assert _run(config, events, sizes, restarts, Sessionizer) == pure
+    # State handed between the two mid-stream: the same as the pure one restarting at the same points.
+    # (A restart may change the order of calls, never their content: a restored sessionizer has one
+    # idle deadline per machine, where a running one also holds the stale ones; tests/core/test_properties.py.)
+    restarted = _run(config, events, sizes, restarts, Sessionizer, switch=False)
+    assert _run(config, events, sizes, restarts, native.NativeSessionizer) == restarted  # type: ignore[union-attr]
+    assert _run(config, events, sizes, restarts, Sessionizer) == restarted
 
 
 KEYS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
