@@ -6,7 +6,8 @@ sessionflow runs as pure Python, with the same results):
 * ``sessionflow.core._native``: the sessionizer with native data structures (``_native.pyx``);
 * the per-record modules of the core, compiled by Cython from their own ``.py`` source: the same
   code, about a fifth faster. A compiled module shadows its ``.py``: ``core/_compiled.json``
-  notes which source each was built from, and a test fails when a source changed since (run make).
+  notes which source each was built from, and a test fails when a source changed since (make
+  install rebuilds).
 """
 
 import hashlib
