@@ -32,10 +32,12 @@ cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
 
 from sessionflow.core.ids import session_id as _session_id
+from sessionflow.core.sessionizer import OpenSession as _OpenSession
 from sessionflow.core.sessionizer import Sessionizer as _PureSessionizer
 
 cdef Py_ssize_t PRUNE_FLOOR = 256
 _summary = _PureSessionizer._summary
+_open_session_to_dict = _OpenSession.to_dict
 # take_sessions(): the summary's fields as columns (event_type_counts flattened in three lists).
 SESSION_COLUMN_NAMES = (
     "session_id", "machine_id", "user_id", "start_ts", "end_ts", "duration_ms", "event_count",
@@ -363,18 +365,7 @@ cdef class NativeSession:
     cdef public bint closed
 
     def to_dict(self):
-        return {
-            "session_id": self.session_id,
-            "start_ts": self.start_ts,
-            "last_ts": self.last_ts,
-            "first_type": self.first_type,
-            "last_type": self.last_type,
-            "count": self.count,
-            "type_counts": dict(self.type_counts),
-            "user_id": self.user_id,
-            "app_version": self.app_version,
-            "closed": self.closed,
-        }
+        return _open_session_to_dict(self)  # the pure class's own: it reads the same attributes
 
 
 cdef NativeSession session_from_dict(dict data):
