@@ -42,6 +42,11 @@ def session_schema_fields() -> list[pa.Field]:
     ]
 
 
+def _days(timestamps: pa.Array) -> pa.Array:
+    """Epoch ms -> days since 1970-01-01, rounded down (before 1970 too)."""
+    return pc.cast(pc.floor(pc.divide(pc.cast(timestamps, pa.float64()), float(DAY_MS))), pa.int64())
+
+
 def _dates(days: pa.Array) -> pa.Array:
     unique = pc.unique(days)
     names = pa.array([iso_date(day) for day in unique.to_pylist()], pa.string())
@@ -59,7 +64,7 @@ def _versions(versions: pa.Array) -> tuple[pa.Array, pa.Array]:
 def to_record_batch(columns: Mapping[str, Sequence[Any]], rows: int, schema: pa.Schema) -> pa.RecordBatch:
     """Refined (not enriched) events, column by column -> one record batch of ``refined_schema``."""
     timestamps = pa.array(columns["timestamp"], pa.int64()) if rows else pa.array([], pa.int64())
-    days = pc.cast(pc.floor(pc.divide(pc.cast(timestamps, pa.float64()), float(DAY_MS))), pa.int64())
+    days = _days(timestamps)
     time_of_day = pc.subtract(timestamps, pc.multiply(days, DAY_MS))
     computed: dict[str, pa.Array] = {
         "timestamp": timestamps,
@@ -110,6 +115,5 @@ def session_table(columns: Mapping[str, Sequence[Any]]) -> pa.Table:
         "event_type_counts": counts,
     }
     arrays = [computed[fld.name] if fld.name in computed else pa.array(columns[fld.name], fld.type) for fld in schema]
-    days = pc.cast(pc.floor(pc.divide(pc.cast(start, pa.float64()), float(DAY_MS))), pa.int64())
     table = pa.Table.from_arrays(arrays, schema=schema)
-    return table.append_column(pa.field(SESSION_PARTITION, pa.string()), _dates(days))
+    return table.append_column(pa.field(SESSION_PARTITION, pa.string()), _dates(_days(start)))
