@@ -735,11 +735,17 @@ cdef class NativeSessionizer:
         rec_hold(&rec)
         state.push(&rec)
         while state.size and state.heap[0].ts < release_before:
-            state.pop(&rec)
-            try:
-                self._release(state, &rec, out)
-            finally:
-                rec_clear(&rec)
+            self._release_first(state, out)
+        return 0
+
+    cdef int _release_first(self, NativeMachine state, object out) except -1:
+        """Releases the earliest buffered record and drops the references the heap held."""
+        cdef Rec rec
+        state.pop(&rec)
+        try:
+            self._release(state, &rec, out)
+        finally:
+            rec_clear(&rec)
         return 0
 
     cdef inline bint _joins(self, NativeSession session, int64_t ts, object event_type) except -1:
@@ -890,13 +896,8 @@ cdef class NativeSessionizer:
                 deadlines.push(anchor + retention, machine_id)
 
     cdef _drain(self, NativeMachine state, out):
-        cdef Rec rec
         while state.size:
-            state.pop(&rec)
-            try:
-                self._release(state, &rec, out)
-            finally:
-                rec_clear(&rec)
+            self._release_first(state, out)
         session = state.session
         if session is not None and not session.closed:
             self._emit_session(state.machine_id, session, out)
