@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from sessionflow.config import SessionConfig
-from sessionflow.core.enrich import iso_time
+from sessionflow.core import rules
 from sessionflow.core.ids import session_id
 
 Event = dict[str, Any]
@@ -109,7 +109,7 @@ class MachineState:
 
     @property
     def anchor(self) -> int:
-        return max(self.newest_ts, self.arrival_clock)
+        return rules.anchor(self.newest_ts, self.arrival_clock)
 
     def to_dict(self, resolve: Callable[[Any], Event] | None = None) -> dict[str, Any]:
         """Plain values; ``resolve`` turns a pending record's payload into its event dict."""
@@ -201,7 +201,8 @@ class Sessionizer:
         self._timeout = config.timeout_ms
         self._lateness = config.allowed_lateness_ms
         self._opening = config.opening_events
-        self._max_duration = config.max_session_duration_ms
+        limit = config.max_session_duration_ms
+        self._max_duration = rules.NO_LIMIT if limit is None else limit
 
     # -- the hot path -------------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ class Sessionizer:
             seen = state.seen
             # The horizon is checked here, not only when pruning, so when pruning runs changes nothing.
             twin_ts = seen.get(event_id)
-            if twin_ts is not None and twin_ts >= state.newest_ts - horizon:
+            if twin_ts is not None and rules.is_duplicate(twin_ts, state.newest_ts, horizon):
                 out.duplicate(record[PAYLOAD])
                 continue
             seen[event_id] = ts
@@ -244,26 +245,29 @@ class Sessionizer:
                     out.duplicate(record[PAYLOAD])
                     continue
                 session = state.session
-                # Late: it sorts before an event already placed, or it would extend a closed session.
-                if key < last_key or (session is not None and session.closed and joins(session, record)):
+                if rules.is_late(key < last_key, session is not None and session.closed and joins(session, record)):
                     out.release(record[PAYLOAD], None, None, None)
                     continue
             pending = state.pending
-            state.newest_ts = max(state.newest_ts, ts)
-            release_before = state.newest_ts - lateness
-            if ts < release_before and not pending:
+            state.newest_ts = newest = max(state.newest_ts, ts)
+            if not pending and rules.releasable(ts, newest, lateness):
                 release(state, record, out)  # already old enough: no need to buffer it
                 continue
             push(pending, record)
-            while pending and pending[0][0] < release_before:
+            while pending and rules.releasable(pending[0][TS], newest, lateness):
                 release(state, pop(pending), out)
 
     def _joins(self, session: OpenSession, record: Record) -> bool:
         """Would ``record``, coming right after the session's last event, stay in it?"""
         ts = record[TS]
-        if ts - session.last_ts > self._timeout or record[EVENT_TYPE] in self._opening:
-            return False
-        return self._max_duration is None or ts - session.start_ts <= self._max_duration
+        return not rules.starts_session(
+            ts - session.last_ts,
+            ts - session.start_ts,
+            record[EVENT_TYPE],
+            self._opening,
+            self._timeout,
+            self._max_duration,
+        )
 
     def _release(self, state: MachineState, record: Record, out: Emitter) -> None:
         ts = record[TS]
@@ -311,7 +315,7 @@ class Sessionizer:
             self.clock = max(self.clock, min(leaders.values()))
         idle = self.config.idle_close_ms
         for machine_id in self._touched:
-            heapq.heappush(self._deadlines, (self.machines[machine_id].anchor + idle, machine_id))
+            heapq.heappush(self._deadlines, (rules.idle_deadline(self.machines[machine_id].anchor, idle), machine_id))
         self._touched.clear()
         self._close_idle(out)
 
@@ -319,20 +323,21 @@ class Sessionizer:
         deadlines = self._deadlines
         idle = self.config.idle_close_ms
         retention = self.config.retention_ms
-        while deadlines and deadlines[0][0] < self.clock:
+        while deadlines and rules.is_past(self.clock, deadlines[0][0]):
             _, machine_id = heapq.heappop(deadlines)
             state = self.machines.get(machine_id)
             if state is None:
                 continue
             anchor = state.anchor
-            if self.clock <= anchor + idle:
+            if not rules.is_past(self.clock, rules.idle_deadline(anchor, idle)):
                 continue  # it spoke again since; a newer deadline is queued
             self._drain(state, out)
-            if self.clock > anchor + retention:
+            forget_at = rules.retention_deadline(anchor, retention)
+            if rules.is_past(self.clock, forget_at):
                 del self.machines[machine_id]
                 self._leaders.pop(machine_id, None)
             else:
-                heapq.heappush(deadlines, (anchor + retention, machine_id))
+                heapq.heappush(deadlines, (forget_at, machine_id))
 
     def _drain(self, state: MachineState, out: Emitter) -> None:
         pending = state.pending
@@ -344,8 +349,8 @@ class Sessionizer:
             session.closed = True
 
     def _prune_seen(self, state: MachineState) -> None:
-        floor = state.newest_ts - self.config.dedupe_horizon_ms
-        state.seen = {event_id: ts for event_id, ts in state.seen.items() if ts >= floor}
+        newest, horizon = state.newest_ts, self.config.dedupe_horizon_ms
+        state.seen = {event_id: ts for event_id, ts in state.seen.items() if rules.is_duplicate(ts, newest, horizon)}
         state.prune_at = max(_PRUNE_FLOOR, 2 * len(state.seen))
 
     def flush(self, out: Emitter) -> None:
@@ -365,23 +370,18 @@ class Sessionizer:
 
     @staticmethod
     def _summary(machine_id: str, session: OpenSession) -> Summary:
-        start = iso_time(session.start_ts)
-        return {
-            "session_id": session.session_id,
-            "machine_id": machine_id,
-            "user_id": session.user_id,
-            "start_ts": session.start_ts,
-            "end_ts": session.last_ts,
-            "session_start": start,
-            "session_end": iso_time(session.last_ts),
-            "duration_ms": session.last_ts - session.start_ts,
-            "event_count": session.count,
-            "first_event_type": session.first_type,
-            "last_event_type": session.last_type,
-            "event_type_counts": dict(sorted(session.type_counts.items())),
-            "app_version": session.app_version,
-            "session_date": start[:10],
-        }
+        return rules.summary(
+            machine_id,
+            session.session_id,
+            session.start_ts,
+            session.last_ts,
+            session.count,
+            session.first_type,
+            session.last_type,
+            session.type_counts,
+            session.user_id,
+            session.app_version,
+        )
 
     def snapshot(self, resolve: Callable[[Any], Event] | None = None) -> dict[str, Any]:
         """All state as plain JSON-able values (``resolve``: see :meth:`MachineState.to_dict`)."""
@@ -399,6 +399,6 @@ class Sessionizer:
         for data in snapshot["machines"]:
             state = MachineState.from_dict(data)
             sessionizer.machines[state.machine_id] = state
-            sessionizer._deadlines.append((state.anchor + idle, state.machine_id))
+            sessionizer._deadlines.append((rules.idle_deadline(state.anchor, idle), state.machine_id))
         heapq.heapify(sessionizer._deadlines)
         return sessionizer
