@@ -8,7 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sessionflow.cli import EXIT_VERIFY, main
+from sessionflow.cli import main
+from sessionflow.exitcodes import EXIT_VERIFY
 from tests.reliability.lakes import write_config, write_feed_parts
 
 
@@ -102,4 +103,4 @@ def test_a_missing_ledger_is_found(lakes: dict[str, Path], tmp_path: Path, capsy
 
 
 def test_a_folder_that_is_no_lake_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    verify_fails(tmp_path, capsys, "not a lake written by sessionflow run")
+    verify_fails(tmp_path, capsys, "not a lake written by sessionflow")
