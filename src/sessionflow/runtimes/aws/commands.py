@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sessionflow.exitcodes import EXIT_OK
+
 ENDPOINT_FILE = ".sessionflow-aws-local.json"
 log = logging.getLogger("sessionflow")
 
@@ -120,7 +122,7 @@ def _up(args: argparse.Namespace) -> int:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            return 0
+            return EXIT_OK
         finally:
             marker.unlink(missing_ok=True)
 
@@ -145,7 +147,7 @@ def _put(args: argparse.Namespace) -> int:
         with _open(name) as handle:
             total += put_lines(aws, handle, machine_field=machine_field)
     print(f"put {total} records on raw")
-    return 0
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -159,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.flush:
         handlers.flush_handler({}, None)
     _print_stats(poller)
-    return 0
+    return EXIT_OK
 
 
 def _print_stats(poller: Any) -> None:
@@ -179,7 +181,7 @@ def _flush(args: argparse.Namespace) -> int:
 
     _connect(args)
     print(handlers.flush_handler({}, None))
-    return 0
+    return EXIT_OK
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -187,7 +189,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     _connect(args)
     print(handlers.sweep_handler({}, None))
-    return 0
+    return EXIT_OK
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -195,7 +197,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
     counts = fetch(_connect(args), Path(args.out), keep_duplicates=args.keep_duplicates)
     print(", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out}")
-    return 0
+    return EXIT_OK
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -222,7 +224,7 @@ def _replay(args: argparse.Namespace) -> int:
             ", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out} "
             f"({time.perf_counter() - started:.1f} s)"
         )
-    return 0
+    return EXIT_OK
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -236,15 +238,12 @@ def _use(endpoint: str) -> None:
 
 def _config(args: argparse.Namespace) -> Any:
     """The handlers read SESSIONFLOW_CONFIG; --config and ./sessionflow.toml feed it, as for `run`."""
-    from sessionflow.config import Config
+    from sessionflow.config import ENV_CONFIG, config_path, resolve_config
 
-    path = getattr(args, "config", None) or os.environ.get("SESSIONFLOW_CONFIG")
-    if path is None and Path("sessionflow.toml").is_file():
-        path = "sessionflow.toml"
+    path = config_path(getattr(args, "config", None))
     if path:
-        os.environ["SESSIONFLOW_CONFIG"] = str(Path(path).resolve())
-        return Config.load(path)
-    return Config()
+        os.environ[ENV_CONFIG] = str(Path(path).resolve())
+    return resolve_config(path)
 
 
 def _connect(args: argparse.Namespace) -> Any:

@@ -35,6 +35,8 @@ from typing import Any
 
 from sessionflow.config import DAY, Config
 from sessionflow.errors import InputError, OutputError, UsageError
+from sessionflow.exitcodes import EXIT_OK
+from sessionflow.lake.layout import META_DIR, TABLES
 from sessionflow.schema import EVENT_PARTITION, REJECTED_PARTITION, SESSION_COLUMNS, SESSION_PARTITION, event_columns
 
 try:
@@ -52,9 +54,6 @@ from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date
 from sessionflow.runtimes.backfill.stages import EVENT, REJECTION, SESSION, SESSION_PREFIX, SPLIT, UNRESOLVED, Window
 
 log = logging.getLogger(__name__)
-
-META_DIR = "_sessionflow"  # the embedded runner's folder for what readers must skip
-TABLES = ("events", "sessions", "rejected")
 
 _SPARK_TYPES: dict[str, T.DataType] = {
     "string": T.StringType(),
@@ -467,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = SparkSession.builder.appName("sessionflow-backfill").getOrCreate()
     report = run_job(args, config, spark)
     sys.stdout.write(orjson.dumps(report.to_dict()).decode() + "\n")
-    return 0
+    return EXIT_OK
 
 
 def drop_foreign_options(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
