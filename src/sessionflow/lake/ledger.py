@@ -26,13 +26,14 @@ def ledger_record(
     files: Sequence[PurePath | str],
     *,
     replace: bool,
-    config_fingerprint: str,
+    config_fingerprint: str | None,
     pending_before: int = 0,
     pending_in_state: int = 0,
     open_sessions: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     """``summary`` holds at least ``run`` and ``tally`` (a :meth:`Tally.to_dict`); the writer's own
-    fields (seconds, inputs, mode ...) come along as they are."""
+    fields (seconds, inputs, mode ...) come along as they are. ``config_fingerprint``: the state's
+    (``sessionflow run --state``), None for a writer that keeps no state of its own."""
     return {
         **summary,
         "files": [path.as_posix() if isinstance(path, PurePath) else path for path in files],

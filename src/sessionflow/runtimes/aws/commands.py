@@ -6,7 +6,7 @@ Import-light: boto3 and moto are imported by the subcommands when they run.
     sessionflow aws-local put events.jsonl   # JSON lines onto the `raw` stream
     sessionflow aws-local run --flush        # the Lambda-like poller: raw -> process -> clean -> sessionize
     sessionflow aws-local sweep              # what the scheduled sweep does: close idle sessions of quiet shards
-    sessionflow aws-local fetch out/         # the S3 output, partitioned by date, exact copies dropped
+    sessionflow aws-local fetch out/         # the S3 output as the lake `run` writes, exact copies dropped
     sessionflow aws-local replay events.jsonl --out out/   # all of the above in one process
 """
 
@@ -73,7 +73,9 @@ def register(subparsers: Any) -> None:
     common(sweep)
     sweep.set_defaults(handler=_sweep)
 
-    fetch = commands.add_parser("fetch", help="download the S3 output into DIR/<table>/<partition>=.../")
+    fetch = commands.add_parser(
+        "fetch", help="download the S3 output into the lake DIR (Parquet, ledger: `sessionflow verify DIR` checks it)"
+    )
     common(fetch)
     fetch.add_argument("out", metavar="DIR")
     fetch.add_argument("--keep-duplicates", action="store_true", help="keep exact re-deliveries (see docs/aws.md)")
@@ -195,7 +197,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from sessionflow.runtimes.aws.local.resources import fetch
 
-    counts = fetch(_connect(args), Path(args.out), keep_duplicates=args.keep_duplicates)
+    aws = _connect(args)
+    counts = fetch(aws, Path(args.out), _config(args), keep_duplicates=args.keep_duplicates)
     print(", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out}")
     return EXIT_OK
 
@@ -208,7 +211,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     with moto_server() as endpoint:
         _use(endpoint)
-        _config(args)
+        config = _config(args)
         aws = LocalAws(endpoint, Settings.from_env())
         create_resources(aws)
         started = time.perf_counter()
@@ -219,7 +222,7 @@ def _replay(args: argparse.Namespace) -> int:
         poller.run()
         handlers.flush_handler({}, None)
         _print_stats(poller)
-        counts = fetch(aws, Path(args.out))
+        counts = fetch(aws, Path(args.out), config)
         print(
             ", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out} "
             f"({time.perf_counter() - started:.1f} s)"
