@@ -9,7 +9,12 @@ Every runtime that writes a lake writes these fields (more are allowed, and kept
 * ``files``: every file the run put in the lake, relative to it, ``/``-separated; their rows must
   be exactly the tally's events, sessions and rejections;
 * ``pending_before``/``pending_in_state``: events buffered in a state before and after the run;
-* ``open_sessions``/``events_in_open_sessions``: sessions whose summary a later run writes.
+* ``open_sessions``/``events_in_open_sessions``: sessions whose summary a later run writes;
+* ``removed`` (optional): files of earlier runs this run took out of the lake (a range backfill
+  replacing days), as ``{"run", "files", "events", "sessions"}`` per earlier run, rows counted
+  before removal: the earlier run's ledger still adds up.
+
+``written_by`` says which runtime wrote it (``run`` writes none: its ledgers came first).
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ What is checked (docs/reliability.md says why):
 
 * no committed run is waiting to be put in place (a run killed during its publication);
 * the ledgers run 1..N without a gap;
-* the files: every file a ledger lists exists, none is listed twice, no file is there unlisted;
+* the files: every file a ledger lists exists, none is listed twice, no file is there unlisted
+  (a run that replaced days of earlier runs, a range backfill, names the files it removed);
 * conservation per run: records = events + rejected + duplicates + (buffered in state after the
-  run - buffered before it); each run's files hold exactly the rows its ledger counts;
+  run - buffered before it); each run's files hold exactly the rows its ledger counts (plus the
+  rows of its files a later run removed, as that run counted them);
 * the content: no event_id twice for a machine; a session id once in the sessions table; every
   non-late event in exactly one session whose summary (count, first and last timestamp, machine,
   event type counts, positions 1..n) matches its events, except the sessions still open in the
@@ -145,6 +147,14 @@ def _check_files(lake: Path, ledgers: list[dict[str, Any]], verdict: Verdict) ->
     check = verdict.check("every file a ledger lists exists, once; no other file is in the tables")
     listed: dict[str, int] = {}
     for ledger in ledgers:
+        # A run that replaced files of earlier runs (a range backfill) names them: they are gone by design.
+        for removal in ledger.get("removed", []):
+            for name in removal["files"]:
+                if listed.get(name) != removal["run"]:
+                    check.problems.append(
+                        f"run {ledger['run']} removed {name} of run {removal['run']}, which that run did not list"
+                    )
+                listed.pop(name, None)
         for name in ledger.get("files", []):
             if name in listed:
                 check.problems.append(f"{name} is listed by run {listed[name]} and again by run {ledger['run']}")
@@ -195,9 +205,17 @@ def _check_rows(lake: Path, ledgers: list[dict[str, Any]], listed: dict[str, int
     import pyarrow.parquet as pq
 
     check = verdict.check("each run's files hold the rows its ledger counts")
+    # Rows of a run's files that a later run removed, as that run counted them before removing them.
+    removed: dict[int, Counter[str]] = {}
+    for ledger in ledgers:
+        for removal in ledger.get("removed", []):
+            removed.setdefault(removal["run"], Counter()).update(
+                {"events": removal.get("events", 0), "sessions": removal.get("sessions", 0)}
+            )
     for ledger in ledgers:
         run = ledger["run"]
-        events = sessions = 0
+        gone = removed.get(run, Counter())
+        events, sessions = gone["events"], gone["sessions"]
         rejected: Counter[str] = Counter()
         for name in ledger.get("files", []):
             if name not in listed:

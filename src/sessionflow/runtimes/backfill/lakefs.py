@@ -89,6 +89,21 @@ class HadoopFs:
     def delete(self, uri: str) -> None:
         self._fs(uri).delete(self._path(uri), True)
 
+    def read_bytes(self, uri: str) -> bytes:
+        stream = self._fs(uri).open(self._path(uri))
+        try:
+            return bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Create or replace a small file (a ledger)."""
+        stream = self._fs(uri).create(self._path(uri), True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+
 
 def expand_inputs(fs: HadoopFs, inputs: list[str]) -> list[InputFile]:
     """The input files in arrival order; a missing input fails before Spark reads anything."""
