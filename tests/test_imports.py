@@ -14,7 +14,22 @@ HEAVY = ("pyarrow", "boto3", "botocore", "pyspark", "duckdb", "polars", "rich")
 
 @pytest.mark.parametrize(
     "module",
-    ["sessionflow.core", "sessionflow.config", "sessionflow.cli", "sessionflow.schema", "sessionflow.synthetic"],
+    [
+        "sessionflow.core",
+        "sessionflow.config",
+        "sessionflow.cli",
+        "sessionflow.schema",
+        "sessionflow.synthetic",
+        "sessionflow.exitcodes",
+        "sessionflow.inputs",
+        # The lake's protocol: pyarrow and DuckDB only in the writer, and in verify when it checks.
+        "sessionflow.lake",
+        "sessionflow.lake.layout",
+        "sessionflow.lake.ledger",
+        "sessionflow.lake.lock",
+        "sessionflow.lake.commit",
+        "sessionflow.lake.verify",
+    ],
 )
 def test_module_imports_nothing_heavy(module: str) -> None:
     probe = (

@@ -26,10 +26,10 @@ from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, Sessionizer, Tally, rejection_row
 from sessionflow.core.native import implementation, new_sessionizer, sessionizer_class
 from sessionflow.errors import OutputError, StateError
-from sessionflow.lake.commit import commit_run, crash_point, publish, recover, stage_state
+from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
 from sessionflow.lake.durable import write_atomically
 from sessionflow.lake.layout import META_DIR, lake_exists
-from sessionflow.lake.ledger import ledger_record, next_run_number
+from sessionflow.lake.ledger import ledger_files, ledger_record, next_run_number
 from sessionflow.lake.lock import LakeLock
 from sessionflow.lake.writer import LakeWriter
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
@@ -168,8 +168,7 @@ def _remove_if_empty_lake(lake: Path) -> None:
     """A failed first run leaves no lake: only our own bookkeeping may be in the folder."""
     if not lake.is_dir() or lake_exists(lake) or any(p.name != META_DIR for p in lake.iterdir()):
         return
-    meta = lake / META_DIR
-    if any((meta / "ledger").glob("run-*.json")) or any((meta / "staging").glob("*/COMMIT.json")):
+    if ledger_files(lake) or pending_commits(lake):
         return
     shutil.rmtree(lake, ignore_errors=True)
 

@@ -19,13 +19,15 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
+from sessionflow.lake.layout import TABLES
 from sessionflow.runtimes.aws.settings import Settings
 
 REGION = "us-east-1"
 BUCKET = "sessionflow-lake"
 ON_FAILURE_QUEUE = "sessionflow-on-failure"
 RAW_STREAM = "raw"
-PREFIXES = {"events": "events/", "sessions": "sessions/", "rejected": "rejected/"}
+# The Firehoses deliver each table under its name in the lake: events/, sessions/, rejected/.
+PREFIXES = {table: f"{table}/" for table in TABLES}
 # What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md).
 IDS = {"events": "event_id", "sessions": "session_id", "rejected": "source"}
 
