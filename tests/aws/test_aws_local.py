@@ -97,6 +97,10 @@ def test_same_sessions_and_ids_as_the_embedded_runner(local_aws: LocalAws, confi
     }
     assert ours == {s["session_id"]: s for s in embedded["sessions"]}
     _assert_fetched_lake_verifies(tmp_path / "lake", tmp_path / "embedded")
+    (ledger,) = (tmp_path / "lake" / "_sessionflow" / "ledger").glob("run-*.json")
+    tally = orjson.loads(ledger.read_bytes())["tally"]
+    assert tally["records"] == sum(1 for line in lines if line.strip())
+    assert tally["duplicates"] == len(reference.duplicates) > 0
 
 
 def _assert_fetched_lake_verifies(lake: Path, embedded: Path) -> None:

@@ -187,11 +187,28 @@ def fetch(aws: LocalAws, out: Path, config: Config, keep_duplicates: bool = Fals
     rows = read_output(aws)
     if not keep_duplicates:
         rows = {table: dedupe(table_rows, IDS[table]) for table, table_rows in rows.items()}
-    write_lake(rows, out, config)
+    write_lake(rows, out, config, raw_records(aws))
     return {table: len(table_rows) for table, table_rows in rows.items()}
 
 
-def write_lake(rows: dict[str, list[dict[str, Any]]], out: Path, config: Config) -> None:
+def raw_records(aws: LocalAws, stream: str = RAW_STREAM) -> int:
+    """Records on the input stream, all shards from the start (moto keeps them all)."""
+    kinesis = aws.client("kinesis")
+    total = 0
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            if not response["Records"]:
+                break
+            total += len(response["Records"])
+            iterator = response.get("NextShardIterator")
+    return total
+
+
+def write_lake(rows: dict[str, list[dict[str, Any]]], out: Path, config: Config, records: int) -> None:
     """The delivered rows as a one-run lake, committed atomically (a reader sees the old or the new)."""
     from sessionflow.lake.commit import commit_run, publish, recover
     from sessionflow.lake.ledger import ledger_record
@@ -206,7 +223,7 @@ def write_lake(rows: dict[str, list[dict[str, Any]]], out: Path, config: Config)
             writer.write(rows["events"], rows["sessions"], rows["rejected"])
             files = writer.close()
             ledger = ledger_record(
-                {"run": 1, "written_by": "aws-local fetch", "tally": _tally(rows)},
+                {"run": 1, "written_by": "aws-local fetch", "tally": _tally(rows, records)},
                 files,
                 replace=True,
                 config_fingerprint=None,
@@ -219,18 +236,19 @@ def write_lake(rows: dict[str, list[dict[str, Any]]], out: Path, config: Config)
         publish(out, writer.staging, 1)
 
 
-def _tally(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """What reached S3, as the embedded runner's tally counts it. The sessionize handler drops a
-    duplicate without delivering anything, so ``records`` counts the input records that reached the
-    lake (an event or a rejection) and ``duplicates`` is 0: the ledger describes the lake as fetched."""
+def _tally(rows: dict[str, list[dict[str, Any]]], records: int) -> dict[str, Any]:
+    """The embedded runner's tally of what reached S3. ``records``: those put on the raw stream. The
+    sessionize handler drops a duplicate without delivering anything, so ``duplicates`` is what is
+    left: the records that became neither an event nor a rejection. After a flush that is exactly
+    the duplicates; before it, the events still buffered in the state count too."""
     events = rows["events"]
     rejected = Counter(row["reason"] for row in rows["rejected"])
     return {
-        "records": len(events) + len(rows["rejected"]),
+        "records": records,
         "blank": 0,  # put_lines skips blank lines: Kinesis records cannot be empty
         "events": len(events),
         "rejected": dict(sorted(rejected.items())),
-        "duplicates": 0,
+        "duplicates": records - len(events) - len(rows["rejected"]),
         "late": sum(1 for event in events if event.get("late")),
         "sessions": len(rows["sessions"]),
     }
