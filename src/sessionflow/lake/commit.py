@@ -24,7 +24,7 @@ import orjson
 from sessionflow.errors import OutputError
 from sessionflow.lake import durable
 from sessionflow.lake.durable import fsync_dir
-from sessionflow.lake.layout import TABLES, ledger_dir, ledger_path, staging_name, staging_root
+from sessionflow.lake.layout import TABLES, ledger_dir, ledger_path, staging_root
 
 MANIFEST = "COMMIT.json"
 STAGED_STATE = "state.json"
@@ -158,10 +158,6 @@ def _remove_all_but(lake: Path, keep: set[str], keep_ledger: int) -> None:
         for ledger in ledgers.glob("run-*.json"):
             if ledger.name != ledger_path(lake, keep_ledger).name:
                 ledger.unlink()
-
-
-def staging_folder(lake: Path, run: int) -> Path:
-    return staging_root(lake) / staging_name(run)
 
 
 def publish(lake: Path, staging: Path, run: int) -> None:
