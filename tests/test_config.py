@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sessionflow.cli import main, resolve_config
+from sessionflow.cli import main
 from sessionflow.config import (
     DAY,
     EXAMPLE_CONFIG,
@@ -19,6 +19,7 @@ from sessionflow.config import (
     ConfigError,
     format_duration,
     parse_duration,
+    resolve_config,
 )
 
 

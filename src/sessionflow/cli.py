@@ -1,8 +1,9 @@
 """The command line: the composition root for people.
 
-Exit codes: 0 done; 1 an unexpected error (a bug: please report it); 2 bad usage or a bad config;
-3 an input cannot be read; 4 the lake or the state cannot be written; 5 ``verify`` found a
-problem; 6 the run finished but rejected more than ``--max-reject-rate``; 130 interrupted.
+Exit codes (``sessionflow.exitcodes``): 0 done; 1 an unexpected error (a bug: please report it);
+2 bad usage or a bad config; 3 an input cannot be read; 4 the lake or the state cannot be written;
+5 ``verify`` found a problem; 6 the run finished but rejected more than ``--max-reject-rate``;
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,36 +16,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sessionflow import __version__
-from sessionflow.config import EXAMPLE_CONFIG, Config, ConfigError
+from sessionflow.config import DEFAULT_CONFIG_FILE, ENV_CONFIG, EXAMPLE_CONFIG, ConfigError, resolve_config
 from sessionflow.errors import InputError, OutputError, StateError, UsageError
+from sessionflow.exitcodes import (
+    EXIT_BUG,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    EXIT_VERIFY,
+)
 
-EXIT_OK = 0
-EXIT_BUG = 1
-EXIT_USAGE = 2
-EXIT_INPUT = 3
-EXIT_OUTPUT = 4
-EXIT_VERIFY = 5
-EXIT_QUALITY = 6
-EXIT_INTERRUPTED = 130
-
-# Every environment variable the CLI reads, in one place (shown in --help).
-ENV_CONFIG = "SESSIONFLOW_CONFIG"
+# The environment variables the CLI reads (shown in --help); the config's own is in sessionflow.config.
 ENV_LOG_LEVEL = "SESSIONFLOW_LOG_LEVEL"
-DEFAULT_CONFIG_FILE = "sessionflow.toml"
 
 log = logging.getLogger("sessionflow")
-
-
-def resolve_config(explicit: str | None) -> Config:
-    """--config, then $SESSIONFLOW_CONFIG, then ./sessionflow.toml if present, then defaults."""
-    path = explicit or os.environ.get(ENV_CONFIG)
-    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
-        path = DEFAULT_CONFIG_FILE
-    if path is None:
-        return Config()
-    config = Config.load(path)
-    log.info("config: %s", path)
-    return config
 
 
 def _configure_logging(level: str) -> None:
@@ -113,6 +100,24 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         f"opening events {sorted(session.opening_events)}, {len(config.clean)} cleaning rule(s)"
     )
     return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from sessionflow.lake.verify import repair, verify_lake
+
+    lake = Path(args.lake)
+    if not lake.is_dir():
+        raise UsageError(f"{lake}: no such lake folder")
+    if args.repair:
+        repair(lake)
+    verdict = verify_lake(lake)
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(verdict.to_dict()).decode() + "\n")
+    else:
+        print(verdict.render())
+    return EXIT_OK if verdict.ok else EXIT_VERIFY
 
 
 def _percentage(text: str) -> float:
@@ -188,6 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", "-c", metavar="FILE")
     check.set_defaults(handler=_cmd_check_config)
 
+    verify = commands.add_parser(
+        "verify",
+        help="check a lake against its ledgers: files, counts, sessions (exit 5 when something is off)",
+    )
+    verify.add_argument("lake", metavar="DIR", help="the lake folder (written by run, backfill or aws-local fetch)")
+    verify.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="first finish publishing runs a stopped process had committed (what the next run would do)",
+    )
+    verify.set_defaults(handler=_cmd_verify)
+
     for register in _runtime_commands():
         register(commands)
     return parser
@@ -197,7 +215,6 @@ def _runtime_commands() -> list[Callable[[argparse._SubParsersAction[argparse.Ar
     """Subcommands of the optional runtimes; their modules import nothing heavy."""
     registers = []
     for module_name in (
-        "sessionflow.runtimes.local.verify",
         "sessionflow.runtimes.aws.commands",
         "sessionflow.runtimes.backfill.commands",
     ):

@@ -7,6 +7,8 @@ Config objects are frozen values validated on construction; the logic that uses 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -25,6 +27,10 @@ _UNITS = {"ms": MS, "s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY}
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
 
 # 2000-01-01T00:00:00Z: nothing the app ever sent is older.
+# Where a command finds its config when --config is not given (every command: run, backfill, aws-local).
+ENV_CONFIG = "SESSIONFLOW_CONFIG"
+DEFAULT_CONFIG_FILE = "sessionflow.toml"
+
 DEFAULT_MIN_TIMESTAMP_MS = 946_684_800_000
 COLUMN_TYPES = ("string", "int", "float", "bool")
 
@@ -418,3 +424,21 @@ def _load_function(spec: str, key: str) -> CleanFunction:
     if not callable(function):
         raise ConfigError(key, f"{module_name!r} has no function {attr!r}")
     return function  # type: ignore[no-any-return]
+
+
+def config_path(explicit: str | None) -> str | None:
+    """--config, then $SESSIONFLOW_CONFIG, then ./sessionflow.toml if present; None: the defaults."""
+    path = explicit or os.environ.get(ENV_CONFIG)
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    return path
+
+
+def resolve_config(explicit: str | None) -> Config:
+    """The config a command runs with (see :func:`config_path`)."""
+    path = config_path(explicit)
+    if path is None:
+        return Config()
+    config = Config.load(path)
+    logging.getLogger("sessionflow").info("config: %s", path)
+    return config

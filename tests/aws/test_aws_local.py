@@ -76,7 +76,7 @@ def test_same_sessions_and_ids_as_the_embedded_runner(local_aws: LocalAws, confi
     assert len(rows["events"]) == len(reference.events)  # no crash, no retry: not even an exact copy
     _assert_same_as_reference(rows, reference)
 
-    counts = fetch(local_aws, tmp_path / "lake")
+    counts = fetch(local_aws, tmp_path / "lake", Config.load(config_path))
     assert counts == {
         "events": len(reference.events),
         "sessions": len(reference.sessions),
@@ -96,6 +96,48 @@ def test_same_sessions_and_ids_as_the_embedded_runner(local_aws: LocalAws, confi
         s["session_id"]: {k: v for k, v in s.items() if k in columns} for s in dedupe(rows["sessions"], "session_id")
     }
     assert ours == {s["session_id"]: s for s in embedded["sessions"]}
+    _assert_fetched_lake_verifies(tmp_path / "lake", tmp_path / "embedded")
+    (ledger,) = (tmp_path / "lake" / "_sessionflow" / "ledger").glob("run-*.json")
+    tally = orjson.loads(ledger.read_bytes())["tally"]
+    assert tally["records"] == sum(1 for line in lines if line.strip())
+    assert tally["duplicates"] == len(reference.duplicates) > 0
+
+
+def _assert_fetched_lake_verifies(lake: Path, embedded: Path) -> None:
+    """The fetched lake is the embedded runner's lake: same layout and Parquet schema, a ledger that
+    ``sessionflow verify`` accepts, and the corruptions it must catch."""
+    import shutil
+
+    import pyarrow.dataset as ds
+
+    from sessionflow.lake.verify import verify_lake
+
+    for table in ("events", "sessions"):
+        ours = ds.dataset(lake / table, format="parquet", partitioning="hive")
+        theirs = ds.dataset(embedded / table, format="parquet", partitioning="hive")
+        assert ours.schema == theirs.schema
+        assert ours.count_rows() == theirs.count_rows()
+    rejected = sorted(p.relative_to(lake).parent.as_posix() for p in (lake / "rejected").rglob("*.jsonl"))
+    assert rejected == sorted(
+        p.relative_to(embedded).parent.as_posix() for p in (embedded / "rejected").rglob("*.jsonl")
+    )
+    verdict = verify_lake(lake)
+    assert verdict.ok, verdict.render()
+    assert verdict.runs == 1 and verdict.files == len(
+        [p for p in lake.rglob("*") if p.is_file() and "_sessionflow" not in p.parts]
+    )
+
+    deleted = lake.parent / "deleted"
+    shutil.copytree(lake, deleted)
+    next((deleted / "sessions").rglob("*.parquet")).unlink()
+    assert "missing" in verify_lake(deleted).render()
+
+    doubled = lake.parent / "doubled"
+    shutil.copytree(lake, doubled)
+    one = next((doubled / "events").rglob("*.parquet"))
+    shutil.copy(one, one.with_name("copy-" + one.name))
+    verdict = verify_lake(doubled)
+    assert not verdict.ok and "no ledger lists it" in verdict.render()
 
 
 def _embedded_lake(config_path: Path, lines: list[bytes], tmp_path: Path) -> dict[str, list[dict[str, Any]]]:

@@ -165,6 +165,33 @@ def test_spark_lake_equals_the_embedded_runners(
     assert len(bom) == 1 and base64.b64decode(bom[0]["raw_base64"]).endswith(b"}  ")
 
 
+def test_sessionflow_verify_passes_on_a_backfill_lake_and_catches_a_deleted_or_doubled_file(
+    spark_lake: tuple[Path, Any], tmp_path: Path
+) -> None:
+    from sessionflow.lake.verify import verify_lake
+
+    lake, report = spark_lake
+    verdict = verify_lake(lake)
+    assert verdict.ok, verdict.render()
+    tables = [p for p in lake.rglob("*") if p.is_file() and "_sessionflow" not in p.parts]
+    assert (verdict.runs, verdict.files, verdict.records) == (1, len(tables), report.records)
+    (ledger,) = (lake / "_sessionflow" / "ledger").glob("run-*.json")
+    assert orjson.loads(ledger.read_bytes())["written_by"] == "backfill"
+
+    deleted = tmp_path / "deleted"
+    shutil.copytree(lake, deleted)
+    next((deleted / "events").rglob("*.parquet")).unlink()
+    render = verify_lake(deleted).render()
+    assert "but missing" in render and "its events files hold" in render
+
+    doubled = tmp_path / "doubled"
+    shutil.copytree(lake, doubled)
+    one = next((doubled / "rejected").rglob("*.jsonl"))
+    shutil.copy(one, one.with_name("copy-" + one.name))
+    verdict = verify_lake(doubled)
+    assert not verdict.ok and "no ledger lists it" in verdict.render()
+
+
 def _digest(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -177,15 +204,24 @@ def test_one_day_backfill_rebuilds_that_day_as_a_full_run_has_it(
     runner_lake: Path, feed: tuple[Path, list[str], Config], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sessionflow.cli import main
+    from sessionflow.lake.verify import verify_lake
 
     root, inputs, _ = feed
     lake = root / "range-lake"
     shutil.copytree(runner_lake, lake)
+    assert verify_lake(lake).ok
     day_dir = lake / "events" / f"event_date={MIDDLE_DAY}"
     # A stale file from an older run of that day: the day must be replaced, not added to.
     other_day = next(p for p in (lake / "events").glob("event_date=*/*.parquet") if MIDDLE_DAY not in str(p))
     shutil.copy(other_day, day_dir / "part-stale.parquet")
+    assert not verify_lake(lake).ok
     before = _digest(lake)
+    replaced_files = sorted(
+        p.relative_to(lake).as_posix()
+        for table in ("events", "sessions")
+        for p in (lake / table).glob(f"*={MIDDLE_DAY}/*.parquet")
+        if p.name != "part-stale.parquet"
+    )
 
     code = main(
         [
@@ -220,8 +256,16 @@ def test_one_day_backfill_rebuilds_that_day_as_a_full_run_has_it(
     assert full_events and full_sessions
     assert day(_rows(lake, "events", ("machine_id", "event_id")), "event_date") == full_events
     assert day(_rows(lake, "sessions", ("session_id",)), "session_date") == full_sessions
-    # Every other day, and the rejections, are the files they were.
+    # Every other day, and the rejections, are the files they were; the ledgers gained the range's run.
     untouched = {k: v for k, v in before.items() if MIDDLE_DAY not in k}
-    assert {k: v for k, v in after.items() if MIDDLE_DAY not in k} == untouched
+    new_ledger = "_sessionflow/ledger/run-00002.json"
+    assert {k: v for k, v in after.items() if MIDDLE_DAY not in k and k != new_ledger} == untouched
+    # The ledgers describe the lake as it is now: sessionflow verify passes, run 2 names what it replaced.
+    verdict = verify_lake(lake)
+    assert verdict.ok, verdict.render()
+    assert verdict.runs == 2 and report["run"] == 2
+    ledger = orjson.loads((lake / "_sessionflow" / "ledger" / "run-00002.json").read_bytes())
+    assert [r["files"] for r in ledger["removed"]] == [replaced_files]
+    assert ledger["tally"]["events"] == len(full_events) and ledger["tally"]["sessions"] == len(full_sessions)
     assert not (day_dir / "part-stale.parquet").exists()
     assert not (lake / "_sessionflow" / "staging").exists() or not any((lake / "_sessionflow" / "staging").iterdir())

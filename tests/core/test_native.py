@@ -216,9 +216,9 @@ def test_blocks_place_their_rows_as_the_pure_sessionizer_releases_them(stream: A
 @given(streams())
 def test_collected_session_columns_make_the_table_the_summaries_make(stream: Any) -> None:
     pytest.importorskip("pyarrow")
+    from sessionflow.lake.writer import _table
     from sessionflow.runtimes.arrow import arrow_schema
     from sessionflow.runtimes.local.columnar import session_table
-    from sessionflow.runtimes.local.lake import _table
     from sessionflow.schema import SESSION_COLUMNS
 
     config, events, sizes, _ = stream

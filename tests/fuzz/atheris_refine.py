@@ -22,9 +22,9 @@ with atheris.instrument_imports():
 
     from sessionflow.config import Config
     from sessionflow.core import Outputs, Pipeline, Reason
+    from sessionflow.lake.writer import _table
     from sessionflow.runtimes.arrow import arrow_schema
     from sessionflow.runtimes.local import engine
-    from sessionflow.runtimes.local.lake import _table
     from sessionflow.schema import SESSION_COLUMNS, event_columns
 
 NOW_MS = int(time.time() * 1000)

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from sessionflow.config import Config
 from sessionflow.core import Outputs, Pipeline, Reason, Refiner
+from sessionflow.lake.writer import _table
 from sessionflow.runtimes.arrow import arrow_schema
 from sessionflow.runtimes.local import engine
 from sessionflow.runtimes.local import reader as reader_module
-from sessionflow.runtimes.local.lake import _table
 from sessionflow.runtimes.local.reader import OVERSIZED_KEEP, Source
 from sessionflow.schema import SESSION_COLUMNS, event_columns
 from tests.fuzz.line_reader import SourceReader

@@ -69,7 +69,7 @@ def test_rows_to_a_table_equal_arrows_own_conversion(rows: list[dict[str, object
     """The lake's one-pass conversion of row dicts equals pyarrow's own, for one column or many."""
     import pyarrow as pa
 
-    from sessionflow.runtimes.local.lake import _table
+    from sessionflow.lake.writer import _table
 
     fields = [
         pa.field("session_id", pa.string()),

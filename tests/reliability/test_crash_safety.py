@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from sessionflow.cli import main
-from sessionflow.runtimes.local.lake import CRASH_ENV
-from sessionflow.runtimes.local.verify import verify_lake
+from sessionflow.lake.commit import CRASH_ENV
+from sessionflow.lake.verify import verify_lake
 from tests.reliability.lakes import sessionflow, snapshot, write_config, write_feed_parts
 
 pytestmark = pytest.mark.slow

@@ -15,10 +15,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from sessionflow.cli import EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, EXIT_VERIFY, main
-from sessionflow.runtimes.local import lake as lake_module
-from sessionflow.runtimes.local.runner import LakeLock
-from sessionflow.runtimes.local.verify import verify_lake
+from sessionflow.cli import main
+from sessionflow.exitcodes import EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, EXIT_VERIFY
+from sessionflow.lake import durable
+from sessionflow.lake.commit import CRASH_ENV
+from sessionflow.lake.lock import LakeLock
+from sessionflow.lake.verify import verify_lake
 from tests.reliability.lakes import snapshot, write_config, write_feed_parts
 
 
@@ -139,19 +141,19 @@ def test_a_full_disk_after_the_commit_point_is_finished_by_the_next_run(
 
     lake, state = tmp_path / "lake", tmp_path / "state.json"
     assert main(run_args([feed[0]], lake, "--state", str(state))) == 0
-    real = lake_module.write_atomically
+    real = durable.write_atomically
 
     def full_for_ledgers(path: Path, payload: bytes) -> None:
         if "ledger" in path.parts:
             _enospc()
         real(path, payload)
 
-    monkeypatch.setattr(lake_module, "write_atomically", full_for_ledgers)
+    monkeypatch.setattr(durable, "write_atomically", full_for_ledgers)
     assert main(run_args([feed[1]], lake, "--state", str(state))) == EXIT_OUTPUT
     assert "run 2 is committed but could not be put in place" in capsys.readouterr().err
     verdict = verify_lake(lake)
     assert not verdict.ok and "--repair" in verdict.render()
-    monkeypatch.setattr(lake_module, "write_atomically", real)
+    monkeypatch.setattr(durable, "write_atomically", real)
     # The same command again: it finishes run 2, then finds nothing new to read.
     assert main(run_args([feed[1]], lake, "--state", str(state))) == 0
     assert snapshot(lake, state) == snapshot(clean / "lake", clean / "state.json")
@@ -162,7 +164,7 @@ def test_verify_repair_finishes_a_committed_run(feed: list[Path], tmp_path: Path
     from tests.reliability.lakes import sessionflow
 
     lake = tmp_path / "lake"
-    env = {**os.environ, lake_module.CRASH_ENV: "moved:2"}
+    env = {**os.environ, CRASH_ENV: "moved:2"}
     assert sessionflow(*run_args(feed, lake), env=env).returncode < 0  # killed while publishing
     assert main(["verify", str(lake)]) == EXIT_VERIFY
     assert main(["verify", str(lake), "--repair"]) == 0

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from sessionflow.cli import main
-from sessionflow.runtimes.local.verify import verify_lake
+from sessionflow.lake.verify import verify_lake
 from tests.reliability.lakes import write_config, write_feed_parts
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sessionflow.cli import EXIT_VERIFY, main
+from sessionflow.cli import main
+from sessionflow.exitcodes import EXIT_VERIFY
 from tests.reliability.lakes import write_config, write_feed_parts
 
 
@@ -49,12 +50,13 @@ def corrupted(lakes: dict[str, Path], tmp_path: Path) -> Path:
     return lake
 
 
-def verify_fails(lake: Path, capsys: pytest.CaptureFixture[str], *expected: str) -> None:
+def verify_fails(lake: Path, capsys: pytest.CaptureFixture[str], *expected: str) -> str:
     assert main(["verify", str(lake)]) == EXIT_VERIFY
     report = capsys.readouterr().out
     for text in expected:
         assert text in report, report
     assert "verify: FAILED" in report
+    return report
 
 
 def test_a_deleted_file_is_found(lakes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,4 +104,26 @@ def test_a_missing_ledger_is_found(lakes: dict[str, Path], tmp_path: Path, capsy
 
 
 def test_a_folder_that_is_no_lake_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    verify_fails(tmp_path, capsys, "not a lake written by sessionflow run")
+    verify_fails(tmp_path, capsys, "not a lake written by sessionflow")
+
+
+def test_a_removal_a_ledger_claims_must_add_up(
+    lakes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that removed files of earlier runs (a range backfill) names them with their rows: a
+    removal counted wrong, or of a file the earlier run never listed, is a finding."""
+    lake = corrupted(lakes, tmp_path)
+    path = lake / "_sessionflow" / "ledger" / "run-00003.json"
+    ledger = orjson.loads(path.read_bytes())
+    run_1 = orjson.loads((lake / "_sessionflow" / "ledger" / "run-00001.json").read_bytes())
+    gone = next(name for name in run_1["files"] if name.startswith("sessions/"))
+    (lake / gone).unlink()
+    ledger["removed"] = [{"run": 1, "files": [gone, "events/event_date=2000-01-01/never.parquet"], "sessions": 0}]
+    path.write_bytes(orjson.dumps(ledger))
+    report = verify_fails(
+        lake,
+        capsys,
+        "run 3 removed events/event_date=2000-01-01/never.parquet of run 1, which that run did not list",
+        "run 1: its sessions files hold",
+    )
+    assert f"{gone} is listed by run 1 but missing" not in report  # removed by design, not lost

@@ -6,7 +6,7 @@ Import-light: boto3 and moto are imported by the subcommands when they run.
     sessionflow aws-local put events.jsonl   # JSON lines onto the `raw` stream
     sessionflow aws-local run --flush        # the Lambda-like poller: raw -> process -> clean -> sessionize
     sessionflow aws-local sweep              # what the scheduled sweep does: close idle sessions of quiet shards
-    sessionflow aws-local fetch out/         # the S3 output, partitioned by date, exact copies dropped
+    sessionflow aws-local fetch out/         # the S3 output as the lake `run` writes, exact copies dropped
     sessionflow aws-local replay events.jsonl --out out/   # all of the above in one process
 """
 
@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from sessionflow.exitcodes import EXIT_OK
 
 ENDPOINT_FILE = ".sessionflow-aws-local.json"
 log = logging.getLogger("sessionflow")
@@ -71,7 +73,9 @@ def register(subparsers: Any) -> None:
     common(sweep)
     sweep.set_defaults(handler=_sweep)
 
-    fetch = commands.add_parser("fetch", help="download the S3 output into DIR/<table>/<partition>=.../")
+    fetch = commands.add_parser(
+        "fetch", help="download the S3 output into the lake DIR (Parquet, ledger: `sessionflow verify DIR` checks it)"
+    )
     common(fetch)
     fetch.add_argument("out", metavar="DIR")
     fetch.add_argument("--keep-duplicates", action="store_true", help="keep exact re-deliveries (see docs/aws.md)")
@@ -120,7 +124,7 @@ def _up(args: argparse.Namespace) -> int:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            return 0
+            return EXIT_OK
         finally:
             marker.unlink(missing_ok=True)
 
@@ -145,7 +149,7 @@ def _put(args: argparse.Namespace) -> int:
         with _open(name) as handle:
             total += put_lines(aws, handle, machine_field=machine_field)
     print(f"put {total} records on raw")
-    return 0
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -159,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.flush:
         handlers.flush_handler({}, None)
     _print_stats(poller)
-    return 0
+    return EXIT_OK
 
 
 def _print_stats(poller: Any) -> None:
@@ -179,7 +183,7 @@ def _flush(args: argparse.Namespace) -> int:
 
     _connect(args)
     print(handlers.flush_handler({}, None))
-    return 0
+    return EXIT_OK
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -187,15 +191,16 @@ def _sweep(args: argparse.Namespace) -> int:
 
     _connect(args)
     print(handlers.sweep_handler({}, None))
-    return 0
+    return EXIT_OK
 
 
 def _fetch(args: argparse.Namespace) -> int:
     from sessionflow.runtimes.aws.local.resources import fetch
 
-    counts = fetch(_connect(args), Path(args.out), keep_duplicates=args.keep_duplicates)
+    aws = _connect(args)
+    counts = fetch(aws, Path(args.out), _config(args), keep_duplicates=args.keep_duplicates)
     print(", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out}")
-    return 0
+    return EXIT_OK
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -206,7 +211,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     with moto_server() as endpoint:
         _use(endpoint)
-        _config(args)
+        config = _config(args)
         aws = LocalAws(endpoint, Settings.from_env())
         create_resources(aws)
         started = time.perf_counter()
@@ -217,12 +222,12 @@ def _replay(args: argparse.Namespace) -> int:
         poller.run()
         handlers.flush_handler({}, None)
         _print_stats(poller)
-        counts = fetch(aws, Path(args.out))
+        counts = fetch(aws, Path(args.out), config)
         print(
             ", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out} "
             f"({time.perf_counter() - started:.1f} s)"
         )
-    return 0
+    return EXIT_OK
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -236,15 +241,12 @@ def _use(endpoint: str) -> None:
 
 def _config(args: argparse.Namespace) -> Any:
     """The handlers read SESSIONFLOW_CONFIG; --config and ./sessionflow.toml feed it, as for `run`."""
-    from sessionflow.config import Config
+    from sessionflow.config import ENV_CONFIG, config_path, resolve_config
 
-    path = getattr(args, "config", None) or os.environ.get("SESSIONFLOW_CONFIG")
-    if path is None and Path("sessionflow.toml").is_file():
-        path = "sessionflow.toml"
+    path = config_path(getattr(args, "config", None))
     if path:
-        os.environ["SESSIONFLOW_CONFIG"] = str(Path(path).resolve())
-        return Config.load(path)
-    return Config()
+        os.environ[ENV_CONFIG] = str(Path(path).resolve())
+    return resolve_config(path)
 
 
 def _connect(args: argparse.Namespace) -> Any:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sessionflow.config import Config, parse_duration
+from sessionflow.config import ENV_CONFIG, Config, parse_duration
 
 DEFAULT_STATE_TTL = "7d"
 
@@ -32,7 +32,7 @@ class Settings:
             events_firehose=env.get("SESSIONFLOW_EVENTS_FIREHOSE", defaults.events_firehose),
             sessions_firehose=env.get("SESSIONFLOW_SESSIONS_FIREHOSE", defaults.sessions_firehose),
             state_table=env.get("SESSIONFLOW_STATE_TABLE", defaults.state_table),
-            config_path=env.get("SESSIONFLOW_CONFIG") or None,
+            config_path=env.get(ENV_CONFIG) or None,
             state_ttl_ms=parse_duration(env.get("SESSIONFLOW_STATE_TTL", DEFAULT_STATE_TTL), "SESSIONFLOW_STATE_TTL"),
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
         )

@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Any
 
+from sessionflow.exitcodes import EXIT_OK
 from sessionflow.runtimes.backfill.options import add_arguments
 
 ENV_MASTER = "SESSIONFLOW_SPARK_MASTER"
@@ -36,7 +37,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from sessionflow.cli import resolve_config
+    from sessionflow.config import resolve_config
     from sessionflow.errors import UsageError
 
     try:
@@ -66,4 +67,4 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
             f"{data['events']:,} events, {data['sessions']:,} sessions, {rejected:,} rejected "
             f"in {data['seconds']:.1f}s ({data['records_per_second']:,}/s)\n"
         )
-    return 0
+    return EXIT_OK

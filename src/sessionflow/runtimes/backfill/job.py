@@ -15,7 +15,7 @@ How it is built (see docs/backfill.md for the why):
    wins per event_id, then the core's ``Sessionizer`` over its events sorted by (timestamp,
    event_id), flushed. (``groupBy().applyInArrow`` would do, but only from Spark 4.0.)
 4. Everything is written into a staging folder, then swapped into the lake table by table (a full
-   backfill) or day by day (``--from/--to``).
+   backfill) or day by day (``--from/--to``), and a ledger written that ``sessionflow verify`` checks.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from typing import Any
 
 from sessionflow.config import DAY, Config
 from sessionflow.errors import InputError, OutputError, UsageError
+from sessionflow.exitcodes import EXIT_OK
+from sessionflow.lake.layout import META_DIR, TABLES
 from sessionflow.schema import EVENT_PARTITION, REJECTED_PARTITION, SESSION_COLUMNS, SESSION_PARTITION, event_columns
 
 try:
@@ -46,15 +48,20 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the backfill needs Spark: pip install 'sessionflow[spark]'") from exc
 
 from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES
-from sessionflow.runtimes.backfill import stages
+from sessionflow.runtimes.backfill import publish, stages
 from sessionflow.runtimes.backfill.lakefs import HadoopFs, InputFile, expand_inputs
 from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date_range_of, inputs_of
-from sessionflow.runtimes.backfill.stages import EVENT, REJECTION, SESSION, SESSION_PREFIX, SPLIT, UNRESOLVED, Window
+from sessionflow.runtimes.backfill.stages import (
+    EVENT,
+    REJECTION,
+    SESSION,
+    SESSION_PREFIX,
+    SPLIT,
+    UNRESOLVED,
+    Window,
+)
 
 log = logging.getLogger(__name__)
-
-META_DIR = "_sessionflow"  # the embedded runner's folder for what readers must skip
-TABLES = ("events", "sessions", "rejected")
 
 _SPARK_TYPES: dict[str, T.DataType] = {
     "string": T.StringType(),
@@ -88,10 +95,12 @@ class BackfillReport:
     partitions: dict[str, list[str]] = field(default_factory=dict)  # replaced, per table
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, where the time went
+    run: int = 0  # its ledger's run number: 1 for a full backfill, the next one for a range
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "run": self.run,
             "files": self.files,
             "splits": self.splits,
             "records": self.records,
@@ -168,6 +177,7 @@ def backfill(
 
     persisted: list[DataFrame] = []
     phase = partial(_phase, report)
+    in_range: int | None = None
     try:
         refined = _refine(spark, files, config, now).persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(refined)
@@ -182,6 +192,9 @@ def backfill(
                 persisted.append(sessionized)
             else:
                 sessionized = _sessionize_range(spark, valid, config, date_range, margin_ms, report, persisted)
+                # The range run's records: the valid ones dated in the range (its events and their copies).
+                timestamp = F.col("timestamp")
+                in_range = valid.filter((timestamp >= date_range.lo) & (timestamp < date_range.hi)).count()
             counts = {row["kind"]: row["count"] for row in sessionized.groupBy("kind").count().collect()}
         report.events = counts.get(EVENT, 0)
         report.sessions = counts.get(SESSION, 0)
@@ -202,23 +215,8 @@ def backfill(
     finally:
         for frame in persisted:
             frame.unpersist()
-    # What is replaced is kept apart from staging until the end: a publish that fails halfway must not
-    # lose the days it had already moved aside.
-    replaced = f"{staging}-replaced"
-    with phase("publish"):
-        try:
-            if date_range is None:
-                report.partitions = {table: ["*"] for table in TABLES}
-                _swap_tables(fs, staging, out_uri, replaced)
-            else:
-                report.partitions = _swap_days(fs, staging, out_uri, replaced, date_range)
-        except Exception as exc:
-            raise OutputError(
-                f"{out}: publishing failed ({exc}); new files are in {staging}, the ones they replace in {replaced}"
-            ) from exc
-    fs.delete(staging)
-    fs.delete(replaced)
-    _remove_if_empty(fs, f"{out_uri}/{META_DIR}")
+    with phase("publish"), publish.lake_lock(out_uri):
+        publish.publish(spark, fs, staging, out_uri, date_range, report, in_range)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -399,41 +397,6 @@ def _write_rejections(
                 fs.rename(f"{folder}/{name}", f"{folder}/{name[: -len('.txt')]}.jsonl")
 
 
-# -- publishing -------------------------------------------------------------------------------------------
-
-
-def _swap_tables(fs: HadoopFs, staging: str, out: str, replaced: str) -> None:
-    """Full backfill: each table folder is replaced by the staged one (two renames per table)."""
-    for table in TABLES:
-        new = f"{staging}/{table}"
-        if not fs.exists(new):
-            fs.mkdirs(new)  # an empty table is still a table: the old one must go
-        if fs.exists(f"{out}/{table}"):
-            fs.rename(f"{out}/{table}", f"{replaced}/{table}")
-        fs.rename(new, f"{out}/{table}")
-
-
-def _swap_days(fs: HadoopFs, staging: str, out: str, replaced: str, date_range: DateRange) -> dict[str, list[str]]:
-    """Range backfill: every day of the range is replaced, or removed when it has no rows any more."""
-    swapped: dict[str, list[str]] = {}
-    for table, partition in (("events", EVENT_PARTITION), ("sessions", SESSION_PARTITION)):
-        swapped[table] = []
-        for day in date_range.days():
-            folder = f"{partition}={day}"
-            new, old = f"{staging}/{table}/{folder}", f"{out}/{table}/{folder}"
-            if fs.exists(old):
-                fs.rename(old, f"{replaced}/{table}/{folder}")
-            if fs.exists(new):
-                fs.rename(new, old)
-            swapped[table].append(day)
-    return swapped
-
-
-def _remove_if_empty(fs: HadoopFs, uri: str) -> None:
-    if fs.exists(uri) and not fs.list_names(uri):
-        fs.delete(uri)
-
-
 # -- the spark-submit entry point -------------------------------------------------------------------------
 
 
@@ -467,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = SparkSession.builder.appName("sessionflow-backfill").getOrCreate()
     report = run_job(args, config, spark)
     sys.stdout.write(orjson.dumps(report.to_dict()).decode() + "\n")
-    return 0
+    return EXIT_OK
 
 
 def drop_foreign_options(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:

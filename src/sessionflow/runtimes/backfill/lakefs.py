@@ -1,17 +1,17 @@
 """Files through Hadoop's FileSystem API (via the driver's JVM), so local paths, HDFS and S3 all work.
 
-Listing inputs follows the embedded runner (``runtimes.local.reader.expand_inputs``): a file is
-named as given; a directory yields every file below it, sorted, skipping names that start with
-``.`` or ``_``, each named by the given path plus its relative path.
+Listing inputs follows the embedded runner's rule (``sessionflow.inputs``): a file is named as
+given; a directory yields every file below it, sorted, skipping names that start with ``.`` or
+``_``, each named by the given path plus its relative path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sessionflow.errors import InputError, OutputError, UsageError
+from sessionflow.inputs import local_files, skipped
 from sessionflow.runtimes.backfill.stages import path_key
 
 
@@ -89,6 +89,21 @@ class HadoopFs:
     def delete(self, uri: str) -> None:
         self._fs(uri).delete(self._path(uri), True)
 
+    def read_bytes(self, uri: str) -> bytes:
+        stream = self._fs(uri).open(self._path(uri))
+        try:
+            return bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Create or replace a small file (a ledger)."""
+        stream = self._fs(uri).create(self._path(uri), True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+
 
 def expand_inputs(fs: HadoopFs, inputs: list[str]) -> list[InputFile]:
     """The input files in arrival order; a missing input fails before Spark reads anything."""
@@ -98,9 +113,7 @@ def expand_inputs(fs: HadoopFs, inputs: list[str]) -> list[InputFile]:
             raise UsageError("the backfill reads files, not standard input")
         if not has_scheme(given):
             # Local paths: exactly the embedded runner's listing and names.
-            from sessionflow.runtimes.local.reader import expand_inputs as local_expand
-
-            files.extend(InputFile(s.name, fs.qualify(str(Path(s.name).resolve()))) for s in local_expand([given]))
+            files.extend(InputFile(name, fs.qualify(str(path.resolve()))) for name, path in local_files(given))
             continue
         if not fs.exists(given):
             raise InputError(f"{given}: no such file or directory")
@@ -112,7 +125,7 @@ def expand_inputs(fs: HadoopFs, inputs: list[str]) -> list[InputFile]:
         for uri in fs.list_files(given):
             relative = uri[len(root) :].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
             parts = tuple(relative.split("/"))
-            if any(part.startswith((".", "_")) for part in parts):
+            if skipped(parts):
                 continue
             found.append((parts, InputFile(given.rstrip("/") + "/" + relative, uri)))
         files.extend(file for _, file in sorted(found, key=lambda item: item[0]))

@@ -11,11 +11,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from sessionflow.config import Config
+from sessionflow.exitcodes import EXIT_OK, EXIT_QUALITY
 from sessionflow.runtimes.local.reader import expand_inputs
 from sessionflow.runtimes.local.runner import RunReport, run
-
-EXIT_OK = 0
-EXIT_QUALITY = 6
 
 
 def run_with_console(

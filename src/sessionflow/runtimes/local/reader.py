@@ -1,7 +1,7 @@
 """Input files -> batches of raw lines with their provenance (source, 1-based line number).
 
 Accepts JSON-lines files, gzip files (recognised by their magic bytes, whatever their name),
-directories (every file below, sorted, hidden ones skipped) and ``-`` for standard input.
+directories (every file below, sorted, hidden ones skipped: ``sessionflow.inputs``) and ``-`` for standard input.
 
 Memory is bounded whatever the input: :class:`BoundedLines` reads fixed-size chunks and never holds
 a line longer than its limit (such a line is reported with a bounded prefix and its size).
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from sessionflow.errors import InputError
+from sessionflow.inputs import local_files
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +50,7 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
         if given == STDIN:
             sources.append(Source(STDIN, None))
             continue
-        path = Path(given)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-            )
-            sources.extend(Source(str(p), p) for p in found)
-        elif path.is_file():
-            sources.append(Source(given, path))
-        elif path.exists():
-            raise InputError(f"{given}: not a regular file or directory")
-        else:
-            raise InputError(f"{given}: no such file or directory")
+        sources.extend(Source(name, path) for name, path in local_files(given))
     for source in sources:
         if source.path is not None and not os.access(source.path, os.R_OK):
             raise InputError(f"{source.name}: permission denied")

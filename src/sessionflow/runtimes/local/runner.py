@@ -1,7 +1,7 @@
 """The embedded runner: input files -> the core -> a Parquet lake, on one machine.
 
 A run is all-or-nothing: its files are staged and published together with its ledger and the
-sessionizer state through one commit point (see ``lake.commit_run``), so the lake always holds whole
+sessionizer state through one commit point (see ``sessionflow.lake.commit``), so the lake always holds whole
 runs only, and a run killed at any moment and started again ends with the lake an uninterrupted run
 would have written. With ``--state``, the state remembers how far into each input file the runs got,
 so the same command started again never reads a line twice.
@@ -9,7 +9,6 @@ so the same command started again never reads a line twice.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import hashlib
 import logging
@@ -27,19 +26,13 @@ from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, Sessionizer, Tally, rejection_row
 from sessionflow.core.native import implementation, new_sessionizer, sessionizer_class
 from sessionflow.errors import OutputError, StateError
+from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
+from sessionflow.lake.durable import write_atomically
+from sessionflow.lake.layout import META_DIR, lake_exists
+from sessionflow.lake.ledger import ledger_files, ledger_record, next_run_number
+from sessionflow.lake.lock import LakeLock
+from sessionflow.lake.writer import LakeWriter
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
-from sessionflow.runtimes.local.lake import (
-    META_DIR,
-    LakeWriter,
-    commit_run,
-    crash_point,
-    lake_exists,
-    ledger_dir,
-    recover,
-    roll_forward,
-    stage_state,
-    write_atomically,
-)
 from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Source, bounded, expand_inputs
 
 log = logging.getLogger(__name__)
@@ -140,53 +133,6 @@ def save_state(path: Path, config: Config, snapshot: dict[str, Any] | None, runs
     write_atomically(path, state_payload(config, snapshot, runs, {}))
 
 
-def next_run_number(lake: Path) -> int:
-    ledgers = ledger_dir(lake)
-    numbers = [int(p.stem.split("-")[1]) for p in ledgers.glob("run-*.json")] if ledgers.exists() else []
-    return max(numbers, default=0) + 1
-
-
-class LakeLock:
-    """One writer per lake: an exclusive lock the kernel releases when the process dies, even by SIGKILL.
-
-    Worker processes forked while it is held close their copy of it, so that a killed run's
-    orphaned workers never keep its lake locked.
-    """
-
-    def __init__(self, lake: Path) -> None:
-        self.path = lake / META_DIR / "lock"
-        self.handle: Any = None
-
-    def __enter__(self) -> LakeLock:
-        global _fork_hook_registered  # noqa: PLW0603 - once per process
-        if not _fork_hook_registered:
-            os.register_at_fork(after_in_child=_close_held_locks)
-            _fork_hook_registered = True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+b")
-        try:
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
-            raise OutputError(f"{self.path.parent.parent}: another sessionflow run is writing to this lake") from None
-        _held_locks.add(self.handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _held_locks.discard(self.handle)
-        self.handle.close()
-
-
-_held_locks: set[Any] = set()
-_fork_hook_registered = False
-
-
-def _close_held_locks() -> None:
-    for handle in _held_locks:
-        handle.close()
-    _held_locks.clear()
-
-
 def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
     """Lock held: finish what killed runs left, then check the lake can take this run.
 
@@ -222,8 +168,7 @@ def _remove_if_empty_lake(lake: Path) -> None:
     """A failed first run leaves no lake: only our own bookkeeping may be in the folder."""
     if not lake.is_dir() or lake_exists(lake) or any(p.name != META_DIR for p in lake.iterdir()):
         return
-    meta = lake / META_DIR
-    if any((meta / "ledger").glob("run-*.json")) or any((meta / "staging").glob("*/COMMIT.json")):
+    if ledger_files(lake) or pending_commits(lake):
         return
     shutil.rmtree(lake, ignore_errors=True)
 
@@ -345,7 +290,15 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
         files = writer.close()
         report_ = RunReport(number, tally, time.perf_counter() - options.started, flushed, len(files), inputs_read)
         open_sessions = (0, 0) if flushed else pending_sessions
-        ledger = ledger_record(report_, files, snapshot, pending_before, open_sessions, config, options.overwrite)
+        ledger = ledger_record(
+            report_.to_dict(),
+            files,
+            replace=options.overwrite,
+            config_fingerprint=session_fingerprint(config),
+            pending_before=pending_before,
+            pending_in_state=_pending(snapshot),
+            open_sessions=open_sessions,
+        )
         ledger["inputs"] = positions
         if state_path is not None:
             for key, position in new_positions.items():
@@ -393,41 +346,6 @@ def add_oversized(block: Block, source: Source, config: Config) -> None:
         block.rejected[Reason.OVERSIZED.value] += 1
         block.records += 1
         block.blank -= 1
-
-
-def publish(lake: Path, staging: Path, run: int) -> None:
-    """After the commit point: the run has happened; put it in place (or leave it to recovery)."""
-    try:
-        roll_forward(lake, staging)
-    except OSError as exc:
-        raise OutputError(
-            f"{lake}: run {run} is committed but could not be put in place: {exc}; "
-            "the next run on this lake finishes it (or: sessionflow verify --repair)"
-        ) from exc
-
-
-def ledger_record(
-    report: RunReport,
-    files: list[Path],
-    snapshot: dict[str, Any] | None,
-    pending_before: int,
-    open_sessions: tuple[int, int],
-    config: Config,
-    replace: bool,
-) -> dict[str, Any]:
-    """What the run did, for `sessionflow verify`: counts, files, and what the state still holds."""
-    return {
-        **report.to_dict(),
-        "files": [path.as_posix() for path in files],
-        "replace": replace,
-        "config_fingerprint": session_fingerprint(config),
-        # Conservation: records = events + rejected + duplicates + pending_in_state - pending_before.
-        "pending_before": pending_before,
-        "pending_in_state": _pending(snapshot),
-        # Events already written whose session summary comes in a later run.
-        "open_sessions": open_sessions[0],
-        "events_in_open_sessions": open_sessions[1],
-    }
 
 
 def _open_sessions(sessionizer: Sessionizer) -> tuple[int, int]:

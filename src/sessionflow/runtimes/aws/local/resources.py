@@ -3,12 +3,13 @@
 Moto cannot run Lambda code without Docker, so :mod:`.poller` plays the event source mappings.
 Known gaps of moto, and what we do about them: its Firehose writes each PutRecordBatch straight to
 S3 under ``<prefix>YYYY/MM/DD/HH/`` (no buffering, compression or dynamic partitioning), so
-:func:`fetch` partitions the rows by their date itself; its sequence numbers are small integers.
+:func:`fetch` partitions the rows by their date itself (into the lake ``sessionflow run`` writes);
+its sequence numbers are small integers.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,14 +18,16 @@ from typing import Any
 
 import orjson
 
+from sessionflow.config import Config
+from sessionflow.lake.layout import TABLES
 from sessionflow.runtimes.aws.settings import Settings
 
 REGION = "us-east-1"
 BUCKET = "sessionflow-lake"
 ON_FAILURE_QUEUE = "sessionflow-on-failure"
 RAW_STREAM = "raw"
-PREFIXES = {"events": "events/", "sessions": "sessions/", "rejected": "rejected/"}
-PARTITIONS = {"events": "event_date", "sessions": "session_date", "rejected": "reason"}
+# The Firehoses deliver each table under its name in the lake: events/, sessions/, rejected/.
+PREFIXES = {table: f"{table}/" for table in TABLES}
 # What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md).
 IDS = {"events": "event_id", "sessions": "session_id", "rejected": "source"}
 
@@ -175,18 +178,84 @@ def dedupe(rows: list[dict[str, Any]], id_field: str) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def fetch(aws: LocalAws, out: Path, keep_duplicates: bool = False) -> dict[str, int]:
-    """Download the output into ``out/<table>/<partition>=<value>/part-0.jsonl`` (deduped by id)."""
-    counts = {}
-    for table, rows in read_output(aws).items():
-        if not keep_duplicates and table in IDS:
-            rows = dedupe(rows, IDS[table])
-        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            groups[str(row.get(PARTITIONS[table]))].append(row)
-        for value, group in groups.items():
-            directory = out / table / f"{PARTITIONS[table]}={value}"
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / "part-0.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in group))
-        counts[table] = len(rows)
-    return counts
+def fetch(aws: LocalAws, out: Path, config: Config, keep_duplicates: bool = False) -> dict[str, int]:
+    """Download the output into the lake ``out`` (deduped by id): the layout, Parquet schema, ledger
+    and commit protocol ``sessionflow run`` uses, so ``sessionflow verify out`` checks it.
+
+    A fetch is a snapshot of what S3 holds now: it replaces whatever lake ``out`` held (run 1).
+    """
+    rows = read_output(aws)
+    if not keep_duplicates:
+        rows = {table: dedupe(table_rows, IDS[table]) for table, table_rows in rows.items()}
+    write_lake(rows, out, config, raw_records(aws))
+    return {table: len(table_rows) for table, table_rows in rows.items()}
+
+
+def raw_records(aws: LocalAws, stream: str = RAW_STREAM) -> int:
+    """Records on the input stream, all shards from the start (moto keeps them all)."""
+    kinesis = aws.client("kinesis")
+    total = 0
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            if not response["Records"]:
+                break
+            total += len(response["Records"])
+            iterator = response.get("NextShardIterator")
+    return total
+
+
+def write_lake(rows: dict[str, list[dict[str, Any]]], out: Path, config: Config, records: int) -> None:
+    """The delivered rows as a one-run lake, committed atomically (a reader sees the old or the new)."""
+    from sessionflow.lake.commit import commit_run, publish, recover
+    from sessionflow.lake.ledger import ledger_record
+    from sessionflow.lake.lock import LakeLock
+    from sessionflow.lake.writer import LakeWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    with LakeLock(out):
+        recover(out)
+        writer = LakeWriter(out, config, 1)
+        try:
+            writer.write(rows["events"], rows["sessions"], rows["rejected"])
+            files = writer.close()
+            ledger = ledger_record(
+                {"run": 1, "written_by": "aws-local fetch", "tally": _tally(rows, records)},
+                files,
+                replace=True,
+                config_fingerprint=None,
+                open_sessions=_open_sessions(rows),
+            )
+            commit_run(writer.staging, run=1, files=files, ledger=ledger, state_path=None, replace=True)
+        except BaseException:
+            writer.abort()
+            raise
+        publish(out, writer.staging, 1)
+
+
+def _tally(rows: dict[str, list[dict[str, Any]]], records: int) -> dict[str, Any]:
+    """The embedded runner's tally of what reached S3. ``records``: those put on the raw stream. The
+    sessionize handler drops a duplicate without delivering anything, so ``duplicates`` is what is
+    left: the records that became neither an event nor a rejection. After a flush that is exactly
+    the duplicates; before it, the events still buffered in the state count too."""
+    events = rows["events"]
+    rejected = Counter(row["reason"] for row in rows["rejected"])
+    return {
+        "records": records,
+        "blank": 0,  # put_lines skips blank lines: Kinesis records cannot be empty
+        "events": len(events),
+        "rejected": dict(sorted(rejected.items())),
+        "duplicates": records - len(events) - len(rows["rejected"]),
+        "late": sum(1 for event in events if event.get("late")),
+        "sessions": len(rows["sessions"]),
+    }
+
+
+def _open_sessions(rows: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:
+    """(sessions with events but no summary yet, their events): open in the state until a flush."""
+    summarised = {session["session_id"] for session in rows["sessions"]}
+    open_events = [e["session_id"] for e in rows["events"] if not e.get("late") and e["session_id"] not in summarised]
+    return len(set(open_events)), len(open_events)

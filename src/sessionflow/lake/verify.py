@@ -1,12 +1,14 @@
-"""`sessionflow verify DIR`: check a lake against its ledgers; exit 5 when something is off.
+"""Check a lake against its ledgers (``sessionflow verify DIR``; exit 5 when something is off).
 
 What is checked (docs/reliability.md says why):
 
 * no committed run is waiting to be put in place (a run killed during its publication);
 * the ledgers run 1..N without a gap;
-* the files: every file a ledger lists exists, none is listed twice, no file is there unlisted;
+* the files: every file a ledger lists exists, none is listed twice, no file is there unlisted
+  (a run that replaced days of earlier runs, a range backfill, names the files it removed);
 * conservation per run: records = events + rejected + duplicates + (buffered in state after the
-  run - buffered before it); each run's files hold exactly the rows its ledger counts;
+  run - buffered before it); each run's files hold exactly the rows its ledger counts (plus the
+  rows of its files a later run removed, as that run counted them);
 * the content: no event_id twice for a machine; a session id once in the sessions table; every
   non-late event in exactly one session whose summary (count, first and last timestamp, machine,
   event type counts, positions 1..n) matches its events, except the sessions still open in the
@@ -17,21 +19,15 @@ This module imports nothing heavy: DuckDB and pyarrow are imported when a lake i
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import fcntl
-import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-EXIT_OK = 0
-EXIT_VERIFY = 5  # sessionflow.cli.EXIT_VERIFY
+from sessionflow.lake.layout import LEDGER_DIR, STAGING_DIR, TABLES
+from sessionflow.lake.lock import LakeLock, shared_lock
+
 _EXAMPLES = 5
-_TABLES = ("events", "sessions", "rejected")
-_META_DIR = "_sessionflow"
 
 
 @dataclass
@@ -85,71 +81,17 @@ class Verdict:
         return "\n".join(lines)
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    verify = subparsers.add_parser(
-        "verify",
-        help="check a lake against its ledgers: files, counts, sessions (exit 5 when something is off)",
-    )
-    verify.add_argument("lake", metavar="DIR", help="the lake folder (sessionflow run --out DIR)")
-    verify.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
-    verify.add_argument(
-        "--repair",
-        action="store_true",
-        help="first finish publishing runs a stopped process had committed (what the next run would do)",
-    )
-    verify.set_defaults(handler=_cmd_verify)
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from sessionflow.errors import UsageError
-
-    lake = Path(args.lake)
-    if not lake.is_dir():
-        raise UsageError(f"{lake}: no such lake folder")
-    if args.repair:
-        repair(lake)
-    verdict = verify_lake(lake)
-    if args.json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(verdict.to_dict()).decode() + "\n")
-    else:
-        print(verdict.render())
-    return EXIT_OK if verdict.ok else EXIT_VERIFY
-
-
 def repair(lake: Path) -> list[int]:
     """Roll forward the runs a killed process committed (with the lake lock, like a run)."""
-    from sessionflow.runtimes.local.lake import recover
-    from sessionflow.runtimes.local.runner import LakeLock
+    from sessionflow.lake.commit import recover
 
     with LakeLock(lake):
         return recover(lake)
 
 
-@contextlib.contextmanager
-def _shared_lock(lake: Path) -> Iterator[bool]:
-    """A shared lock: no run publishes while we look. False when a run holds the lake."""
-    path = lake / _META_DIR / "lock"
-    try:
-        handle = open(path, "rb")  # noqa: SIM115
-    except OSError:  # no lock file (never written) or a read-only lake: nothing to wait for
-        yield True
-        return
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        handle.close()
-
-
 def verify_lake(lake: Path) -> Verdict:
     verdict = Verdict(lake)
-    with _shared_lock(lake) as free:
+    with shared_lock(lake) as free:
         if not free:
             verdict.check("no run is writing to the lake").problems.append(
                 "a sessionflow run holds the lake lock; verify again when it has finished"
@@ -162,9 +104,8 @@ def verify_lake(lake: Path) -> Verdict:
 def _verify(lake: Path, verdict: Verdict) -> None:
     import orjson
 
-    meta = lake / _META_DIR
     check = verdict.check("no committed run waits to be put in place")
-    staging = meta / "staging"
+    staging = lake / STAGING_DIR
     if staging.is_dir():
         for folder in sorted(staging.iterdir()):
             if (folder / "COMMIT.json").is_file():
@@ -177,7 +118,7 @@ def _verify(lake: Path, verdict: Verdict) -> None:
 
     check = verdict.check("ledgers run 1..N without a gap")
     ledgers: list[dict[str, Any]] = []
-    for path in sorted((meta / "ledger").glob("run-*.json")):
+    for path in sorted((lake / LEDGER_DIR).glob("run-*.json")):
         try:
             ledger = orjson.loads(path.read_bytes())
             ledger["run"] = int(ledger["run"])
@@ -187,9 +128,7 @@ def _verify(lake: Path, verdict: Verdict) -> None:
     ledgers.sort(key=lambda ledger: ledger["run"])
     numbers = [ledger["run"] for ledger in ledgers]
     if not ledgers and not check.problems:
-        check.problems.append(
-            "no ledger in _sessionflow/ledger: not a lake written by sessionflow run, or it lost them"
-        )
+        check.problems.append(f"no ledger in {LEDGER_DIR}: not a lake written by sessionflow, or it lost them")
     if numbers and numbers != list(range(1, numbers[-1] + 1)):
         missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
         check.problems.append(f"ledgers of run(s) {missing} are missing")
@@ -208,13 +147,21 @@ def _check_files(lake: Path, ledgers: list[dict[str, Any]], verdict: Verdict) ->
     check = verdict.check("every file a ledger lists exists, once; no other file is in the tables")
     listed: dict[str, int] = {}
     for ledger in ledgers:
+        # A run that replaced files of earlier runs (a range backfill) names them: they are gone by design.
+        for removal in ledger.get("removed", []):
+            for name in removal["files"]:
+                if listed.get(name) != removal["run"]:
+                    check.problems.append(
+                        f"run {ledger['run']} removed {name} of run {removal['run']}, which that run did not list"
+                    )
+                listed.pop(name, None)
         for name in ledger.get("files", []):
             if name in listed:
                 check.problems.append(f"{name} is listed by run {listed[name]} and again by run {ledger['run']}")
             listed[name] = ledger["run"]
     present = {
         path.relative_to(lake).as_posix()
-        for table in _TABLES
+        for table in TABLES
         if (lake / table).is_dir()
         for path in (lake / table).rglob("*")
         if path.is_file()
@@ -258,9 +205,17 @@ def _check_rows(lake: Path, ledgers: list[dict[str, Any]], listed: dict[str, int
     import pyarrow.parquet as pq
 
     check = verdict.check("each run's files hold the rows its ledger counts")
+    # Rows of a run's files that a later run removed, as that run counted them before removing them.
+    removed: dict[int, Counter[str]] = {}
+    for ledger in ledgers:
+        for removal in ledger.get("removed", []):
+            removed.setdefault(removal["run"], Counter()).update(
+                {"events": removal.get("events", 0), "sessions": removal.get("sessions", 0)}
+            )
     for ledger in ledgers:
         run = ledger["run"]
-        events = sessions = 0
+        gone = removed.get(run, Counter())
+        events, sessions = gone["events"], gone["sessions"]
         rejected: Counter[str] = Counter()
         for name in ledger.get("files", []):
             if name not in listed:

@@ -1,24 +1,14 @@
-"""The Parquet lake: Hive-partitioned events and sessions, JSON-lines rejections.
+"""The Parquet writer of a run: Hive-partitioned events and sessions, JSON-lines rejections, in staging.
 
-Layout (DuckDB, Spark and Athena read it as it is)::
-
-    DIR/events/event_date=YYYY-MM-DD/part-RRRRR-NNNNN.parquet
-    DIR/sessions/session_date=YYYY-MM-DD/part-RRRRR-NNNNN.parquet
-    DIR/rejected/reason=CODE/part-RRRRR-NNNNN.jsonl
-    DIR/_sessionflow/                    ledgers, staging (readers skip names starting with _)
-
-A run writes every file into its staging folder; the commit protocol below moves them into place
-only when the run has finished, so a reader never sees a half-written file, and a run killed at any
-moment leaves either nothing or a run that the next start finishes (see docs/reliability.md).
+A run writes every file into its staging folder (see :mod:`sessionflow.lake.commit`): nothing is in
+the lake until the run commits, so a reader never sees a half-written file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from itertools import accumulate, chain
@@ -29,6 +19,8 @@ from typing import IO, Any
 import orjson
 
 from sessionflow.config import Config
+from sessionflow.lake.durable import fsync_file
+from sessionflow.lake.layout import staging_name, staging_root
 from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES, arrow_schema
 from sessionflow.schema import (
     EVENT_PARTITION,
@@ -43,10 +35,8 @@ try:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError("the embedded runner needs pyarrow: pip install 'sessionflow[local]'") from exc
+    raise ImportError("writing a lake needs pyarrow: pip install 'sessionflow[local]'") from exc
 
-META_DIR = "_sessionflow"
-TABLES = ("events", "sessions", "rejected")
 _ROW_GROUP = 128 * 1024
 _BUFFER_ROWS = 512 * 1024  # rows held in memory over all partitions before writing
 # ... or this many bytes of Arrow data, whichever comes first: a table of few but wide rows (the
@@ -267,12 +257,12 @@ class _PartitionedJsonLines:
 
 
 class LakeWriter:
-    """Writes one run's files into staging; :meth:`commit` publishes them all at once."""
+    """Writes one run's files into staging; :func:`sessionflow.lake.commit.commit_run` publishes them at once."""
 
     def __init__(self, lake: Path, config: Config, run: int) -> None:
         self.lake = lake
         self.run = run
-        self.staging = lake / META_DIR / "staging" / f"run-{run:05d}"
+        self.staging = staging_root(lake) / staging_name(run)
         if self.staging.exists():
             shutil.rmtree(self.staging)  # an earlier attempt of this run that never committed
         prefix = f"{run:05d}"
@@ -315,7 +305,7 @@ class LakeWriter:
         self._executor.shutdown()
         files = [*self.events.files, *self.sessions.files, *self.rejected.files]
         for path in files:
-            _fsync(path)
+            fsync_file(path)
         return [path.relative_to(self.staging) for path in files]
 
     def abort(self) -> None:
@@ -335,198 +325,3 @@ class LakeWriter:
         self.sessions.writers.clear()
         self.rejected.handles.clear()
         shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def lake_exists(lake: Path) -> bool:
-    return any((lake / table).exists() for table in TABLES)
-
-
-# -- the commit protocol --------------------------------------------------------------------------
-#
-# 1. A run writes its files, and the state it will leave, into staging/run-N (fsynced).
-# 2. Commit point: staging/run-N/COMMIT.json (files, ledger, where the state goes) appears by an
-#    atomic rename. Before it, the run never happened; after it, the run has happened.
-# 3. Roll forward (idempotent, so it may be interrupted and redone any number of times): with
-#    ``replace``, remove what the lake held before; move each staged file into place; write the
-#    state; write the ledger; drop COMMIT.json; remove the staging folder.
-# 4. Every start recovers first: a staging folder with COMMIT.json is rolled forward, one without
-#    is deleted.
-
-MANIFEST = "COMMIT.json"
-STAGED_STATE = "state.json"
-MANIFEST_FORMAT = 1
-CRASH_ENV = "SESSIONFLOW_CRASH_AT"  # tests only: "<step>" or "<step>:<nth>", see crash_point
-_crash_counts: Counter[str] = Counter()
-
-
-def crash_point(step: str) -> None:
-    """Kill this process (SIGKILL, no cleanup) at a named step when $SESSIONFLOW_CRASH_AT asks.
-
-    Only the fault-injection tests set the variable; it costs one environment lookup otherwise.
-    """
-    target = os.environ.get(CRASH_ENV)
-    if not target:
-        return
-    name, _, nth = target.partition(":")
-    if name != step:
-        return
-    _crash_counts[step] += 1
-    if _crash_counts[step] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def staging_root(lake: Path) -> Path:
-    return lake / META_DIR / "staging"
-
-
-def ledger_dir(lake: Path) -> Path:
-    return lake / META_DIR / "ledger"
-
-
-def ledger_path(lake: Path, run: int) -> Path:
-    return ledger_dir(lake) / f"run-{run:05d}.json"
-
-
-def write_atomically(path: Path, payload: bytes) -> None:
-    """Write to a temporary name, fsync, then rename: a reader sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
-
-
-def stage_state(staging: Path, payload: bytes) -> None:
-    with open(staging / STAGED_STATE, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def commit_run(
-    staging: Path,
-    *,
-    run: int,
-    files: list[Path],
-    ledger: dict[str, Any],
-    state_path: Path | None,
-    replace: bool,
-) -> None:
-    """The commit point: COMMIT.json appears atomically in the staging folder."""
-    crash_point("staged")
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "run": run,
-        "replace": replace,
-        "files": [path.as_posix() for path in files],
-        "state": str(state_path.resolve()) if state_path is not None else None,
-        "ledger": ledger,
-    }
-    write_atomically(staging / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    crash_point("committed")
-
-
-def roll_forward(lake: Path, staging: Path) -> int:
-    """Publish a committed run from its staging folder; safe to repeat after any interruption."""
-    manifest = orjson.loads((staging / MANIFEST).read_bytes())
-    run = int(manifest["run"])
-    files = [Path(name) for name in manifest["files"]]
-    if manifest["replace"]:
-        _remove_all_but(lake, {path.as_posix() for path in files}, keep_ledger=run)
-        crash_point("replaced")
-    folders: set[Path] = set()
-    for relative in files:
-        staged = staging / relative
-        final = lake / relative
-        if staged.exists():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
-            folders.add(final.parent)
-            crash_point("moved")
-    for folder in folders:
-        _fsync_dir(folder)
-    state = staging / STAGED_STATE
-    if manifest["state"] is not None and state.exists():
-        write_atomically(Path(manifest["state"]), state.read_bytes())
-        crash_point("state")
-    write_atomically(ledger_path(lake, run), orjson.dumps(manifest["ledger"], option=orjson.OPT_INDENT_2))
-    crash_point("ledger")
-    # Without its manifest the folder is an uncommitted leftover: whatever happens next, it goes.
-    (staging / MANIFEST).unlink()
-    _fsync_dir(staging)
-    shutil.rmtree(staging, ignore_errors=True)
-    crash_point("cleaned")
-    return run
-
-
-def recover(lake: Path) -> list[int]:
-    """Finish what killed runs left: roll committed runs forward, delete uncommitted ones.
-
-    Returns the runs rolled forward. Call with the lake lock held.
-    """
-    root = staging_root(lake)
-    finished: list[int] = []
-    if root.is_dir():
-        for staging in sorted(root.iterdir()):
-            if (staging / MANIFEST).is_file():
-                finished.append(roll_forward(lake, staging))
-            elif staging.is_dir():
-                shutil.rmtree(staging, ignore_errors=True)
-            else:
-                staging.unlink(missing_ok=True)
-    ledgers = ledger_dir(lake)
-    if ledgers.is_dir():
-        for leftover in ledgers.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
-    return finished
-
-
-def pending_commits(lake: Path) -> list[Path]:
-    """Staging folders of committed runs not yet rolled forward (read-only)."""
-    root = staging_root(lake)
-    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
-
-
-def _remove_all_but(lake: Path, keep: set[str], keep_ledger: int) -> None:
-    """Before a replacing run is published: remove every file of the lake it does not bring."""
-    for table in TABLES:
-        root = lake / table
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*"), reverse=True):
-            relative = path.relative_to(lake).as_posix()
-            if path.is_dir():
-                if not any(path.iterdir()):
-                    path.rmdir()
-            elif relative not in keep:
-                path.unlink()
-    ledgers = ledger_dir(lake)
-    if ledgers.is_dir():
-        for ledger in ledgers.glob("run-*.json"):
-            if ledger.name != ledger_path(lake, keep_ledger).name:
-                ledger.unlink()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (a power cut, not only a kill)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -1,0 +1,31 @@
+"""Which files an input names, for every runtime that reads files (``run``, ``backfill``). Import-light.
+
+A file is named as given; a directory yields every file below it, sorted by path, skipping names
+that start with ``.`` or ``_`` (hidden files, ``_SUCCESS`` markers, a lake's ``_sessionflow``);
+each such file is named by the given path plus its path below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from sessionflow.errors import InputError
+
+
+def skipped(parts: Sequence[str]) -> bool:
+    """A file below a given directory, by its path parts relative to it: left out when any is hidden."""
+    return any(part.startswith((".", "_")) for part in parts)
+
+
+def local_files(given: str) -> list[tuple[str, Path]]:
+    """(name, path) of each file a local input names, in reading order; raises InputError when none."""
+    path = Path(given)
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file() and not skipped(p.relative_to(path).parts))
+        return [(str(p), p) for p in found]
+    if path.is_file():
+        return [(given, path)]
+    if path.exists():
+        raise InputError(f"{given}: not a regular file or directory")
+    raise InputError(f"{given}: no such file or directory")

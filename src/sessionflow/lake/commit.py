@@ -1,0 +1,171 @@
+"""Staging, the atomic commit point, roll forward and recovery (see docs/reliability.md).
+
+1. A run writes its files, and the state it will leave, into staging/run-N (fsynced).
+2. Commit point: staging/run-N/COMMIT.json (files, ledger, where the state goes) appears by an
+   atomic rename. Before it, the run never happened; after it, the run has happened.
+3. Roll forward (idempotent, so it may be interrupted and redone any number of times): with
+   ``replace``, remove what the lake held before; move each staged file into place; write the
+   state; write the ledger; drop COMMIT.json; remove the staging folder.
+4. Every start recovers first: a staging folder with COMMIT.json is rolled forward, one without
+   is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sessionflow.errors import OutputError
+from sessionflow.lake import durable
+from sessionflow.lake.durable import fsync_dir
+from sessionflow.lake.layout import TABLES, ledger_dir, ledger_path, staging_root
+
+MANIFEST = "COMMIT.json"
+STAGED_STATE = "state.json"
+MANIFEST_FORMAT = 1
+CRASH_ENV = "SESSIONFLOW_CRASH_AT"  # tests only: "<step>" or "<step>:<nth>", see crash_point
+_crash_counts: Counter[str] = Counter()
+
+
+def crash_point(step: str) -> None:
+    """Kill this process (SIGKILL, no cleanup) at a named step when $SESSIONFLOW_CRASH_AT asks.
+
+    Only the fault-injection tests set the variable; it costs one environment lookup otherwise.
+    """
+    target = os.environ.get(CRASH_ENV)
+    if not target:
+        return
+    name, _, nth = target.partition(":")
+    if name != step:
+        return
+    _crash_counts[step] += 1
+    if _crash_counts[step] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stage_state(staging: Path, payload: bytes) -> None:
+    with open(staging / STAGED_STATE, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def commit_run(
+    staging: Path,
+    *,
+    run: int,
+    files: list[Path],
+    ledger: dict[str, Any],
+    state_path: Path | None,
+    replace: bool,
+) -> None:
+    """The commit point: COMMIT.json appears atomically in the staging folder."""
+    crash_point("staged")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "run": run,
+        "replace": replace,
+        "files": [path.as_posix() for path in files],
+        "state": str(state_path.resolve()) if state_path is not None else None,
+        "ledger": ledger,
+    }
+    durable.write_atomically(staging / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    crash_point("committed")
+
+
+def roll_forward(lake: Path, staging: Path) -> int:
+    """Publish a committed run from its staging folder; safe to repeat after any interruption."""
+    manifest = orjson.loads((staging / MANIFEST).read_bytes())
+    run = int(manifest["run"])
+    files = [Path(name) for name in manifest["files"]]
+    if manifest["replace"]:
+        _remove_all_but(lake, {path.as_posix() for path in files}, keep_ledger=run)
+        crash_point("replaced")
+    folders: set[Path] = set()
+    for relative in files:
+        staged = staging / relative
+        final = lake / relative
+        if staged.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+            folders.add(final.parent)
+            crash_point("moved")
+    for folder in folders:
+        fsync_dir(folder)
+    state = staging / STAGED_STATE
+    if manifest["state"] is not None and state.exists():
+        durable.write_atomically(Path(manifest["state"]), state.read_bytes())
+        crash_point("state")
+    durable.write_atomically(ledger_path(lake, run), orjson.dumps(manifest["ledger"], option=orjson.OPT_INDENT_2))
+    crash_point("ledger")
+    # Without its manifest the folder is an uncommitted leftover: whatever happens next, it goes.
+    (staging / MANIFEST).unlink()
+    fsync_dir(staging)
+    shutil.rmtree(staging, ignore_errors=True)
+    crash_point("cleaned")
+    return run
+
+
+def recover(lake: Path) -> list[int]:
+    """Finish what killed runs left: roll committed runs forward, delete uncommitted ones.
+
+    Returns the runs rolled forward. Call with the lake lock held.
+    """
+    root = staging_root(lake)
+    finished: list[int] = []
+    if root.is_dir():
+        for staging in sorted(root.iterdir()):
+            if (staging / MANIFEST).is_file():
+                finished.append(roll_forward(lake, staging))
+            elif staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                staging.unlink(missing_ok=True)
+    ledgers = ledger_dir(lake)
+    if ledgers.is_dir():
+        for leftover in ledgers.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+    return finished
+
+
+def pending_commits(lake: Path) -> list[Path]:
+    """Staging folders of committed runs not yet rolled forward (read-only)."""
+    root = staging_root(lake)
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+
+
+def _remove_all_but(lake: Path, keep: set[str], keep_ledger: int) -> None:
+    """Before a replacing run is published: remove every file of the lake it does not bring."""
+    for table in TABLES:
+        root = lake / table
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*"), reverse=True):
+            relative = path.relative_to(lake).as_posix()
+            if path.is_dir():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            elif relative not in keep:
+                path.unlink()
+    ledgers = ledger_dir(lake)
+    if ledgers.is_dir():
+        for ledger in ledgers.glob("run-*.json"):
+            if ledger.name != ledger_path(lake, keep_ledger).name:
+                ledger.unlink()
+
+
+def publish(lake: Path, staging: Path, run: int) -> None:
+    """After the commit point: the run has happened; put it in place (or leave it to recovery)."""
+    try:
+        roll_forward(lake, staging)
+    except OSError as exc:
+        raise OutputError(
+            f"{lake}: run {run} is committed but could not be put in place: {exc}; "
+            "the next run on this lake finishes it (or: sessionflow verify --repair)"
+        ) from exc

@@ -1,0 +1,48 @@
+"""Names and paths of a lake: what every runtime that writes one, and ``verify``, agree on. Import-light."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sessionflow.schema import EVENT_PARTITION, REJECTED_PARTITION, SESSION_PARTITION
+
+META_DIR = "_sessionflow"  # readers skip names starting with "_"
+TABLES = ("events", "sessions", "rejected")
+PARTITIONS = {"events": EVENT_PARTITION, "sessions": SESSION_PARTITION, "rejected": REJECTED_PARTITION}
+# Relative to the lake, as "/"-separated names: the Spark backfill writes through Hadoop URIs, not Paths.
+LEDGER_DIR = f"{META_DIR}/ledger"
+STAGING_DIR = f"{META_DIR}/staging"
+LOCK_FILE = f"{META_DIR}/lock"
+
+
+def ledger_name(run: int) -> str:
+    return f"run-{run:05d}.json"
+
+
+def run_number(ledger_file_name: str) -> int:
+    """``run-00012.json`` -> 12."""
+    return int(ledger_file_name.split(".", maxsplit=1)[0].split("-")[1])
+
+
+def staging_name(run: int) -> str:
+    return f"run-{run:05d}"
+
+
+def staging_root(lake: Path) -> Path:
+    return lake / STAGING_DIR
+
+
+def ledger_dir(lake: Path) -> Path:
+    return lake / LEDGER_DIR
+
+
+def ledger_path(lake: Path, run: int) -> Path:
+    return ledger_dir(lake) / ledger_name(run)
+
+
+def lock_path(lake: Path) -> Path:
+    return lake / LOCK_FILE
+
+
+def lake_exists(lake: Path) -> bool:
+    return any((lake / table).exists() for table in TABLES)
