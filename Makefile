@@ -27,7 +27,8 @@ $(BIN)/python:
 
 # What setup.py compiles: a change to any of these is rebuilt by the next make.
 BUILD_INPUTS := pyproject.toml setup.py src/sessionflow/core/_native.pyx \
-	src/sessionflow/core/refine.py src/sessionflow/core/cleaning.py src/sessionflow/core/pipeline.py
+	src/sessionflow/core/refine.py src/sessionflow/core/cleaning.py src/sessionflow/core/pipeline.py \
+	src/sessionflow/core/rules.py src/sessionflow/core/rules.pxd
 
 $(VENV)/.installed-local: $(BUILD_INPUTS) | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[local]'

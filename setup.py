@@ -5,7 +5,9 @@ sessionflow runs as pure Python, with the same results):
 
 * ``sessionflow.core._native``: the sessionizer with native data structures (``_native.pyx``);
 * the per-record modules of the core, compiled by Cython from their own ``.py`` source: the same
-  code, about a fifth faster. A compiled module shadows its ``.py``: ``core/_compiled.json``
+  code, about a fifth faster; and ``rules.py``, typed by ``rules.pxd`` beside it, so the compiled
+  sessionizer cimports the session rules and calls them as C functions. A compiled module
+  shadows its ``.py``: ``core/_compiled.json``
   notes which source each was built from, and a test fails when a source changed since (make
   install rebuilds).
 """
@@ -19,7 +21,7 @@ from setuptools import Extension, setup
 
 ROOT = Path(__file__).parent
 CORE = Path("src/sessionflow/core")
-SAME_SOURCE = ("refine", "cleaning", "pipeline")
+SAME_SOURCE = ("refine", "cleaning", "pipeline", "rules")
 
 extensions = [Extension("sessionflow.core._native", [str(CORE / "_native.pyx")], optional=True)]
 extensions += [Extension(f"sessionflow.core.{name}", [str(CORE / f"{name}.py")], optional=True) for name in SAME_SOURCE]
