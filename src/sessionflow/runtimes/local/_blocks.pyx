@@ -286,7 +286,6 @@ cdef class Placements(Placer):
             if self.seqs[i] > 0:
                 memcpy(out + total, self.text + self.text_at[i], self.text_len[i])
                 total += self.text_len[i]
-        placed_count = n - unplaced
         session_ids = pa.Array.from_buffers(
             pa.string(), n, [pa.py_buffer(id_valid), pa.py_buffer(offsets), pa.py_buffer(data)],
             null_count=unplaced + lates,
