@@ -57,7 +57,7 @@ class Block:
     rejected: Counter[str]
     rejections: list[dict[str, Any]]
     batch: pa.RecordBatch
-    keys: list[list[Any]] | None  # KEY_COLUMNS as Python lists, for the pure sessionizer only
+    keys: list[list[Any]] | None  # KEY_COLUMNS as Python lists, for the record feed only (feeds.py)
 
 
 # -- worker side ---------------------------------------------------------------------------------
