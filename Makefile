@@ -26,8 +26,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # What setup.py compiles: a change to any of these is rebuilt by the next make.
-BUILD_INPUTS := pyproject.toml setup.py src/sessionflow/core/_native.pyx \
-	src/sessionflow/core/refine.py src/sessionflow/core/cleaning.py src/sessionflow/core/pipeline.py
+BUILD_INPUTS := pyproject.toml setup.py src/sessionflow/core/_native.pyx src/sessionflow/core/_native.pxd \
+	src/sessionflow/core/_state.pyx src/sessionflow/core/_state.pxd src/sessionflow/runtimes/local/_blocks.pyx \
+	src/sessionflow/core/refine.py src/sessionflow/core/cleaning.py src/sessionflow/core/pipeline.py \
+	src/sessionflow/core/rules.py src/sessionflow/core/rules.pxd
 
 $(VENV)/.installed-local: $(BUILD_INPUTS) | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[local]'

@@ -55,7 +55,7 @@ def copy_source(target: Path) -> None:
     shutil.copytree(
         SOURCE_PACKAGE,
         target / "sessionflow",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.c", "*.pyx"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.c", "*.pyx", "*.pxd"),
     )
 
 

@@ -145,72 +145,6 @@ def test_compiled_and_pure_make_the_same_calls_and_snapshots(stream: Any) -> Non
     assert _run(config, events, sizes, restarts, Sessionizer) == restarted
 
 
-KEYS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
-
-
-def _block(rows: list[dict[str, Any]]) -> tuple[Any, list[Any]]:
-    """A block as the runner hands it over: an Arrow batch and its key columns."""
-    pa = pytest.importorskip("pyarrow")
-    types = {"timestamp": pa.int64()}
-    batch = pa.RecordBatch.from_pydict(
-        {name: pa.array([row.get(name) for row in rows], types.get(name, pa.string())) for name in KEYS}
-    )
-    columns = [batch.column(name) for name in KEYS]
-    return batch, [*columns[:2], *(column.dictionary_encode() for column in columns[2:4]), *columns[4:]]
-
-
-@needs_native
-@PROFILE
-@given(streams())
-def test_blocks_place_their_rows_as_the_pure_sessionizer_releases_them(stream: Any) -> None:
-    config, events, sizes, _ = stream
-    pure = Recorder()
-    sessionizer = Sessionizer(config)
-    compiled_one = native.NativeSessionizer(config)  # type: ignore[union-attr]
-    out = Recorder()
-    blocks = []
-    start = 0
-    for size in sizes:
-        rows = events[start : start + size]
-        start += size
-        sessionizer.process(copy.deepcopy(rows), pure)
-        sessionizer.end_batch(pure)
-        batch, columns = _block(rows)
-        placements = native.Placements(batch)  # type: ignore[union-attr]
-        compiled_one.process_block(*columns, placements, out)
-        compiled_one.end_batch(out)
-        blocks.append(placements)
-    sessionizer.flush(pure)
-    compiled_one.flush(out)
-    # Rows placed or late: the pure release calls, as (id, session, seq, since).
-    released = [call[1:] for call in pure.calls if call[0] == "release"]
-    written = [
-        (block.batch.column("event_id")[row].as_py(), *block.placed(row))
-        for block in blocks
-        for row in range(block.batch.num_rows)
-        if block.placed(row)[1] != 0
-    ]
-    assert sorted(written, key=repr) == sorted(released, key=repr)
-    # Duplicates and sessions went through the emitter, in the same order.
-    assert out.calls == [call for call in pure.calls if call[0] != "release"]
-    # A duplicate handed to the emitter is still counted as remaining: the engine's emitter counts it down.
-    duplicates = sum(1 for call in out.calls if call[0] == "duplicate")
-    assert sum(block.remaining for block in blocks) == duplicates == len(events) - len(written)
-    # The Arrow columns say what placed() says, row for row.
-    for block in blocks:
-        session_ids, seqs, sinces, late, mask = block.columns()
-        rows = [block.placed(row) for row in range(block.batch.num_rows)]
-        assert session_ids.to_pylist() == [row[0] for row in rows]
-        assert seqs.to_pylist() == [row[1] or None for row in rows]
-        assert sinces.to_pylist() == [row[2] for row in rows]
-        assert late.to_pylist() == [row[1] is None for row in rows]
-        assert (mask.to_pylist() if mask is not None else None) == (
-            [row[1] != 0 for row in rows] if any(row[1] == 0 for row in rows) else None
-        )
-        for array in (session_ids, seqs, sinces, late):
-            array.validate(full=True)
-
-
 @needs_native
 @PROFILE
 @given(streams())
@@ -239,36 +173,6 @@ def test_collected_session_columns_make_the_table_the_summaries_make(stream: Any
     assert table.drop_columns(["session_date"]).equals(expected)
     assert table.column("session_date").to_pylist() == [summary["session_date"] for summary in summaries]
     assert session_table(collecting.take_sessions()).num_rows == 0  # taken once
-
-
-@needs_native
-def test_a_block_with_columns_of_different_lengths_is_refused() -> None:
-    pa = pytest.importorskip("pyarrow")
-    sessionizer = native.NativeSessionizer(SessionConfig())  # type: ignore[union-attr]
-    batch, columns = _block([{"event_id": "e1", "machine_id": "m1", "event_type": "view", "timestamp": T0}])
-    placements = native.Placements(batch)  # type: ignore[union-attr]
-    columns[5] = pa.array([], pa.string())
-    with pytest.raises(ValueError, match="differ in length"):
-        sessionizer.process_block(*columns, placements, Recorder())
-
-
-@needs_native
-def test_a_block_reads_sliced_arrays_and_missing_columns() -> None:
-    # Arrow arrays can start at an offset into their buffers; user_id and app_version may be absent.
-    rows = [
-        {"event_id": f"e{i}", "machine_id": f"m{i % 2}", "event_type": "view", "timestamp": T0 + i, "user_id": None}
-        for i in range(10)
-    ]
-    batch, _ = _block(rows)
-    sliced = batch.slice(3, 5)
-    placements = native.Placements(sliced)  # type: ignore[union-attr]
-    sessionizer = native.NativeSessionizer(SessionConfig())  # type: ignore[union-attr]
-    keys = [sliced.column(name) for name in KEYS[:2]]
-    keys += [sliced.column(name).dictionary_encode().slice(0) for name in KEYS[2:4]]
-    sessionizer.process_block(*keys, None, None, placements, Recorder())
-    sessionizer.flush(Recorder())
-    assert [placements.placed(row)[1] for row in range(5)] == [1, 1, 2, 2, 3]
-    assert [placements.placed(row)[2] for row in range(5)] == [None, None, 2, 2, 2]
 
 
 @needs_native
@@ -310,33 +214,3 @@ def test_compiled_core_modules_are_built_from_the_current_sources() -> None:
         assert hashlib.sha256(source.read_bytes()).hexdigest() == digest, (
             f"{name} was compiled from an older {source.name}: run `make install` (pip install -e .)"
         )
-
-
-@needs_native
-@given(st.lists(st.fixed_dictionaries({"a": st.integers(), "b": st.text(max_size=3), "c": st.none()}), max_size=30))
-def test_transpose_is_zip_of_the_values(events: list[dict[str, Any]]) -> None:
-    expected = [list(column) for column in zip(*map(tuple, map(dict.values, events)), strict=True)] or [[], [], []]
-    assert native.transpose(events, 3) == expected  # type: ignore[union-attr]
-
-
-@needs_native
-def test_transpose_refuses_an_event_of_another_width() -> None:
-    with pytest.raises(ValueError, match="event 1 does not have the 2 keys"):
-        native.transpose([{"a": 1, "b": 2}, {"a": 1}, {"a": 1, "b": 2}], 2)  # type: ignore[union-attr]
-
-
-@needs_native
-def test_a_block_with_columns_of_the_wrong_types_is_refused() -> None:
-    pa = pytest.importorskip("pyarrow")
-    batch, columns = _block([{"event_id": "e1", "machine_id": "m1", "event_type": "view", "timestamp": T0}])
-    sessionizer = native.NativeSessionizer(SessionConfig())  # type: ignore[union-attr]
-    wrong = {
-        0: (pa.array([T0], pa.uint64()), "int64 timestamps"),
-        1: (pa.array(["e1"]).dictionary_encode(), "a string array"),
-        2: (pa.array(["m1"]), "a dictionary-encoded string array"),
-    }
-    for index, (column, message) in wrong.items():
-        given = list(columns)
-        given[index] = column
-        with pytest.raises(TypeError, match=message):
-            sessionizer.process_block(*given, native.Placements(batch), Recorder())  # type: ignore[union-attr]

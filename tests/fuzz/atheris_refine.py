@@ -25,6 +25,7 @@ with atheris.instrument_imports():
     from sessionflow.lake.writer import _table
     from sessionflow.runtimes.arrow import arrow_schema
     from sessionflow.runtimes.local import engine
+    from sessionflow.runtimes.local.feeds import sessionizing
     from sessionflow.schema import SESSION_COLUMNS, event_columns
 
 NOW_MS = int(time.time() * 1000)
@@ -77,7 +78,7 @@ def main() -> None:
         Path(corpus).mkdir(parents=True, exist_ok=True)
         for number, seed in enumerate(SEEDS):
             (Path(corpus) / f"seed-{number}").write_bytes(seed)
-    engine._init_worker(CONFIG, NOW_MS, send_keys=True)
+    engine._init_worker(CONFIG, NOW_MS, sessionizing())
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 

@@ -21,6 +21,7 @@ from sessionflow.lake.writer import _table
 from sessionflow.runtimes.arrow import arrow_schema
 from sessionflow.runtimes.local import engine
 from sessionflow.runtimes.local import reader as reader_module
+from sessionflow.runtimes.local.feeds import sessionizing
 from sessionflow.runtimes.local.reader import OVERSIZED_KEEP, Source
 from sessionflow.schema import SESSION_COLUMNS, event_columns
 from tests.fuzz.line_reader import SourceReader
@@ -66,7 +67,7 @@ def check_batch(config: Config, lines: list[bytes]) -> None:
     # The runner's own path: a worker refines a block straight into an Arrow record batch.
     single = [line for line in lines if b"\n" not in line]  # a block is cut at newlines
     expected = Pipeline(config, NOW_MS).refine([(line, "fuzz", number) for number, line in enumerate(single, 1)])
-    engine._init_worker(config, NOW_MS, send_keys=True)
+    engine._init_worker(config, NOW_MS, sessionizing())
     block = engine._block(engine.refine_block(b"".join(line + b"\n" for line in single), "fuzz", 1), "fuzz", 1)
     assert (block.records, block.batch.num_rows) == (expected.records, len(expected.events))
 

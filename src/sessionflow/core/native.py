@@ -4,6 +4,8 @@ The compiled sessionizer is the pure one with native data structures; it takes t
 writes the same snapshots and gives the same results (``tests/core/test_native.py``). An
 installation that could not compile it (no C compiler) runs the pure one, and so does any run with
 ``SESSIONFLOW_PURE=1`` in its environment: the way to rule the compiled code out when in doubt.
+This is the one place the choice is made: a runtime's own compiled parts follow it (the local
+runtime's block feed, ``sessionflow.runtimes.local.feeds.sessionizing``).
 """
 
 from __future__ import annotations

@@ -81,6 +81,51 @@ def is_past(clock: int, deadline: int) -> bool:
     return clock > deadline
 
 
+def session_values(
+    machine_id: str,
+    session_id: str,
+    start_ts: int,
+    last_ts: int,
+    count: int,
+    first_type: str,
+    last_type: str,
+    type_counts: dict[str, int],
+    user_id: str | None,
+    app_version: str | None,
+) -> tuple[Any, ...]:
+    """A closed session's values, in ``SESSION_VALUES`` order: the summary's fields but the ISO
+    times and date, which are functions of ``start_ts``/``end_ts`` (a columnar runtime computes them
+    on whole columns). ``event_type_counts`` is the sorted list of ``(type, count)`` pairs."""
+    return (
+        session_id,
+        machine_id,
+        user_id,
+        start_ts,
+        last_ts,
+        last_ts - start_ts,
+        count,
+        first_type,
+        last_type,
+        sorted(type_counts.items()),
+        app_version,
+    )
+
+
+SESSION_VALUES = (
+    "session_id",
+    "machine_id",
+    "user_id",
+    "start_ts",
+    "end_ts",
+    "duration_ms",
+    "event_count",
+    "first_event_type",
+    "last_event_type",
+    "event_type_counts",
+    "app_version",
+)
+
+
 def summary(
     machine_id: str,
     session_id: str,
@@ -93,7 +138,10 @@ def summary(
     user_id: str | None,
     app_version: str | None,
 ) -> dict[str, Any]:
-    """The sessions table's row for a closed session."""
+    """The sessions table's row for a closed session: :func:`session_values` and the ISO times."""
+    _, _, _, _, _, duration_ms, _, _, _, pairs, _ = session_values(
+        machine_id, session_id, start_ts, last_ts, count, first_type, last_type, type_counts, user_id, app_version
+    )
     start = iso_time(start_ts)
     return {
         "session_id": session_id,
@@ -103,11 +151,11 @@ def summary(
         "end_ts": last_ts,
         "session_start": start,
         "session_end": iso_time(last_ts),
-        "duration_ms": last_ts - start_ts,
+        "duration_ms": duration_ms,
         "event_count": count,
         "first_event_type": first_type,
         "last_event_type": last_type,
-        "event_type_counts": dict(sorted(type_counts.items())),
+        "event_type_counts": dict(pairs),
         "app_version": app_version,
         "session_date": start[:10],
     }

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 try:
     import fcntl
@@ -33,10 +32,10 @@ except ImportError:  # pragma: no cover - not on Windows
 
 from sessionflow.config import Config
 from sessionflow.core import Pipeline, Sessionizer, Tally
-from sessionflow.core.native import compiled
 from sessionflow.core.sessionizer import Summary
 from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, session_table, to_record_batch
+from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source, open_source
 
 # About 9,000 events. Bigger blocks mean fewer stream-clock steps and less per-block work, but more
@@ -44,7 +43,6 @@ from sessionflow.runtimes.local.reader import Source, open_source
 # 404 MB; 4 MiB (measured before the compiled sessionizer) ~500 MB, over the 500 MB budget.
 BLOCK_BYTES = 2 << 20
 PIPE_BYTES = 4 << 20  # wished for; Linux grants up to /proc/sys/fs/pipe-max-size (1 MiB by default)
-KEY_COLUMNS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
 
 
 @dataclass(slots=True)
@@ -59,26 +57,25 @@ class Block:
     rejected: Counter[str]
     rejections: list[dict[str, Any]]
     batch: pa.RecordBatch
-    keys: list[list[Any]] | None  # KEY_COLUMNS as Python lists, for the pure sessionizer only
+    keys: list[list[Any]] | None  # KEY_COLUMNS as Python lists, for the record feed only (feeds.py)
 
 
 # -- worker side ---------------------------------------------------------------------------------
 
-_worker: tuple[Pipeline, pa.Schema, bool, Any] | None = None
+_worker: tuple[Pipeline, pa.Schema, Feed] | None = None
 
 
-def _init_worker(config: Config, now_ms: int, send_keys: bool) -> None:
-    """``send_keys``: the pure sessionizer takes the key columns as lists (the compiled one reads Arrow)."""
+def _init_worker(config: Config, now_ms: int, feed: Feed) -> None:
     global _worker  # noqa: PLW0603 - one pipeline per worker process, built once
     gc.disable()  # refining allocates millions of short-lived containers and no cycles
-    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), send_keys, compiled())
+    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), feed)
 
 
-def _init_pool_worker(config: Config, now_ms: int, send_keys: bool) -> None:
+def _init_pool_worker(config: Config, now_ms: int, feed: Feed) -> None:
     # Ctrl-C reaches the whole process group: the main process answers it (and terminates the
     # pool); a worker that raised KeyboardInterrupt too would only print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(config, now_ms, send_keys)
+    _init_worker(config, now_ms, feed)
 
 
 def _warm_pyarrow() -> None:
@@ -117,25 +114,21 @@ def _widen_pipes(pool: Any) -> None:
 def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`."""
     assert _worker is not None
-    pipeline, schema, send_keys, native = _worker
+    pipeline, schema, feed = _worker
     lines = chunk.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
     refined = pipeline.refine(zip(lines, repeat(source), count(first_line)))
     events = refined.events
-    # Every event has the refiner's keys in the same order: transpose rows to columns in C.
+    # Every event has the refiner's keys in the same order: rows to columns (in C for the block feed).
     fields = pipeline.refiner.event_fields
-    if native is not None:
-        transposed: list[Any] = native.transpose(events, len(fields))
-    else:
-        transposed = list(zip(*map(tuple, map(dict.values, events)), strict=True)) if events else [()] * len(fields)
-    columns = dict(zip(fields, transposed, strict=True))
+    columns = dict(zip(fields, feed.transpose(events, len(fields)), strict=True))
     batch = to_record_batch(columns, len(events), schema)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as stream:
         stream.write_batch(batch)
     keys = None
-    if send_keys:
+    if feed.sends_keys:
         nothing = (None,) * len(events)
         keys = marshal.dumps([_shared(columns.get(name, nothing), name) for name in KEY_COLUMNS])
     return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), keys
@@ -204,14 +197,14 @@ class Engine:
         self.workers = workers
         self.block_bytes = block_bytes or BLOCK_BYTES
         self._pool: Any = None
-        send_keys = compiled() is None
+        self.feed = sessionizing()
         if workers > 0:
             _warm_pyarrow()
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            self._pool = context.Pool(workers, initializer=_init_pool_worker, initargs=(config, now_ms, send_keys))
+            self._pool = context.Pool(workers, initializer=_init_pool_worker, initargs=(config, now_ms, self.feed))
             _widen_pipes(self._pool)
         else:
-            _init_worker(config, now_ms, send_keys)
+            _init_worker(config, now_ms, self.feed)
 
     def blocks(self, source: Source, on_read: Callable[[int], None] | None = None) -> Iterator[Block]:
         line = 1  # of the next block: known once the blocks before it come back
@@ -246,33 +239,6 @@ class Engine:
             self._pool = None
 
 
-class _Pending:
-    """A block waiting for all of its rows to be placed in sessions (``_native.Placements`` is its twin).
-
-    The session columns are kept as three lists, filled row by row as the sessionizer places them:
-    ``seqs`` holds 0 (no session is ever numbered 0) for a row not placed (a duplicate, or still in
-    the reorder buffer) and None for a late row, so the table is built with no loop over rows.
-    """
-
-    __slots__ = ("batch", "remaining", "seqs", "session_ids", "sinces")
-
-    def __init__(self, batch: pa.RecordBatch) -> None:
-        rows = batch.num_rows
-        self.batch = batch
-        self.remaining = rows
-        self.session_ids: list[str | None] = [None] * rows
-        self.seqs: list[int | None] = [0] * rows
-        self.sinces: list[int | None] = [None] * rows
-
-    def columns(self) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array, pa.Array | None]:
-        """``(session_id, session_seq, ms_since_prev, late)`` and the placed-row mask (None: all)."""
-        seqs = pa.array(self.seqs, pa.int32())
-        placed = pc.fill_null(pc.not_equal(seqs, 0), True)
-        late = pc.is_null(seqs)
-        session_ids = pa.array(self.session_ids, pa.string())
-        return session_ids, seqs, pa.array(self.sinces, pa.int64()), late, placed if placed.false_count else None
-
-
 class Assembler:
     """The sessionizer's emitter for blocks: fills each block's session columns, hands full ones on."""
 
@@ -281,21 +247,22 @@ class Assembler:
         write_events: Callable[[pa.Table, pa.Array | None], None],
         write_rows: Callable[[list[dict[str, Any]]], None],
         write_sessions: Callable[[pa.Table], None] | None = None,
+        feed: Feed | None = None,
     ):
         self.write_events = write_events
         self.write_rows = write_rows  # events restored from state arrive as dicts
-        # Where the compiled sessionizer's session columns go as a table (else: ``sessions``, dicts).
+        # Where sessions collected as columns go as a table (else: ``sessions``, dicts).
         self.write_sessions = write_sessions
+        self._feed = feed or sessionizing()  # the engine's (Engine.feed): the same choice
         self.sessions: list[Summary] = []
         self.rows: list[dict[str, Any]] = []
         self.tally = Tally()
-        self._open: dict[int, _Pending] = {}
+        self._open: dict[int, Any] = {}  # _Pending or _blocks.Placements
         self._fields = session_schema_fields()
-        self._native = compiled()
 
     def feed(self, block: Block, sessionizer: Sessionizer) -> None:
-        if self.write_sessions is not None and hasattr(sessionizer, "collect_sessions"):
-            sessionizer.collect_sessions()
+        if self.write_sessions is not None:
+            self._feed.collect_sessions(sessionizer)
         tally = self.tally
         tally.records += block.records
         tally.blank += block.blank
@@ -304,25 +271,8 @@ class Assembler:
             sessionizer.end_batch(self)
             self._finish_ready(sessionizer)
             return
-        if self._native is not None and hasattr(sessionizer, "process_block"):
-            # The compiled sessionizer reads the key columns from Arrow and fills the session columns.
-            batch = block.batch
-            names = batch.schema.names
-            columns: list[Any] = [batch.column(name) if name in names else None for name in KEY_COLUMNS]
-            # Machine ids and event types, read for every row: one object per value (in C++), each
-            # hashed once per block. User ids and app versions are read only for a session's first.
-            columns[2:4] = [pc.dictionary_encode(column) for column in columns[2:4]]
-            holder = self._native.Placements(batch)
-            self._open[id(holder)] = holder
-            sessionizer.process_block(*columns, holder, self)
-        else:
-            if block.keys is None:
-                raise AssertionError("the workers sent no key columns, and the pure sessionizer needs them")
-            holder = _Pending(block.batch)
-            self._open[id(holder)] = holder
-            handles = zip([holder] * block.batch.num_rows, range(block.batch.num_rows), strict=True)
-            records = zip(*block.keys, handles, strict=True)
-            sessionizer.process_records(records, self)
+        holder = self._feed.process(block, sessionizer, self)
+        self._open[id(holder)] = holder
         sessionizer.end_batch(self)
         self._finish_ready(sessionizer)
 
@@ -350,9 +300,9 @@ class Assembler:
         self.sessions.append(summary)
 
     def _finish_ready(self, sessionizer: Sessionizer) -> None:
-        if self.write_sessions is not None and hasattr(sessionizer, "take_sessions"):
-            columns = sessionizer.take_sessions()
-            if columns["session_id"]:
+        if self.write_sessions is not None:
+            columns = self._feed.take_sessions(sessionizer)
+            if columns is not None and columns["session_id"]:
                 self.tally.sessions += len(columns["session_id"])
                 self.write_sessions(session_table(columns))
         done = [key for key, holder in self._open.items() if holder.remaining == 0]
@@ -377,7 +327,7 @@ class Assembler:
         self._finish_ready(sessionizer)
         return snapshot
 
-    def _write_block(self, holder: _Pending) -> None:
+    def _write_block(self, holder: Any) -> None:
         """The block with its session columns, and the mask of its rows that were placed."""
         *columns, placed = holder.columns()
         late = columns[3]
