@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
-from sessionflow.core import Reason, Rejection, Sessionizer, Tally, rejection_row
+from sessionflow.core import Reason, Rejection, Sessionizer, Snapshot, Tally, rejection_row
 from sessionflow.core.native import implementation, new_sessionizer, sessionizer_class
 from sessionflow.errors import OutputError, StateError
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
@@ -44,6 +44,7 @@ from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Sourc
 
 log = logging.getLogger(__name__)
 
+# The file around the snapshot (fingerprint, runs, inputs); the snapshot has its own version.
 STATE_FORMAT = 1
 
 
@@ -115,14 +116,19 @@ def load_state(path: Path | None, config: Config) -> RunState:
                 f"{path}: this state was built with other session, field or column settings; "
                 "use the same config, or start with a new state file"
             )
-        sessionizer = sessionizer_class().restore(config.session, data["sessionizer"])
+        snapshot = Snapshot.from_dict(data["sessionizer"])
+        cls = sessionizer_class()
+        # The compiled class still takes the snapshot's dict, until it reads a Snapshot itself.
+        sessionizer = cls.restore(config.session, snapshot if cls is Sessionizer else snapshot.to_dict())
         return RunState(sessionizer, int(data["runs"]), dict(data.get("inputs", {})))
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # SnapshotError too
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def state_payload(config: Config, snapshot: dict[str, Any] | None, runs: int, inputs: dict[str, Any]) -> bytes:
-    """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
+def state_payload(
+    config: Config, snapshot: Snapshot | Mapping[str, Any] | None, runs: int, inputs: dict[str, Any]
+) -> bytes:
+    """``snapshot`` is :meth:`Sessionizer.snapshot` (or its dict); None after a flush (nothing left to keep)."""
     if len(inputs) > MAX_REMEMBERED_INPUTS:
         newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
         inputs = {key: inputs[key] for key in newest}
@@ -130,13 +136,13 @@ def state_payload(config: Config, snapshot: dict[str, Any] | None, runs: int, in
         "format": STATE_FORMAT,
         "fingerprint": session_fingerprint(config),
         "runs": runs,
-        "sessionizer": snapshot or {"clock": -1, "leaders": {}, "machines": []},
+        "sessionizer": (Snapshot() if snapshot is None else Snapshot.of(snapshot)).to_dict(),
         "inputs": inputs,
     }
     return orjson.dumps(data)
 
 
-def save_state(path: Path, config: Config, snapshot: dict[str, Any] | None, runs: int) -> None:
+def save_state(path: Path, config: Config, snapshot: Snapshot | None, runs: int) -> None:
     write_atomically(path, state_payload(config, snapshot, runs, {}))
 
 
@@ -326,13 +332,13 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
                     "bytes": position.bytes,
                 }
             )
-        pending_sessions = _open_sessions(sessionizer)
         if flushed:
             sessionizer.flush(assembler)
             assembler.finish(sessionizer)
             snapshot = None
         else:
-            snapshot = assembler.finish_partial(sessionizer)
+            # Snapshot.of: the compiled sessionizer still returns the snapshot's dict.
+            snapshot = Snapshot.of(assembler.finish_partial(sessionizer))
         writer.write([], assembler.sessions, [])
         tally = assembler.tally
         if state_path is not None and all_seen and not (options.flush and had_machines) and not tally.records:
@@ -344,8 +350,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             return RunReport(number - 1, tally, seconds, flushed, 0, inputs_read, nothing_new=True)
         files = writer.close()
         report_ = RunReport(number, tally, time.perf_counter() - options.started, flushed, len(files), inputs_read)
-        open_sessions = (0, 0) if flushed else pending_sessions
-        ledger = ledger_record(report_, files, snapshot, pending_before, open_sessions, config, options.overwrite)
+        ledger = ledger_record(report_, files, snapshot, pending_before, config, options.overwrite)
         ledger["inputs"] = positions
         if state_path is not None:
             for key, position in new_positions.items():
@@ -409,13 +414,14 @@ def publish(lake: Path, staging: Path, run: int) -> None:
 def ledger_record(
     report: RunReport,
     files: list[Path],
-    snapshot: dict[str, Any] | None,
+    snapshot: Snapshot | None,
     pending_before: int,
-    open_sessions: tuple[int, int],
     config: Config,
     replace: bool,
 ) -> dict[str, Any]:
     """What the run did, for `sessionflow verify`: counts, files, and what the state still holds."""
+    state = Snapshot() if snapshot is None else snapshot
+    open_sessions, events_in_open_sessions = state.open_sessions()
     return {
         **report.to_dict(),
         "files": [path.as_posix() for path in files],
@@ -423,21 +429,11 @@ def ledger_record(
         "config_fingerprint": session_fingerprint(config),
         # Conservation: records = events + rejected + duplicates + pending_in_state - pending_before.
         "pending_before": pending_before,
-        "pending_in_state": _pending(snapshot),
+        "pending_in_state": state.pending_events(),
         # Events already written whose session summary comes in a later run.
-        "open_sessions": open_sessions[0],
-        "events_in_open_sessions": open_sessions[1],
+        "open_sessions": open_sessions,
+        "events_in_open_sessions": events_in_open_sessions,
     }
-
-
-def _open_sessions(sessionizer: Sessionizer) -> tuple[int, int]:
-    """(sessions still open, events placed in them so far)."""
-    sessions = [
-        machine.session
-        for machine in sessionizer.machines.values()
-        if machine.session is not None and not machine.session.closed
-    ]
-    return len(sessions), sum(session.count for session in sessions)
 
 
 def _input_key(source: Source) -> str | None:
@@ -445,9 +441,3 @@ def _input_key(source: Source) -> str | None:
     if source.path is None or source.name == STDIN:
         return None
     return str(source.path.resolve())
-
-
-def _pending(snapshot: dict[str, Any] | None) -> int:
-    if snapshot is None:
-        return 0
-    return sum(len(machine["pending"]) for machine in snapshot["machines"])
