@@ -124,7 +124,8 @@ class MachineState:
     session: OpenSession | None = None
     # event_id -> timestamp, for dedupe within the horizon.
     seen: dict[str, int] = field(default_factory=dict)
-    prune_at: int = PRUNE_FLOOR
+    # When to prune ``seen`` next: bookkeeping, not state (not serialised, not compared).
+    prune_at: int = field(default=PRUNE_FLOOR, compare=False)
 
     @property
     def anchor(self) -> int:
