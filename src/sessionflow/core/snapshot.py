@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any, Final
 
 from sessionflow.core import rules
@@ -95,7 +96,7 @@ class OpenSession:
         where = "session"
         _check(isinstance(data, dict), where, "must be an object")
         counts = _get(data, "type_counts", dict, where)
-        _check(all(type(n) is int for n in counts.values()), where, "'type_counts' must map to integers")
+        _check(_all_ints(counts.values()), where, "'type_counts' must map to integers")
         closed = _present(data, "closed", where)
         _check(type(closed) is bool, where, "'closed' must be true or false")
         return cls(
@@ -143,7 +144,8 @@ class MachineState:
             machine_id=self.machine_id,
             newest_ts=self.newest_ts,
             arrival_clock=self.arrival_clock,
-            pending=[record_of(dict(resolve(r[PAYLOAD]) if resolve else r[PAYLOAD])) for r in pending],
+            # The record's fields are the event's: only the event is copied.
+            pending=[(*r[:PAYLOAD], dict(resolve(r[PAYLOAD]) if resolve else r[PAYLOAD])) for r in pending],
             last_key=self.last_key,
             session=self.session.copy() if self.session else None,
             seen=dict(self.seen),
@@ -165,16 +167,19 @@ class MachineState:
 
     @classmethod
     def from_dict(cls, data: Any) -> MachineState:
+        """The state ``data`` holds. It keeps ``data``'s event dicts and ``seen`` (no copy: reading
+        a large state twice over would cost), so ``data`` must not change afterwards."""
         _check(isinstance(data, dict), "machine", "must be an object")
         machine_id = _get(data, "machine_id", str, "machine")
         where = f"machine {machine_id!r}"
-        events = _get(data, "pending", list, where)
-        _check(all(_is_event(event) for event in events), where, "every 'pending' entry must be an event object")
+        pending = _records(_get(data, "pending", list, where))
+        if pending is None:
+            raise SnapshotError(f"{where}: every 'pending' entry must be an event object")
         last_key = _present(data, "last_key", where)
         is_key = isinstance(last_key, list) and len(last_key) == 2 and _is_int(last_key[0]) and type(last_key[1]) is str
         _check(last_key is None or is_key, where, "'last_key' must be [timestamp, event_id] or null")
         seen = _get(data, "seen", dict, where)
-        _check(all(type(ts) is int for ts in seen.values()), where, "'seen' must map event ids to timestamps")
+        _check(_all_ints(seen.values()), where, "'seen' must map event ids to timestamps")
         session = _present(data, "session", where)
         try:
             open_session = None if session is None else OpenSession.from_dict(session)
@@ -184,11 +189,10 @@ class MachineState:
             machine_id=machine_id,
             newest_ts=_get(data, "newest_ts", int, where),
             arrival_clock=_get(data, "arrival_clock", int, where),
-            # Sorted, so a heap; a copy of each event, so restoring never changes the value read.
-            pending=[record_of(dict(event)) for event in sorted(events, key=_event_order)],
+            pending=sorted(pending, key=_order),  # sorted: a heap
             last_key=(last_key[0], last_key[1]) if last_key else None,
             session=open_session,
-            seen=dict(seen),
+            seen=seen,
             prune_at=_prune_at(seen),
         )
 
@@ -234,7 +238,7 @@ class StreamClock:
         where = "stream clock"
         _check(isinstance(data, dict), where, "must be an object")
         leaders = _get(data, "leaders", dict, where)
-        _check(all(type(ts) is int for ts in leaders.values()), where, "'leaders' must map machine ids to timestamps")
+        _check(_all_ints(leaders.values()), where, "'leaders' must map machine ids to timestamps")
         return cls(_get(data, "clock", int, where), dict(leaders))
 
 
@@ -278,12 +282,8 @@ class Snapshot:
         return value if isinstance(value, Snapshot) else cls.from_dict(dict(value))
 
 
-def _order(record: Record) -> tuple[int, str]:
-    return record[TS], record[EVENT_ID]
-
-
-def _event_order(event: Event) -> tuple[int, str]:
-    return event["timestamp"], event["event_id"]
+_order = itemgetter(TS, EVENT_ID)  # a record's place in the reorder heap
+_KEY_TYPES = {(int, str, str, str)}  # timestamp, event_id, machine_id, event_type
 
 
 def _prune_at(seen: dict[str, int]) -> int:
@@ -294,12 +294,25 @@ def _is_int(value: Any) -> bool:
     return type(value) is int  # bool is not a timestamp
 
 
-def _is_event(event: Any) -> bool:
-    return (
-        isinstance(event, dict)
-        and _is_int(event.get("timestamp"))
-        and all(type(event.get(key)) is str for key in ("event_id", "machine_id", "event_type"))
-    )
+def _all_ints(values: Iterable[Any]) -> bool:
+    return set(map(type, values)) <= _INT  # bool is not a timestamp: its type is not int
+
+
+_INT = {int}
+
+
+def _records(events: list[Any]) -> list[Record] | None:
+    """The events' records; None unless each is an event dict (checked in bulk: this is per batch in AWS)."""
+    if not set(map(type, events)) <= _DICT:
+        return None
+    try:
+        records = list(map(record_of, events))
+    except KeyError:
+        return None
+    return records if {(type(r[0]), type(r[1]), type(r[2]), type(r[3])) for r in records} <= _KEY_TYPES else None
+
+
+_DICT = {dict}
 
 
 def _check(ok: bool, where: str, problem: str) -> None:
