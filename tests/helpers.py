@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
-from sessionflow.core import Refiner, Rejection
+from sessionflow.core import Refiner, Rejection, Snapshot
 
 # 2026-10-05T00:00:00Z, a Monday; the processing time is a day later.
 T0 = 1_791_158_400_000
@@ -28,6 +28,18 @@ def refine(raw: bytes, config: Config | None = None, now_ms: int = NOW) -> dict[
 def event(machine_id: str, ts: int, event_id: str, event_type: str = "view", **extra: Any) -> dict[str, Any]:
     """A valid event as the sessionizer receives it."""
     return {"event_id": event_id, "machine_id": machine_id, "event_type": event_type, "timestamp": ts, **extra}
+
+
+def through_json(snapshot: Snapshot | dict[str, Any]) -> Snapshot:
+    """A snapshot as a state file or a table keeps it: to its dict, to JSON, and back.
+
+    The round trip must give the very snapshot it was given (the compiled sessionizer's dict is
+    read first: it returns the dict format still).
+    """
+    taken = Snapshot.of(snapshot)
+    again = Snapshot.from_dict(orjson.loads(orjson.dumps(taken.to_dict())))
+    assert again == taken, "a snapshot changed on its way through JSON"
+    return again
 
 
 class FakeClock:

@@ -435,3 +435,38 @@ def test_the_sweep_handler_sweeps_every_shard_and_skips_a_busy_one(config: Confi
 
     setup.runtime.sessionize.sweep = conflict  # type: ignore[method-assign]
     assert handlers.sweep_handler({"shards": ["clean/a"]}, None)["busy"] == 1
+
+
+# A shard item, a machine item and its timer set as the code before the snapshot format had a
+# version wrote them (a batch of e-1 app_open at T0 and e-2 view ten minutes later; e-2 is buffered).
+SESSION_BEFORE = "9db20f66-813f-55ef-8df7-6c4ef591c3ee"
+ITEMS_BEFORE = {
+    "s#clean/s1": b'{"clock":-1,"leaders":{"m-1":1791159000000},"buckets":[29852685],'
+    b'"timer_fill":{"29852685":[1,11]},"wall":1800000000000,"inflight":null}',
+    "m#m-1": b'{"state":{"machine_id":"m-1","newest_ts":1791159000000,"arrival_clock":-1,'
+    b'"pending":[{"event_id":"e-2","machine_id":"m-1","event_type":"view","timestamp":1791159000000}],'
+    b'"last_key":[1791158400000,"e-1"],"session":{"session_id":"' + SESSION_BEFORE.encode() + b'",'
+    b'"start_ts":1791158400000,"last_ts":1791158400000,"first_type":"app_open","last_type":"app_open","count":1,'
+    b'"type_counts":{"app_open":1},"user_id":"u-1","app_version":null,"closed":false},'
+    b'"seen":{"e-1":1791158400000,"e-2":1791159000000}},"shard":"clean/s1","seq":"2",'
+    b'"outbox":{"events":[],"sessions":[],"token":"23695523d4374ce08ef5dba7c28dd987"}}',
+}
+
+
+def test_items_written_before_snapshot_versions_still_go_on(config: Config) -> None:
+    from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardSessionizer
+
+    store, sink = MemoryStore(), MemorySink()
+    for key, value in ITEMS_BEFORE.items():
+        store.put(key, json.loads(value), None)
+    store.add_members("t#clean/s1#29852685", ["m-1"])
+    shard = ShardSessionizer(config.session, store, sink, write_threads=1, now=FakeClock())
+    t0 = 1791158400000
+    again, later = event("m-1", t0 + 600_000, "e-2", "view"), event("m-1", t0 + 1_200_000, "e-3", "edit")
+    report = shard.apply("clean/s1", [CleanRecord(3, again), CleanRecord(4, later)])
+    assert report.duplicates == 1  # e-2 is in the item's dedupe memory
+    shard.flush("clean/s1")
+    placed = [(e["event_id"], e["session_id"], e["session_seq"]) for e in sink.rows["events"]]
+    assert placed == [("e-2", SESSION_BEFORE, 2), ("e-3", SESSION_BEFORE, 3)]
+    [session] = sink.rows["sessions"]
+    assert (session["session_id"], session["event_count"], session["user_id"]) == (SESSION_BEFORE, 3, "u-1")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from sessionflow.config import HOUR, MINUTE, Config, SessionConfig
 from sessionflow.core import Outputs, Pipeline, Sessionizer
-from tests.helpers import NOW, T0
+from tests.helpers import NOW, T0, through_json
 
 TIMEOUT = 30 * MINUTE
 LATENESS = 5 * MINUTE
@@ -127,7 +127,7 @@ def streamed(
         sessionizer.end_batch(out)
         start += size
         if restarts and restarts[index]:
-            sessionizer = Sessionizer.restore(config, orjson.loads(orjson.dumps(sessionizer.snapshot())))
+            sessionizer = Sessionizer.restore(config, through_json(sessionizer.snapshot()))
     sessionizer.flush(out)
     return out
 

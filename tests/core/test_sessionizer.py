@@ -13,7 +13,7 @@ from sessionflow.config import HOUR, MINUTE, Config, SessionConfig
 from sessionflow.core import Outputs, Pipeline, Sessionizer, session_id
 from sessionflow.core.ids import SESSION_NAMESPACE
 from sessionflow.synthetic import FeedShape, generate
-from tests.helpers import NOW, T0, event
+from tests.helpers import NOW, T0, event, through_json
 
 TIMEOUT = 30 * MINUTE
 LATENESS = 5 * MINUTE
@@ -443,8 +443,7 @@ def _stream(batches: list[list[tuple[bytes, str, int]]], *, restore_each_batch: 
     for lines in batches:
         if restore_each_batch:
             # Through JSON, as a state file or a table keeps it.
-            snapshot = orjson.loads(orjson.dumps(sessionizer.snapshot()))
-            sessionizer = Sessionizer.restore(config.session, snapshot)
+            sessionizer = Sessionizer.restore(config.session, through_json(sessionizer.snapshot()))
         pipeline = Pipeline(config, NOW + 60 * 86_400_000, sessionizer)
         pipeline.feed(lines, out)
         tally = pipeline.tally.to_dict()
@@ -495,7 +494,7 @@ def test_idle_machines_still_close_after_a_restore() -> None:
     out = Outputs()
     sessionizer.process([event("m", T0, "a")], out)
     sessionizer.end_batch(out)
-    restored = Sessionizer.restore(config, orjson.loads(orjson.dumps(sessionizer.snapshot())))
+    restored = Sessionizer.restore(config, through_json(sessionizer.snapshot()))
     restored.process([event("n", T0 + config.idle_close_ms + 1, "b")], out)
     restored.end_batch(out)
     # m never speaks again: its session closes on the stream clock, not only at a flush.

@@ -4,7 +4,8 @@ from sessionflow.core.ids import session_id
 from sessionflow.core.pipeline import Pipeline, Refined, Tally, rejection_row
 from sessionflow.core.refine import Event, Refiner, strip_record
 from sessionflow.core.rejections import Reason, Rejection, RejectRecord
-from sessionflow.core.sessionizer import MachineState, OpenSession, Outputs, Sessionizer
+from sessionflow.core.sessionizer import Outputs, Sessionizer
+from sessionflow.core.snapshot import MachineState, OpenSession, Snapshot, SnapshotError, StreamClock
 
 __all__ = [
     "Event",
@@ -18,6 +19,9 @@ __all__ = [
     "RejectRecord",
     "Rejection",
     "Sessionizer",
+    "Snapshot",
+    "SnapshotError",
+    "StreamClock",
     "Tally",
     "rejection_row",
     "session_id",

@@ -17,129 +17,55 @@ machines (one machine with a clock in the future cannot close everyone's session
 silent for ``timeout + allowed_lateness`` of stream time has its session closed; its state is
 dropped after ``max(that, dedupe_horizon)``. Memory is bounded by the active machines.
 
-State is plain values (:class:`MachineState`, :class:`OpenSession`) with ``to_dict``/``from_dict``,
-so any store can keep it between batches, runs or Lambda invocations.
+State is plain values (``core/snapshot.py``): :meth:`Sessionizer.snapshot` gives a
+:class:`Snapshot`, whose ``to_dict``/``from_dict`` any store keeps between batches, runs or Lambda
+invocations, and :meth:`Sessionizer.restore` goes on from one.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from sessionflow.config import SessionConfig
 from sessionflow.core import rules
 from sessionflow.core.ids import session_id
 
-Event = dict[str, Any]
+# The state's values live with their format; imported here by name for the modules that use them.
+from sessionflow.core.snapshot import (
+    APP_VERSION,
+    EVENT_ID,
+    EVENT_TYPE,
+    PAYLOAD,
+    PRUNE_FLOOR,
+    TS,
+    USER_ID,
+    Event,
+    MachineState,
+    OpenSession,
+    Record,
+    Snapshot,
+    StreamClock,
+    record_of,
+)
+
+__all__ = [
+    "Emitter",
+    "Event",
+    "MachineState",
+    "OpenSession",
+    "Outputs",
+    "Record",
+    "Sessionizer",
+    "Snapshot",
+    "StreamClock",
+    "Summary",
+    "record_of",
+]
+
 Summary = dict[str, Any]
-_PRUNE_FLOOR = 256
-
-
-@dataclass(slots=True)
-class OpenSession:
-    session_id: str
-    start_ts: int
-    last_ts: int
-    first_type: str
-    last_type: str
-    count: int = 0
-    type_counts: dict[str, int] = field(default_factory=dict)
-    user_id: str | None = None
-    app_version: str | None = None
-    closed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "session_id": self.session_id,
-            "start_ts": self.start_ts,
-            "last_ts": self.last_ts,
-            "first_type": self.first_type,
-            "last_type": self.last_type,
-            "count": self.count,
-            "type_counts": dict(self.type_counts),
-            "user_id": self.user_id,
-            "app_version": self.app_version,
-            "closed": self.closed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> OpenSession:
-        return cls(**{**data, "type_counts": dict(data["type_counts"])})
-
-
-# What the sessionizer needs of an event, plus the event itself (opaque to the logic): a dict here,
-# a row handle in a columnar runtime. Timestamp and id come first so the reorder heap compares them.
-Record = tuple[int, str, str, str, str | None, str | None, Any]
-TS: Final = 0
-EVENT_ID: Final = 1
-MACHINE_ID: Final = 2
-EVENT_TYPE: Final = 3
-USER_ID: Final = 4
-APP_VERSION: Final = 5
-PAYLOAD: Final = 6
-
-
-def record_of(event: Event) -> Record:
-    return (
-        event["timestamp"],
-        event["event_id"],
-        event["machine_id"],
-        event["event_type"],
-        event.get("user_id"),
-        event.get("app_version"),
-        event,
-    )
-
-
-@dataclass(slots=True)
-class MachineState:
-    machine_id: str
-    newest_ts: int = -1
-    # Stream clock when the machine's last event arrived: idleness is measured from here.
-    arrival_clock: int = -1
-    # Heap of records not yet released.
-    pending: list[Record] = field(default_factory=list)
-    last_key: tuple[int, str] | None = None
-    session: OpenSession | None = None
-    # event_id -> timestamp, for dedupe within the horizon.
-    seen: dict[str, int] = field(default_factory=dict)
-    prune_at: int = _PRUNE_FLOOR
-
-    @property
-    def anchor(self) -> int:
-        return rules.anchor(self.newest_ts, self.arrival_clock)
-
-    def to_dict(self, resolve: Callable[[Any], Event] | None = None) -> dict[str, Any]:
-        """Plain values; ``resolve`` turns a pending record's payload into its event dict."""
-        pending = sorted(self.pending, key=lambda record: record[:2])
-        return {
-            "machine_id": self.machine_id,
-            "newest_ts": self.newest_ts,
-            "arrival_clock": self.arrival_clock,
-            "pending": [resolve(r[PAYLOAD]) if resolve else r[PAYLOAD] for r in pending],
-            "last_key": list(self.last_key) if self.last_key else None,
-            "session": self.session.to_dict() if self.session else None,
-            "seen": dict(self.seen),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MachineState:
-        pending = [record_of(event) for event in data["pending"]]
-        heapq.heapify(pending)
-        last_key = data["last_key"]
-        session = data["session"]
-        return cls(
-            machine_id=data["machine_id"],
-            newest_ts=data["newest_ts"],
-            arrival_clock=data["arrival_clock"],
-            pending=pending,
-            last_key=(last_key[0], last_key[1]) if last_key else None,
-            session=OpenSession.from_dict(session) if session else None,
-            seen=dict(data["seen"]),
-            prune_at=max(_PRUNE_FLOOR, 2 * len(data["seen"])),
-        )
 
 
 class Emitter(Protocol):
@@ -192,17 +118,20 @@ class Sessionizer:
     def __init__(self, config: SessionConfig, clock: int = -1) -> None:
         self.config = config
         self.machines: dict[str, MachineState] = {}
-        self.clock = clock
+        self.stream_clock = StreamClock(clock)
         # (deadline, machine_id): when to look at a machine for idleness again.
         self._deadlines: list[tuple[int, str]] = []
-        # The newest timestamps of the clock_quorum most advanced machines.
-        self._leaders: dict[str, int] = {}
         self._touched: set[str] = set()
         self._timeout = config.timeout_ms
         self._lateness = config.allowed_lateness_ms
         self._opening = config.opening_events
         limit = config.max_session_duration_ms
         self._max_duration = rules.NO_LIMIT if limit is None else limit
+
+    @property
+    def clock(self) -> int:
+        """The stream clock's time (see :class:`StreamClock`)."""
+        return self.stream_clock.time
 
     # -- the hot path -------------------------------------------------------------------------
 
@@ -301,41 +230,37 @@ class Sessionizer:
     # -- per batch: the stream clock, idle machines, dedupe horizon ---------------------------------
 
     def end_batch(self, out: Emitter) -> None:
-        leaders = self._leaders
-        quorum = self.config.clock_quorum
-        for machine_id in self._touched:
-            state = self.machines[machine_id]
+        machines, touched = self.machines, self._touched
+        for machine_id in touched:
+            state = machines[machine_id]
             if len(state.seen) >= state.prune_at:
                 self._prune_seen(state)
-            if machine_id in leaders or len(leaders) < quorum or state.newest_ts > min(leaders.values()):
-                leaders[machine_id] = state.newest_ts
-                if len(leaders) > quorum:
-                    del leaders[min(leaders, key=leaders.__getitem__)]
-        if len(leaders) >= quorum:
-            self.clock = max(self.clock, min(leaders.values()))
+        newest = ((machine_id, machines[machine_id].newest_ts) for machine_id in touched)
+        self.stream_clock = self.stream_clock.advanced(newest, self.config.clock_quorum)
         idle = self.config.idle_close_ms
-        for machine_id in self._touched:
-            heapq.heappush(self._deadlines, (rules.idle_deadline(self.machines[machine_id].anchor, idle), machine_id))
-        self._touched.clear()
+        for machine_id in touched:
+            heapq.heappush(self._deadlines, (rules.idle_deadline(machines[machine_id].anchor, idle), machine_id))
+        touched.clear()
         self._close_idle(out)
 
     def _close_idle(self, out: Emitter) -> None:
         deadlines = self._deadlines
         idle = self.config.idle_close_ms
         retention = self.config.retention_ms
-        while deadlines and rules.is_past(self.clock, deadlines[0][0]):
+        clock = self.stream_clock.time
+        while deadlines and rules.is_past(clock, deadlines[0][0]):
             _, machine_id = heapq.heappop(deadlines)
             state = self.machines.get(machine_id)
             if state is None:
                 continue
             anchor = state.anchor
-            if not rules.is_past(self.clock, rules.idle_deadline(anchor, idle)):
+            if not rules.is_past(clock, rules.idle_deadline(anchor, idle)):
                 continue  # it spoke again since; a newer deadline is queued
             self._drain(state, out)
             forget_at = rules.retention_deadline(anchor, retention)
-            if rules.is_past(self.clock, forget_at):
+            if rules.is_past(clock, forget_at):
                 del self.machines[machine_id]
-                self._leaders.pop(machine_id, None)
+                self.stream_clock = self.stream_clock.without(machine_id)
             else:
                 heapq.heappush(deadlines, (forget_at, machine_id))
 
@@ -351,7 +276,7 @@ class Sessionizer:
     def _prune_seen(self, state: MachineState) -> None:
         newest, horizon = state.newest_ts, self.config.dedupe_horizon_ms
         state.seen = {event_id: ts for event_id, ts in state.seen.items() if rules.is_duplicate(ts, newest, horizon)}
-        state.prune_at = max(_PRUNE_FLOOR, 2 * len(state.seen))
+        state.prune_at = max(PRUNE_FLOOR, 2 * len(state.seen))
 
     def flush(self, out: Emitter) -> None:
         """End of input: release every buffered event, close every session, forget every machine."""
@@ -359,7 +284,7 @@ class Sessionizer:
             self._drain(state, out)
         self.machines.clear()
         self._deadlines.clear()
-        self._leaders.clear()
+        self.stream_clock = StreamClock(self.stream_clock.time)
         self._touched.clear()
 
     # -- summaries and state ----------------------------------------------------------------------
@@ -383,21 +308,19 @@ class Sessionizer:
             session.app_version,
         )
 
-    def snapshot(self, resolve: Callable[[Any], Event] | None = None) -> dict[str, Any]:
-        """All state as plain JSON-able values (``resolve``: see :meth:`MachineState.to_dict`)."""
-        return {
-            "clock": self.clock,
-            "leaders": dict(self._leaders),
-            "machines": [state.to_dict(resolve) for state in self.machines.values()],
-        }
+    def snapshot(self, resolve: Callable[[Any], Event] | None = None) -> Snapshot:
+        """All state, as copies (``resolve``: see :meth:`MachineState.copy`)."""
+        return Snapshot(self.stream_clock, tuple(state.copy(resolve) for state in self.machines.values()))
 
     @classmethod
-    def restore(cls, config: SessionConfig, snapshot: dict[str, Any]) -> Sessionizer:
-        sessionizer = cls(config, clock=snapshot["clock"])
-        sessionizer._leaders = dict(snapshot["leaders"])
+    def restore(cls, config: SessionConfig, snapshot: Snapshot | Mapping[str, Any]) -> Sessionizer:
+        """A sessionizer going on from ``snapshot`` (or its dict: see :meth:`Snapshot.of`)."""
+        snapshot = Snapshot.of(snapshot)
+        sessionizer = cls(config)
+        sessionizer.stream_clock = snapshot.clock
         idle = config.idle_close_ms
-        for data in snapshot["machines"]:
-            state = MachineState.from_dict(data)
+        for saved in snapshot.machines:
+            state = saved.copy()  # the snapshot stays as it was, whatever comes next
             sessionizer.machines[state.machine_id] = state
             sessionizer._deadlines.append((rules.idle_deadline(state.anchor, idle), state.machine_id))
         heapq.heapify(sessionizer._deadlines)

@@ -7,8 +7,9 @@ once, but a timed-out invocation can still be running while its retry starts). K
   the highest sequence number of ``shard`` applied to the machine, so a redelivered record is
   skipped, never applied twice. ``state`` None is a tombstone (the core forgot the machine); it keeps
   ``seq`` and the outbox. ``outbox`` holds the rows the last write produced, tagged with its token.
-* ``s#<stream/shard>``: the shard's stream clock and quorum leaders (the core's cross-machine state,
-  kept per shard), the timer buckets in use, and ``inflight`` (see below).
+* ``s#<stream/shard>``: the shard's :class:`StreamClock` (the core's cross-machine state, kept per
+  shard, under its own ``clock`` and ``leaders`` keys), the timer buckets in use, and ``inflight``
+  (see below). A batch restores a :class:`Snapshot` of that clock and the machines it reads.
 * ``t#<stream/shard>#<bucket>``: a set of machine ids whose idle deadline (stream time) falls in that
   minute. Idle machines are found here at the end of each batch of their shard, as the core's
   deadline heap finds them at each ``end_batch``. A busy shard writes tens of thousands of machines
@@ -32,11 +33,11 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sessionflow.config import MINUTE, SessionConfig
-from sessionflow.core import MachineState, Outputs, Sessionizer
+from sessionflow.core import MachineState, Outputs, Sessionizer, Snapshot, StreamClock
 from sessionflow.runtimes.aws.outputs import Row, Sink
 from sessionflow.state.base import Item, StateStore
 
@@ -96,6 +97,44 @@ class _Change:
     machine_id: str
     version: int | None
     value: dict[str, Any]
+    state: MachineState | None  # the machine's state after the batch: ``value["state"]`` is its dict
+
+
+@dataclass
+class _ShardState:
+    """The value of a shard item."""
+
+    clock: StreamClock = field(default_factory=StreamClock)
+    buckets: list[int] = field(default_factory=list)
+    timer_fill: dict[str, list[int]] = field(default_factory=dict)
+    wall: int | None = None  # wall-clock ms of the last commit of a batch
+    inflight: dict[str, Any] | None = None
+
+    @classmethod
+    def from_value(cls, value: dict[str, Any]) -> _ShardState:
+        # timer_fill and wall came later than the others: an item written before has neither.
+        return cls(
+            clock=StreamClock.from_dict(value),
+            buckets=list(value.get("buckets", [])),
+            timer_fill=dict(value.get("timer_fill", {})),
+            wall=value.get("wall"),
+            inflight=value.get("inflight"),
+        )
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            **self.clock.to_dict(),
+            "buckets": self.buckets,
+            "timer_fill": self.timer_fill,
+            "wall": self.wall,
+            "inflight": self.inflight,
+        }
+
+
+def _snapshot(clock: StreamClock, items: Iterable[Item]) -> Snapshot:
+    """The core's state for a batch: the shard's clock and the machines read (tombstones left out)."""
+    states = [item.value["state"] for item in items]
+    return Snapshot(clock, tuple(MachineState.from_dict(state) for state in states if state is not None))
 
 
 class ShardSessionizer:
@@ -137,40 +176,25 @@ class ShardSessionizer:
             newest_seq[machine_id] = record.sequence_number
         report.applied = len(fresh)
 
-        sessionizer = Sessionizer.restore(
-            self.config,
-            {
-                "clock": shard_state["clock"],
-                "leaders": shard_state["leaders"],
-                "machines": [item.value["state"] for item in loaded.values() if item.value["state"] is not None],
-            },
-        )
+        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
         out = Outputs()
         sessionizer.process(fresh, out)
         sessionizer.end_batch(out)
         after = sessionizer.snapshot()
-        states = {state["machine_id"]: state for state in after["machines"]}
-        clock, leaders = after["clock"], after["leaders"]
+        states = {state.machine_id: state for state in after.machines}
 
         # Idle machines of this shard that the batch did not touch: the due timer buckets.
-        fill = shard_state["timer_fill"]
-        due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
-        swept, leaders = self._close_timed_out(shard, due, fill, clock, leaders, set(machine_ids), states, out, report)
+        fill = shard_state.timer_fill
+        due = [b for b in shard_state.buckets if b * TIMER_BUCKET_MS < after.clock.time]
+        swept, clock = self._close_timed_out(shard, due, fill, after.clock, set(machine_ids), states, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
         report.duplicates, report.late = len(out.duplicates), out.late
 
         changes = _changes(shard, [*machine_ids, *swept], {**swept, **loaded}, states, newest_seq, out)
-        fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock]
-        unchanged = (clock, leaders) == (shard_state["clock"], shard_state["leaders"])
-        if not changes and not fully_due and unchanged and not shard_state.get("inflight"):
+        fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock.time]
+        if not changes and not fully_due and clock == shard_state.clock and not shard_state.inflight:
             return report  # a redelivered batch already applied: not even the shard item is rewritten
-        new_state = {
-            "clock": clock,
-            "leaders": leaders,
-            "buckets": shard_state["buckets"],
-            "timer_fill": fill,
-            "wall": self._wall_ms(),
-        }
+        new_state = replace(shard_state, clock=clock, timer_fill=fill, wall=self._wall_ms())
         self._commit(shard, shard_item, new_state, changes, fully_due, report)
         return report
 
@@ -179,20 +203,20 @@ class ShardSessionizer:
         shard: str,
         due: list[int],
         fill: dict[str, list[int]],
-        clock: int,
-        leaders: dict[str, int],
+        clock: StreamClock,
         exclude: set[str],
-        states: dict[str, dict[str, Any]],
+        states: dict[str, MachineState],
         out: Outputs,
         report: BatchReport,
-    ) -> tuple[dict[str, Item], dict[str, int]]:
+    ) -> tuple[dict[str, Item], StreamClock]:
         """Load the machines of the due timer sets (but ``exclude``) and let the core close the idle ones.
 
-        Their states after that go into ``states``; returns the machines loaded and the leaders.
+        Their states after that go into ``states``; returns the machines loaded and the clock
+        (machines the core forgot have left its leaders).
         """
         swept: dict[str, Item] = {}
         if not due:
-            return swept, leaders
+            return swept, clock
         members = self.store.members_many(_timer_keys(shard, due, fill))
         candidates = set().union(*members.values()) - exclude if members else set()
         for key, item in self.store.get_many(machine_key(m) for m in sorted(candidates)).items():
@@ -200,15 +224,12 @@ class ShardSessionizer:
                 swept[key[2:]] = item
         report.swept = len(swept)
         if not swept:
-            return swept, leaders
-        idle = Sessionizer.restore(
-            self.config,
-            {"clock": clock, "leaders": leaders, "machines": [i.value["state"] for i in swept.values()]},
-        )
+            return swept, clock
+        idle = Sessionizer.restore(self.config, _snapshot(clock, swept.values()))
         idle.end_batch(out)
         after = idle.snapshot()
-        states.update((s["machine_id"], s) for s in after["machines"])
-        return swept, after["leaders"]
+        states.update((state.machine_id, state) for state in after.machines)
+        return swept, after.clock
 
     def _wall_ms(self) -> int:
         return int(self._now() * 1000)
@@ -231,27 +252,26 @@ class ShardSessionizer:
         if shard_item is None:
             return report
         shard_state = self._recover(shard_item, report)
-        wall = shard_state["wall"]
+        wall = shard_state.wall
         now_ms = self._wall_ms()
         quiet = self.config.idle_close_ms if quiet_ms is None else quiet_ms
-        leaders: dict[str, int] = shard_state["leaders"]
-        base = shard_state["clock"] if shard_state["clock"] >= 0 else max(leaders.values(), default=-1)
+        stored = shard_state.clock
+        base = stored.time if stored.time >= 0 else max(stored.leaders.values(), default=-1)
         if wall is None or now_ms - wall < quiet or base < 0:
             return report
-        clock = base + (now_ms - wall)
-        fill = shard_state["timer_fill"]
-        due = [b for b in shard_state["buckets"] if b * TIMER_BUCKET_MS < clock]
+        clock = StreamClock(base + (now_ms - wall), stored.leaders)
+        fill = shard_state.timer_fill
+        due = [b for b in shard_state.buckets if b * TIMER_BUCKET_MS < clock.time]
         out = Outputs()
-        states: dict[str, dict[str, Any]] = {}
-        swept, leaders = self._close_timed_out(shard, due, fill, clock, leaders, set(), states, out, report)
+        states: dict[str, MachineState] = {}
+        swept, clock = self._close_timed_out(shard, due, fill, clock, set(), states, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
         changes = _changes(shard, list(swept), swept, states, {}, out)
-        fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock]
+        fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock.time]
         if not changes and not fully_due:
             return report
         # The stored clock and wall time stay; machines the core forgot leave the leaders.
-        new_state = {key: shard_state[key] for key in ("clock", "buckets", "wall")}
-        new_state.update(leaders=leaders, timer_fill=fill)
+        new_state = replace(shard_state, clock=StreamClock(stored.time, clock.leaders), timer_fill=fill)
         self._commit(shard, shard_item, new_state, changes, fully_due, report)
         return report
 
@@ -264,57 +284,39 @@ class ShardSessionizer:
         if shard_item is None:
             return report
         shard_state = self._recover(shard_item, report)
-        fill = shard_state["timer_fill"]
-        members = self.store.members_many(_timer_keys(shard, shard_state["buckets"], fill))
+        fill = shard_state.timer_fill
+        members = self.store.members_many(_timer_keys(shard, shard_state.buckets, fill))
         machine_ids = sorted(set().union(*members.values())) if members else []
         loaded = {
             key[2:]: item
             for key, item in self.store.get_many(machine_key(m) for m in machine_ids).items()
             if item.value["shard"] == shard and item.value["state"] is not None
         }
-        sessionizer = Sessionizer.restore(
-            self.config,
-            {
-                "clock": shard_state["clock"],
-                "leaders": shard_state["leaders"],
-                "machines": [item.value["state"] for item in loaded.values()],
-            },
-        )
+        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
         out = Outputs()
         sessionizer.flush(out)
         report.swept, report.events, report.sessions = len(loaded), len(out.events), len(out.sessions)
         rows = _rows_by_machine(out)
         changes = [
-            _Change(m, item.version, {"state": None, "shard": shard, "seq": item.value["seq"], "outbox": rows.get(m)})
+            _Change(
+                m, item.version, {"state": None, "shard": shard, "seq": item.value["seq"], "outbox": rows.get(m)}, None
+            )
             for m, item in loaded.items()
         ]
-        new_state = {
-            "clock": shard_state["clock"],
-            "leaders": {},
-            "buckets": shard_state["buckets"],
-            "timer_fill": fill,
-            "wall": self._wall_ms(),
-        }
-        self._commit(shard, shard_item, new_state, changes, list(shard_state["buckets"]), report)
+        # Every machine forgotten: the clock keeps its time, and has no leaders left.
+        clock = StreamClock(shard_state.clock.time)
+        new_state = replace(shard_state, clock=clock, timer_fill=fill, wall=self._wall_ms())
+        self._commit(shard, shard_item, new_state, changes, list(shard_state.buckets), report)
         return report
 
     # -- the commit protocol ------------------------------------------------------------------------------
 
-    def _recover(self, shard_item: Item | None, report: BatchReport) -> dict[str, Any]:
+    def _recover(self, shard_item: Item | None, report: BatchReport) -> _ShardState:
         """The shard's state; first re-send what a crashed attempt committed but may not have sent."""
-        # Every key present, whatever wrote the item: timer_fill and wall came later than the others.
-        state: dict[str, Any] = {
-            "clock": -1,
-            "leaders": {},
-            "buckets": [],
-            "timer_fill": {},
-            "wall": None,
-            "inflight": None,
-        }
         if shard_item is None:
-            return state
-        state.update(shard_item.value)
-        inflight = state.get("inflight")
+            return _ShardState()
+        state = _ShardState.from_value(shard_item.value)
+        inflight = state.inflight
         if inflight:
             token = inflight["token"]
             rows: dict[str, list[Row]] = defaultdict(list)
@@ -331,7 +333,7 @@ class ShardSessionizer:
         self,
         shard: str,
         shard_item: Item | None,
-        new_state: dict[str, Any],
+        new_state: _ShardState,
         changes: list[_Change],
         drop_buckets: Iterable[int],
         report: BatchReport,
@@ -340,22 +342,17 @@ class ShardSessionizer:
         token = uuid.uuid4().hex
         timers: dict[int, set[str]] = defaultdict(set)
         for change in changes:
-            state = change.value["state"]
-            if state is not None:
-                timers[_next_deadline(state, config) // TIMER_BUCKET_MS].add(change.machine_id)
+            if change.state is not None:
+                timers[_next_deadline(change.state, config) // TIMER_BUCKET_MS].add(change.machine_id)
             if change.value["outbox"]:
                 change.value["outbox"]["token"] = token
-        buckets = sorted(set(new_state["buckets"]) | set(timers))
-        fill = {key: list(value) for key, value in new_state["timer_fill"].items()}
+        buckets = sorted(set(new_state.buckets) | set(timers))
+        fill = {key: list(value) for key, value in new_state.timer_fill.items()}
         additions = _fill_timer_sets(shard, timers, fill)
 
-        intent = {
-            **new_state,
-            "buckets": buckets,
-            "timer_fill": fill,
-            "inflight": {"token": token, "machines": [c.machine_id for c in changes]},
-        }
-        version = self.store.put(shard_key(shard), intent, shard_item.version if shard_item else None)
+        inflight = {"token": token, "machines": [c.machine_id for c in changes]}
+        intent = replace(new_state, buckets=buckets, timer_fill=fill, inflight=inflight)
+        version = self.store.put(shard_key(shard), intent.to_value(), shard_item.version if shard_item else None)
         if version is None:
             raise ShardConflict(f"shard {shard} was committed by another invocation; retrying the batch")
         for key, machine_ids in additions:
@@ -387,8 +384,8 @@ class ShardSessionizer:
             self.store.delete(key, None)
         for bucket in dropped:
             fill.pop(str(bucket), None)
-        done = {**intent, "buckets": sorted(set(buckets) - set(dropped)), "timer_fill": fill, "inflight": None}
-        if self.store.put(shard_key(shard), done, version) is None:
+        done = replace(intent, buckets=sorted(set(buckets) - set(dropped)), timer_fill=fill, inflight=None)
+        if self.store.put(shard_key(shard), done.to_value(), version) is None:
             raise ShardConflict(f"shard {shard} changed while this invocation held it")
 
 
@@ -423,7 +420,7 @@ def _changes(
     shard: str,
     machine_ids: Iterable[str],
     items: dict[str, Item],
-    states: dict[str, dict[str, Any]],
+    states: dict[str, MachineState],
     newest_seq: dict[str, int],
     out: Outputs,
 ) -> list[_Change]:
@@ -433,19 +430,20 @@ def _changes(
     for machine_id in dict.fromkeys(machine_ids):
         item = items.get(machine_id)
         state = states.get(machine_id)
+        stored = state.to_dict() if state is not None else None
         seq = newest_seq.get(machine_id)
         machine_rows = rows.get(machine_id)
-        if item is not None and seq is None and not machine_rows and item.value["state"] == state:
+        if item is not None and seq is None and not machine_rows and item.value["state"] == stored:
             continue
         if item is None and state is None and seq is None:
             continue
         value = {
-            "state": state,
+            "state": stored,
             "shard": shard,
             "seq": str(seq) if seq is not None else (item.value["seq"] if item else "0"),
             "outbox": machine_rows,
         }
-        changes.append(_Change(machine_id, item.version if item else None, value))
+        changes.append(_Change(machine_id, item.version if item else None, value, state))
     return changes
 
 
@@ -458,9 +456,8 @@ def _rows_by_machine(out: Outputs) -> dict[str, dict[str, list[Row]]]:
     return rows
 
 
-def _next_deadline(state: dict[str, Any], config: SessionConfig) -> int:
+def _next_deadline(machine: MachineState, config: SessionConfig) -> int:
     """When the core will next look at this machine: idle close, or dropping its state."""
-    machine = MachineState.from_dict(state)
     session = machine.session
     if machine.pending or (session is not None and not session.closed):
         return machine.anchor + config.idle_close_ms

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
 from sessionflow.config import Config
-from sessionflow.core import Pipeline, Sessionizer, Tally
+from sessionflow.core import Pipeline, Sessionizer, Snapshot, Tally
 from sessionflow.core.sessionizer import Summary
 from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, session_table, to_record_batch
@@ -318,7 +318,7 @@ class Assembler:
         if self._open:  # pragma: no cover - a flush places every row
             raise AssertionError(f"{len(self._open)} blocks still have rows without a session")
 
-    def finish_partial(self, sessionizer: Sessionizer) -> dict[str, Any]:
+    def finish_partial(self, sessionizer: Sessionizer) -> Snapshot:
         """End of input without a flush: write what is placed, return the state with pending rows as dicts."""
         snapshot = sessionizer.snapshot(resolve=_resolve)
         for holder in self._open.values():

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
-from sessionflow.core import Reason, Rejection, Sessionizer, Tally, rejection_row
+from sessionflow.core import Reason, Rejection, Sessionizer, Snapshot, Tally, rejection_row
 from sessionflow.core.native import implementation, new_sessionizer, sessionizer_class
 from sessionflow.errors import OutputError, StateError
 from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
@@ -37,6 +37,7 @@ from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Sourc
 
 log = logging.getLogger(__name__)
 
+# The file around the snapshot (fingerprint, runs, inputs); the snapshot has its own version.
 STATE_FORMAT = 1
 
 
@@ -108,14 +109,19 @@ def load_state(path: Path | None, config: Config) -> RunState:
                 f"{path}: this state was built with other session, field or column settings; "
                 "use the same config, or start with a new state file"
             )
-        sessionizer = sessionizer_class().restore(config.session, data["sessionizer"])
+        snapshot = Snapshot.from_dict(data["sessionizer"])
+        cls = sessionizer_class()
+        # The compiled class still takes the snapshot's dict, until it reads a Snapshot itself.
+        sessionizer = cls.restore(config.session, snapshot if cls is Sessionizer else snapshot.to_dict())
         return RunState(sessionizer, int(data["runs"]), dict(data.get("inputs", {})))
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # SnapshotError too
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def state_payload(config: Config, snapshot: dict[str, Any] | None, runs: int, inputs: dict[str, Any]) -> bytes:
-    """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
+def state_payload(
+    config: Config, snapshot: Snapshot | Mapping[str, Any] | None, runs: int, inputs: dict[str, Any]
+) -> bytes:
+    """``snapshot`` is :meth:`Sessionizer.snapshot` (or its dict); None after a flush (nothing left to keep)."""
     if len(inputs) > MAX_REMEMBERED_INPUTS:
         newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
         inputs = {key: inputs[key] for key in newest}
@@ -123,13 +129,13 @@ def state_payload(config: Config, snapshot: dict[str, Any] | None, runs: int, in
         "format": STATE_FORMAT,
         "fingerprint": session_fingerprint(config),
         "runs": runs,
-        "sessionizer": snapshot or {"clock": -1, "leaders": {}, "machines": []},
+        "sessionizer": (Snapshot() if snapshot is None else Snapshot.of(snapshot)).to_dict(),
         "inputs": inputs,
     }
     return orjson.dumps(data)
 
 
-def save_state(path: Path, config: Config, snapshot: dict[str, Any] | None, runs: int) -> None:
+def save_state(path: Path, config: Config, snapshot: Snapshot | None, runs: int) -> None:
     write_atomically(path, state_payload(config, snapshot, runs, {}))
 
 
@@ -271,13 +277,13 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
                     "bytes": position.bytes,
                 }
             )
-        pending_sessions = _open_sessions(sessionizer)
         if flushed:
             sessionizer.flush(assembler)
             assembler.finish(sessionizer)
             snapshot = None
         else:
-            snapshot = assembler.finish_partial(sessionizer)
+            # Snapshot.of: the compiled sessionizer still returns the snapshot's dict.
+            snapshot = Snapshot.of(assembler.finish_partial(sessionizer))
         writer.write([], assembler.sessions, [])
         tally = assembler.tally
         if state_path is not None and all_seen and not (options.flush and had_machines) and not tally.records:
@@ -289,15 +295,15 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             return RunReport(number - 1, tally, seconds, flushed, 0, inputs_read, nothing_new=True)
         files = writer.close()
         report_ = RunReport(number, tally, time.perf_counter() - options.started, flushed, len(files), inputs_read)
-        open_sessions = (0, 0) if flushed else pending_sessions
+        left = Snapshot() if snapshot is None else snapshot
         ledger = ledger_record(
             report_.to_dict(),
             files,
             replace=options.overwrite,
             config_fingerprint=session_fingerprint(config),
             pending_before=pending_before,
-            pending_in_state=_pending(snapshot),
-            open_sessions=open_sessions,
+            pending_in_state=left.pending_events(),
+            open_sessions=left.open_sessions(),
         )
         ledger["inputs"] = positions
         if state_path is not None:
@@ -348,24 +354,8 @@ def add_oversized(block: Block, source: Source, config: Config) -> None:
         block.blank -= 1
 
 
-def _open_sessions(sessionizer: Sessionizer) -> tuple[int, int]:
-    """(sessions still open, events placed in them so far)."""
-    sessions = [
-        machine.session
-        for machine in sessionizer.machines.values()
-        if machine.session is not None and not machine.session.closed
-    ]
-    return len(sessions), sum(session.count for session in sessions)
-
-
 def _input_key(source: Source) -> str | None:
     """How a later run recognises an input: its absolute path (standard input is never recognised)."""
     if source.path is None or source.name == STDIN:
         return None
     return str(source.path.resolve())
-
-
-def _pending(snapshot: dict[str, Any] | None) -> int:
-    if snapshot is None:
-        return 0
-    return sum(len(machine["pending"]) for machine in snapshot["machines"])
