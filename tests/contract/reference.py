@@ -77,15 +77,11 @@ def expected(feed: Feed, config: SessionConfig, *, sorted_input: bool = False, b
 
 
 def _is_duplicate(ev: Ev, before: list[tuple[Ev, bool]], config: SessionConfig, sorted_input: bool) -> bool:
-    first = next((e for e, _ in before if e.event_id == ev.event_id), None)
-    if first is None:
-        return False
+    twins = [e for e, _ in before if e.event_id == ev.event_id]
     if sorted_input:
-        return True
-    newest = max(e.ts for e, late in before if not late)
-    # The copy seen last is what is remembered: a late copy after a forgotten id is remembered again.
-    last_seen = [e for e, _ in before if e.event_id == ev.event_id][-1]
-    return last_seen.ts >= newest - config.dedupe_horizon_ms
+        return bool(twins)
+    newest = max((e.ts for e, late in before if not late), default=ev.ts)
+    return any(twin.ts >= newest - config.dedupe_horizon_ms for twin in twins)
 
 
 def _is_late(ev: Ev, before: list[tuple[Ev, bool]], config: SessionConfig) -> bool:

@@ -64,6 +64,8 @@ def spark_result(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Result
     return runtimes.spark_run(spark, tmp_path_factory.mktemp("spark"), combined_lines(), CONFIG)
 
 
+# Under `--dist loadgroup` (make test), each expensive runtime's tests share one worker, so its one
+# run is made once; Spark's share the worker (and JVM) of the backfill tests.
 SPARK = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
 
 
@@ -72,8 +74,8 @@ SPARK = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
         "pure",
         "compiled",
         "aws-memory",
-        "embedded-cli",
-        pytest.param("aws-local", marks=pytest.mark.aws),
+        pytest.param("embedded-cli", marks=pytest.mark.xdist_group("contract-embedded")),
+        pytest.param("aws-local", marks=[pytest.mark.aws, pytest.mark.xdist_group("contract-aws-local")]),
         pytest.param("spark", marks=SPARK),
     ]
 )
@@ -165,6 +167,7 @@ def test_the_feeds_reach_what_they_are_about() -> None:
     assert sorted(s[3] for s in gap.sessions.values()) == [1, 1, 2, 3, 4], "3 + 1 + 2 on gap-m1, 4 + 1 on gap-m2"
 
 
+@pytest.mark.xdist_group("contract-embedded")
 def test_embedded_ledger_counts_what_the_reference_counts(embedded: tuple[Result, dict[str, Any], Any]) -> None:
     _, report, _ = embedded
     if compiled() is not None:
@@ -180,6 +183,7 @@ def test_embedded_ledger_counts_what_the_reference_counts(embedded: tuple[Result
 TWICE = "no event_id appears twice for a machine"
 
 
+@pytest.mark.xdist_group("contract-embedded")
 @pytest.mark.xfail(
     strict=True,
     reason=f"bug: verify's check '{TWICE}' refuses the lake: a copy of an event_id seen longer ago than "
@@ -190,6 +194,7 @@ def test_embedded_lake_passes_verify(embedded: tuple[Result, dict[str, Any], Any
     assert verify.returncode == 0, verify.stdout.decode() + verify.stderr.decode()
 
 
+@pytest.mark.xdist_group("contract-embedded")
 def test_embedded_lake_passes_every_other_verify_check(embedded: tuple[Result, dict[str, Any], Any]) -> None:
     _, _, verify = embedded
     checks = {c["check"]: c for c in orjson.loads(verify.stdout)["checks"]}
@@ -199,6 +204,7 @@ def test_embedded_lake_passes_every_other_verify_check(embedded: tuple[Result, d
 
 
 @pytest.mark.aws
+@pytest.mark.xdist_group("contract-aws-local")
 @pytest.mark.xfail(
     strict=True,
     reason="bug: `aws-local fetch` drops re-delivered copies by event_id alone and raises on two different rows "
