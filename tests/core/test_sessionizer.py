@@ -1,4 +1,8 @@
-"""Sessionizer rules at their boundaries: gaps, ties, opening events, duration, lateness, dedupe, idleness."""
+"""Sessionizer rules at their boundaries: gaps, ties, opening events, duration, lateness, dedupe, idleness.
+
+Every test runs on both sessionizers: the pure one (the specification) and the compiled one, which
+is what ``sessionflow run`` executes.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,24 @@ import pytest
 from sessionflow.config import HOUR, MINUTE, Config, SessionConfig
 from sessionflow.core import Outputs, Pipeline, Sessionizer, session_id
 from sessionflow.core.ids import SESSION_NAMESPACE
+from sessionflow.core.native import compiled
 from sessionflow.synthetic import FeedShape, generate
 from tests.helpers import NOW, T0, event, through_json
 
 TIMEOUT = 30 * MINUTE
 LATENESS = 5 * MINUTE
 CONFIG = SessionConfig(timeout_ms=TIMEOUT, allowed_lateness_ms=LATENESS, opening_events=frozenset({"app_open"}))
+
+
+@pytest.fixture(autouse=True, params=["pure", "compiled"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which sessionizer ``Sessionizer`` builds (and restores) in this test."""
+    if request.param == "compiled":
+        module = compiled()
+        if module is None:
+            pytest.skip("the compiled sessionizer is not built (or SESSIONFLOW_PURE is set)")
+        monkeypatch.setitem(globals(), "Sessionizer", module.NativeSessionizer)
+    return str(request.param)
 
 
 def batch(events: Iterable[dict[str, Any]], config: SessionConfig = CONFIG) -> Outputs:
@@ -474,7 +490,9 @@ def test_snapshot_restore_round_trip_changes_nothing(batch_size: int) -> None:
     assert restored_tally["duplicates"] == plain_tally["duplicates"]
 
 
-def test_machine_state_round_trip() -> None:
+def test_machine_state_round_trip(implementation: str) -> None:
+    if implementation == "compiled":
+        pytest.skip("MachineState is the pure sessionizer's value type (test_native.py compares the snapshots)")
     sessionizer = Sessionizer(CONFIG)
     out = Outputs()
     sessionizer.process([event("m", T0, "a", user_id="u"), event("m", T0 + LATENESS + 5, "b")], out)
