@@ -14,7 +14,7 @@ import pytest
 from sessionflow.config import Config
 from sessionflow.core import Outputs, Pipeline
 from sessionflow.runtimes.aws import handlers
-from sessionflow.runtimes.aws.local.resources import dedupe
+from sessionflow.runtimes.aws.local.resources import IDS, dedupe
 from sessionflow.runtimes.aws.outputs import MemorySink, MemoryStreamWriter, Row, StreamEntry
 from sessionflow.runtimes.aws.settings import Settings
 from sessionflow.state.memory import MemoryStore
@@ -209,10 +209,10 @@ def test_a_crash_between_state_and_outputs_loses_nothing(config: Config, after_d
     reference = _reference(config, raw)
     events, sessions = sink.rows["events"], sink.rows["sessions"]
     assert len(events) + len(sessions) == len(reference.events) + len(reference.sessions) + copies
-    assert {e["event_id"]: e["session_id"] for e in dedupe(events, "event_id")} == {
+    assert {e["event_id"]: e["session_id"] for e in dedupe(events, IDS["events"])} == {
         e["event_id"]: e["session_id"] for e in reference.events
     }
-    assert sorted(dedupe(sessions, "session_id"), key=lambda s: s["session_id"]) == sorted(
+    assert sorted(dedupe(sessions, IDS["sessions"]), key=lambda s: s["session_id"]) == sorted(
         reference.sessions, key=lambda s: s["session_id"]
     )
 

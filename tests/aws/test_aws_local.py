@@ -21,6 +21,7 @@ from sessionflow.core import Outputs, Pipeline
 from sessionflow.runtimes.aws import handlers
 from sessionflow.runtimes.aws.local.poller import Handler, pipeline_poller
 from sessionflow.runtimes.aws.local.resources import (
+    IDS,
     ON_FAILURE_QUEUE,
     LocalAws,
     dedupe,
@@ -49,8 +50,8 @@ def _run(aws: LocalAws, **kwargs: Any) -> None:
 
 
 def _assert_same_as_reference(rows: dict[str, list[dict[str, Any]]], reference: Outputs) -> None:
-    events = dedupe(rows["events"], "event_id")
-    sessions = dedupe(rows["sessions"], "session_id")
+    events = dedupe(rows["events"], IDS["events"])
+    sessions = dedupe(rows["sessions"], IDS["sessions"])
     assert {e["event_id"]: e["session_id"] for e in events} == {
         e["event_id"]: e["session_id"] for e in reference.events
     }
@@ -60,7 +61,7 @@ def _assert_same_as_reference(rows: dict[str, list[dict[str, Any]]], reference: 
         e["event_id"]: orjson.loads(orjson.dumps(e)) for e in reference.events
     }
     # A rejected row's source is stream/shard/sequence number: a redelivered record gives an exact copy.
-    rejected = dedupe(rows["rejected"], "source")
+    rejected = dedupe(rows["rejected"], IDS["rejected"])
     assert Counter((r["reason"], r["raw_base64"]) for r in rejected) == Counter(
         (r["reason"], r["raw_base64"]) for r in reference.rejections
     )
@@ -87,13 +88,13 @@ def test_same_sessions_and_ids_as_the_embedded_runner(local_aws: LocalAws, confi
 
     # And against the embedded runner itself (`sessionflow run`, Parquet lake): same mapping, same summaries.
     embedded = _embedded_lake(config_path, lines, tmp_path)
-    events = dedupe(rows["events"], "event_id")
+    events = dedupe(rows["events"], IDS["events"])
     assert {e["event_id"]: e["session_id"] for e in events} == {
         e["event_id"]: e["session_id"] for e in embedded["events"]
     }
     columns = set(embedded["sessions"][0])
     ours = {
-        s["session_id"]: {k: v for k, v in s.items() if k in columns} for s in dedupe(rows["sessions"], "session_id")
+        s["session_id"]: {k: v for k, v in s.items() if k in columns} for s in dedupe(rows["sessions"], IDS["sessions"])
     }
     assert ours == {s["session_id"]: s for s in embedded["sessions"]}
     _assert_fetched_lake_verifies(tmp_path / "lake", tmp_path / "embedded")

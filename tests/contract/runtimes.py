@@ -194,7 +194,9 @@ def embedded_run(folder: Path, lines: list[bytes]) -> tuple[Result, dict[str, An
     return result_of(events, sessions, rejected), report, verify
 
 
-def local_aws_run(endpoint: str, folder: Path, lines: list[bytes], batch_size: int = 7) -> tuple[Result, str | None]:
+def local_aws_run(
+    endpoint: str, folder: Path, lines: list[bytes], config: Config, batch_size: int = 7
+) -> tuple[Result, str | None]:
     """put on ``raw``, the poller playing Lambda's event source mappings, flush, the S3 output.
 
     Also ``aws-local fetch``'s lake: the error it raises, or None.
@@ -233,7 +235,7 @@ def local_aws_run(endpoint: str, folder: Path, lines: list[bytes], batch_size: i
             # Every row as delivered: no retry happened, so no exact copy is there to drop.
             rows = read_output(aws)
             try:
-                fetch(aws, folder / "lake")
+                fetch(aws, folder / "lake", config)
                 fetch_error = None
             except ValueError as exc:
                 fetch_error = str(exc)

@@ -56,7 +56,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict[str
 
 @pytest.fixture(scope="session")
 def local_aws_result(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, str | None]:
-    return runtimes.local_aws_run(endpoint, tmp_path_factory.mktemp("aws-local"), combined_lines())
+    return runtimes.local_aws_run(endpoint, tmp_path_factory.mktemp("aws-local"), combined_lines(), CONFIG)
 
 
 @pytest.fixture(scope="session")
@@ -207,9 +207,8 @@ def test_embedded_lake_passes_every_other_verify_check(embedded: tuple[Result, d
 @pytest.mark.xdist_group("contract-aws-local")
 @pytest.mark.xfail(
     strict=True,
-    reason="bug: `aws-local fetch` drops re-delivered copies by event_id alone and raises on two different rows "
-    "with one event_id: two machines may share an event_id (dedupe is per machine), and a copy beyond "
-    "dedupe_horizon is written again as a late event (feeds ties/late_beyond_lateness/duplicates_far share 'x')",
+    reason="bug: a copy beyond dedupe_horizon is written again as a late event (feed duplicates_far), so "
+    "`aws-local fetch` finds two different rows for one (machine_id, event_id) and refuses the output",
 )
 def test_aws_local_fetch_writes_the_lake(local_aws_result: tuple[Result, str | None]) -> None:
     _, fetch_error = local_aws_result

@@ -29,7 +29,8 @@ RAW_STREAM = "raw"
 # The Firehoses deliver each table under its name in the lake: events/, sessions/, rejected/.
 PREFIXES = {table: f"{table}/" for table in TABLES}
 # What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md).
-IDS = {"events": "event_id", "sessions": "session_id", "rejected": "source"}
+# What identifies a row: event ids are unique per machine (two machines may share one).
+IDS = {"events": ("machine_id", "event_id"), "sessions": ("session_id",), "rejected": ("source",)}
 
 
 def local_environment(endpoint: str) -> dict[str, str]:
@@ -165,14 +166,14 @@ def read_output(aws: LocalAws) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def dedupe(rows: list[dict[str, Any]], id_field: str) -> list[dict[str, Any]]:
+def dedupe(rows: list[dict[str, Any]], id_fields: tuple[str, ...]) -> list[dict[str, Any]]:
     """Drop the rare exact re-deliveries (see docs/aws.md); a differing copy is a bug and raises."""
-    seen: dict[str, dict[str, Any]] = {}
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
-        key = row[id_field]
+        key = tuple(row[field] for field in id_fields)
         if key in seen:
             if seen[key] != row:
-                raise ValueError(f"two different rows share {id_field} {key}")
+                raise ValueError(f"two different rows share {', '.join(id_fields)} {key}")
             continue
         seen[key] = row
     return list(seen.values())
