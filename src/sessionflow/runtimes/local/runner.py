@@ -116,9 +116,7 @@ def load_state(path: Path | None, config: Config) -> RunState:
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def state_payload(
-    config: Config, snapshot: Snapshot | None, runs: int, inputs: dict[str, Any]
-) -> bytes:
+def state_payload(config: Config, snapshot: Snapshot | None, runs: int, inputs: dict[str, Any]) -> bytes:
     """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
     if len(inputs) > MAX_REMEMBERED_INPUTS:
         newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
