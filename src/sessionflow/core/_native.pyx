@@ -421,7 +421,8 @@ cdef object _machine_state(NativeMachine state, object resolve):
             user_id = <object>r.user_id
             app_version = <object>r.app_version
         event = dict(resolve(payload) if resolve is not None else payload)
-        pending.append((<object>r.ts_obj, <object>r.event_id, machine_id, <object>r.event_type, user_id, app_version, event))
+        record = (<object>r.ts_obj, <object>r.event_id, machine_id, <object>r.event_type, user_id, app_version, event)
+        pending.append(record)
     seen = dict(state.seen)
     return MachineState(
         machine_id=machine_id,
