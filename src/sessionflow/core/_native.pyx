@@ -14,7 +14,8 @@ retention deadlines, the summary) is a call to :mod:`sessionflow.core.rules`, ci
 * closed sessions can be collected as columns (:meth:`NativeSessionizer.collect_sessions`) for one
   table per block, instead of a summary dict each.
 
-Snapshots use the pure sessionizer's format, so a state file written by one restores in the other.
+Snapshots are the pure sessionizer's values (:class:`~sessionflow.core.snapshot.Snapshot`), so a
+state written by one restores in the other.
 ``tests/core/test_native.py`` holds the two equal on random streams (duplicates, late events,
 bots, silent machines, snapshots in the middle).
 """
@@ -25,11 +26,12 @@ from libc.stdint cimport int64_t
 
 from sessionflow.core cimport rules
 from sessionflow.core._state cimport (
-    PRUNE_FLOOR, Deadlines, NativeMachine, NativeSession, Rec, rec_clear, rec_hold, session_from_dict,
+    PRUNE_FLOOR, Deadlines, NativeMachine, NativeSession, Rec, rec_clear, rec_hold,
 )
 
 from sessionflow.core.ids import session_id as _session_id
 from sessionflow.core.rules import NO_LIMIT, SESSION_VALUES
+from sessionflow.core.snapshot import MachineState, OpenSession, Snapshot, StreamClock
 
 # take_sessions(): rules.session_values as columns, event_type_counts flattened in three lists.
 SESSION_COLUMN_NAMES = (*SESSION_VALUES[:9], "type_lengths", "type_keys", "type_counts", SESSION_VALUES[10])
@@ -340,30 +342,33 @@ cdef class NativeSessionizer:
         return total
 
     def snapshot(self, resolve=None):
-        """The pure sessionizer's snapshot format (see :meth:`Sessionizer.snapshot`)."""
-        return {
-            "clock": self.clock,
-            "leaders": dict(self._leaders),
-            "machines": [state.to_dict(resolve) for state in self.machines.values()],
-        }
+        """All state, as copies: the :class:`~sessionflow.core.snapshot.Snapshot` the pure
+        sessionizer's :meth:`~sessionflow.core.sessionizer.Sessionizer.snapshot` gives."""
+        cdef NativeMachine state
+        cdef list machines = []
+        for state in self.machines.values():
+            machines.append(_machine_state(state, resolve))
+        return Snapshot(StreamClock(self.clock, dict(self._leaders)), tuple(machines))
 
     @classmethod
     def restore(cls, config, snapshot):
-        cdef NativeSessionizer sessionizer = cls(config, clock=snapshot["clock"])
+        """A sessionizer going on from ``snapshot`` (or its dict: see :meth:`Snapshot.of`), with
+        copies of its events and maps: the snapshot stays as it was, whatever comes next."""
+        cdef NativeSessionizer sessionizer
         cdef NativeMachine state
         cdef Rec rec
-        sessionizer._leaders = dict(snapshot["leaders"])
+        snapshot = Snapshot.of(snapshot)
+        sessionizer = cls(config, clock=snapshot.clock.time)
+        sessionizer._leaders = dict(snapshot.clock.leaders)
         idle = config.idle_close_ms
-        for data in snapshot["machines"]:
-            state = NativeMachine(data["machine_id"])
-            state.newest_ts = data["newest_ts"]
-            state.arrival_clock = data["arrival_clock"]
-            for event in data["pending"]:
-                ts_obj = event["timestamp"]
-                event_id = event["event_id"]
-                event_type = event["event_type"]
-                user_id = event.get("user_id")
-                app_version = event.get("app_version")
+        for machine in snapshot.machines:
+            state = NativeMachine(machine.machine_id)
+            state.newest_ts = machine.newest_ts
+            state.arrival_clock = machine.arrival_clock
+            # The records come sorted (MachineState keeps a sorted heap), so each push is O(1).
+            for record in machine.pending:
+                ts_obj, event_id, _, event_type, user_id, app_version, event = record
+                event = dict(event)
                 rec.ts = ts_obj
                 rec.arrival = sessionizer._arrivals
                 sessionizer._arrivals += 1
@@ -376,16 +381,83 @@ cdef class NativeSessionizer:
                 rec.row = -1
                 rec_hold(&rec)
                 state.push(&rec)
-            last_key = data["last_key"]
-            if last_key:
+            if machine.last_key is not None:
                 state.has_last = True
-                state.last_ts = last_key[0]
-                state.last_id = last_key[1]
-            session = data["session"]
-            state.session = session_from_dict(session) if session else None
-            state.seen = dict(data["seen"])
+                state.last_ts, state.last_id = machine.last_key
+            state.session = _native_session(machine.session) if machine.session is not None else None
+            state.seen = dict(machine.seen)
             state.prune_at = max(PRUNE_FLOOR, 2 * len(state.seen))
             sessionizer.machines[state.machine_id] = state
             anchor = rules.anchor(state.newest_ts, state.arrival_clock)
             sessionizer._deadlines.push(rules.idle_deadline(anchor, idle), state.machine_id)
         return sessionizer
+
+
+# -- snapshots: the pure state's values from the C layout, and back ---------------------------------
+
+
+cdef object _machine_state(NativeMachine state, object resolve):
+    """The machine's pure :class:`MachineState`, as :meth:`MachineState.copy` makes it: pending
+    records sorted (a sorted list is a heap), each payload a copied event dict (``resolve`` turns
+    a block's row into one)."""
+    cdef Py_ssize_t i
+    cdef Rec* r
+    cdef list order = []
+    cdef list pending = []
+    cdef NativeSession session = state.session
+    for i in range(state.size):
+        r = &state.heap[i]
+        order.append((r.ts, <object>r.event_id, r.arrival, i))
+    order.sort()
+    machine_id = state.machine_id
+    for _, _, _, i in order:
+        r = &state.heap[i]
+        if r.row >= 0:  # a block's row: its user_id and app_version are the block's (see _process)
+            payload = (<object>r.payload, r.row)
+            user_id = (<Placer>r.payload).user_id(r.row)
+            app_version = (<Placer>r.payload).app_version(r.row)
+        else:
+            payload = <object>r.payload
+            user_id = <object>r.user_id
+            app_version = <object>r.app_version
+        event = dict(resolve(payload) if resolve is not None else payload)
+        record = (<object>r.ts_obj, <object>r.event_id, machine_id, <object>r.event_type, user_id, app_version, event)
+        pending.append(record)
+    seen = dict(state.seen)
+    return MachineState(
+        machine_id=machine_id,
+        newest_ts=state.newest_ts,
+        arrival_clock=state.arrival_clock,
+        pending=pending,
+        last_key=(state.last_ts, state.last_id) if state.has_last else None,
+        session=None if session is None else OpenSession(
+            session_id=session.session_id,
+            start_ts=session.start_ts,
+            last_ts=session.last_ts,
+            first_type=session.first_type,
+            last_type=session.last_type,
+            count=session.count,
+            type_counts=dict(session.type_counts),
+            user_id=session.user_id,
+            app_version=session.app_version,
+            closed=session.closed,
+        ),
+        seen=seen,
+        prune_at=max(PRUNE_FLOOR, 2 * len(seen)),
+    )
+
+
+cdef NativeSession _native_session(object saved):
+    """A pure :class:`OpenSession`'s values, with a copy of its type counts."""
+    cdef NativeSession session = NativeSession.__new__(NativeSession)
+    session.session_id = saved.session_id
+    session.start_ts = saved.start_ts
+    session.last_ts = saved.last_ts
+    session.first_type = saved.first_type
+    session.last_type = saved.last_type
+    session.count = saved.count
+    session.type_counts = dict(saved.type_counts)
+    session.user_id = saved.user_id
+    session.app_version = saved.app_version
+    session.closed = saved.closed
+    return session

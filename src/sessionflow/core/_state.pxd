@@ -66,9 +66,6 @@ cdef class NativeSession:
     cdef public bint closed
 
 
-cdef NativeSession session_from_dict(dict data)
-
-
 cdef class NativeMachine:
     cdef readonly object machine_id
     cdef public int64_t newest_ts

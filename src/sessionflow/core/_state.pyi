@@ -1,7 +1,4 @@
 # Types of the compiled sessionizer's state (_state.pyx); see sessionflow.core.native.
-from collections.abc import Callable
-from typing import Any
-
 class NativeSession:
     session_id: str
     start_ts: int
@@ -13,7 +10,6 @@ class NativeSession:
     user_id: str | None
     app_version: str | None
     closed: bool
-    def to_dict(self) -> dict[str, Any]: ...
 
 class NativeMachine:
     machine_id: str
@@ -25,4 +21,3 @@ class NativeMachine:
     def pending(self) -> int: ...
     @property
     def anchor(self) -> int: ...
-    def to_dict(self, resolve: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]: ...

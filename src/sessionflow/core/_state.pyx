@@ -2,53 +2,25 @@
 """The compiled sessionizer's state, laid out in C (declared in ``_state.pxd``).
 
 :class:`NativeSession` and :class:`NativeMachine` are the pure sessionizer's
-:class:`~sessionflow.core.sessionizer.OpenSession` and
-:class:`~sessionflow.core.sessionizer.MachineState` with C integers; a machine's reorder buffer is
+:class:`~sessionflow.core.snapshot.OpenSession` and
+:class:`~sessionflow.core.snapshot.MachineState` with C integers; a machine's reorder buffer is
 a C array heap of :c:type:`Rec` structs (timestamp as a C integer, references to the strings), not
-a list of tuples; so is the heap of idle deadlines (:class:`Deadlines`). Their ``to_dict`` writes
-the pure sessionizer's snapshot format. No rule is decided here: ``_native.pyx`` runs the loops and
-asks ``rules``.
+a list of tuples; so is the heap of idle deadlines (:class:`Deadlines`). ``_native.pyx`` turns them
+into the pure values for a snapshot, and back. No rule is decided here: ``_native.pyx`` runs the
+loops and asks ``rules``.
 """
 
 from libc.stdlib cimport free, realloc
 
 from sessionflow.core cimport rules
 
-from sessionflow.core.sessionizer import OpenSession as _OpenSession
-
-_open_session_to_dict = _OpenSession.to_dict
-
 
 cdef class NativeSession:
-    """:class:`~sessionflow.core.sessionizer.OpenSession`, with C integers."""
-
-    def to_dict(self):
-        return _open_session_to_dict(self)  # the pure class's own: it reads the same attributes
-
-
-cdef NativeSession session_from_dict(dict data):
-    cdef NativeSession session = NativeSession.__new__(NativeSession)
-    session.session_id = data["session_id"]
-    session.start_ts = data["start_ts"]
-    session.last_ts = data["last_ts"]
-    session.first_type = data["first_type"]
-    session.last_type = data["last_type"]
-    session.count = data["count"]
-    session.type_counts = dict(data["type_counts"])
-    session.user_id = data["user_id"]
-    session.app_version = data["app_version"]
-    session.closed = data["closed"]
-    return session
-
-
-cdef inline object payload_of(Rec* r):
-    if r.row >= 0:
-        return (<object>r.payload, r.row)
-    return <object>r.payload
+    """:class:`~sessionflow.core.snapshot.OpenSession`, with C integers."""
 
 
 cdef class NativeMachine:
-    """:class:`~sessionflow.core.sessionizer.MachineState`, its reorder heap a C array."""
+    """:class:`~sessionflow.core.snapshot.MachineState`, its reorder heap a C array."""
 
     def __cinit__(self, machine_id):
         self.machine_id = machine_id
@@ -119,28 +91,6 @@ cdef class NativeMachine:
             i = child
         self.heap[i] = last
         return 0
-
-    def to_dict(self, resolve=None):
-        cdef Py_ssize_t i
-        cdef list records = []
-        cdef Rec* r
-        for i in range(self.size):
-            r = &self.heap[i]
-            records.append((r.ts, <object>r.event_id, r.arrival, i))
-        records.sort()
-        pending = []
-        for _, _, _, i in records:
-            payload = payload_of(&self.heap[i])
-            pending.append(resolve(payload) if resolve is not None else payload)
-        return {
-            "machine_id": self.machine_id,
-            "newest_ts": self.newest_ts,
-            "arrival_clock": self.arrival_clock,
-            "pending": pending,
-            "last_key": [self.last_ts, self.last_id] if self.has_last else None,
-            "session": self.session.to_dict() if self.session is not None else None,
-            "seen": dict(self.seen),
-        }
 
 
 cdef inline bint due_less(Due* a, Due* b) except -1:

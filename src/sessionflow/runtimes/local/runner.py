@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -110,18 +110,14 @@ def load_state(path: Path | None, config: Config) -> RunState:
                 "use the same config, or start with a new state file"
             )
         snapshot = Snapshot.from_dict(data["sessionizer"])
-        cls = sessionizer_class()
-        # The compiled class still takes the snapshot's dict, until it reads a Snapshot itself.
-        sessionizer = cls.restore(config.session, snapshot if cls is Sessionizer else snapshot.to_dict())
+        sessionizer = sessionizer_class().restore(config.session, snapshot)
         return RunState(sessionizer, int(data["runs"]), dict(data.get("inputs", {})))
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # SnapshotError too
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def state_payload(
-    config: Config, snapshot: Snapshot | Mapping[str, Any] | None, runs: int, inputs: dict[str, Any]
-) -> bytes:
-    """``snapshot`` is :meth:`Sessionizer.snapshot` (or its dict); None after a flush (nothing left to keep)."""
+def state_payload(config: Config, snapshot: Snapshot | None, runs: int, inputs: dict[str, Any]) -> bytes:
+    """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
     if len(inputs) > MAX_REMEMBERED_INPUTS:
         newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
         inputs = {key: inputs[key] for key in newest}
@@ -129,7 +125,7 @@ def state_payload(
         "format": STATE_FORMAT,
         "fingerprint": session_fingerprint(config),
         "runs": runs,
-        "sessionizer": (Snapshot() if snapshot is None else Snapshot.of(snapshot)).to_dict(),
+        "sessionizer": (Snapshot() if snapshot is None else snapshot).to_dict(),
         "inputs": inputs,
     }
     return orjson.dumps(data)
@@ -282,8 +278,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             assembler.finish(sessionizer)
             snapshot = None
         else:
-            # Snapshot.of: the compiled sessionizer still returns the snapshot's dict.
-            snapshot = Snapshot.of(assembler.finish_partial(sessionizer))
+            snapshot = assembler.finish_partial(sessionizer)
         writer.write([], assembler.sessions, [])
         tally = assembler.tally
         if state_path is not None and all_seen and not (options.flush and had_machines) and not tally.records:
