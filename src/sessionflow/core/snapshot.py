@@ -278,7 +278,7 @@ class Snapshot:
 
     @classmethod
     def of(cls, value: Snapshot | Mapping[str, Any]) -> Snapshot:
-        """``value`` as it is, or read from its dict (the compiled sessionizer still returns one)."""
+        """``value`` as it is, or read from its dict (as a caller holding a snapshot's dict has it)."""
         return value if isinstance(value, Snapshot) else cls.from_dict(dict(value))
 
 
