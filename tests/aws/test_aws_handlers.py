@@ -106,7 +106,12 @@ def test_process_then_sessionize_matches_the_core(config: Config, raw_event: dic
     assert sorted(setup.sink.rows["sessions"], key=lambda s: s["session_id"]) == sorted(
         reference.sessions, key=lambda s: s["session_id"]
     )
-    assert [r["reason"] for r in rejected] == [r["reason"] for r in reference.rejections]
+
+    # The same raw-line step as the embedded runner: the same rows but for where the bytes came from.
+    def what(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(r["reason"], r["message"], r["raw_base64"], r["raw"]) for r in rows]
+
+    assert what(rejected) == what(reference.rejections)
 
 
 class RefusingWriter(MemoryStreamWriter):

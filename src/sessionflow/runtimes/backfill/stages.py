@@ -2,9 +2,10 @@
 
 Three stages, each a plain function over Arrow data so it can be tested without a cluster:
 
-* :func:`refine_batches` (``mapInArrow`` over raw lines): ``strip_record`` + ``Refiner.refine``, the
-  same calls the embedded runner makes; every line keeps its arrival key (file, split, index in
-  split) and every split reports how many lines it holds, so exact line numbers can be rebuilt.
+* :func:`refine_batches` (``mapInArrow`` over raw lines): the core's raw-line step
+  (``LineRefiner.refine_line``), the one the embedded runner and the AWS process step run; every
+  line keeps its arrival key (file, split, index in split) and every split reports how many lines
+  it holds, so exact line numbers can be rebuilt (a rejection's row is written once they are).
 * :func:`sessionize_partition` (``mapInArrow`` over rows hash-partitioned and sorted by machine_id,
   which also runs on Spark 3.5, unlike ``applyInArrow``): per machine, first arrival wins for each
   event_id, then the core ``Sessionizer`` over its events sorted by (timestamp, event_id), flushed.
@@ -23,8 +24,7 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config, SessionConfig
-from sessionflow.core.pipeline import rejection_row
-from sessionflow.core.refine import Refiner, strip_record
+from sessionflow.core.pipeline import LineRefiner, rejection_row
 from sessionflow.core.rejections import Reason, Rejection
 from sessionflow.core.sessionizer import Outputs, Sessionizer
 from sessionflow.runtimes.arrow import arrow_schema
@@ -93,7 +93,7 @@ def refine_batches(
     ``file_index`` maps a normalised file path (see :func:`path_key`) to the file's position in the
     input list, which is the arrival order of files.
     """
-    refine = Refiner(config).refine
+    refine_line = LineRefiner(config).refine_line
     schema = arrow_schema(refine_columns(config))
     names = schema.names
     # Per split: (lines seen, blank lines seen). A split is read front to back by one task.
@@ -113,12 +113,10 @@ def refine_batches(
                 counter = splits[(index, block_start)] = [0, 0]
             idx = counter[0]
             counter[0] += 1
-            record = strip_record(raw)
-            if not record:
+            result = refine_line(raw, now_ms)
+            if result is None:
                 counter[1] += 1
-                continue
-            result = refine(record, now_ms)
-            if type(result) is dict:
+            elif type(result) is dict:
                 result["kind"] = EVENT
                 result["file_index"] = index
                 result["block_start"] = block_start
@@ -134,8 +132,7 @@ def refine_batches(
                         "idx": idx,
                         "reason": result.reason.value,
                         "message": result.message,
-                        # The line as read, not the stripped record: rejections keep what arrived.
-                        "raw": raw,
+                        "raw": result.raw,  # as it arrived, less the line end
                     }
                 )
         if rows:
@@ -325,6 +322,6 @@ def rejection_lines(batches: Iterator[pa.RecordBatch], *, sources: list[str]) ->
         lines = batch.column("line").to_pylist()
         values = []
         for reason, message, raw, file, line in zip(reasons, messages, raws, files, lines, strict=True):
-            row = rejection_row(Rejection(Reason(reason), message, raw), sources[file], line, raw)
+            row = rejection_row(Rejection(Reason(reason), message, raw), sources[file], line)
             values.append(orjson.dumps(row).decode())
         yield pa.RecordBatch.from_arrays([pa.array(reasons, pa.string()), pa.array(values, pa.string())], schema=schema)
