@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sessionflow.config import MINUTE, SessionConfig
-from sessionflow.core import MachineState, Outputs, Sessionizer
+from sessionflow.core import MachineState, Outputs, Sessionizer, rules
 from sessionflow.runtimes.aws.outputs import Row, Sink
 from sessionflow.state.base import Item, StateStore
 
@@ -462,6 +462,7 @@ def _next_deadline(state: dict[str, Any], config: SessionConfig) -> int:
     """When the core will next look at this machine: idle close, or dropping its state."""
     machine = MachineState.from_dict(state)
     session = machine.session
+    anchor = rules.anchor(machine.newest_ts, machine.arrival_clock)
     if machine.pending or (session is not None and not session.closed):
-        return machine.anchor + config.idle_close_ms
-    return machine.anchor + config.retention_ms
+        return rules.idle_deadline(anchor, config.idle_close_ms)
+    return rules.retention_deadline(anchor, config.retention_ms)
