@@ -18,7 +18,7 @@ from sessionflow.runtimes.aws.local.resources import dedupe
 from sessionflow.runtimes.aws.outputs import MemorySink, MemoryStreamWriter, Row, StreamEntry
 from sessionflow.runtimes.aws.settings import Settings
 from sessionflow.state.memory import MemoryStore
-from tests.helpers import FakeClock, event
+from tests.helpers import T0, FakeClock, event, raw_record
 
 pytestmark = pytest.mark.aws
 EVENTS = Path(__file__).parent.parent / "events"
@@ -290,6 +290,22 @@ def _kinesis(stream: str, shard: str, datas: list[bytes], first: int) -> dict[st
             for i, data in enumerate(datas)
         ]
     }
+
+
+def test_a_gap_of_exactly_the_timeout_stays_in_the_session(config: Config) -> None:
+    """The timeout's boundary through both handlers, against sessions written out by hand."""
+    timeout = config.session.timeout_ms
+    times = [T0, T0 + timeout, T0 + 2 * timeout + 1]  # a gap of the timeout, then one millisecond more
+    setup = Setup(config)
+    lines = [raw_record(event_id=f"e{i}", timestamp=ts) for i, ts in enumerate(times)]
+    assert handlers.process_handler(_kinesis("raw", "shardId-000000000000", lines, 0), None) == {
+        "batchItemFailures": []
+    }
+    clean = _kinesis("clean", CLEAN_SHARD, [e.data for e in setup.clean.entries], 0)
+    assert handlers.sessionize_handler(clean, None) == {"batchItemFailures": []}
+    handlers.flush_handler({"shards": [f"clean/{CLEAN_SHARD}"]}, None)
+    sessions = sorted((s["start_ts"], s["end_ts"], s["event_count"]) for s in setup.sink.rows["sessions"])
+    assert sessions == [(times[0], times[1], 2), (times[2], times[2], 1)]
 
 
 def test_a_bot_that_never_stops_outgrows_an_item_and_nothing_fails(config: Config) -> None:

@@ -101,6 +101,30 @@ def test_first_arrival_wins_whatever_the_timestamps() -> None:
     assert kept == {"a": START + 5_000, "b": START + 1_000, "c": START + 3 * DAY}
 
 
+def test_the_timeout_boundary_in_a_window_against_sessions_written_out_by_hand() -> None:
+    """A gap of exactly the timeout keeps the session, one millisecond more splits it; a window
+    decides a range only when what it did not read cannot be within the timeout."""
+    config = Config(session=SessionConfig(opening_events=frozenset()))
+    timeout = config.session.timeout_ms
+    times = [START, START + timeout, START + 2 * timeout + 1]
+    base = {"machine_id": "m", "event_type": "view", "block_start": 0, "file_index": 0}
+    events = [{**base, "event_id": f"e{i}", "timestamp": ts, "idx": i} for i, ts in enumerate(times)]
+
+    def sessions(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        return [(r["s_start_ts"], r["s_event_count"]) for r in rows if r["kind"] == SESSION]
+
+    assert sessions(sessionize_machine(copy.deepcopy(events), config=config)) == [(times[0], 2), (times[2], 1)]
+    # The range holds the second event; the first is not read but exactly the timeout before it.
+    first_unread = Window(times[1], times[1] + 1, read_lo=times[0] + 1, read_hi=times[2] + 1)
+    assert sessionize_machine(copy.deepcopy(events[1:]), config=config, window=first_unread)[0]["kind"] == UNRESOLVED
+    # The range holds the first event; the second is not read and may join it.
+    second_unread = Window(times[0], times[0] + 1, read_lo=times[0] - DAY, read_hi=times[1])
+    assert sessionize_machine(copy.deepcopy(events[:1]), config=config, window=second_unread)[0]["kind"] == UNRESOLVED
+    # One millisecond further and the third event's start is certain: the window decides.
+    third = Window(times[2], times[2] + 1, read_lo=times[1] + 1, read_hi=times[2] + timeout + 1)
+    assert sessions(sessionize_machine(copy.deepcopy(events[2:]), config=config, window=third)) == [(times[2], 1)]
+
+
 def test_glue_arguments_are_dropped_with_their_values() -> None:
     pytest.importorskip("pyspark")
     from sessionflow.runtimes.backfill.job import drop_foreign_options
