@@ -13,14 +13,11 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 ENRICHED_FIELDS = ("event_time", "event_date", "event_hour", "day_of_week", "app_version_major", "app_version_minor")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_LIMIT = 100_000
-
-
-_INT32_MAX = 2**31 - 1
+_INT32_MAX = 2**31 - 1  # the version columns are int32
 
 
 def version_parts(version: str) -> tuple[int | None, int | None]:
