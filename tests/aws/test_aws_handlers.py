@@ -18,7 +18,7 @@ from sessionflow.runtimes.aws.local.resources import IDS, dedupe
 from sessionflow.runtimes.aws.outputs import MemorySink, MemoryStreamWriter, Row, StreamEntry
 from sessionflow.runtimes.aws.settings import Settings
 from sessionflow.state.memory import MemoryStore
-from tests.helpers import FakeClock, event
+from tests.helpers import T0, FakeClock, event, raw_record
 
 pytestmark = pytest.mark.aws
 EVENTS = Path(__file__).parent.parent / "events"
@@ -106,7 +106,12 @@ def test_process_then_sessionize_matches_the_core(config: Config, raw_event: dic
     assert sorted(setup.sink.rows["sessions"], key=lambda s: s["session_id"]) == sorted(
         reference.sessions, key=lambda s: s["session_id"]
     )
-    assert [r["reason"] for r in rejected] == [r["reason"] for r in reference.rejections]
+
+    # The same raw-line step as the embedded runner: the same rows but for where the bytes came from.
+    def what(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(r["reason"], r["message"], r["raw_base64"], r["raw"]) for r in rows]
+
+    assert what(rejected) == what(reference.rejections)
 
 
 class RefusingWriter(MemoryStreamWriter):
@@ -285,6 +290,22 @@ def _kinesis(stream: str, shard: str, datas: list[bytes], first: int) -> dict[st
             for i, data in enumerate(datas)
         ]
     }
+
+
+def test_a_gap_of_exactly_the_timeout_stays_in_the_session(config: Config) -> None:
+    """The timeout's boundary through both handlers, against sessions written out by hand."""
+    timeout = config.session.timeout_ms
+    times = [T0, T0 + timeout, T0 + 2 * timeout + 1]  # a gap of the timeout, then one millisecond more
+    setup = Setup(config)
+    lines = [raw_record(event_id=f"e{i}", timestamp=ts) for i, ts in enumerate(times)]
+    assert handlers.process_handler(_kinesis("raw", "shardId-000000000000", lines, 0), None) == {
+        "batchItemFailures": []
+    }
+    clean = _kinesis("clean", CLEAN_SHARD, [e.data for e in setup.clean.entries], 0)
+    assert handlers.sessionize_handler(clean, None) == {"batchItemFailures": []}
+    handlers.flush_handler({"shards": [f"clean/{CLEAN_SHARD}"]}, None)
+    sessions = sorted((s["start_ts"], s["end_ts"], s["event_count"]) for s in setup.sink.rows["sessions"])
+    assert sessions == [(times[0], times[1], 2), (times[2], times[2], 1)]
 
 
 def test_a_bot_that_never_stops_outgrows_an_item_and_nothing_fails(config: Config) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sessionflow.config import DAY, HOUR, MINUTE, Config, SessionConfig
-from sessionflow.core.refine import Refiner, strip_record
+from sessionflow.core.pipeline import LineRefiner
 from sessionflow.synthetic import FeedShape, generate
 
 pytest.importorskip("pyarrow")
@@ -27,10 +27,10 @@ START = 1_791_244_800_000  # 2026-10-06T00:00:00Z: the feed below starts on 2026
 
 
 def _machines(config: Config) -> dict[str, list[dict[str, Any]]]:
-    refine = Refiner(config).refine
+    refine_line = LineRefiner(config).refine_line
     machines: dict[str, list[dict[str, Any]]] = {}
     for index, raw in enumerate(generate(FeedShape(events=6_000, machines=12, seed=5, days=4))):
-        event = refine(strip_record(raw), START + 400 * DAY)
+        event = refine_line(raw, START + 400 * DAY)
         if isinstance(event, dict):
             event.update(file_index=0, block_start=0, idx=index)
             machines.setdefault(event["machine_id"], []).append(event)
@@ -86,16 +86,43 @@ def test_a_window_gives_the_range_of_a_whole_history_run_or_says_it_cannot(
 
 
 def test_first_arrival_wins_whatever_the_timestamps() -> None:
+    """And however far apart: a backfill has read the whole history, so its dedupe has no horizon."""
     config = Config()
     base = {"machine_id": "m", "event_type": "view", "block_start": 0, "file_index": 0}
     events = [
         {**base, "event_id": "a", "timestamp": START + 5_000, "idx": 7},
         {**base, "event_id": "a", "timestamp": START, "idx": 3, "block_start": 0, "file_index": 1},
         {**base, "event_id": "b", "timestamp": START + 1_000, "idx": 9},
+        {**base, "event_id": "c", "timestamp": START + 3 * DAY, "idx": 11},
+        {**base, "event_id": "c", "timestamp": START - 2 * DAY, "idx": 0, "file_index": 2},
     ]
     rows = sessionize_machine(events, config=config)
     kept = {r["event_id"]: r["timestamp"] for r in rows if r["kind"] == EVENT}
-    assert kept == {"a": START + 5_000, "b": START + 1_000}
+    assert kept == {"a": START + 5_000, "b": START + 1_000, "c": START + 3 * DAY}
+
+
+def test_the_timeout_boundary_in_a_window_against_sessions_written_out_by_hand() -> None:
+    """A gap of exactly the timeout keeps the session, one millisecond more splits it; a window
+    decides a range only when what it did not read cannot be within the timeout."""
+    config = Config(session=SessionConfig(opening_events=frozenset()))
+    timeout = config.session.timeout_ms
+    times = [START, START + timeout, START + 2 * timeout + 1]
+    base = {"machine_id": "m", "event_type": "view", "block_start": 0, "file_index": 0}
+    events = [{**base, "event_id": f"e{i}", "timestamp": ts, "idx": i} for i, ts in enumerate(times)]
+
+    def sessions(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        return [(r["s_start_ts"], r["s_event_count"]) for r in rows if r["kind"] == SESSION]
+
+    assert sessions(sessionize_machine(copy.deepcopy(events), config=config)) == [(times[0], 2), (times[2], 1)]
+    # The range holds the second event; the first is not read but exactly the timeout before it.
+    first_unread = Window(times[1], times[1] + 1, read_lo=times[0] + 1, read_hi=times[2] + 1)
+    assert sessionize_machine(copy.deepcopy(events[1:]), config=config, window=first_unread)[0]["kind"] == UNRESOLVED
+    # The range holds the first event; the second is not read and may join it.
+    second_unread = Window(times[0], times[0] + 1, read_lo=times[0] - DAY, read_hi=times[1])
+    assert sessionize_machine(copy.deepcopy(events[:1]), config=config, window=second_unread)[0]["kind"] == UNRESOLVED
+    # One millisecond further and the third event's start is certain: the window decides.
+    third = Window(times[2], times[2] + 1, read_lo=times[1] + 1, read_hi=times[2] + timeout + 1)
+    assert sessions(sessionize_machine(copy.deepcopy(events[2:]), config=config, window=third)) == [(times[2], 1)]
 
 
 def test_glue_arguments_are_dropped_with_their_values() -> None:

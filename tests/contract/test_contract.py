@@ -124,12 +124,9 @@ def assert_same(want: Result, got: Result) -> None:
     assert not problems, "\n".join(["the runtime differs from the reference:", *problems])
 
 
-# (runtime, feed) -> the bug that makes the runtime differ from the documented rule.
-KNOWN_BUGS = {
-    (name, "dirty_raw_bytes_kept"): "bug: the AWS process step writes a rejected record's raw bytes stripped "
-    "(rejection_row without the line as read), not exactly as read as the README says"
-    for name in ("aws-memory", "aws-local")
-}
+# (runtime, feed) -> the bug that makes the runtime differ from the documented rule (strict xfail).
+# Empty now: the AWS process step stripped rejected raw bytes until the raw-line step was shared.
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("feed", FEEDS.values(), ids=FEEDS.keys())

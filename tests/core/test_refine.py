@@ -10,6 +10,7 @@ import pytest
 from sessionflow.config import DEFAULT_MIN_TIMESTAMP_MS, Config
 from sessionflow.core import Reason, Rejection, strip_record
 from sessionflow.core.enrich import version_parts
+from sessionflow.core.pipeline import LineRefiner
 from tests.helpers import NOW, T0, raw_record, refine
 
 
@@ -335,6 +336,27 @@ def test_strip_record_removes_bom_crlf_and_blanks() -> None:
     assert strip_record(b"\xef\xbb\xbf") == b""
     assert strip_record(b" \r\n") == b""
     assert valid(strip_record(b"\xef\xbb\xbf" + body + b"\r\n"))["event_id"] == "e-1"
+
+
+def test_the_raw_line_step_counts_each_line_once_and_rejects_it_as_it_arrived() -> None:
+    """What every runtime runs per raw line: blank, event, or a rejection row keeping the line's bytes."""
+    config = Config.from_dict({"validation": {"max_record_bytes": 200}})
+    body = raw_record()
+    oversized = b"\xef\xbb\xbf" + _padded_to(201) + b"\r\n"
+    lines = [(b" \r", "a.jsonl", 1), (b"\xef\xbb\xbf" + body + b"\r\n", "a.jsonl", 2), (b"  {oops\xff \r\n", "b", 7)]
+    batch = LineRefiner(config).refine_lines([*lines, (oversized, "b", 8)], NOW)
+    assert (batch.blank, batch.records, [e["event_id"] for e in batch.events]) == (1, 3, ["e-1"])
+    assert batch.rejected == {"invalid_utf8": 1, "oversized": 1}
+    first, second = batch.rejections
+    assert first == {
+        "reason": "invalid_utf8",
+        "message": first["message"],
+        "raw_base64": "ICB7b29wc/8g",  # b"  {oops\xff ": the line end goes, its blanks stay
+        "raw": None,
+        "source": "b",
+        "line": 7,
+    }
+    assert (second["reason"], second["raw"], second["line"]) == ("oversized", oversized[:-2].decode(), 8)
 
 
 def test_configurable_field_names() -> None:

@@ -537,7 +537,9 @@ def test_the_sweep_runs_on_a_schedule_and_may_be_invoked_by_it(template: Templat
 
 
 def test_runtime_reads_every_variable_the_template_sets(template: Template) -> None:
-    source = "\n".join(p.read_text() for p in sorted(runtime_source("runtimes/aws/settings.py").parent.glob("*.py")))
+    # The runtime's own modules, and the config module that owns the config file's variable.
+    modules = [*sorted(runtime_source("runtimes/aws/settings.py").parent.glob("*.py")), runtime_source("config.py")]
+    source = "\n".join(p.read_text() for p in modules)
     for short_name, function in functions(template).items():
         for variable in function["Properties"]["Environment"]["Variables"]:
             if variable.startswith("SESSIONFLOW_"):

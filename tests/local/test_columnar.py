@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessionflow.config import Config
-from sessionflow.core.enrich import Enricher
+from sessionflow.core.enrich import ENRICHED_FIELDS, Enricher
 from sessionflow.runtimes.local.columnar import refined_schema, to_record_batch
 
 CONFIG = Config()
 SCHEMA = refined_schema(CONFIG)
 versions = st.one_of(
     st.none(),
+    st.sampled_from(["11", "11.2.3-beta", "", ".", "11.", ".2", "2147483647.2147483648", "007.08"]),
     st.from_regex(r"\A[0-9]{1,3}(\.[0-9]{1,3}){0,3}\Z"),
     st.text(alphabet="0123456789.abx-²١", max_size=14),
 )
-timestamps = st.integers(min_value=946_684_800_000, max_value=4_102_444_800_000)  # 2000 .. 2100
+_FIRST, _LAST = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31, what a date can say
+timestamps = st.one_of(
+    st.integers(min_value=946_684_800_000, max_value=4_102_444_800_000),  # 2000 .. 2100
+    st.integers(min_value=_FIRST, max_value=_LAST),
+    # A millisecond either side of an hour, a day, a week, the epoch, the first and the last date.
+    st.builds(lambda hour, step: hour * 3_600_000 + step, st.integers(-1000, 1000), st.sampled_from([-1, 0, 1])),
+    st.builds(lambda day, step: day * 86_400_000 + step, st.integers(-800, 800), st.sampled_from([-1, 0, 1])),
+    st.sampled_from([_FIRST, _FIRST + 1, _LAST - 1, _LAST]),
+)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(timestamps, versions), min_size=1, max_size=40))
 def test_bulk_enrichment_equals_the_core(rows: list[tuple[int, str | None]]) -> None:
     events = [
@@ -43,14 +53,30 @@ def test_bulk_enrichment_equals_the_core(rows: list[tuple[int, str | None]]) -> 
     enricher = Enricher()
     for event, got in zip(events, batch, strict=True):
         want = enricher.enrich(dict(event))
-        assert got["event_date"] == want["event_date"]
-        assert got["event_hour"] == want["event_hour"]
-        assert got["day_of_week"] == want["day_of_week"]
-        assert got["app_version_major"] == want["app_version_major"]
-        assert got["app_version_minor"] == want["app_version_minor"]
+        for name in ENRICHED_FIELDS:
+            if name != "event_time":
+                assert got[name] == want[name], name
         assert got["event_time"] == datetime.fromisoformat(want["event_time"])
         assert got["event_time"].tzinfo is not None
-        assert got["event_time"].astimezone(UTC).isoweekday() == want["day_of_week"]
+
+
+def test_bulk_enrichment_against_the_standard_library() -> None:
+    """An independent reference for the rule itself, at the boundaries a division gets wrong."""
+    moments = [_FIRST, -86_400_001, -3_600_001, -3_600_000, -1, 0, 1, 3_599_999, 1_791_277_300_123, _LAST]
+    columns: dict[str, list[Any]] = {
+        name: [None] * len(moments) for name in ("event_id", "user_id", "os", "document_id", "extra")
+    }
+    columns |= {"machine_id": ["m"] * len(moments), "event_type": ["view"] * len(moments), "timestamp": moments}
+    columns["app_version"] = ["11", "11.2.3-beta", "", None, "x.1", "0.0", "\u0661.2", "4294967296.1", "1.2.3", "7."]
+    got = to_record_batch(columns, len(moments), SCHEMA).to_pylist()
+    majors = [11, 11, None, None, None, 0, None, None, 1, 7]
+    minors = [None, 2, None, None, 1, 0, 2, 1, 2, None]
+    for ms, row, major, minor in zip(moments, got, majors, minors, strict=True):
+        moment = datetime(1, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms - _FIRST)
+        assert row["event_date"] == moment.date().isoformat()
+        assert (row["event_hour"], row["day_of_week"]) == (moment.hour, moment.isoweekday())
+        assert row["event_time"] == moment
+        assert (row["app_version_major"], row["app_version_minor"]) == (major, minor)
 
 
 _SUMMARY = st.fixed_dictionaries(

@@ -1,7 +1,7 @@
 """The pure core: records -> events | rejections; cleaning rules; sessionizer; ids. No I/O."""
 
 from sessionflow.core.ids import session_id
-from sessionflow.core.pipeline import Pipeline, Refined, Tally, rejection_row
+from sessionflow.core.pipeline import LineRefiner, Pipeline, Refined, Tally, rejection_row
 from sessionflow.core.refine import Event, Refiner, strip_record
 from sessionflow.core.rejections import Reason, Rejection, RejectRecord
 from sessionflow.core.sessionizer import Outputs, Sessionizer
@@ -9,6 +9,7 @@ from sessionflow.core.snapshot import MachineState, OpenSession, Snapshot, Snaps
 
 __all__ = [
     "Event",
+    "LineRefiner",
     "MachineState",
     "OpenSession",
     "Outputs",

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sessionflow.config import Config
-from sessionflow.core.refine import Refiner, strip_record
+from sessionflow.core.refine import Event, Refiner, strip_record
 from sessionflow.core.rejections import Rejection
 from sessionflow.core.sessionizer import Outputs, Sessionizer
 
@@ -61,9 +61,13 @@ class Tally:
         return cls(**{**data, "rejected": Counter(data["rejected"])})
 
 
-def rejection_row(rejection: Rejection, source: str, line: int, raw: bytes | None = None) -> dict[str, Any]:
-    """The rejected-output row. ``raw``: the line as read, when the rejection holds a stripped copy."""
-    raw = rejection.raw if raw is None else raw.rstrip(b"\r\n")
+def rejection_row(rejection: Rejection, source: str, line: int) -> dict[str, Any]:
+    """The rejected table's row: why, the bytes as they arrived, and where they came from.
+
+    ``source`` and ``line`` say where: a file and its 1-based line number, or for a stream record
+    without lines (Kinesis) its shard and sequence number, and line 0.
+    """
+    raw = rejection.raw
     try:
         text: str | None = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -90,6 +94,61 @@ class Refined:
     blank: int = 0
 
 
+class LineRefiner:
+    """A raw line as it arrived -> a refined event, a rejection, or nothing (a blank line).
+
+    The one raw-line step of every runtime: the embedded runner (:meth:`refine_lines`), the Spark
+    backfill's refine stage and the AWS process step. A line is stripped (BOM, CR, blanks); a blank
+    one is skipped; anything else is refined (size limit, parse, clean, validate, enrich). A
+    rejection keeps the bytes as they arrived, less the line end, not the stripped record.
+    """
+
+    def __init__(self, config: Config, *, enrich: bool = True) -> None:
+        self.refiner = Refiner(config, enrich=enrich)
+        # ``refine_line(raw, now_ms)``: a closure, as ``Refiner.refine`` is; it runs for every line.
+        self.refine_line = _compile_line(self.refiner.refine)
+
+    def refine_lines(self, lines: Iterable[RawLine], now_ms: int) -> Refined:
+        """Every line of a batch, each counted once: blank, event, or rejection row with its source and line."""
+        refine_line = self.refine_line
+        batch = Refined()
+        valid = batch.events
+        rejections = batch.rejections
+        rejected = batch.rejected
+        records = blank = 0
+        for raw, source, line in lines:
+            result = refine_line(raw, now_ms)
+            if type(result) is dict:
+                valid.append(result)
+            elif result is None:
+                blank += 1
+                continue
+            else:
+                assert isinstance(result, Rejection)
+                rejections.append(rejection_row(result, source, line))
+                rejected[result.reason.value] += 1
+            records += 1
+        batch.records = records
+        batch.blank = blank
+        return batch
+
+
+def _compile_line(
+    refine: Callable[[bytes, int], Event | Rejection],
+) -> Callable[[bytes, int], Event | Rejection | None]:
+    def refine_line(raw: bytes, now_ms: int) -> Event | Rejection | None:
+        record = strip_record(raw)
+        if not record:
+            return None
+        result = refine(record, now_ms)
+        if type(result) is dict:
+            return result
+        assert isinstance(result, Rejection)
+        return Rejection(result.reason, result.message, raw.rstrip(b"\r\n"))
+
+    return refine_line
+
+
 class Pipeline:
     """Refiner + Sessionizer, fed batch after batch. ``now_ms`` is the processing time."""
 
@@ -98,7 +157,8 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.now_ms = now_ms
-        self.refiner = Refiner(config, enrich=enrich)
+        self.lines = LineRefiner(config, enrich=enrich)
+        self.refiner = self.lines.refiner
         self.sessionizer = sessionizer or Sessionizer(config.session)
         self.tally = Tally()
 
@@ -108,29 +168,7 @@ class Pipeline:
 
     def refine(self, lines: Iterable[RawLine]) -> Refined:
         """The stateless half: parse, clean, validate, enrich. Safe to run in parallel."""
-        refine = self.refiner.refine
-        now = self.now_ms
-        batch = Refined()
-        valid = batch.events
-        rejections = batch.rejections
-        rejected = batch.rejected
-        records = blank = 0
-        for raw, source, line in lines:
-            record = strip_record(raw)
-            if not record:
-                blank += 1
-                continue
-            records += 1
-            result = refine(record, now)
-            if type(result) is dict:
-                valid.append(result)
-            else:
-                assert isinstance(result, Rejection)
-                rejections.append(rejection_row(result, source, line, raw))
-                rejected[result.reason.value] += 1
-        batch.records = records
-        batch.blank = blank
-        return batch
+        return self.lines.refine_lines(lines, self.now_ms)
 
     def sessionize(self, batch: Refined, out: Outputs) -> None:
         """The stateful half: must see batches in arrival order."""

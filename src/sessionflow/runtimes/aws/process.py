@@ -1,7 +1,8 @@
 """The ``process`` step: raw Kinesis records -> refined events on ``clean`` + rejected rows.
 
-Pure core underneath (:class:`~sessionflow.core.Refiner`); this only decides what a record's
-processing time is and where each result goes.
+Pure core underneath (the core's raw-line step, :class:`~sessionflow.core.pipeline.LineRefiner`, the
+same as the embedded runner's and the backfill's); this only decides what a record's processing time
+and its source are, and where each result goes.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
-from sessionflow.core import Refiner, Rejection, strip_record
-from sessionflow.core.pipeline import rejection_row
+from sessionflow.core.pipeline import LineRefiner
 from sessionflow.runtimes.aws.outputs import Row, Sink, StreamEntry, StreamWriter
 
 
@@ -36,20 +36,21 @@ class Refined:
 
 class ProcessStep:
     def __init__(self, config: Config, clean: StreamWriter, sink: Sink) -> None:
-        self.refiner = Refiner(config)
+        self.lines = LineRefiner(config)
         self.clean = clean
         self.sink = sink
 
     def refine(self, record: RawRecord) -> Refined:
-        raw = strip_record(record.data)
-        if not raw:
-            return Refined()
-        result = self.refiner.refine(raw, record.arrival_ms)
-        if isinstance(result, Rejection):
-            # A Kinesis record has no line number; its shard and sequence number say where it was.
-            return Refined(rejected=rejection_row(result, f"{record.source}/{record.sequence_number}", 0))
-        # Partition by machine so each machine's events stay in order on `clean`.
-        return Refined(entry=StreamEntry(result["machine_id"], orjson.dumps(result)))
+        # A Kinesis record has no line number; its shard and sequence number say where it was.
+        where = f"{record.source}/{record.sequence_number}"
+        refined = self.lines.refine_lines(((record.data, where, 0),), record.arrival_ms)
+        if refined.rejections:
+            return Refined(rejected=refined.rejections[0])
+        if refined.events:
+            event = refined.events[0]
+            # Partition by machine so each machine's events stay in order on `clean`.
+            return Refined(entry=StreamEntry(event["machine_id"], orjson.dumps(event)))
+        return Refined()
 
     def deliver(self, refined: Sequence[Refined]) -> list[bool]:
         """Send a batch's results; True per record delivered (events to ``clean``, rejections to S3)."""

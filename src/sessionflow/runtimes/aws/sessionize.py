@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sessionflow.config import MINUTE, SessionConfig
-from sessionflow.core import MachineState, Outputs, Sessionizer, Snapshot, StreamClock
+from sessionflow.core import MachineState, Outputs, Sessionizer, Snapshot, StreamClock, rules
 from sessionflow.runtimes.aws.outputs import Row, Sink
 from sessionflow.state.base import Item, StateStore
 
@@ -459,6 +459,7 @@ def _rows_by_machine(out: Outputs) -> dict[str, dict[str, list[Row]]]:
 def _next_deadline(machine: MachineState, config: SessionConfig) -> int:
     """When the core will next look at this machine: idle close, or dropping its state."""
     session = machine.session
+    anchor = machine.anchor  # rules.anchor
     if machine.pending or (session is not None and not session.closed):
-        return machine.anchor + config.idle_close_ms
-    return machine.anchor + config.retention_ms
+        return rules.idle_deadline(anchor, config.idle_close_ms)
+    return rules.retention_deadline(anchor, config.retention_ms)

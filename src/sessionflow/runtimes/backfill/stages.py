@@ -2,12 +2,14 @@
 
 Three stages, each a plain function over Arrow data so it can be tested without a cluster:
 
-* :func:`refine_batches` (``mapInArrow`` over raw lines): ``strip_record`` + ``Refiner.refine``, the
-  same calls the embedded runner makes; every line keeps its arrival key (file, split, index in
-  split) and every split reports how many lines it holds, so exact line numbers can be rebuilt.
+* :func:`refine_batches` (``mapInArrow`` over raw lines): the core's raw-line step
+  (``LineRefiner.refine_line``), the one the embedded runner and the AWS process step run; every
+  line keeps its arrival key (file, split, index in split) and every split reports how many lines
+  it holds, so exact line numbers can be rebuilt (a rejection's row is written once they are).
 * :func:`sessionize_partition` (``mapInArrow`` over rows hash-partitioned and sorted by machine_id,
-  which also runs on Spark 3.5, unlike ``applyInArrow``): per machine, first arrival wins for each
-  event_id, then the core ``Sessionizer`` over its events sorted by (timestamp, event_id), flushed.
+  which also runs on Spark 3.5, unlike ``applyInArrow``): per machine, the core's dedupe (first
+  arrival wins for each event_id, no horizon), then the core ``Sessionizer`` over its events
+  sorted by (timestamp, event_id), flushed.
   For a date range it works out whether the window it was given decides the range; when it does
   not, it says so and the driver runs that machine again over all of its history.
 * :func:`rejection_lines` (``mapInArrow``): the core's ``rejection_row`` as one JSON line.
@@ -23,8 +25,8 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config, SessionConfig
-from sessionflow.core.pipeline import rejection_row
-from sessionflow.core.refine import Refiner, strip_record
+from sessionflow.core import rules
+from sessionflow.core.pipeline import LineRefiner, rejection_row
 from sessionflow.core.rejections import Reason, Rejection
 from sessionflow.core.sessionizer import Outputs, Sessionizer
 from sessionflow.runtimes.arrow import arrow_schema
@@ -93,7 +95,7 @@ def refine_batches(
     ``file_index`` maps a normalised file path (see :func:`path_key`) to the file's position in the
     input list, which is the arrival order of files.
     """
-    refine = Refiner(config).refine
+    refine_line = LineRefiner(config).refine_line
     schema = arrow_schema(refine_columns(config))
     names = schema.names
     # Per split: (lines seen, blank lines seen). A split is read front to back by one task.
@@ -113,12 +115,10 @@ def refine_batches(
                 counter = splits[(index, block_start)] = [0, 0]
             idx = counter[0]
             counter[0] += 1
-            record = strip_record(raw)
-            if not record:
+            result = refine_line(raw, now_ms)
+            if result is None:
                 counter[1] += 1
-                continue
-            result = refine(record, now_ms)
-            if type(result) is dict:
+            elif type(result) is dict:
                 result["kind"] = EVENT
                 result["file_index"] = index
                 result["block_start"] = block_start
@@ -134,8 +134,7 @@ def refine_batches(
                         "idx": idx,
                         "reason": result.reason.value,
                         "message": result.message,
-                        # The line as read, not the stripped record: rejections keep what arrived.
-                        "raw": raw,
+                        "raw": result.raw,  # as it arrived, less the line end
                     }
                 )
         if rows:
@@ -224,14 +223,7 @@ def sessionize_machine(
     """
     if not events:
         return []
-    # First arrival wins: arrival order is input file order, then position in the file.
-    events.sort(key=lambda e: (e["file_index"], e["block_start"], e["idx"]))
-    seen: set[str] = set()
-    unique = []
-    for event in events:
-        if event["event_id"] not in seen:
-            seen.add(event["event_id"])
-            unique.append(event)
+    unique = _first_arrivals(events)
     unique.sort(key=lambda e: (e["timestamp"], e["event_id"]))
     start = 0
     machine_id = unique[0]["machine_id"]
@@ -267,27 +259,53 @@ def sessionize_machine(
     return rows
 
 
+def _first_arrivals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The core's dedupe (``rules.is_duplicate``, first arrival wins), in arrival order.
+
+    Arrival order is input file order, then position in the file. The horizon is the machine's
+    whole history: a backfill has read all of it, so it never needs to forget an id (the runner
+    does, to bound its memory; docs/backfill.md, "Dedupe has no horizon").
+    """
+    events.sort(key=lambda e: (e["file_index"], e["block_start"], e["idx"]))
+    timestamps = [e["timestamp"] for e in events]
+    whole_history = max(timestamps) - min(timestamps)
+    seen: dict[str, int] = {}
+    newest = min(timestamps)
+    unique = []
+    for event in events:
+        event_id, ts = event["event_id"], event["timestamp"]
+        twin_ts = seen.get(event_id)
+        if twin_ts is not None and rules.is_duplicate(twin_ts, newest, whole_history):
+            continue
+        seen[event_id] = ts
+        newest = max(newest, ts)
+        unique.append(event)
+    return unique
+
+
 def _last_certain_start(
     events: list[dict[str, Any]], first_in: int, config: SessionConfig, read_lo: int | None
 ) -> int | None:
     """The last event at or before ``events[first_in]`` that starts a session whatever came before it.
 
-    An opening event always starts one; so does an event more than ``timeout`` after the one before
-    it. The first event read is such a start when nothing can precede it within ``timeout``: the
-    whole history was read, or it is at least ``timeout`` after the start of what was read.
-    ``max_session_duration`` never makes a start certain: where it cuts depends on where the
-    session began, so it is followed from a certain start like everything else.
+    The core's ``rules.certain_start`` (an opening event, or a gap over ``timeout``) with the gap to
+    the event before; for the first event read, the gap to the latest event that was not read. When
+    the whole history was read, the first event starts a session. ``max_session_duration`` never
+    makes a start certain: where it cuts depends on where the session began, so it is followed from
+    a certain start like everything else.
     """
     opening = config.opening_events
     timeout = config.timeout_ms
     for i in range(first_in, -1, -1):
         event = events[i]
-        if event["event_type"] in opening:
-            return i
-        if i == 0:
-            if read_lo is None or event["timestamp"] - read_lo >= timeout:
-                return 0
-        elif event["timestamp"] - events[i - 1]["timestamp"] > timeout:
+        if i > 0:
+            gap = event["timestamp"] - events[i - 1]["timestamp"]
+        elif read_lo is None:
+            return 0  # the whole history was read: nothing precedes the first event
+        else:
+            # An event not read is at ``read_lo - 1`` at the latest: the smallest gap it could leave.
+            gap = event["timestamp"] - (read_lo - 1)
+        if rules.certain_start(gap, event["event_type"], opening, timeout):
             return i
     return None
 
@@ -296,7 +314,8 @@ def _range_sessions_complete(sessions: list[dict[str, Any]], window: Window, con
     """Are the summaries of the sessions starting before ``window.hi`` final?
 
     The last one is final if a later session started inside what was read, or if no event after
-    what was read could still join it (gap over ``timeout``, or over ``max_session_duration``).
+    what was read could still join it (``rules.gap_splits`` or ``rules.duration_splits`` already
+    at the earliest such event).
     """
     last_in = None
     for position, summary in enumerate(sessions):
@@ -305,10 +324,11 @@ def _range_sessions_complete(sessions: list[dict[str, Any]], window: Window, con
     if last_in is None or last_in < len(sessions) - 1 or window.read_hi is None:
         return True
     last = sessions[last_in]
-    if window.read_hi - last["end_ts"] > config.timeout_ms:
+    # An event not read is at ``read_hi`` at the earliest: the smallest gap and span it could make.
+    if rules.gap_splits(window.read_hi - last["end_ts"], config.timeout_ms):
         return True
     limit = config.max_session_duration_ms
-    return limit is not None and window.read_hi - last["start_ts"] > limit
+    return rules.duration_splits(window.read_hi - last["start_ts"], rules.NO_LIMIT if limit is None else limit)
 
 
 # -- stage 3: rejections -> the JSON lines of the rejected table ------------------------------------------
@@ -325,6 +345,6 @@ def rejection_lines(batches: Iterator[pa.RecordBatch], *, sources: list[str]) ->
         lines = batch.column("line").to_pylist()
         values = []
         for reason, message, raw, file, line in zip(reasons, messages, raws, files, lines, strict=True):
-            row = rejection_row(Rejection(Reason(reason), message, raw), sources[file], line, raw)
+            row = rejection_row(Rejection(Reason(reason), message, raw), sources[file], line)
             values.append(orjson.dumps(row).decode())
         yield pa.RecordBatch.from_arrays([pa.array(reasons, pa.string()), pa.array(values, pa.string())], schema=schema)

@@ -1,8 +1,10 @@
 """Refined events as Arrow record batches: the embedded runner's fast path.
 
 The core refines each record exactly as everywhere else, minus the enrichment columns, which are
-pure functions of ``timestamp`` and ``app_version`` and computed here on whole columns at once.
-``tests/local/test_columnar.py`` proves they equal the core's row-by-row
+pure functions of ``timestamp`` and ``app_version``: the core's own functions
+(:func:`~sessionflow.core.enrich.hour_fields`, :func:`~sessionflow.core.enrich.version_parts`)
+are called once per distinct hour and version of a batch, and their results spread over the rows
+with Arrow. ``tests/local/test_columnar.py`` holds the result equal to the core's row-by-row
 :class:`sessionflow.core.enrich.Enricher` for any timestamp and version.
 """
 
@@ -17,12 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sessionflow.config import Config
-from sessionflow.core.enrich import DAY_MS, iso_date, version_parts
+from sessionflow.core.enrich import HOUR_MS, hour_fields, version_parts
 from sessionflow.runtimes.arrow import arrow_schema
 from sessionflow.schema import EVENT_PARTITION, SESSION_COLUMNS, SESSION_PARTITION, event_columns
 
 SESSION_FIELDS = ("session_id", "session_seq", "ms_since_prev", "late")
-ENRICHED = ("event_time", "event_hour", "day_of_week", "app_version_major", "app_version_minor")
 
 
 def refined_schema(config: Config) -> pa.Schema:
@@ -42,15 +43,24 @@ def session_schema_fields() -> list[pa.Field]:
     ]
 
 
-def _days(timestamps: pa.Array) -> pa.Array:
-    """Epoch ms -> days since 1970-01-01, rounded down (before 1970 too)."""
-    return pc.cast(pc.floor(pc.divide(pc.cast(timestamps, pa.float64()), float(DAY_MS))), pa.int64())
+def _floor_divide(values: pa.Array, divisor: int) -> pa.Array:
+    """Integer division rounded down, before 1970 too (Arrow's integer division truncates)."""
+    quotient = pc.divide(values, divisor)
+    return pc.if_else(
+        pc.less(pc.subtract(values, pc.multiply(quotient, divisor)), 0), pc.subtract(quotient, 1), quotient
+    )
 
 
-def _dates(days: pa.Array) -> pa.Array:
-    unique = pc.unique(days)
-    names = pa.array([iso_date(day) for day in unique.to_pylist()], pa.string())
-    return pc.take(names, pc.index_in(days, value_set=unique))
+def _hour_fields(timestamps: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Epoch ms -> the core's ``hour_fields`` (event_date, event_hour, day_of_week) of each row."""
+    hours = _floor_divide(timestamps, HOUR_MS)
+    unique = pc.unique(hours)
+    parts = [hour_fields(hour) for hour in unique.to_pylist()]
+    index = pc.index_in(hours, value_set=unique)
+    dates = pa.array([p[0] for p in parts], pa.string())
+    hours_of_day = pa.array([p[1] for p in parts], pa.int8())
+    days_of_week = pa.array([p[2] for p in parts], pa.int8())
+    return pc.take(dates, index), pc.take(hours_of_day, index), pc.take(days_of_week, index)
 
 
 def _versions(versions: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -64,14 +74,14 @@ def _versions(versions: pa.Array) -> tuple[pa.Array, pa.Array]:
 def to_record_batch(columns: Mapping[str, Sequence[Any]], rows: int, schema: pa.Schema) -> pa.RecordBatch:
     """Refined (not enriched) events, column by column -> one record batch of ``refined_schema``."""
     timestamps = pa.array(columns["timestamp"], pa.int64()) if rows else pa.array([], pa.int64())
-    days = _days(timestamps)
-    time_of_day = pc.subtract(timestamps, pc.multiply(days, DAY_MS))
+    dates, hours, days_of_week = _hour_fields(timestamps)
     computed: dict[str, pa.Array] = {
         "timestamp": timestamps,
+        # The same instant as the core's ISO text (the test holds them equal), stored as a timestamp.
         "event_time": timestamps.cast(pa.timestamp("ms", tz="UTC")),
-        "event_hour": pc.cast(pc.divide(time_of_day, 3_600_000), pa.int8()),
-        "day_of_week": pc.cast(pc.add(pc.remainder(pc.add(days, 3), 7), 1), pa.int8()),
-        EVENT_PARTITION: _dates(days),
+        "event_hour": hours,
+        "day_of_week": days_of_week,
+        EVENT_PARTITION: dates,
     }
     if "app_version" in columns:
         versions = pa.array(columns["app_version"], pa.string())
@@ -116,4 +126,4 @@ def session_table(columns: Mapping[str, Sequence[Any]]) -> pa.Table:
     }
     arrays = [computed[fld.name] if fld.name in computed else pa.array(columns[fld.name], fld.type) for fld in schema]
     table = pa.Table.from_arrays(arrays, schema=schema)
-    return table.append_column(pa.field(SESSION_PARTITION, pa.string()), _dates(_days(start)))
+    return table.append_column(pa.field(SESSION_PARTITION, pa.string()), _hour_fields(start)[0])
