@@ -233,16 +233,13 @@ cdef class NativeSessionizer:
     cdef int _emit_session(self, object machine_id, NativeSession session, object out) except -1:
         cdef list columns = self._session_columns
         cdef Py_ssize_t i
-        if columns is None:
-            out.session(rules.summary(
-                machine_id, session.session_id, session.start_ts, session.last_ts, session.count,
-                session.first_type, session.last_type, session.type_counts, session.user_id, session.app_version,
-            ))
-            return 0
         cdef tuple values = rules.session_values(
             machine_id, session.session_id, session.start_ts, session.last_ts, session.count,
             session.first_type, session.last_type, session.type_counts, session.user_id, session.app_version,
         )
+        if columns is None:
+            out.session(rules.summary(values))
+            return 0
         for i in range(9):
             (<list>columns[i]).append(values[i])
         pairs = values[9]

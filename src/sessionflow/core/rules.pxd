@@ -19,7 +19,4 @@ cpdef tuple session_values(
     object machine_id, object session_id, long long start_ts, long long last_ts, Py_ssize_t count,
     object first_type, object last_type, dict type_counts, object user_id, object app_version,
 )
-cpdef dict summary(
-    object machine_id, object session_id, long long start_ts, long long last_ts, Py_ssize_t count,
-    object first_type, object last_type, dict type_counts, object user_id, object app_version,
-)
+cpdef dict summary(tuple values)

@@ -126,21 +126,10 @@ SESSION_VALUES = (
 )
 
 
-def summary(
-    machine_id: str,
-    session_id: str,
-    start_ts: int,
-    last_ts: int,
-    count: int,
-    first_type: str,
-    last_type: str,
-    type_counts: dict[str, int],
-    user_id: str | None,
-    app_version: str | None,
-) -> dict[str, Any]:
-    """The sessions table's row for a closed session: :func:`session_values` and the ISO times."""
-    _, _, _, _, _, duration_ms, _, _, _, pairs, _ = session_values(
-        machine_id, session_id, start_ts, last_ts, count, first_type, last_type, type_counts, user_id, app_version
+def summary(values: tuple[Any, ...]) -> dict[str, Any]:
+    """The sessions table's row for a closed session: its :func:`session_values` and the ISO times."""
+    session_id, machine_id, user_id, start_ts, end_ts, duration_ms, count, first_type, last_type, pairs, version = (
+        values
     )
     start = iso_time(start_ts)
     return {
@@ -148,14 +137,14 @@ def summary(
         "machine_id": machine_id,
         "user_id": user_id,
         "start_ts": start_ts,
-        "end_ts": last_ts,
+        "end_ts": end_ts,
         "session_start": start,
-        "session_end": iso_time(last_ts),
+        "session_end": iso_time(end_ts),
         "duration_ms": duration_ms,
         "event_count": count,
         "first_event_type": first_type,
         "last_event_type": last_type,
         "event_type_counts": dict(pairs),
-        "app_version": app_version,
+        "app_version": version,
         "session_date": start[:10],
     }

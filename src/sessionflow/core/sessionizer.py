@@ -296,16 +296,18 @@ class Sessionizer:
     @staticmethod
     def _summary(machine_id: str, session: OpenSession) -> Summary:
         return rules.summary(
-            machine_id,
-            session.session_id,
-            session.start_ts,
-            session.last_ts,
-            session.count,
-            session.first_type,
-            session.last_type,
-            session.type_counts,
-            session.user_id,
-            session.app_version,
+            rules.session_values(
+                machine_id,
+                session.session_id,
+                session.start_ts,
+                session.last_ts,
+                session.count,
+                session.first_type,
+                session.last_type,
+                session.type_counts,
+                session.user_id,
+                session.app_version,
+            )
         )
 
     def snapshot(self, resolve: Callable[[Any], Event] | None = None) -> Snapshot:
