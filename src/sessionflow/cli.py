@@ -71,7 +71,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from sessionflow.synthetic import FeedShape, write_feed
 
     shape = FeedShape(events=args.events, machines=args.machines, seed=args.seed, late_rate=args.late_rate)
-    written = write_feed(shape, args.output)
+    try:
+        written = write_feed(shape, args.output)
+    except OSError as exc:
+        raise OutputError(f"{args.output}: cannot write: {exc.strerror or exc}") from None
     if args.output != "-":
         log.warning("wrote %d records to %s", written, args.output)
     return EXIT_OK
@@ -85,9 +88,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give the config file's name, e.g. {path / DEFAULT_CONFIG_FILE}")
     if path.exists() and not args.force:
         raise UsageError(f"{path} exists; pass --force to replace it")
-    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: cannot write: no folder {path.parent} (create it first)")
+    try:
+        path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
     log.warning("wrote %s", path)
     return EXIT_OK
 
@@ -120,11 +130,31 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if verdict.ok else EXIT_VERIFY
 
 
-def _percentage(text: str) -> float:
-    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError("must be between 0 and 1 (or 0% and 100%)")
+def _rate(text: str) -> float:
+    """A share of the records: 0 to 1, or a percentage such as ``5%``."""
+    problem = f"expected a rate between 0 and 1 or a percentage such as 5%, got {text!r}"
+    try:
+        value = float(text.strip().rstrip("%")) / (100 if text.strip().endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(problem) from None
+    if not 0 <= value <= 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(problem)
     return value
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """A whole number of at least ``minimum``, as an argparse type."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace a lake already in DIR")
     run.add_argument(
         "--max-reject-rate",
-        type=_percentage,
+        type=_rate,
         metavar="RATE",
         help="exit 6 when more than RATE of the records are rejected (e.g. 0.05 or 5%%); the lake is written",
     )
@@ -169,24 +199,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     generate = commands.add_parser("generate", help="write realistic synthetic events, dirty like a real feed")
-    generate.add_argument("--events", "-n", type=int, default=100_000)
-    generate.add_argument("--machines", "-m", type=int, default=1_000)
-    generate.add_argument("--seed", "-s", type=int, default=1)
     generate.add_argument(
-        "--late-rate", type=float, default=0.0, metavar="P", help="share of records that arrive 6-60 minutes late"
+        "--events", "-n", type=_count(0), default=100_000, metavar="N", help="records to write (default 100000)"
+    )
+    generate.add_argument(
+        "--machines", "-m", type=_count(1), default=1_000, metavar="M", help="machines they come from (default 1000)"
+    )
+    generate.add_argument(
+        "--seed", "-s", type=int, default=1, metavar="S", help="the same seed writes the same feed (default 1)"
+    )
+    generate.add_argument(
+        "--late-rate",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="share of records that arrive 6-60 minutes late (e.g. 0.03 or 3%%; default 0)",
     )
     generate.add_argument("-o", "--output", default="-", metavar="FILE", help="a .gz name compresses; - is stdout")
     generate.set_defaults(handler=_cmd_generate)
 
     demo = commands.add_parser("demo", help="generate, run and summarise in a local folder")
     demo.add_argument("--dir", default="sessionflow-demo", help="where to put it (default: ./sessionflow-demo)")
-    demo.add_argument("--events", type=int, default=50_000)
-    demo.add_argument("--machines", type=int, default=500)
+    demo.add_argument("--events", type=_count(0), default=50_000, metavar="N", help="records to generate")
+    demo.add_argument("--machines", type=_count(1), default=500, metavar="M", help="machines they come from")
     demo.set_defaults(handler=_cmd_demo)
 
     init = commands.add_parser("init", help="write an example sessionflow.toml")
-    init.add_argument("path", nargs="?", default=DEFAULT_CONFIG_FILE)
-    init.add_argument("--force", action="store_true")
+    init.add_argument(
+        "path", nargs="?", default=DEFAULT_CONFIG_FILE, metavar="PATH", help="default: ./" + DEFAULT_CONFIG_FILE
+    )
+    init.add_argument("--force", action="store_true", help="replace the file when it exists")
     init.set_defaults(handler=_cmd_init)
 
     check = commands.add_parser("check-config", help="load and validate a config, run nothing")

@@ -3,7 +3,7 @@
 Import-light: boto3 and moto are imported by the subcommands when they run.
 
     sessionflow aws-local up                 # moto server on 127.0.0.1 + streams, Firehoses, table, bucket
-    sessionflow aws-local put events.jsonl   # JSON lines onto the `raw` stream
+    sessionflow aws-local put events.jsonl   # JSON lines onto the raw stream
     sessionflow aws-local run --flush        # the Lambda-like poller: raw -> process -> clean -> sessionize
     sessionflow aws-local sweep              # what the scheduled sweep does: close idle sessions of quiet shards
     sessionflow aws-local fetch out/         # the S3 output as the lake `run` writes, exact copies dropped
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,34 @@ from sessionflow.exitcodes import EXIT_OK
 ENDPOINT_FILE = ".sessionflow-aws-local.json"
 log = logging.getLogger("sessionflow")
 
+# `aws-local --help`: the module's overview as plain text (the docstring's RST markup left out).
+DESCRIPTION = "A local AWS (moto server) to run the AWS runtime on a laptop.\n\n" + "\n".join(
+    line for line in (__doc__ or "").splitlines() if line.startswith("    sessionflow aws-local")
+)
+INSTALL_HINT = "pip install 'sessionflow[aws]'"
+
+
+def _needs_extra(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A missing boto3 or moto is the user's setup, not a bug: a usage error naming what to install."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ImportError as exc:
+            from sessionflow.errors import UsageError
+
+            message = str(exc) if "pip install" in str(exc) else f"aws-local needs its extra: {INSTALL_HINT} ({exc})"
+            raise UsageError(message) from None
+
+    return run
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "aws-local",
         help="run the AWS runtime against a local AWS (moto server on 127.0.0.1)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="aws_command", metavar="ACTION", required=True)
@@ -45,12 +69,12 @@ def register(subparsers: Any) -> None:
     up.add_argument("--port", type=int, default=0, help="default: a free port")
     up.add_argument("--raw-shards", type=int, default=2)
     up.add_argument("--clean-shards", type=int, default=2)
-    up.set_defaults(handler=_up)
+    up.set_defaults(handler=_needs_extra(_up))
 
     put = commands.add_parser("put", help="put JSON lines on the raw stream (partition key: machine id)")
     common(put)
     put.add_argument("files", nargs="+", metavar="FILE")
-    put.set_defaults(handler=_put)
+    put.set_defaults(handler=_needs_extra(_put))
 
     run = commands.add_parser("run", help="poll the streams and invoke the handlers the way Lambda does")
     common(run)
@@ -63,15 +87,15 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="run the sweep this often while polling, as the deployed schedule does (default 300)",
     )
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_needs_extra(_run))
 
     flush = commands.add_parser("flush", help="close every open session (end of stream)")
     common(flush)
-    flush.set_defaults(handler=_flush)
+    flush.set_defaults(handler=_needs_extra(_flush))
 
     sweep = commands.add_parser("sweep", help="close the idle sessions of shards quiet for the idle close time")
     common(sweep)
-    sweep.set_defaults(handler=_sweep)
+    sweep.set_defaults(handler=_needs_extra(_sweep))
 
     fetch = commands.add_parser(
         "fetch", help="download the S3 output into the lake DIR (Parquet, ledger: `sessionflow verify DIR` checks it)"
@@ -79,14 +103,14 @@ def register(subparsers: Any) -> None:
     common(fetch)
     fetch.add_argument("out", metavar="DIR")
     fetch.add_argument("--keep-duplicates", action="store_true", help="keep exact re-deliveries (see docs/aws.md)")
-    fetch.set_defaults(handler=_fetch)
+    fetch.set_defaults(handler=_needs_extra(_fetch))
 
     replay = commands.add_parser("replay", help="up + put + run + flush + fetch, in one process")
     replay.add_argument("files", nargs="+", metavar="FILE")
     replay.add_argument("--out", "-o", required=True, metavar="DIR")
     replay.add_argument("--config", "-c", metavar="FILE")
     _poller_options(replay)
-    replay.set_defaults(handler=_replay)
+    replay.set_defaults(handler=_needs_extra(_replay))
 
 
 def _poller_options(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,132 @@
+"""Operator mistakes on the command line: each ends with a clear message and the documented exit code
+(2 usage, 3 input, 4 cannot write, 6 quality), never a traceback, and nothing of the user's lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sessionflow.cli import main
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """(exit code, stderr) of a command, whether argparse or the command itself refuses it."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+# -- generate, init ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "says"),
+    [
+        (["generate", "-n", "-5"], 2, "--events/-n: expected 0 or more, got -5"),
+        (["generate", "-m", "0"], 2, "--machines/-m: expected 1 or more, got 0"),
+        (["generate", "-n", "ten"], 2, "expected a whole number, got 'ten'"),
+        (["generate", "--late-rate", "2"], 2, "--late-rate: expected a rate between 0 and 1"),
+        (["run", "x", "--out", "y", "--max-reject-rate", "2"], 2, "expected a rate between 0 and 1"),
+        (["run", "x", "--out", "y", "--max-reject-rate", "abc"], 2, "or a percentage such as 5%, got 'abc'"),
+        (["demo", "--machines", "0"], 2, "expected 1 or more"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(
+    argv: list[str], code: int, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    got, err = refused(argv, capsys)
+    assert got == code
+    assert says in err
+    assert "invalid" not in err  # not argparse's "invalid _rate value"
+
+
+def test_rates_take_a_share_or_a_percentage(tmp_path: Path) -> None:
+    feed = tmp_path / "late.jsonl"
+    assert main(["generate", "-n", "2000", "-m", "10", "--late-rate", "5%", "-o", str(feed)]) == 0
+    same = tmp_path / "late-again.jsonl"
+    assert main(["generate", "-n", "2000", "-m", "10", "--late-rate", "0.05", "-o", str(same)]) == 0
+    assert feed.read_bytes() == same.read_bytes()
+
+
+def test_generate_into_a_missing_folder_exits_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "missing" / "dir" / "x.jsonl"
+    code, err = refused(["generate", "-n", "10", "-o", str(target)], capsys)
+    assert code == 4
+    assert f"{target}: cannot write" in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_init_into_a_missing_folder_exits_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "newdir" / "x.toml"
+    code, err = refused(["init", str(target)], capsys)
+    assert code == 4
+    assert "newdir" in err and "create it first" in err
+    assert not target.parent.exists()
+
+
+def test_init_force_on_a_folder_exits_2_and_keeps_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep me")
+    code, err = refused(["init", "--force", str(folder)], capsys)
+    assert code == 2
+    assert "is a folder" in err and str(folder / "sessionflow.toml") in err
+    assert sorted(p.name for p in folder.iterdir()) == ["mine.txt"]
+
+
+def test_generate_options_have_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    for option, words in (("--events N", "records"), ("--machines M", "machines"), ("--seed S", "seed")):
+        (line,) = [line for line in out.splitlines() if line.strip().startswith(option)]
+        assert words in line, line
+
+
+# -- aws-local -----------------------------------------------------------------------------------
+
+
+def test_aws_local_help_is_plain_text_and_lists_sweep(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["aws-local", "--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out
+    assert "`raw`" not in out
+    assert "sessionflow aws-local sweep" in out
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    (listed,) = [line for line in readme.splitlines() if line.startswith("sessionflow aws-local ")]
+    assert "|sweep|" in listed
+
+
+def test_aws_local_without_the_aws_extra_exits_2_with_the_install_command(tmp_path: Path) -> None:
+    """As if boto3 and moto were not installed: a None in sys.modules makes their import fail."""
+    script = (
+        "import sys\n"
+        "sys.modules['boto3'] = sys.modules['botocore'] = sys.modules['moto'] = None\n"
+        "from sessionflow.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for argv in (["aws-local", "flush", "--endpoint", "http://127.0.0.1:9"], ["aws-local", "up"]):
+        done = subprocess.run(
+            [sys.executable, "-c", script, *argv],
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "pip install 'sessionflow[" in done.stderr
+        assert "bug" not in done.stderr
