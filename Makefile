@@ -60,7 +60,7 @@ deploy-check: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest tests/deploy -q
 
 demo: $(VENV)/.installed-local
-	$(BIN)/sessionflow demo --dir sessionflow-demo
+	$(BIN)/sessionflow demo --dir sessionflow-demo --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench setup.py

@@ -83,7 +83,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sessionflow.runtimes.local.console import demo
 
-    return demo(Path(args.dir), events=args.events, machines=args.machines)
+    return demo(Path(args.dir), events=args.events, machines=args.machines, force=args.force)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -219,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=_cmd_generate)
 
     demo = commands.add_parser("demo", help="generate, run and summarise in a local folder")
-    demo.add_argument("--dir", default="sessionflow-demo", help="where to put it (default: ./sessionflow-demo)")
+    demo.add_argument(
+        "--dir", default="sessionflow-demo", metavar="DIR", help="where to put it (default: ./sessionflow-demo)"
+    )
+    demo.add_argument(
+        "--force", action="store_true", help="replace the sessionflow.toml, events.jsonl.gz and lake of a former demo"
+    )
     demo.add_argument("--events", type=_count(0), default=50_000, metavar="N", help="records to generate")
     demo.add_argument("--machines", type=_count(1), default=500, metavar="M", help="machines they come from")
     demo.set_defaults(handler=_cmd_demo)

@@ -130,3 +130,23 @@ def test_aws_local_without_the_aws_extra_exits_2_with_the_install_command(tmp_pa
         assert "Traceback" not in done.stderr
         assert "pip install 'sessionflow[" in done.stderr
         assert "bug" not in done.stderr
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def test_demo_keeps_the_users_files_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "sessionflow.toml").write_text("# my own config\n")
+    (folder / "events.jsonl.gz").write_bytes(b"my own feed")
+    code, err = refused(["demo", "--dir", str(folder), "--events", "300", "--machines", "5"], capsys)
+    assert code == 2
+    assert "sessionflow.toml, events.jsonl.gz" in err and "--force" in err
+    assert (folder / "sessionflow.toml").read_text() == "# my own config\n"
+    assert (folder / "events.jsonl.gz").read_bytes() == b"my own feed"
+    assert sorted(p.name for p in folder.iterdir()) == ["events.jsonl.gz", "sessionflow.toml"]
+
+    assert main(["demo", "--dir", str(folder), "--events", "300", "--machines", "5", "--force"]) == 0
+    assert (folder / "sessionflow.toml").read_text() != "# my own config\n"
+    assert main(["verify", str(folder / "lake")]) == 0

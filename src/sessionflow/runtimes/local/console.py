@@ -91,17 +91,33 @@ def summary_table(report: RunReport, lake: Path) -> Table:
     return table
 
 
-def demo(folder: Path, *, events: int, machines: int) -> int:
+# What the demo writes in its folder; an existing one is replaced only with --force.
+DEMO_FILES = ("sessionflow.toml", "events.jsonl.gz", "lake")
+
+
+def demo(folder: Path, *, events: int, machines: int, force: bool = False) -> int:
     """The first command a newcomer runs: a config, a feed, a lake, and what is in it."""
     from sessionflow.config import EXAMPLE_CONFIG
+    from sessionflow.errors import OutputError, UsageError
     from sessionflow.synthetic import FeedShape, write_feed
 
     console = Console(stderr=True)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder")
+    present = [name for name in DEMO_FILES if (folder / name).exists() or (folder / name).is_symlink()]
+    if present and not force:
+        raise UsageError(
+            f"{folder} already holds {', '.join(present)}; the demo would replace them: "
+            "pass --force, or choose another --dir"
+        )
     config_path = folder / "sessionflow.toml"
-    config_path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
     feed = folder / "events.jsonl.gz"
-    written = write_feed(FeedShape(events=events, machines=machines, seed=7), str(feed))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+        written = write_feed(FeedShape(events=events, machines=machines, seed=7), str(feed))
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot write the demo: {exc.strerror or exc}") from None
     console.print(f"generated {written:,} raw records from {machines:,} machines -> {feed}")
     lake = folder / "lake"
     report = run([str(feed)], lake, Config.load(config_path), overwrite=True)
