@@ -64,6 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         as_json=args.json,
         quiet=args.quiet,
+        allow_empty=args.allow_empty,
     )
 
 
@@ -193,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="processes that parse and validate (default: one per core; 0: all in this process)",
+    )
+    run.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="run (and publish an empty run) when the inputs name no file; else that exits 3",
     )
     run.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary table")

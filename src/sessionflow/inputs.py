@@ -7,6 +7,7 @@ each such file is named by the given path plus its path below it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,4 +29,22 @@ def local_files(given: str) -> list[tuple[str, Path]]:
         return [(given, path)]
     if path.exists():
         raise InputError(f"{given}: not a regular file or directory")
+    if path.is_symlink():
+        raise InputError(f"{given}: a broken link (to {os.readlink(path)}, which does not exist)")
     raise InputError(f"{given}: no such file or directory")
+
+
+def why_no_files(given: str) -> str:
+    """Why a given directory names no file to read, for the message that refuses an empty run."""
+    path = Path(given)
+    entries = [p for p in path.rglob("*") if not p.is_dir()]
+    if not entries:
+        return f"{given} is an empty folder"
+    hidden = [p for p in entries if skipped(p.relative_to(path).parts)]
+    broken = [p for p in entries if p.is_symlink() and not p.exists()]
+    reasons = []
+    if hidden:
+        reasons.append(f"{len(hidden)} skipped for a name starting with . or _ (e.g. {hidden[0].relative_to(path)})")
+    if broken:
+        reasons.append(f"{len(broken)} broken link(s) (e.g. {broken[0].relative_to(path)})")
+    return f"{given} holds no file to read: " + ", ".join(reasons or ["nothing but special files"])

@@ -150,3 +150,49 @@ def test_demo_keeps_the_users_files_unless_forced(tmp_path: Path, capsys: pytest
     assert main(["demo", "--dir", str(folder), "--events", "300", "--machines", "5", "--force"]) == 0
     assert (folder / "sessionflow.toml").read_text() != "# my own config\n"
     assert main(["verify", str(folder / "lake")]) == 0
+
+
+# -- run: inputs that name nothing ---------------------------------------------------------------
+
+
+def empty_inputs(root: Path) -> dict[str, Path]:
+    (root / "empty").mkdir()
+    (root / "hidden" / "_sessionflow").mkdir(parents=True)
+    (root / "hidden" / "_SUCCESS").write_text("")
+    (root / "hidden" / ".events.jsonl").write_text('{"event_id": "e"}\n')
+    (root / "hidden" / "_sessionflow" / "x.jsonl").write_text("")
+    (root / "links").mkdir()
+    (root / "links" / "events.jsonl").symlink_to(root / "gone.jsonl")
+    (root / "broken.jsonl").symlink_to(root / "gone.jsonl")
+    return {
+        "empty": root / "empty",
+        "hidden": root / "hidden",
+        "links": root / "links",
+        "broken": root / "broken.jsonl",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("empty", "is an empty folder"),
+        ("hidden", "3 skipped for a name starting with . or _"),
+        ("links", "1 broken link(s)"),
+        ("broken", "a broken link"),
+    ],
+)
+def test_inputs_naming_no_file_exit_3_unless_allowed(
+    tmp_path: Path, kind: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = empty_inputs(tmp_path)[kind]
+    lake = tmp_path / "lake"
+    code, err = refused(["run", str(given), "--out", str(lake), "-q"], capsys)
+    assert code == 3
+    assert says in err
+    assert not lake.exists()
+    if kind != "broken":  # a broken link given by name is a missing input, allowed or not
+        assert "--allow-empty" in err
+        code, err = refused(["run", str(given), "--out", str(lake), "-q", "--allow-empty"], capsys)
+        assert code == 0
+        assert "running on nothing" in err
+        assert main(["verify", str(lake)]) == 0

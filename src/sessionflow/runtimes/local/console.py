@@ -11,7 +11,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from sessionflow.config import Config
+from sessionflow.errors import InputError
 from sessionflow.exitcodes import EXIT_OK, EXIT_QUALITY
+from sessionflow.inputs import why_no_files
 from sessionflow.runtimes.local.reader import expand_inputs
 from sessionflow.runtimes.local.runner import RunReport, run
 
@@ -28,11 +30,18 @@ def run_with_console(
     workers: int | None,
     as_json: bool,
     quiet: bool,
+    allow_empty: bool = False,
 ) -> int:
     console = Console(stderr=True)
+    sources = expand_inputs(inputs)  # a missing input fails here, before anything is written
+    if not sources:
+        why = "; ".join(why_no_files(given) for given in inputs)
+        if not allow_empty:
+            raise InputError(f"no input to read: {why} (pass --allow-empty to run on nothing)")
+        console.print(f"[yellow]no input to read: {why}; running on nothing (--allow-empty)[/yellow]", soft_wrap=True)
     show_progress = console.is_terminal and not quiet
     if show_progress:
-        total = sum(source.size or 0 for source in expand_inputs(inputs)) or None
+        total = sum(source.size or 0 for source in sources) or None
         columns = (
             TextColumn("[bold]sessionflow run"),
             BarColumn(),
