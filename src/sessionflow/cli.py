@@ -2,8 +2,8 @@
 
 Exit codes (``sessionflow.exitcodes``): 0 done; 1 an unexpected error (a bug: please report it);
 2 bad usage or a bad config; 3 an input cannot be read; 4 the lake or the state cannot be written;
-5 ``verify`` found a problem; 6 the run finished but rejected more than ``--max-reject-rate``;
-130 interrupted.
+5 ``verify`` found a problem; 6 the run finished but rejected more than ``--max-reject-rate``, or
+every record; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def _configure_logging(level: str) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from sessionflow.runtimes.local.console import run_with_console
+    from sessionflow.runtimes.local.quality import QualityThresholds
 
     config = resolve_config(args.config)
     if args.workers is not None and args.workers < 0:
@@ -65,6 +66,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         as_json=args.json,
         quiet=args.quiet,
         allow_empty=args.allow_empty,
+        thresholds=QualityThresholds(reject_rate=args.warn_reject_rate, late_rate=args.warn_late_rate),
     )
 
 
@@ -187,7 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-reject-rate",
         type=_rate,
         metavar="RATE",
-        help="exit 6 when more than RATE of the records are rejected (e.g. 0.05 or 5%%); the lake is written",
+        help="exit 6 when more than RATE of the records are rejected (e.g. 0.05 or 5%%); the lake is written. "
+        "A run that rejects every record exits 6 in any case",
+    )
+    run.add_argument(
+        "--warn-reject-rate",
+        type=_rate,
+        default=0.05,
+        metavar="RATE",
+        help="warn when more than RATE of the records are rejected (default 5%%)",
+    )
+    run.add_argument(
+        "--warn-late-rate",
+        type=_rate,
+        default=0.05,
+        metavar="RATE",
+        help="warn when more than RATE of the valid events arrive late (default 5%%)",
     )
     run.add_argument(
         "--workers",

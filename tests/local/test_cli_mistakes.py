@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sessionflow.cli import main
+from sessionflow.config import EXAMPLE_CONFIG
+from sessionflow.synthetic import FeedShape, write_feed
 
 
 def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -38,6 +43,8 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["run", "x", "--out", "y", "--max-reject-rate", "2"], 2, "expected a rate between 0 and 1"),
         (["run", "x", "--out", "y", "--max-reject-rate", "abc"], 2, "or a percentage such as 5%, got 'abc'"),
         (["demo", "--machines", "0"], 2, "expected 1 or more"),
+        (["run", "x", "--out", "y", "--warn-reject-rate", "150%"], 2, "expected a rate between 0 and 1"),
+        (["run", "x", "--out", "y", "--warn-late-rate", "-0.1"], 2, "expected a rate between 0 and 1"),
     ],
 )
 def test_bad_numbers_are_usage_errors(
@@ -196,3 +203,96 @@ def test_inputs_naming_no_file_exit_3_unless_allowed(
         assert code == 0
         assert "running on nothing" in err
         assert main(["verify", str(lake)]) == 0
+
+
+# -- run: results that are probably wrong ---------------------------------------------------------
+
+
+def run_json_code(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:
+    capsys.readouterr()
+    code = main([*argv, "--json", "-q", "--workers", "0"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, json.loads(out), err
+
+
+@pytest.fixture(scope="module")
+def seconds_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated feed; its 11.2.* builds send seconds, which only the example's cleaning rule fixes."""
+    path = tmp_path_factory.mktemp("quality") / "events.jsonl"
+    write_feed(FeedShape(events=2_000, machines=20, seed=3), str(path))
+    return path
+
+
+def seconds_share(feed: Path) -> float:
+    """Independently of the core: the share of records whose integer timestamp is in seconds."""
+    records = []
+    for line in feed.read_bytes().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # the feed's garbage
+            continue
+    records = [record for record in records if isinstance(record, dict)]
+    seconds = [r for r in records if isinstance(r.get("timestamp"), int) and r["timestamp"] < 10**11]
+    return len(seconds) / len(records)
+
+
+def test_timestamps_in_seconds_warn_with_the_scale_hint(
+    tmp_path: Path, seconds_feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert seconds_share(seconds_feed) > 0.05  # the case the warning is for
+    empty_config = tmp_path / "defaults.toml"
+    empty_config.write_text("")
+    argv = ["run", str(seconds_feed), "--out", str(tmp_path / "lake"), "--config", str(empty_config)]
+    code, summary, err = run_json_code(argv, capsys)
+    assert code == 0  # a warning, not a failure
+    (warning,) = summary["warnings"]
+    assert "most are timestamp_out_of_range" in warning
+    assert "these look like seconds: see `scale`" in warning
+    assert "--max-reject-rate" in warning
+    assert warning in " ".join(err.split())
+    # --max-reject-rate turns it into a failure; a higher warning rate silences it.
+    code, _, _ = run_json_code([*argv, "--overwrite", "--max-reject-rate", "5%"], capsys)
+    assert code == 6
+    code, summary, err = run_json_code([*argv, "--overwrite", "--warn-reject-rate", "0.9"], capsys)
+    assert (code, summary["warnings"], err) == (0, [], "")
+
+
+def test_the_example_config_on_the_same_feed_gives_no_warning(
+    tmp_path: Path, seconds_feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "sessionflow.toml"
+    config.write_text(EXAMPLE_CONFIG)
+    code, summary, err = run_json_code(
+        ["run", str(seconds_feed), "--out", str(tmp_path / "lake"), "--config", str(config)], capsys
+    )
+    assert (code, summary["warnings"], err) == (0, [], "")
+
+
+def test_a_binary_input_rejected_whole_exits_6_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "program"
+    binary.write_bytes(random.Random(4).randbytes(50_000))
+    lake = tmp_path / "lake"
+    code, summary, err = run_json_code(["run", str(binary), "--out", str(lake)], capsys)
+    assert code == 6
+    assert summary["tally"]["records"] > 0 and summary["tally"]["events"] == 0
+    (warning,) = summary["warnings"]
+    assert f"every one of the {summary['tally']['records']:,} records was rejected" in warning
+    assert "exits 6" in " ".join(err.split())
+    assert main(["verify", str(lake)]) == 0  # published, and a sound lake
+
+
+def test_many_late_events_warn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    feed = tmp_path / "late.jsonl"
+    assert main(["generate", "-n", "2000", "-m", "20", "-s", "9", "--late-rate", "20%", "-o", str(feed)]) == 0
+    config = tmp_path / "sessionflow.toml"
+    config.write_text(EXAMPLE_CONFIG)
+    argv = ["run", str(feed), "--out", str(tmp_path / "lake"), "--config", str(config)]
+    code, summary, _ = run_json_code(argv, capsys)
+    assert code == 0
+    (warning,) = summary["warnings"]
+    late, events = summary["tally"]["late"], summary["tally"]["events"]
+    assert late / events > 0.05
+    assert f"{late:,} of {events:,} valid events" in warning and "allowed_lateness" in warning
+    code, summary, _ = run_json_code([*argv, "--overwrite", "--warn-late-rate", "0.5"], capsys)
+    assert (code, summary["warnings"]) == (0, [])

@@ -14,6 +14,7 @@ from sessionflow.config import Config
 from sessionflow.errors import InputError
 from sessionflow.exitcodes import EXIT_OK, EXIT_QUALITY
 from sessionflow.inputs import why_no_files
+from sessionflow.runtimes.local.quality import QualityThresholds, is_all_rejected, quality_warnings
 from sessionflow.runtimes.local.reader import expand_inputs
 from sessionflow.runtimes.local.runner import RunReport, run
 
@@ -31,6 +32,7 @@ def run_with_console(
     as_json: bool,
     quiet: bool,
     allow_empty: bool = False,
+    thresholds: QualityThresholds | None = None,
 ) -> int:
     console = Console(stderr=True)
     sources = expand_inputs(inputs)  # a missing input fails here, before anything is written
@@ -38,7 +40,8 @@ def run_with_console(
         why = "; ".join(why_no_files(given) for given in inputs)
         if not allow_empty:
             raise InputError(f"no input to read: {why} (pass --allow-empty to run on nothing)")
-        console.print(f"[yellow]no input to read: {why}; running on nothing (--allow-empty)[/yellow]", soft_wrap=True)
+        notice = f"no input to read: {why}; running on nothing (--allow-empty)"
+        console.print(notice, style="yellow", markup=False, soft_wrap=True)
     show_progress = console.is_terminal and not quiet
     if show_progress:
         total = sum(source.size or 0 for source in sources) or None
@@ -63,16 +66,24 @@ def run_with_console(
             )
     else:
         report = run(inputs, lake, config, state_path=state_path, flush=flush, overwrite=overwrite, workers=workers)
+    tally = report.tally
+    warnings = quality_warnings(tally, lake=lake, run=report.run, thresholds=thresholds or QualityThresholds())
     if as_json:
-        sys.stdout.write(orjson.dumps(report.to_dict()).decode() + "\n")
+        sys.stdout.write(orjson.dumps({**report.to_dict(), "warnings": warnings}).decode() + "\n")
     elif not quiet:
         console.print(summary_table(report, lake))
-    tally = report.tally
+    for warning in warnings:  # even with --quiet: a result that is probably wrong is never silent
+        console.print(f"warning: {warning}", style="bold yellow", markup=False, soft_wrap=True)
     if max_reject_rate is not None and tally.records and tally.rejected_total / tally.records > max_reject_rate:
         console.print(
-            f"[red]rejected {tally.rejected_total} of {tally.records} records "
-            f"({tally.rejected_total / tally.records:.2%}), over --max-reject-rate {max_reject_rate:.2%}[/red]"
+            f"rejected {tally.rejected_total} of {tally.records} records "
+            f"({tally.rejected_total / tally.records:.2%}), over --max-reject-rate {max_reject_rate:.2%}",
+            style="red",
+            markup=False,
+            soft_wrap=True,
         )
+        return EXIT_QUALITY
+    if is_all_rejected(tally):  # said in the warnings above
         return EXIT_QUALITY
     return EXIT_OK
 
