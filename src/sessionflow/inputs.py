@@ -1,6 +1,6 @@
 """Which files an input names, for every runtime that reads files (``run``, ``backfill``). Import-light.
 
-A file is named as given; a directory yields every file below it, sorted by path, skipping names
+A file (or a named pipe) is named as given; a directory yields every file below it, sorted by path, skipping names
 that start with ``.`` or ``_`` (hidden files, ``_SUCCESS`` markers, a lake's ``_sessionflow``);
 each such file is named by the given path plus its path below it.
 """
@@ -8,6 +8,7 @@ each such file is named by the given path plus its path below it.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,13 +20,21 @@ def skipped(parts: Sequence[str]) -> bool:
     return any(part.startswith((".", "_")) for part in parts)
 
 
+def is_pipe(path: Path) -> bool:
+    """A named pipe, such as the shell's ``<(zcat x.gz)``: read like standard input, once, never resumed."""
+    try:
+        return stat.S_ISFIFO(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def local_files(given: str) -> list[tuple[str, Path]]:
     """(name, path) of each file a local input names, in reading order; raises InputError when none."""
     path = Path(given)
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if p.is_file() and not skipped(p.relative_to(path).parts))
         return [(str(p), p) for p in found]
-    if path.is_file():
+    if path.is_file() or is_pipe(path):
         return [(given, path)]
     if path.exists():
         raise InputError(f"{given}: not a regular file or directory")

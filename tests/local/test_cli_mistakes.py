@@ -296,3 +296,42 @@ def test_many_late_events_warn(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert f"{late:,} of {events:,} valid events" in warning and "allowed_lateness" in warning
     code, summary, _ = run_json_code([*argv, "--overwrite", "--warn-late-rate", "0.5"], capsys)
     assert (code, summary["warnings"]) == (0, [])
+
+
+# -- run: a named pipe ---------------------------------------------------------------------------
+
+
+def through_a_pipe(tmp_path: Path, data: bytes, name: str) -> Path:
+    """A named pipe, fed by a thread, as the shell makes for ``<(zcat x.gz)``."""
+    import threading
+
+    pipe = tmp_path / name
+    os.mkfifo(pipe)
+
+    def feed() -> None:
+        with pipe.open("wb") as writer:
+            writer.write(data)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return pipe
+
+
+def test_a_named_pipe_is_read_like_standard_input(
+    tmp_path: Path, seconds_feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gzip
+
+    config = tmp_path / "sessionflow.toml"
+    config.write_text(EXAMPLE_CONFIG)
+    plain = ["run", str(seconds_feed), "--out", str(tmp_path / "plain"), "--config", str(config)]
+    _, expected, _ = run_json_code(plain, capsys)
+    state = tmp_path / "state"
+    for attempt in range(2):  # with --state, a pipe is read whole each time, never "nothing new"
+        pipe = through_a_pipe(tmp_path, gzip.compress(seconds_feed.read_bytes()), f"pipe-{attempt}")
+        argv = ["run", str(pipe), "--out", str(tmp_path / "piped"), "--config", str(config)]
+        code, summary, err = run_json_code([*argv, "--state", str(state), "--flush"], capsys)
+        assert code == 0, err
+        assert summary["tally"]["records"] == expected["tally"]["records"]
+        assert summary["inputs"] == [{"source": str(pipe), "lines": expected["inputs"][0]["lines"]}]
+    assert state.exists()
+    assert str(pipe) not in state.read_text(errors="replace")  # a pipe is never remembered as an input

@@ -1,7 +1,8 @@
 """Input files -> batches of raw lines with their provenance (source, 1-based line number).
 
 Accepts JSON-lines files, gzip files (recognised by their magic bytes, whatever their name),
-directories (every file below, sorted, hidden ones skipped: ``sessionflow.inputs``) and ``-`` for standard input.
+directories (every file below, sorted, hidden ones skipped: ``sessionflow.inputs``), named pipes and ``-`` for
+standard input.
 
 Memory is bounded whatever the input: :class:`BoundedLines` reads fixed-size chunks and never holds
 a line longer than its limit (such a line is reported with a bounded prefix and its size).
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from sessionflow.errors import InputError
-from sessionflow.inputs import local_files
+from sessionflow.inputs import is_pipe, local_files
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,12 @@ class Source:
 
     @property
     def size(self) -> int | None:
-        return self.path.stat().st_size if self.path is not None else None
+        return self.path.stat().st_size if self.path is not None and not self.is_stream else None
+
+    @property
+    def is_stream(self) -> bool:
+        """Standard input or a named pipe: read once, from its start (a later run cannot resume it)."""
+        return self.path is None or is_pipe(self.path)
 
 
 def expand_inputs(inputs: list[str]) -> list[Source]:
@@ -139,7 +145,7 @@ class ReadReport:
 
 def bounded(source: Source, *, max_line_bytes: int | None, resume: Position | None = None) -> Source:
     """The same source, to be read with lines of at most ``max_line_bytes`` and/or resumed."""
-    return Source(source.name, source.path, max_line_bytes, resume)
+    return Source(source.name, source.path, max_line_bytes, None if source.is_stream else resume)
 
 
 class BoundedLines:

@@ -350,7 +350,7 @@ def add_oversized(block: Block, source: Source, config: Config) -> None:
 
 
 def _input_key(source: Source) -> str | None:
-    """How a later run recognises an input: its absolute path (standard input is never recognised)."""
-    if source.path is None or source.name == STDIN:
+    """How a later run recognises an input: its absolute path (standard input or a pipe is never recognised)."""
+    if source.path is None or source.name == STDIN or source.is_stream:
         return None
     return str(source.path.resolve())
