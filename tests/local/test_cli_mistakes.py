@@ -335,3 +335,24 @@ def test_a_named_pipe_is_read_like_standard_input(
         assert summary["inputs"] == [{"source": str(pipe), "lines": expected["inputs"][0]["lines"]}]
     assert state.exists()
     assert str(pipe) not in state.read_text(errors="replace")  # a pipe is never remembered as an input
+
+
+def test_a_truncated_gzip_names_its_last_whole_line_and_publishes_nothing(
+    tmp_path: Path, seconds_feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gzip
+    import zlib
+
+    whole = gzip.compress(seconds_feed.read_bytes())
+    cut = whole[: len(whole) * 2 // 3]
+    truncated = tmp_path / "events.jsonl.gz"
+    truncated.write_bytes(cut)
+    # Independently of the reader: the whole lines zlib recovers before the cut.
+    good_lines = zlib.decompressobj(31).decompress(cut).count(b"\n")
+    assert good_lines > 100
+    lake = tmp_path / "lake"
+    for workers in ("0", "2"):
+        code, err = refused(["run", str(truncated), "--out", str(lake), "-q", "--workers", workers], capsys)
+        assert code == 3
+        assert f"{truncated}: read failed after line {good_lines}: " in err
+        assert not lake.exists()  # all or nothing

@@ -197,7 +197,9 @@ class BoundedLines:
 
     def _pull(self, size: int) -> bytes:
         try:
-            data = self._stream.read(size)
+            # read1, not read: a truncated gzip fails the call that reaches the cut, and a read of
+            # many pieces would lose the good lines of the pieces before it, and their count.
+            data = cast(io.BufferedIOBase, self._stream).read1(size)  # a BufferedReader or a GzipFile
         except (OSError, EOFError) as exc:
             raise InputError(f"{self.source.name}: read failed after line {self._lines}: {exc}") from None
         if len(self._head) < FINGERPRINT_BYTES:
