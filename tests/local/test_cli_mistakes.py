@@ -356,3 +356,41 @@ def test_a_truncated_gzip_names_its_last_whole_line_and_publishes_nothing(
         assert code == 3
         assert f"{truncated}: read failed after line {good_lines}: " in err
         assert not lake.exists()  # all or nothing
+
+
+# -- run: killed outright ------------------------------------------------------------------------
+
+
+def test_workers_of_a_killed_run_go_quietly(tmp_path: Path) -> None:
+    """SIGKILL of the run while its workers refine: they must not print BrokenPipe tracebacks."""
+    import signal
+    import time
+
+    feed = tmp_path / "events.jsonl"
+    write_feed(FeedShape(events=60_000, machines=200, seed=1), str(feed))  # several blocks per worker
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for attempt, delay in enumerate((0.3,)):
+        lake, errors = tmp_path / f"lake-{attempt}", tmp_path / f"stderr-{attempt}"
+        with errors.open("wb") as stderr:
+            run = subprocess.Popen(
+                [sys.executable, "-m", "sessionflow", "run", str(feed), "--out", str(lake), "-q", "--workers", "2"],
+                stderr=stderr,
+                env=env,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + 30
+            while not (lake / "_sessionflow" / "lock").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(delay)  # the workers are busy with blocks
+            os.kill(run.pid, signal.SIGKILL)
+            run.wait(timeout=30)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(run.pid, 0)  # a worker still alive in the group?
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("worker processes outlived the killed run")
+        assert "Traceback" not in errors.read_text(), errors.read_text()

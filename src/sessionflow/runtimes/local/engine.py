@@ -16,6 +16,7 @@ import marshal
 import multiprocessing
 import os
 import signal
+import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -71,11 +72,36 @@ def _init_worker(config: Config, now_ms: int, feed: Feed) -> None:
     _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), feed)
 
 
-def _init_pool_worker(config: Config, now_ms: int, feed: Feed) -> None:
+def _init_pool_worker(config: Config, now_ms: int, feed: Feed, run_pid: int) -> None:
     # Ctrl-C reaches the whole process group: the main process answers it (and terminates the
     # pool); a worker that raised KeyboardInterrupt too would only print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_the_run(run_pid)
     _init_worker(config, now_ms, feed)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_the_run(run_pid: int) -> None:
+    """A run killed outright (SIGKILL, the OOM killer) takes its workers with it, silently.
+
+    Else each would finish its block and die on the broken pipe to the dead run, printing a
+    BrokenPipeError traceback. A worker writes nothing of the lake, so nothing is lost. Linux's
+    parent-death signal; elsewhere the workers go on their own once they find the pipe closed.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != run_pid:  # the run died before the signal was asked for
+        os._exit(0)
 
 
 def _warm_pyarrow() -> None:
@@ -201,7 +227,9 @@ class Engine:
         if workers > 0:
             _warm_pyarrow()
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            self._pool = context.Pool(workers, initializer=_init_pool_worker, initargs=(config, now_ms, self.feed))
+            self._pool = context.Pool(
+                workers, initializer=_init_pool_worker, initargs=(config, now_ms, self.feed, os.getpid())
+            )
             _widen_pipes(self._pool)
         else:
             _init_worker(config, now_ms, self.feed)
