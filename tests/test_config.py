@@ -210,3 +210,32 @@ def test_config_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     explicit = tmp_path / "explicit.toml"
     explicit.write_text('[session]\ntimeout = "40m"\n', encoding="utf-8")
     assert resolve_config(str(explicit)).session.timeout_ms == 40 * MINUTE  # --config wins over all
+
+
+HUGE = "99999999999999999999d"
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"session": {"timeout": HUGE}}, "session.timeout"),
+        ({"session": {"allowed_lateness": HUGE, "dedupe_horizon": HUGE}}, "session.allowed_lateness"),
+        ({"session": {"max_session_duration": HUGE}}, "session.max_session_duration"),
+        ({"session": {"dedupe_horizon": HUGE}}, "session.dedupe_horizon"),
+        ({"validation": {"max_future_skew": HUGE}}, "validation.max_future_skew"),
+        ({"validation": {"max_future_skew": "36501d"}}, "validation.max_future_skew"),
+        ({"session": {"clock_quorum": 10**20}}, "session.clock_quorum"),
+        ({"validation": {"max_record_bytes": 10**20}}, "validation.max_record_bytes"),
+        ({"output": {"rows_per_file": 10**20}}, "output.rows_per_file"),
+    ],
+)
+def test_every_duration_and_count_is_bounded(data: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_dict(data)
+    assert caught.value.key == key
+    assert "between" in str(caught.value) or "at most 100 years (36500d)" in str(caught.value)
+
+
+def test_the_longest_duration_is_accepted() -> None:
+    config = Config.from_dict({"session": {"timeout": "36500d"}, "validation": {"max_future_skew": "36500d"}})
+    assert config.session.timeout_ms == 36500 * DAY

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,21 +16,44 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-MS = 1
-SECOND = 1000
-MINUTE = 60 * SECOND
-HOUR = 60 * MINUTE
-DAY = 24 * HOUR
+from sessionflow.config_values import (
+    DAY,
+    HOUR,
+    MAX_DURATION_MS,
+    MINUTE,
+    MS,
+    SECOND,
+    ConfigError,
+    as_int,
+    as_list,
+    as_name,
+    format_duration,
+    only_keys,
+    parse_duration,
+)
 
-_UNITS = {"ms": MS, "s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY}
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+__all__ = [
+    "DAY",
+    "HOUR",
+    "MAX_DURATION_MS",
+    "MINUTE",
+    "MS",
+    "SECOND",
+    "ConfigError",
+    "format_duration",
+    "parse_duration",
+]
 
-# 2000-01-01T00:00:00Z: nothing the app ever sent is older.
 # Where a command finds its config when --config is not given (every command: run, backfill, aws-local).
 ENV_CONFIG = "SESSIONFLOW_CONFIG"
 DEFAULT_CONFIG_FILE = "sessionflow.toml"
 
+# 2000-01-01T00:00:00Z: nothing the app ever sent is older.
 DEFAULT_MIN_TIMESTAMP_MS = 946_684_800_000
+# Upper bounds of the integer keys: far beyond any real use, within what the writers index with.
+MAX_RECORD_BYTES = 1 << 30
+MAX_CLOCK_QUORUM = 1_000_000
+MAX_ROWS_PER_FILE = 1_000_000_000
 COLUMN_TYPES = ("string", "int", "float", "bool")
 
 # What `sessionflow init` writes, and the README shows: it must work as written.
@@ -51,41 +73,6 @@ lowercase = ["event_type"]
 """
 
 CleanFunction = Callable[[dict[str, Any]], dict[str, Any] | None]
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message starts with the key."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-
-
-def parse_duration(value: object, key: str) -> int:
-    """``"1h30m"`` -> milliseconds. Bare numbers are refused: their unit would be a guess."""
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        pos, total = 0, 0
-        for match in _DURATION.finditer(text):
-            if match.start() != pos:
-                break
-            total += int(match.group(1)) * _UNITS[match.group(2)]
-            pos = match.end()
-        if text and pos == len(text):
-            return total
-    raise ConfigError(key, f'expected a duration such as "30m", "90s", "1h30m" or "250ms", got {value!r}')
-
-
-def format_duration(ms: int) -> str:
-    parts = []
-    for unit in ("d", "h", "m", "s"):
-        size = _UNITS[unit]
-        if ms >= size:
-            parts.append(f"{ms // size}{unit}")
-            ms %= size
-    if ms or not parts:
-        parts.append(f"{ms}ms")
-    return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,13 +216,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
-        _only(data, "", {"fields", "validation", "session", "columns", "clean", "output"})
+        only_keys(data, "", {"fields", "validation", "session", "columns", "clean", "output"})
         return cls(
             fields=_fields(data.get("fields", {})),
             validation=_validation(data.get("validation", {})),
             session=_session(data.get("session", {})),
             columns=_columns(data.get("columns")),
-            clean=tuple(_rule(raw, i) for i, raw in enumerate(_list(data.get("clean", []), "clean"))),
+            clean=tuple(_rule(raw, i) for i, raw in enumerate(as_list(data.get("clean", []), "clean"))),
             output=_output(data.get("output", {})),
         )
 
@@ -258,47 +245,23 @@ RESERVED_COLUMNS = frozenset(
 )
 
 
-def _only(table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
-    if not isinstance(table, Mapping):
-        raise ConfigError(prefix.rstrip(".") or "config", "must be a table")
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-
-def _list(value: Any, key: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"must be a list, got {type(value).__name__}")
-    return value
-
-
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"must be an integer, got {value!r}")
-    return value
-
-
 def _fields(table: Mapping[str, Any]) -> FieldNames:
     allowed = set(FieldNames.__dataclass_fields__)
-    _only(table, "fields.", allowed)
-    return FieldNames(**{k: _str(v, f"fields.{k}") for k, v in table.items()})
+    only_keys(table, "fields.", allowed)
+    return FieldNames(**{k: as_name(v, f"fields.{k}") for k, v in table.items()})
 
 
 def _validation(table: Mapping[str, Any]) -> ValidationConfig:
-    _only(table, "validation.", {"max_future_skew", "min_timestamp", "max_record_bytes"})
+    only_keys(table, "validation.", {"max_future_skew", "min_timestamp", "max_record_bytes"})
     kwargs: dict[str, Any] = {}
     if "max_future_skew" in table:
         kwargs["max_future_skew_ms"] = parse_duration(table["max_future_skew"], "validation.max_future_skew")
     if "min_timestamp" in table:
         kwargs["min_timestamp_ms"] = _timestamp(table["min_timestamp"], "validation.min_timestamp")
     if "max_record_bytes" in table:
-        kwargs["max_record_bytes"] = _int(table["max_record_bytes"], "validation.max_record_bytes")
+        kwargs["max_record_bytes"] = as_int(
+            table["max_record_bytes"], "validation.max_record_bytes", 1, MAX_RECORD_BYTES
+        )
     return ValidationConfig(**kwargs)
 
 
@@ -324,33 +287,33 @@ def _session(table: Mapping[str, Any]) -> SessionConfig:
         "max_session_duration": "max_session_duration_ms",
         "dedupe_horizon": "dedupe_horizon_ms",
     }
-    _only(table, "session.", {*names, "opening_events", "clock_quorum"})
+    only_keys(table, "session.", {*names, "opening_events", "clock_quorum"})
     kwargs: dict[str, Any] = {}
     for key, attr in names.items():
         if key in table:
             kwargs[attr] = parse_duration(table[key], f"session.{key}")
     if "opening_events" in table:
-        events = _list(table["opening_events"], "session.opening_events")
-        kwargs["opening_events"] = frozenset(_str(e, "session.opening_events") for e in events)
+        events = as_list(table["opening_events"], "session.opening_events")
+        kwargs["opening_events"] = frozenset(as_name(e, "session.opening_events") for e in events)
     if "clock_quorum" in table:
-        kwargs["clock_quorum"] = _int(table["clock_quorum"], "session.clock_quorum")
+        kwargs["clock_quorum"] = as_int(table["clock_quorum"], "session.clock_quorum", 1, MAX_CLOCK_QUORUM)
     return SessionConfig(**kwargs)
 
 
 def _columns(table: Any) -> tuple[tuple[str, str], ...]:
     if table is None:
         return DEFAULT_COLUMNS
-    _only(table, "columns.", set(table) if isinstance(table, Mapping) else set())
-    return tuple((str(name), _str(kind, f"columns.{name}")) for name, kind in table.items())
+    only_keys(table, "columns.", set(table) if isinstance(table, Mapping) else set())
+    return tuple((str(name), as_name(kind, f"columns.{name}")) for name, kind in table.items())
 
 
 def _output(table: Mapping[str, Any]) -> OutputConfig:
-    _only(table, "output.", {"rows_per_file", "compression"})
+    only_keys(table, "output.", {"rows_per_file", "compression"})
     kwargs: dict[str, Any] = {}
     if "rows_per_file" in table:
-        kwargs["rows_per_file"] = _int(table["rows_per_file"], "output.rows_per_file")
+        kwargs["rows_per_file"] = as_int(table["rows_per_file"], "output.rows_per_file", 1, MAX_ROWS_PER_FILE)
     if "compression" in table:
-        kwargs["compression"] = _str(table["compression"], "output.compression")
+        kwargs["compression"] = as_name(table["compression"], "output.compression")
     return OutputConfig(**kwargs)
 
 
@@ -359,7 +322,7 @@ _RULE_KEYS = {"name", "when", "rename", "lowercase", "map", "scale", "divide", "
 
 def _rule(raw: Any, index: int) -> CleanRule:
     key = f"clean[{index}]"
-    _only(raw, f"{key}.", _RULE_KEYS)
+    only_keys(raw, f"{key}.", _RULE_KEYS)
     if not _RULE_KEYS - {"name", "when"} & set(raw):
         raise ConfigError(key, "has no action (rename, lowercase, map, scale, divide, set, drop or function)")
 
@@ -373,12 +336,12 @@ def _rule(raw: Any, index: int) -> CleanRule:
         value = raw.get(name, [])
         if isinstance(value, str):
             value = [value]
-        return tuple(_str(v, f"{key}.{name}") for v in _list(value, f"{key}.{name}"))
+        return tuple(as_name(v, f"{key}.{name}") for v in as_list(value, f"{key}.{name}"))
 
     when = []
     for fld, pattern in table("when").items():
         patterns = pattern if isinstance(pattern, list) else [pattern]
-        when.append((fld, tuple(_str(p, f"{key}.when.{fld}") for p in patterns)))
+        when.append((fld, tuple(as_name(p, f"{key}.when.{fld}") for p in patterns)))
     scale = []
     for fld, factor in table("scale").items():
         if isinstance(factor, bool) or not isinstance(factor, int | float) or factor == 0:
@@ -394,10 +357,10 @@ def _rule(raw: Any, index: int) -> CleanRule:
         if not isinstance(values, Mapping):
             raise ConfigError(f"{key}.map.{fld}", 'must be a table of old = new values, e.g. { open = "app_open" }')
         mapping.append((fld, tuple(values.items())))
-    rename = tuple((old, _str(new, f"{key}.rename.{old}")) for old, new in table("rename").items())
+    rename = tuple((old, as_name(new, f"{key}.rename.{old}")) for old, new in table("rename").items())
     function = None
     if "function" in raw:
-        function = _load_function(_str(raw["function"], f"{key}.function"), f"{key}.function")
+        function = _load_function(as_name(raw["function"], f"{key}.function"), f"{key}.function")
     return CleanRule(
         when=tuple(when),
         rename=rename,
