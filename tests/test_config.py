@@ -239,3 +239,17 @@ def test_every_duration_and_count_is_bounded(data: dict[str, Any], key: str) -> 
 def test_the_longest_duration_is_accepted() -> None:
     config = Config.from_dict({"session": {"timeout": "36500d"}, "validation": {"max_future_skew": "36500d"}})
     assert config.session.timeout_ms == 36500 * DAY
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[session]\nopening_events = ["ouvert\u00e9"]\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 35 is 0xe9\)") as caught:
+        Config.load(latin1)
+    assert caught.value.key == str(latin1)
+
+
+def test_a_bom_at_the_start_of_the_config_is_accepted(tmp_path: Path) -> None:
+    with_bom = tmp_path / "bom.toml"
+    with_bom.write_bytes(b'\xef\xbb\xbf[session]\ntimeout = "10m"\n')
+    assert Config.load(with_bom).session.timeout_ms == 10 * MINUTE

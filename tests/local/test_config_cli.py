@@ -43,3 +43,14 @@ def test_a_config_refused_by_run_is_refused_by_check_config(
     assert err.count(f"{key}: ") == 2
     assert "Traceback" not in err
     assert not (tmp_path / "lake").exists()
+
+
+def test_a_config_that_is_not_utf8_exits_2_naming_the_file(
+    tmp_path: Path, tiny_feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "latin1.toml"
+    config.write_bytes(b'[session]\nopening_events = ["ouvert\xe9"]\n')
+    assert run_and_check(config, tiny_feed, tmp_path / "lake") == (2, 2)
+    err = capsys.readouterr().err
+    assert err.count(f"{config}: not UTF-8 text") == 2
+    assert "Traceback" not in err
