@@ -101,7 +101,7 @@ def test_every_key_of_the_reference_table() -> None:
             },
             "validation": {"max_future_skew": "1h", "min_timestamp": "2020-01-01T00:00:00Z", "max_record_bytes": 4096},
             "fields": {"event_id": "id", "timestamp": "ts"},
-            "columns": {"user_id": "string", "pages": "int", "ratio": "float", "dark": "bool"},
+            "columns": {"pages": "int", "ratio": "float", "dark": "bool", "os": False, "document_id": "int"},
             "output": {"rows_per_file": 10, "compression": "snappy"},
             "clean": [{"name": "seconds", "when": {"v": ["1.*", "2"]}, "scale": {"ts": 1000}}],
         }
@@ -119,7 +119,14 @@ def test_every_key_of_the_reference_table() -> None:
     assert config.validation.min_timestamp_ms == 1_577_836_800_000
     assert (config.validation.max_future_skew_ms, config.validation.max_record_bytes) == (HOUR, 4096)
     assert (config.fields.event_id, config.fields.timestamp, config.fields.machine_id) == ("id", "ts", "machine_id")
-    assert config.columns == (("user_id", "string"), ("pages", "int"), ("ratio", "float"), ("dark", "bool"))
+    assert config.columns == (
+        ("user_id", "string"),
+        ("app_version", "string"),
+        ("document_id", "int"),
+        ("pages", "int"),
+        ("ratio", "float"),
+        ("dark", "bool"),
+    )
     assert (config.output.rows_per_file, config.output.compression) == (10, "snappy")
     assert config.clean[0].name == "seconds"
     assert config.clean[0].when == (("v", ("1.*", "2")),)
@@ -157,6 +164,10 @@ def test_every_key_of_the_reference_table() -> None:
         ({"columns": {"session_id": "string"}}, "columns.session_id"),
         ({"columns": {"event_id": "string"}}, "columns.event_id"),
         ({"columns": {"extra": "string"}}, "columns.extra"),
+        ({"columns": {"pages": False}}, "columns.pages"),
+        ({"columns": {"os": True}}, "columns.os"),
+        ({"columns": {"os": "none"}}, "columns.os"),
+        ({"columns": ["os"]}, "columns"),
         ({"output": {"rows_per_file": 0}}, "output.rows_per_file"),
         ({"output": {"compression": "lz4"}}, "output.compression"),
         ({"output": {"format": "csv"}}, "output.format"),
@@ -253,3 +264,15 @@ def test_a_bom_at_the_start_of_the_config_is_accepted(tmp_path: Path) -> None:
     with_bom = tmp_path / "bom.toml"
     with_bom.write_bytes(b'\xef\xbb\xbf[session]\ntimeout = "10m"\n')
     assert Config.load(with_bom).session.timeout_ms == 10 * MINUTE
+
+
+def test_declared_columns_add_to_the_defaults() -> None:
+    defaults = Config().columns
+    assert Config.from_dict({"columns": {"page_count": "int"}}).columns == (*defaults, ("page_count", "int"))
+    # false removes a default column; retyping one keeps its place.
+    assert Config.from_dict({"columns": {"os": False, "user_id": "int"}}).columns == (
+        ("user_id", "int"),
+        ("app_version", "string"),
+        ("document_id", "string"),
+    )
+    assert Config.from_dict({"columns": {}}).columns == defaults

@@ -11,7 +11,7 @@ import logging
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -186,10 +186,13 @@ class Config:
     fields: FieldNames = field(default_factory=FieldNames)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
-    # Optional typed columns of the output; any other field goes to the `extra` JSON column.
+    # Typed columns of the output; any other field goes to the `extra` JSON column. A config file's
+    # [columns] adds to the defaults (see _columns).
     columns: tuple[tuple[str, str], ...] = DEFAULT_COLUMNS
     clean: tuple[CleanRule, ...] = ()
     output: OutputConfig = field(default_factory=OutputConfig)
+    # The file this config was loaded from, None for the built-in defaults; not part of its value.
+    source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         required = {self.fields.event_id, self.fields.machine_id, self.fields.event_type, self.fields.timestamp}
@@ -219,7 +222,14 @@ class Config:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-        return cls.from_dict(data)
+        return replace(cls.from_dict(data), source=str(path))
+
+    @property
+    def origin(self) -> str:
+        """Where this config comes from, as a run and check-config report it."""
+        if self.source is None:
+            return f"built-in defaults (no --config, ${ENV_CONFIG} or ./{DEFAULT_CONFIG_FILE})"
+        return self.source
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -308,10 +318,26 @@ def _session(table: Mapping[str, Any]) -> SessionConfig:
 
 
 def _columns(table: Any) -> tuple[tuple[str, str], ...]:
+    """The default columns, with the declared ones added (or retyped), and those set to false removed."""
     if table is None:
         return DEFAULT_COLUMNS
-    only_keys(table, "columns.", set(table) if isinstance(table, Mapping) else set())
-    return tuple((str(name), as_name(kind, f"columns.{name}")) for name, kind in table.items())
+    if not isinstance(table, Mapping):
+        raise ConfigError("columns", 'must be a table, e.g. { page_count = "int" }')
+    columns = dict(DEFAULT_COLUMNS)
+    for name, kind in table.items():
+        key = f"columns.{name}"
+        if kind is False:
+            if name not in columns:
+                defaults = ", ".join(name for name, _ in DEFAULT_COLUMNS)
+                raise ConfigError(key, f"false removes a default column ({defaults}); {name!r} is not one")
+            del columns[name]
+        elif isinstance(kind, str):
+            columns[name] = kind  # its type is checked with the others, in Config
+        else:
+            raise ConfigError(
+                key, f"must be a type ({', '.join(COLUMN_TYPES)}) or false to remove a default column, got {kind!r}"
+            )
+    return tuple(columns.items())
 
 
 def _output(table: Mapping[str, Any]) -> OutputConfig:

@@ -194,6 +194,18 @@ def test_declared_columns_of_every_type() -> None:
         assert rejected(raw_record(**fields), config).reason is Reason.WRONG_TYPE, fields
 
 
+def test_a_declared_column_keeps_the_default_columns() -> None:
+    config = Config.from_dict({"columns": {"page_count": "int"}})
+    event = valid(raw_record(page_count=7, user_id="u-1", app_version="11.2.3", os="win", document_id="d"), config)
+    assert (event["page_count"], event["user_id"], event["os"], event["document_id"]) == (7, "u-1", "win", "d")
+    assert (event["app_version_major"], event["app_version_minor"]) == (11, 2)
+    assert event["extra"] is None
+    # A default column set to false goes back to extra.
+    event = valid(raw_record(os="win"), Config.from_dict({"columns": {"os": False}}))
+    assert "os" not in event
+    assert orjson.loads(event["extra"]) == {"os": "win"}
+
+
 def test_int_column_must_fit_64_bits() -> None:
     config = Config.from_dict({"columns": {"pages": "int"}})
     assert valid(raw_record(pages=2**63 - 1), config)["pages"] == 2**63 - 1

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import duckdb
+import orjson
 import pytest
 
 from sessionflow.cli import main
 from sessionflow.synthetic import FeedShape, write_feed
+from tests.helpers import T0
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +59,65 @@ def test_a_config_that_is_not_utf8_exits_2_naming_the_file(
     err = capsys.readouterr().err
     assert err.count(f"{config}: not UTF-8 text") == 2
     assert "Traceback" not in err
+
+
+def sql(query: str) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = duckdb.connect().execute(query).fetchall()
+    return rows
+
+
+def test_declared_columns_reach_the_lake_beside_the_default_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    records = [
+        {
+            "event_id": f"e-{i}",
+            "machine_id": "m-1",
+            "event_type": "app_open" if i == 0 else "view",
+            "timestamp": T0 + i * 1000,
+            "user_id": "u-1",
+            "app_version": "11.2.3",
+            "os": "win",
+            "page_count": i,
+        }
+        for i in range(3)
+    ]
+    feed.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))
+    config = tmp_path / "sessionflow.toml"
+    config.write_text('[columns]\npage_count = "int"\n', encoding="utf-8")
+    lake = tmp_path / "lake"
+    assert run_and_check(config, feed, lake) == (0, 0)
+    assert "columns user_id, app_version, os, document_id, page_count (int)" in capsys.readouterr().out
+    events = f"read_parquet('{lake}/events/*/*.parquet', hive_partitioning=true)"
+    rows = sql(f"SELECT user_id, app_version_major, app_version_minor, os, page_count, extra FROM {events} ORDER BY 5")
+    assert rows == [("u-1", 11, 2, "win", i, None) for i in range(3)]
+    sessions = f"read_parquet('{lake}/sessions/*/*.parquet', hive_partitioning=true)"
+    assert sql(f"SELECT user_id, app_version FROM {sessions}") == [("u-1", "11.2.3")]
+    assert main(["verify", str(lake)]) == 0
+
+
+def test_run_and_check_config_say_which_config_they_loaded(
+    tmp_path: Path, tiny_feed: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SESSIONFLOW_CONFIG", raising=False)
+    run = ["run", str(tiny_feed), "--workers", "0", "--overwrite", "--out", "lake"]
+    capsys.readouterr()
+    assert main(["check-config"]) == 0
+    assert main(run) == 0
+    out, err = capsys.readouterr()
+    assert "config: built-in defaults" in out
+    assert "built-in defaults" in err  # the run's summary
+    assert main([*run, "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"] is None
+    Path("sessionflow.toml").write_text('[session]\ntimeout = "10m"\n', encoding="utf-8")
+    assert main(["check-config"]) == 0
+    assert main(run) == 0
+    out, err = capsys.readouterr()
+    assert "config: sessionflow.toml" in out
+    assert "sessionflow.toml" in err
+    assert main([*run, "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"] == "sessionflow.toml"
+    assert main([*run, "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
