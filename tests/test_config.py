@@ -186,6 +186,16 @@ def test_every_key_of_the_reference_table() -> None:
         ({"clean": [{"rename": {"a": ""}}]}, "clean[0].rename.a"),
         ({"clean": [{"lowercase": [1]}]}, "clean[0].lowercase"),
         ({"clean": [{"when": {"v": [""]}, "drop": ["x"]}]}, "clean[0].when.v"),
+        ({"clean": [{"when": {"app_version": "11.[2"}, "drop": ["x"]}]}, "clean[0].when.app_version"),
+        ({"clean": [{"when": {"v": ["1", "[!"]}, "drop": ["x"]}]}, "clean[0].when.v"),
+        ({"clean": [{"set": {"event_id": 5}}]}, "clean[0].set.event_id"),
+        ({"clean": [{"set": {"event_type": " "}}]}, "clean[0].set.event_type"),
+        ({"clean": [{"set": {"timestamp": "noon"}}]}, "clean[0].set.timestamp"),
+        ({"clean": [{"set": {"timestamp": True}}]}, "clean[0].set.timestamp"),
+        ({"columns": {"pages": "int"}, "clean": [{"set": {"pages": "many"}}]}, "clean[0].set.pages"),
+        ({"clean": [{"set": {"os": 3}}]}, "clean[0].set.os"),
+        ({"clean": [{"lowercase": "a"}, {"drop": ["timestamp"]}]}, "clean[1].drop"),
+        ({"fields": {"timestamp": "ts"}, "clean": [{"drop": ["ts"]}]}, "clean[0].drop"),
         ({"clean": [{"function": "nocolon"}]}, "clean[0].function"),
         ({"clean": [{"function": "no_such_module_here:fix"}]}, "clean[0].function"),
         ({"clean": [{"function": "sessionflow.config:no_such_function"}]}, "clean[0].function"),
@@ -276,3 +286,29 @@ def test_declared_columns_add_to_the_defaults() -> None:
         ("document_id", "string"),
     )
     assert Config.from_dict({"columns": {}}).columns == defaults
+
+
+def test_rules_that_reject_every_record_name_the_rule() -> None:
+    with pytest.raises(ConfigError, match=r"^clean\[0\]\.set\.event_id: 5 is not a non-empty string, so rule 'ids'"):
+        Config.from_dict({"clean": [{"name": "ids", "set": {"event_id": 5}}]})
+    with pytest.raises(ConfigError, match=r"^clean\[0\]\.drop: dropping 'timestamp' \(the timestamp field\)"):
+        Config.from_dict({"clean": [{"drop": ["timestamp"]}]})
+    with pytest.raises(ConfigError, match=r"is not an int, the type of that column"):
+        Config.from_dict({"columns": {"pages": "int"}, "clean": [{"set": {"pages": 2**63}}]})
+    # What a required field or a column takes is fine, and so is a field that is not required here.
+    Config.from_dict(
+        {
+            "fields": {"timestamp": "ts"},
+            "columns": {"pages": "int", "ratio": "float"},
+            "clean": [
+                {"set": {"event_id": "x", "timestamp": 1, "ts": "2026-10-05T00:00:00Z", "pages": 3, "ratio": 1}},
+                {"drop": ["timestamp"]},
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize("pattern", ["11.[23]*", "[[]beta]", "[!]]x", "[]]", "a]b", "*"])
+def test_when_takes_every_complete_glob(pattern: str) -> None:
+    rule = Config.from_dict({"clean": [{"when": {"v": pattern}, "drop": ["x"]}]}).clean[0]
+    assert rule.when == (("v", (pattern,)),)

@@ -6,16 +6,16 @@ Config objects are frozen values validated on construction; the logic that uses 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sessionflow.config_rules import CleanFunction, CleanRule, check_rules, parse_rule
 from sessionflow.config_values import (
     DAY,
     HOUR,
@@ -39,6 +39,8 @@ __all__ = [
     "MINUTE",
     "MS",
     "SECOND",
+    "CleanFunction",
+    "CleanRule",
     "ConfigError",
     "format_duration",
     "parse_duration",
@@ -71,8 +73,6 @@ scale = { timestamp = 1000 }
 [[clean]]          # some builds sent upper-case event types
 lowercase = ["event_type"]
 """
-
-CleanFunction = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,22 +146,6 @@ class SessionConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class CleanRule:
-    """One declarative cleaning rule. Actions run in the order of the fields below."""
-
-    when: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    rename: tuple[tuple[str, str], ...] = ()
-    lowercase: tuple[str, ...] = ()
-    map: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
-    scale: tuple[tuple[str, float | int], ...] = ()
-    divide: tuple[tuple[str, int], ...] = ()
-    set: tuple[tuple[str, Any], ...] = ()
-    drop: tuple[str, ...] = ()
-    function: CleanFunction | None = None
-    name: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class OutputConfig:
     rows_per_file: int = 1_000_000
     compression: str = "zstd"
@@ -172,6 +156,8 @@ class OutputConfig:
         if self.compression not in ("zstd", "snappy", "gzip", "none"):
             raise ConfigError("output.compression", "must be one of zstd, snappy, gzip, none")
 
+
+_REQUIRED_ROLES = ("event_id", "machine_id", "event_type", "timestamp")
 
 DEFAULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("user_id", "string"),
@@ -195,12 +181,16 @@ class Config:
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        required = {self.fields.event_id, self.fields.machine_id, self.fields.event_type, self.fields.timestamp}
+        names = self.fields
+        # Rules see raw names: the required fields, and the columns fed from renamed fields, by those.
+        required = {getattr(names, role): role for role in _REQUIRED_ROLES}
         for name, kind in self.columns:
             if kind not in COLUMN_TYPES:
                 raise ConfigError(f"columns.{name}", f"type must be one of {', '.join(COLUMN_TYPES)}, got {kind!r}")
             if name in required or name in RESERVED_COLUMNS:
                 raise ConfigError(f"columns.{name}", "is a column sessionflow writes itself")
+        raw_names = {"user_id": names.user_id, "app_version": names.app_version}
+        check_rules(self.clean, required, {raw_names.get(name, name): kind for name, kind in self.columns})
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -239,7 +229,7 @@ class Config:
             validation=_validation(data.get("validation", {})),
             session=_session(data.get("session", {})),
             columns=_columns(data.get("columns")),
-            clean=tuple(_rule(raw, i) for i, raw in enumerate(as_list(data.get("clean", []), "clean"))),
+            clean=tuple(parse_rule(raw, i) for i, raw in enumerate(as_list(data.get("clean", []), "clean"))),
             output=_output(data.get("output", {})),
         )
 
@@ -348,78 +338,6 @@ def _output(table: Mapping[str, Any]) -> OutputConfig:
     if "compression" in table:
         kwargs["compression"] = as_name(table["compression"], "output.compression")
     return OutputConfig(**kwargs)
-
-
-_RULE_KEYS = {"name", "when", "rename", "lowercase", "map", "scale", "divide", "set", "drop", "function"}
-
-
-def _rule(raw: Any, index: int) -> CleanRule:
-    key = f"clean[{index}]"
-    only_keys(raw, f"{key}.", _RULE_KEYS)
-    if not _RULE_KEYS - {"name", "when"} & set(raw):
-        raise ConfigError(key, "has no action (rename, lowercase, map, scale, divide, set, drop or function)")
-
-    def table(name: str) -> Mapping[str, Any]:
-        value = raw.get(name, {})
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}.{name}", "must be a table, e.g. { field = ... }")
-        return value
-
-    def names(name: str) -> tuple[str, ...]:
-        value = raw.get(name, [])
-        if isinstance(value, str):
-            value = [value]
-        return tuple(as_name(v, f"{key}.{name}") for v in as_list(value, f"{key}.{name}"))
-
-    when = []
-    for fld, pattern in table("when").items():
-        patterns = pattern if isinstance(pattern, list) else [pattern]
-        when.append((fld, tuple(as_name(p, f"{key}.when.{fld}") for p in patterns)))
-    scale = []
-    for fld, factor in table("scale").items():
-        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor == 0:
-            raise ConfigError(f"{key}.scale.{fld}", f"must be a non-zero number, got {factor!r}")
-        scale.append((fld, factor))
-    divide = []
-    for fld, divisor in table("divide").items():
-        if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
-            raise ConfigError(f"{key}.divide.{fld}", f"must be a whole number of at least 1, got {divisor!r}")
-        divide.append((fld, divisor))
-    mapping = []
-    for fld, values in table("map").items():
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{key}.map.{fld}", 'must be a table of old = new values, e.g. { open = "app_open" }')
-        mapping.append((fld, tuple(values.items())))
-    rename = tuple((old, as_name(new, f"{key}.rename.{old}")) for old, new in table("rename").items())
-    function = None
-    if "function" in raw:
-        function = _load_function(as_name(raw["function"], f"{key}.function"), f"{key}.function")
-    return CleanRule(
-        when=tuple(when),
-        rename=rename,
-        lowercase=names("lowercase"),
-        map=tuple(mapping),
-        scale=tuple(scale),
-        divide=tuple(divide),
-        set=tuple(table("set").items()),
-        drop=names("drop"),
-        function=function,
-        name=str(raw.get("name", key)),
-    )
-
-
-def _load_function(spec: str, key: str) -> CleanFunction:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(key, f'must look like "package.module:function", got {spec!r}')
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(key, f"cannot import {module_name!r}: {exc}") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise ConfigError(key, f"{module_name!r} has no function {attr!r}")
-    return function  # type: ignore[no-any-return]
 
 
 def config_path(explicit: str | None) -> str | None:

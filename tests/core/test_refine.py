@@ -400,3 +400,11 @@ def test_configurable_field_names() -> None:
     assert "'id'" in rejection.message
     no_ts = orjson.dumps({"id": "e-9", "device": "d-1", "name": "save", "timestamp": T0})
     assert "'ts'" in rejected(no_ts, config).message
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "wanted"), [("int", "3", "an int"), ("float", "x", "a float"), ("bool", 1, "a bool")]
+)
+def test_a_wrong_type_says_what_the_column_takes(kind: str, value: Any, wanted: str) -> None:
+    config = Config.from_dict({"columns": {"pages": kind}})
+    assert f"field 'pages' must be {wanted}, got " in rejected(raw_record(pages=value), config).message

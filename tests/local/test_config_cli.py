@@ -121,3 +121,23 @@ def test_run_and_check_config_say_which_config_they_loaded(
     assert json.loads(capsys.readouterr().out)["config"] == "sessionflow.toml"
     assert main([*run, "--quiet"]) == 0
     assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[[clean]]\nwhen = { app_version = "11.[2" }\nscale = { timestamp = 1000 }\n', "clean[0].when.app_version"),
+        ("[[clean]]\nset = { event_id = 5 }\n", "clean[0].set.event_id"),
+        ('[[clean]]\nname = "no time"\ndrop = ["timestamp"]\n', "clean[0].drop"),
+    ],
+)
+def test_a_rule_that_cannot_work_is_a_config_error(
+    tmp_path: Path, tiny_feed: Path, text: str, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "sessionflow.toml"
+    config.write_text(text, encoding="utf-8")
+    assert run_and_check(config, tiny_feed, tmp_path / "lake") == (2, 2)
+    err = capsys.readouterr().err
+    assert err.count(f"{key}: ") == 2
+    assert "Traceback" not in err
+    assert not (tmp_path / "lake").exists()

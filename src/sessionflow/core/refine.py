@@ -29,6 +29,8 @@ _COLUMN_TYPES: dict[str, tuple[type, ...]] = {
     "float": (float, int),
     "bool": (bool,),
 }
+# How a message names what a column takes: "an int", never "a int".
+_COLUMN_KIND_NAMES = {"string": "a string", "int": "an int", "float": "a float", "bool": "a bool"}
 
 
 def strip_record(raw: bytes) -> bytes:
@@ -179,7 +181,9 @@ class Refiner:
                 if value is not None:
                     if type(value) not in types:
                         return Rejection(
-                            Reason.WRONG_TYPE, f"field {name!r} must be a {kind}, got {_json_kind(value)}", raw
+                            Reason.WRONG_TYPE,
+                            f"field {name!r} must be {_COLUMN_KIND_NAMES[kind]}, got {_json_kind(value)}",
+                            raw,
                         )
                     if kind == "int" and not _INT64_MIN <= value <= _INT64_MAX:
                         return Rejection(Reason.WRONG_TYPE, f"field {name!r} does not fit a 64-bit integer", raw)
