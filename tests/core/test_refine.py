@@ -408,3 +408,46 @@ def test_configurable_field_names() -> None:
 def test_a_wrong_type_says_what_the_column_takes(kind: str, value: Any, wanted: str) -> None:
     config = Config.from_dict({"columns": {"pages": kind}})
     assert f"field 'pages' must be {wanted}, got " in rejected(raw_record(pages=value), config).message
+
+
+# -- integers beyond 64 bits ----------------------------------------------------------------------
+
+WIDE = 123456789012345678901234567890
+
+
+def _with(text: str) -> bytes:
+    """A valid record with ``text`` spliced in as raw JSON (orjson cannot write integers this wide)."""
+    return raw_record()[:-1] + b"," + text.encode() + b"}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'"big":{WIDE}',
+        f'"big":{-WIDE}',
+        f'"big":{2**64}',
+        f'"big":{-(2**63) - 1}',
+        f'"nested":{{"deep":[1,{{"n":{WIDE}}}]}}',
+        f'"os":{WIDE}',  # a string column
+        f'"pages":{WIDE}',  # an int column
+    ],
+)
+def test_an_integer_beyond_64_bits_is_malformed_json(text: str) -> None:
+    config = Config.from_dict({"columns": {"pages": "int"}})
+    rejection = rejected(_with(text), config)
+    assert rejection.reason is Reason.MALFORMED_JSON
+    assert "beyond 64 bits" in rejection.message
+
+
+def test_a_timestamp_beyond_64_bits_is_malformed_json() -> None:
+    raw = raw_record(timestamp=None)[:-1] + f',"timestamp":{WIDE}}}'.encode()
+    assert rejected(raw).reason is Reason.MALFORMED_JSON
+
+
+def test_what_fits_64_bits_or_only_looks_wide_is_kept() -> None:
+    raw = _with(f'"u":{2**64 - 1},"s":{-(2**63)},"f":1e30,"text":"{WIDE}","frac":0.{WIDE}')
+    extra = orjson.loads(valid(raw)["extra"])
+    assert (extra["u"], extra["s"], extra["f"], extra["text"]) == (2**64 - 1, -(2**63), 1e30, str(WIDE))
+    # A float column takes a whole number as a float, however wide.
+    event = valid(_with(f'"ratio":{WIDE}'), Config.from_dict({"columns": {"ratio": "float"}}))
+    assert event["ratio"] == float(WIDE)

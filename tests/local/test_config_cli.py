@@ -141,3 +141,19 @@ def test_a_rule_that_cannot_work_is_a_config_error(
     assert err.count(f"{key}: ") == 2
     assert "Traceback" not in err
     assert not (tmp_path / "lake").exists()
+
+
+def test_an_integer_beyond_64_bits_is_rejected_not_rounded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    feed = tmp_path / "feed.jsonl"
+    base = {"machine_id": "m-1", "event_type": "app_open", "timestamp": T0}
+    kept = orjson.dumps({**base, "event_id": "e-1", "big": 2**64 - 1})
+    wide = orjson.dumps({**base, "event_id": "e-2"})[:-1] + b',"big":123456789012345678901234567890}'
+    feed.write_bytes(kept + b"\n" + wide + b"\n")
+    lake = tmp_path / "lake"
+    assert main(["run", str(feed), "--out", str(lake), "--workers", "0", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["tally"]["rejected"] == {"malformed_json": 1}
+    events = f"read_parquet('{lake}/events/*/*.parquet', hive_partitioning=true)"
+    assert sql(f"SELECT event_id, extra FROM {events}") == [("e-1", '{"big":18446744073709551615}')]
+    rejected = (lake / "rejected" / "reason=malformed_json").glob("*.jsonl")
+    assert [json.loads(line)["raw"] for path in rejected for line in path.read_text().splitlines()] == [wide.decode()]
+    assert main(["verify", str(lake)]) == 0
