@@ -196,17 +196,17 @@ class Config:
     def load(cls, path: str | Path) -> Config:
         path = Path(path)
         try:
-            data = path.read_bytes()
+            content = path.read_bytes()
         except FileNotFoundError:
             raise ConfigError(str(path), "config file not found") from None
         except OSError as exc:
             raise ConfigError(str(path), f"cannot read config file: {exc.strerror}") from None
         try:
             # utf-8-sig: editors on Windows start a UTF-8 file with a BOM, which TOML itself refuses.
-            text = data.decode("utf-8-sig")
+            text = content.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ConfigError(
-                str(path), f"not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); save the file as UTF-8"
+                str(path), f"not UTF-8 text (byte {exc.start} is {content[exc.start]:#04x}); save the file as UTF-8"
             ) from None
         try:
             data = tomllib.loads(text)
