@@ -17,6 +17,8 @@ from sessionflow.config import (
     SECOND,
     Config,
     ConfigError,
+    SessionConfig,
+    ValidationConfig,
     format_duration,
     parse_duration,
     resolve_config,
@@ -255,6 +257,13 @@ def test_every_duration_and_count_is_bounded(data: dict[str, Any], key: str) -> 
         Config.from_dict(data)
     assert caught.value.key == key
     assert "between" in str(caught.value) or "at most 100 years (36500d)" in str(caught.value)
+
+
+def test_a_config_built_in_code_is_bounded_too() -> None:
+    with pytest.raises(ConfigError, match=r"^session\.max_session_duration: must be at most 100 years"):
+        SessionConfig(max_session_duration_ms=36501 * DAY)
+    with pytest.raises(ConfigError, match=r"^validation\.max_future_skew: must be at most 100 years"):
+        ValidationConfig(max_future_skew_ms=36501 * DAY)
 
 
 def test_the_longest_duration_is_accepted() -> None:

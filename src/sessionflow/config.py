@@ -27,11 +27,13 @@ from sessionflow.config_values import (
     as_int,
     as_list,
     as_name,
+    check_duration,
     format_duration,
     only_keys,
     parse_duration,
 )
 
+# The names the config's users import from here, though they are defined beside it.
 __all__ = [
     "DAY",
     "HOUR",
@@ -105,6 +107,7 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         if self.max_future_skew_ms < 0:
             raise ConfigError("validation.max_future_skew", "must not be negative")
+        check_duration(self.max_future_skew_ms, "validation.max_future_skew")
         if self.max_record_bytes <= 0:
             raise ConfigError("validation.max_record_bytes", "must be a positive number of bytes")
 
@@ -133,6 +136,13 @@ class SessionConfig:
             )
         if self.clock_quorum < 1:
             raise ConfigError("session.clock_quorum", "must be at least 1")
+        for key, ms in (
+            ("timeout", self.timeout_ms),
+            ("allowed_lateness", self.allowed_lateness_ms),
+            ("max_session_duration", self.max_session_duration_ms or 0),
+            ("dedupe_horizon", self.dedupe_horizon_ms),
+        ):
+            check_duration(ms, f"session.{key}")
 
     @property
     def idle_close_ms(self) -> int:

@@ -52,6 +52,12 @@ def parse_duration(value: object, key: str) -> int:
     raise ConfigError(key, f'expected a duration such as "30m", "90s", "1h30m" or "250ms", got {value!r}')
 
 
+def check_duration(ms: int, key: str) -> None:
+    """The bound of :func:`parse_duration`, for a config built in code rather than read from a file."""
+    if ms > MAX_DURATION_MS:
+        raise ConfigError(key, f"must be at most {MAX_DURATION_YEARS} years ({MAX_DURATION_MS // DAY}d), got {ms} ms")
+
+
 def format_duration(ms: int) -> str:
     parts = []
     for unit in ("d", "h", "m", "s"):
