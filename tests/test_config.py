@@ -167,6 +167,7 @@ def test_every_key_of_the_reference_table() -> None:
         ({"columns": {"event_id": "string"}}, "columns.event_id"),
         ({"columns": {"extra": "string"}}, "columns.extra"),
         ({"columns": {"pages": False}}, "columns.pages"),
+        ({"columns": {"": "int"}}, "columns."),
         ({"columns": {"os": True}}, "columns.os"),
         ({"columns": {"os": "none"}}, "columns.os"),
         ({"columns": ["os"]}, "columns"),

@@ -195,6 +195,8 @@ class Config:
         # Rules see raw names: the required fields, and the columns fed from renamed fields, by those.
         required = {getattr(names, role): role for role in _REQUIRED_ROLES}
         for name, kind in self.columns:
+            if not name.strip():
+                raise ConfigError(f"columns.{name}", "a column needs a name")
             if kind not in COLUMN_TYPES:
                 raise ConfigError(f"columns.{name}", f"type must be one of {', '.join(COLUMN_TYPES)}, got {kind!r}")
             if name in required or name in RESERVED_COLUMNS:
