@@ -16,7 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sessionflow import __version__
-from sessionflow.config import DEFAULT_CONFIG_FILE, ENV_CONFIG, EXAMPLE_CONFIG, ConfigError, resolve_config
+from sessionflow.config import (
+    DEFAULT_CONFIG_FILE,
+    ENV_CONFIG,
+    EXAMPLE_CONFIG,
+    ConfigError,
+    format_duration,
+    resolve_config,
+)
 from sessionflow.errors import InputError, OutputError, StateError, UsageError
 from sessionflow.exitcodes import (
     EXIT_BUG,
@@ -108,9 +115,13 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = resolve_config(args.config)
     session = config.session
+    columns = ", ".join(name if kind == "string" else f"{name} ({kind})" for name, kind in config.columns)
+    print(f"config: {config.origin}")
     print(
-        f"config ok: timeout {session.timeout_ms} ms, lateness {session.allowed_lateness_ms} ms, "
-        f"opening events {sorted(session.opening_events)}, {len(config.clean)} cleaning rule(s)"
+        f"config ok: timeout {format_duration(session.timeout_ms)}, "
+        f"lateness {format_duration(session.allowed_lateness_ms)}, "
+        f"opening events {sorted(session.opening_events)}, columns {columns or 'none'}, "
+        f"{len(config.clean)} cleaning rule(s)"
     )
     return EXIT_OK
 

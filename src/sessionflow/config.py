@@ -6,32 +6,58 @@ Config objects are frozen values validated on construction; the logic that uses 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-MS = 1
-SECOND = 1000
-MINUTE = 60 * SECOND
-HOUR = 60 * MINUTE
-DAY = 24 * HOUR
+from sessionflow.config_rules import CleanFunction, CleanRule, check_rules, parse_rule
+from sessionflow.config_values import (
+    DAY,
+    HOUR,
+    MAX_DURATION_MS,
+    MINUTE,
+    MS,
+    SECOND,
+    ConfigError,
+    as_int,
+    as_list,
+    as_name,
+    check_duration,
+    format_duration,
+    only_keys,
+    parse_duration,
+)
 
-_UNITS = {"ms": MS, "s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY}
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+# The names the config's users import from here, though they are defined beside it.
+__all__ = [
+    "DAY",
+    "HOUR",
+    "MAX_DURATION_MS",
+    "MINUTE",
+    "MS",
+    "SECOND",
+    "CleanFunction",
+    "CleanRule",
+    "ConfigError",
+    "format_duration",
+    "parse_duration",
+]
 
-# 2000-01-01T00:00:00Z: nothing the app ever sent is older.
 # Where a command finds its config when --config is not given (every command: run, backfill, aws-local).
 ENV_CONFIG = "SESSIONFLOW_CONFIG"
 DEFAULT_CONFIG_FILE = "sessionflow.toml"
 
+# 2000-01-01T00:00:00Z: nothing the app ever sent is older.
 DEFAULT_MIN_TIMESTAMP_MS = 946_684_800_000
+# Upper bounds of the integer keys: far beyond any real use, within what the writers index with.
+MAX_RECORD_BYTES = 1 << 30
+MAX_CLOCK_QUORUM = 1_000_000
+MAX_ROWS_PER_FILE = 1_000_000_000
 COLUMN_TYPES = ("string", "int", "float", "bool")
 
 # What `sessionflow init` writes, and the README shows: it must work as written.
@@ -49,43 +75,6 @@ scale = { timestamp = 1000 }
 [[clean]]          # some builds sent upper-case event types
 lowercase = ["event_type"]
 """
-
-CleanFunction = Callable[[dict[str, Any]], dict[str, Any] | None]
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message starts with the key."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-
-
-def parse_duration(value: object, key: str) -> int:
-    """``"1h30m"`` -> milliseconds. Bare numbers are refused: their unit would be a guess."""
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        pos, total = 0, 0
-        for match in _DURATION.finditer(text):
-            if match.start() != pos:
-                break
-            total += int(match.group(1)) * _UNITS[match.group(2)]
-            pos = match.end()
-        if text and pos == len(text):
-            return total
-    raise ConfigError(key, f'expected a duration such as "30m", "90s", "1h30m" or "250ms", got {value!r}')
-
-
-def format_duration(ms: int) -> str:
-    parts = []
-    for unit in ("d", "h", "m", "s"):
-        size = _UNITS[unit]
-        if ms >= size:
-            parts.append(f"{ms // size}{unit}")
-            ms %= size
-    if ms or not parts:
-        parts.append(f"{ms}ms")
-    return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +107,7 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         if self.max_future_skew_ms < 0:
             raise ConfigError("validation.max_future_skew", "must not be negative")
+        check_duration(self.max_future_skew_ms, "validation.max_future_skew")
         if self.max_record_bytes <= 0:
             raise ConfigError("validation.max_record_bytes", "must be a positive number of bytes")
 
@@ -146,6 +136,13 @@ class SessionConfig:
             )
         if self.clock_quorum < 1:
             raise ConfigError("session.clock_quorum", "must be at least 1")
+        for key, ms in (
+            ("timeout", self.timeout_ms),
+            ("allowed_lateness", self.allowed_lateness_ms),
+            ("max_session_duration", self.max_session_duration_ms or 0),
+            ("dedupe_horizon", self.dedupe_horizon_ms),
+        ):
+            check_duration(ms, f"session.{key}")
 
     @property
     def idle_close_ms(self) -> int:
@@ -156,22 +153,6 @@ class SessionConfig:
     def retention_ms(self) -> int:
         """Stream time a silent machine's state is kept (for dedupe and late detection)."""
         return max(self.idle_close_ms, self.dedupe_horizon_ms)
-
-
-@dataclass(frozen=True, slots=True)
-class CleanRule:
-    """One declarative cleaning rule. Actions run in the order of the fields below."""
-
-    when: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    rename: tuple[tuple[str, str], ...] = ()
-    lowercase: tuple[str, ...] = ()
-    map: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
-    scale: tuple[tuple[str, float | int], ...] = ()
-    divide: tuple[tuple[str, int], ...] = ()
-    set: tuple[tuple[str, Any], ...] = ()
-    drop: tuple[str, ...] = ()
-    function: CleanFunction | None = None
-    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +167,8 @@ class OutputConfig:
             raise ConfigError("output.compression", "must be one of zstd, snappy, gzip, none")
 
 
+_REQUIRED_ROLES = ("event_id", "machine_id", "event_type", "timestamp")
+
 DEFAULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("user_id", "string"),
     ("app_version", "string"),
@@ -199,43 +182,66 @@ class Config:
     fields: FieldNames = field(default_factory=FieldNames)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
-    # Optional typed columns of the output; any other field goes to the `extra` JSON column.
+    # Typed columns of the output; any other field goes to the `extra` JSON column. A config file's
+    # [columns] adds to the defaults (see _columns).
     columns: tuple[tuple[str, str], ...] = DEFAULT_COLUMNS
     clean: tuple[CleanRule, ...] = ()
     output: OutputConfig = field(default_factory=OutputConfig)
+    # The file this config was loaded from, None for the built-in defaults; not part of its value.
+    source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        required = {self.fields.event_id, self.fields.machine_id, self.fields.event_type, self.fields.timestamp}
+        names = self.fields
+        # Rules see raw names: the required fields, and the columns fed from renamed fields, by those.
+        required = {getattr(names, role): role for role in _REQUIRED_ROLES}
         for name, kind in self.columns:
+            if not name.strip():
+                raise ConfigError(f"columns.{name}", "a column needs a name")
             if kind not in COLUMN_TYPES:
                 raise ConfigError(f"columns.{name}", f"type must be one of {', '.join(COLUMN_TYPES)}, got {kind!r}")
             if name in required or name in RESERVED_COLUMNS:
                 raise ConfigError(f"columns.{name}", "is a column sessionflow writes itself")
+        raw_names = {"user_id": names.user_id, "app_version": names.app_version}
+        check_rules(self.clean, required, {raw_names.get(name, name): kind for name, kind in self.columns})
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            content = path.read_bytes()
         except FileNotFoundError:
             raise ConfigError(str(path), "config file not found") from None
         except OSError as exc:
             raise ConfigError(str(path), f"cannot read config file: {exc.strerror}") from None
         try:
+            # utf-8-sig: editors on Windows start a UTF-8 file with a BOM, which TOML itself refuses.
+            text = content.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                str(path), f"not UTF-8 text (byte {exc.start} is {content[exc.start]:#04x}); save the file as UTF-8"
+            ) from None
+        try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-        return cls.from_dict(data)
+        return replace(cls.from_dict(data), source=str(path))
+
+    @property
+    def origin(self) -> str:
+        """Where this config comes from, as a run and check-config report it."""
+        if self.source is None:
+            return f"built-in defaults (no --config, ${ENV_CONFIG} or ./{DEFAULT_CONFIG_FILE})"
+        return self.source
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
-        _only(data, "", {"fields", "validation", "session", "columns", "clean", "output"})
+        only_keys(data, "", {"fields", "validation", "session", "columns", "clean", "output"})
         return cls(
             fields=_fields(data.get("fields", {})),
             validation=_validation(data.get("validation", {})),
             session=_session(data.get("session", {})),
             columns=_columns(data.get("columns")),
-            clean=tuple(_rule(raw, i) for i, raw in enumerate(_list(data.get("clean", []), "clean"))),
+            clean=tuple(parse_rule(raw, i) for i, raw in enumerate(as_list(data.get("clean", []), "clean"))),
             output=_output(data.get("output", {})),
         )
 
@@ -258,47 +264,23 @@ RESERVED_COLUMNS = frozenset(
 )
 
 
-def _only(table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
-    if not isinstance(table, Mapping):
-        raise ConfigError(prefix.rstrip(".") or "config", "must be a table")
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-
-def _list(value: Any, key: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"must be a list, got {type(value).__name__}")
-    return value
-
-
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"must be an integer, got {value!r}")
-    return value
-
-
 def _fields(table: Mapping[str, Any]) -> FieldNames:
     allowed = set(FieldNames.__dataclass_fields__)
-    _only(table, "fields.", allowed)
-    return FieldNames(**{k: _str(v, f"fields.{k}") for k, v in table.items()})
+    only_keys(table, "fields.", allowed)
+    return FieldNames(**{k: as_name(v, f"fields.{k}") for k, v in table.items()})
 
 
 def _validation(table: Mapping[str, Any]) -> ValidationConfig:
-    _only(table, "validation.", {"max_future_skew", "min_timestamp", "max_record_bytes"})
+    only_keys(table, "validation.", {"max_future_skew", "min_timestamp", "max_record_bytes"})
     kwargs: dict[str, Any] = {}
     if "max_future_skew" in table:
         kwargs["max_future_skew_ms"] = parse_duration(table["max_future_skew"], "validation.max_future_skew")
     if "min_timestamp" in table:
         kwargs["min_timestamp_ms"] = _timestamp(table["min_timestamp"], "validation.min_timestamp")
     if "max_record_bytes" in table:
-        kwargs["max_record_bytes"] = _int(table["max_record_bytes"], "validation.max_record_bytes")
+        kwargs["max_record_bytes"] = as_int(
+            table["max_record_bytes"], "validation.max_record_bytes", 1, MAX_RECORD_BYTES
+        )
     return ValidationConfig(**kwargs)
 
 
@@ -324,106 +306,50 @@ def _session(table: Mapping[str, Any]) -> SessionConfig:
         "max_session_duration": "max_session_duration_ms",
         "dedupe_horizon": "dedupe_horizon_ms",
     }
-    _only(table, "session.", {*names, "opening_events", "clock_quorum"})
+    only_keys(table, "session.", {*names, "opening_events", "clock_quorum"})
     kwargs: dict[str, Any] = {}
     for key, attr in names.items():
         if key in table:
             kwargs[attr] = parse_duration(table[key], f"session.{key}")
     if "opening_events" in table:
-        events = _list(table["opening_events"], "session.opening_events")
-        kwargs["opening_events"] = frozenset(_str(e, "session.opening_events") for e in events)
+        events = as_list(table["opening_events"], "session.opening_events")
+        kwargs["opening_events"] = frozenset(as_name(e, "session.opening_events") for e in events)
     if "clock_quorum" in table:
-        kwargs["clock_quorum"] = _int(table["clock_quorum"], "session.clock_quorum")
+        kwargs["clock_quorum"] = as_int(table["clock_quorum"], "session.clock_quorum", 1, MAX_CLOCK_QUORUM)
     return SessionConfig(**kwargs)
 
 
 def _columns(table: Any) -> tuple[tuple[str, str], ...]:
+    """The default columns, with the declared ones added (or retyped), and those set to false removed."""
     if table is None:
         return DEFAULT_COLUMNS
-    _only(table, "columns.", set(table) if isinstance(table, Mapping) else set())
-    return tuple((str(name), _str(kind, f"columns.{name}")) for name, kind in table.items())
+    if not isinstance(table, Mapping):
+        raise ConfigError("columns", 'must be a table, e.g. { page_count = "int" }')
+    columns = dict(DEFAULT_COLUMNS)
+    for name, kind in table.items():
+        key = f"columns.{name}"
+        if kind is False:
+            if name not in columns:
+                defaults = ", ".join(name for name, _ in DEFAULT_COLUMNS)
+                raise ConfigError(key, f"false removes a default column ({defaults}); {name!r} is not one")
+            del columns[name]
+        elif isinstance(kind, str):
+            columns[name] = kind  # its type is checked with the others, in Config
+        else:
+            raise ConfigError(
+                key, f"must be a type ({', '.join(COLUMN_TYPES)}) or false to remove a default column, got {kind!r}"
+            )
+    return tuple(columns.items())
 
 
 def _output(table: Mapping[str, Any]) -> OutputConfig:
-    _only(table, "output.", {"rows_per_file", "compression"})
+    only_keys(table, "output.", {"rows_per_file", "compression"})
     kwargs: dict[str, Any] = {}
     if "rows_per_file" in table:
-        kwargs["rows_per_file"] = _int(table["rows_per_file"], "output.rows_per_file")
+        kwargs["rows_per_file"] = as_int(table["rows_per_file"], "output.rows_per_file", 1, MAX_ROWS_PER_FILE)
     if "compression" in table:
-        kwargs["compression"] = _str(table["compression"], "output.compression")
+        kwargs["compression"] = as_name(table["compression"], "output.compression")
     return OutputConfig(**kwargs)
-
-
-_RULE_KEYS = {"name", "when", "rename", "lowercase", "map", "scale", "divide", "set", "drop", "function"}
-
-
-def _rule(raw: Any, index: int) -> CleanRule:
-    key = f"clean[{index}]"
-    _only(raw, f"{key}.", _RULE_KEYS)
-    if not _RULE_KEYS - {"name", "when"} & set(raw):
-        raise ConfigError(key, "has no action (rename, lowercase, map, scale, divide, set, drop or function)")
-
-    def table(name: str) -> Mapping[str, Any]:
-        value = raw.get(name, {})
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}.{name}", "must be a table, e.g. { field = ... }")
-        return value
-
-    def names(name: str) -> tuple[str, ...]:
-        value = raw.get(name, [])
-        if isinstance(value, str):
-            value = [value]
-        return tuple(_str(v, f"{key}.{name}") for v in _list(value, f"{key}.{name}"))
-
-    when = []
-    for fld, pattern in table("when").items():
-        patterns = pattern if isinstance(pattern, list) else [pattern]
-        when.append((fld, tuple(_str(p, f"{key}.when.{fld}") for p in patterns)))
-    scale = []
-    for fld, factor in table("scale").items():
-        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor == 0:
-            raise ConfigError(f"{key}.scale.{fld}", f"must be a non-zero number, got {factor!r}")
-        scale.append((fld, factor))
-    divide = []
-    for fld, divisor in table("divide").items():
-        if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
-            raise ConfigError(f"{key}.divide.{fld}", f"must be a whole number of at least 1, got {divisor!r}")
-        divide.append((fld, divisor))
-    mapping = []
-    for fld, values in table("map").items():
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{key}.map.{fld}", 'must be a table of old = new values, e.g. { open = "app_open" }')
-        mapping.append((fld, tuple(values.items())))
-    rename = tuple((old, _str(new, f"{key}.rename.{old}")) for old, new in table("rename").items())
-    function = None
-    if "function" in raw:
-        function = _load_function(_str(raw["function"], f"{key}.function"), f"{key}.function")
-    return CleanRule(
-        when=tuple(when),
-        rename=rename,
-        lowercase=names("lowercase"),
-        map=tuple(mapping),
-        scale=tuple(scale),
-        divide=tuple(divide),
-        set=tuple(table("set").items()),
-        drop=names("drop"),
-        function=function,
-        name=str(raw.get("name", key)),
-    )
-
-
-def _load_function(spec: str, key: str) -> CleanFunction:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(key, f'must look like "package.module:function", got {spec!r}')
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(key, f"cannot import {module_name!r}: {exc}") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise ConfigError(key, f"{module_name!r} has no function {attr!r}")
-    return function  # type: ignore[no-any-return]
 
 
 def config_path(explicit: str | None) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sessionflow.config import EXAMPLE_CONFIG, CleanRule, Config
+from sessionflow.config import EXAMPLE_CONFIG, CleanRule, Config, ConfigError
 from sessionflow.core import Reason, Rejection, RejectRecord
 from sessionflow.core.cleaning import compile_rules
 from tests.helpers import T0, raw_record, refine
@@ -132,8 +132,15 @@ def test_drop() -> None:
     assert extra(event) == {"keep": 1}
 
 
-def test_dropping_a_required_field_rejects_the_record() -> None:
-    assert clean_rejected([{"drop": ["machine_id"]}]).reason is Reason.MISSING_FIELD
+def test_dropping_a_required_field_is_refused_unless_something_puts_it_back() -> None:
+    with pytest.raises(ConfigError, match=r"clean\[0\]\.drop: dropping 'machine_id'"):
+        Config.from_dict({"clean": [{"drop": ["machine_id"]}]})
+    # A function of the rule may set it again, or a later rule rename another field to it.
+    rules: list[dict[str, Any]] = [{"drop": ["timestamp"]}, {"rename": {"ts": "timestamp"}}]
+    assert clean(rules, timestamp="garbage", ts=T0)["timestamp"] == T0
+    assert clean_rejected([{"drop": ["machine_id"], "function": f"{__name__}:tag_in_place"}]).reason is (
+        Reason.MISSING_FIELD
+    )
 
 
 # -- function plugins -----------------------------------------------------------------------------

@@ -194,6 +194,18 @@ def test_declared_columns_of_every_type() -> None:
         assert rejected(raw_record(**fields), config).reason is Reason.WRONG_TYPE, fields
 
 
+def test_a_declared_column_keeps_the_default_columns() -> None:
+    config = Config.from_dict({"columns": {"page_count": "int"}})
+    event = valid(raw_record(page_count=7, user_id="u-1", app_version="11.2.3", os="win", document_id="d"), config)
+    assert (event["page_count"], event["user_id"], event["os"], event["document_id"]) == (7, "u-1", "win", "d")
+    assert (event["app_version_major"], event["app_version_minor"]) == (11, 2)
+    assert event["extra"] is None
+    # A default column set to false goes back to extra.
+    event = valid(raw_record(os="win"), Config.from_dict({"columns": {"os": False}}))
+    assert "os" not in event
+    assert orjson.loads(event["extra"]) == {"os": "win"}
+
+
 def test_int_column_must_fit_64_bits() -> None:
     config = Config.from_dict({"columns": {"pages": "int"}})
     assert valid(raw_record(pages=2**63 - 1), config)["pages"] == 2**63 - 1
@@ -388,3 +400,54 @@ def test_configurable_field_names() -> None:
     assert "'id'" in rejection.message
     no_ts = orjson.dumps({"id": "e-9", "device": "d-1", "name": "save", "timestamp": T0})
     assert "'ts'" in rejected(no_ts, config).message
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "wanted"), [("int", "3", "an int"), ("float", "x", "a float"), ("bool", 1, "a bool")]
+)
+def test_a_wrong_type_says_what_the_column_takes(kind: str, value: Any, wanted: str) -> None:
+    config = Config.from_dict({"columns": {"pages": kind}})
+    assert f"field 'pages' must be {wanted}, got " in rejected(raw_record(pages=value), config).message
+
+
+# -- integers beyond 64 bits ----------------------------------------------------------------------
+
+WIDE = 123456789012345678901234567890
+
+
+def _with(text: str) -> bytes:
+    """A valid record with ``text`` spliced in as raw JSON (orjson cannot write integers this wide)."""
+    return raw_record()[:-1] + b"," + text.encode() + b"}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'"big":{WIDE}',
+        f'"big":{-WIDE}',
+        f'"big":{2**64}',
+        f'"big":{-(2**63) - 1}',
+        f'"nested":{{"deep":[1,{{"n":{WIDE}}}]}}',
+        f'"os":{WIDE}',  # a string column
+        f'"pages":{WIDE}',  # an int column
+    ],
+)
+def test_an_integer_beyond_64_bits_is_malformed_json(text: str) -> None:
+    config = Config.from_dict({"columns": {"pages": "int"}})
+    rejection = rejected(_with(text), config)
+    assert rejection.reason is Reason.MALFORMED_JSON
+    assert "beyond 64 bits" in rejection.message
+
+
+def test_a_timestamp_beyond_64_bits_is_malformed_json() -> None:
+    raw = raw_record(timestamp=None)[:-1] + f',"timestamp":{WIDE}}}'.encode()
+    assert rejected(raw).reason is Reason.MALFORMED_JSON
+
+
+def test_what_fits_64_bits_or_only_looks_wide_is_kept() -> None:
+    raw = _with(f'"u":{2**64 - 1},"s":{-(2**63)},"f":1e30,"text":"{WIDE}","frac":0.{WIDE}')
+    extra = orjson.loads(valid(raw)["extra"])
+    assert (extra["u"], extra["s"], extra["f"], extra["text"]) == (2**64 - 1, -(2**63), 1e30, str(WIDE))
+    # A float column takes a whole number as a float, however wide.
+    event = valid(_with(f'"ratio":{WIDE}'), Config.from_dict({"columns": {"ratio": "float"}}))
+    assert event["ratio"] == float(WIDE)

@@ -6,6 +6,8 @@ becomes a :class:`Rejection` with a reason code; nothing here raises on bad inpu
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +24,13 @@ Event = dict[str, Any]
 _BOM = b"\xef\xbb\xbf"
 _INT64_MAX = 2**63 - 1
 _INT64_MIN = -(2**63)
+# orjson keeps the integers in [-2**63, 2**64 - 1] and turns any other into a float; such a float is
+# at least 2**64 or at most -2**63, and the integer's text has at least 19 digits.
+_UINT64_MAX = 2**64 - 1
+_WIDE_FLOAT_LOW = -(2.0**63)
+_WIDE_FLOAT_HIGH = 2.0**64
+_LONG_INTEGER = re.compile(rb"-?[0-9]{19,}")
+_WIDE = "an integer beyond 64 bits cannot be kept exactly"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMN_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -29,6 +38,8 @@ _COLUMN_TYPES: dict[str, tuple[type, ...]] = {
     "float": (float, int),
     "bool": (bool,),
 }
+# How a message names what a column takes: "an int", never "a int".
+_COLUMN_KIND_NAMES = {"string": "a string", "int": "an int", "float": "a float", "bool": "a bool"}
 
 
 def strip_record(raw: bytes) -> bytes:
@@ -111,6 +122,7 @@ class Refiner:
         dumps = orjson.dumps
         sort_keys = orjson.OPT_SORT_KEYS
         decode_error = orjson.JSONDecodeError
+        suspect_types = frozenset({float, dict, list})
         encode_error = orjson.JSONEncodeError
 
         def refine(raw: bytes, now_ms: int) -> Event | Rejection:
@@ -156,6 +168,8 @@ class Refiner:
             if type(ts) is not int:
                 if ts is None:  # null is missing, as for the other required fields
                     return Rejection(Reason.MISSING_FIELD, f"field {ts_name!r} is missing or null", raw)
+                if _holds_wide_float(ts) and _wide_integer_in(raw):
+                    return Rejection(Reason.MALFORMED_JSON, _WIDE, raw)
                 parsed = parse_timestamp(ts)
                 if isinstance(parsed, str):
                     return Rejection(Reason.INVALID_TIMESTAMP if type(ts) is str else Reason.WRONG_TYPE, parsed, raw)
@@ -170,6 +184,8 @@ class Refiner:
             for name in string_columns:
                 value = record.pop(name, None)
                 if value is not None and type(value) is not str:
+                    if _holds_wide_float(value) and _wide_integer_in(raw):
+                        return Rejection(Reason.MALFORMED_JSON, _WIDE, raw)
                     return Rejection(
                         Reason.WRONG_TYPE, f"field {name!r} must be a string, got {_json_kind(value)}", raw
                     )
@@ -178,14 +194,22 @@ class Refiner:
                 value = record.pop(name, None)
                 if value is not None:
                     if type(value) not in types:
+                        if _holds_wide_float(value) and _wide_integer_in(raw):
+                            return Rejection(Reason.MALFORMED_JSON, _WIDE, raw)
                         return Rejection(
-                            Reason.WRONG_TYPE, f"field {name!r} must be a {kind}, got {_json_kind(value)}", raw
+                            Reason.WRONG_TYPE,
+                            f"field {name!r} must be {_COLUMN_KIND_NAMES[kind]}, got {_json_kind(value)}",
+                            raw,
                         )
                     if kind == "int" and not _INT64_MIN <= value <= _INT64_MAX:
                         return Rejection(Reason.WRONG_TYPE, f"field {name!r} does not fit a 64-bit integer", raw)
                     if kind == "float" and type(value) is int:
                         value = float(value)  # a float column takes whole numbers too, even past 64 bits
                 event[name] = value
+            for value in record.values():
+                # Only a float or a container can hold what orjson made of an integer beyond 64 bits.
+                if type(value) in suspect_types and _holds_wide_float(value) and _wide_integer_in(raw):
+                    return Rejection(Reason.MALFORMED_JSON, _WIDE, raw)
             try:
                 event["extra"] = dumps(record, option=sort_keys).decode() if record else None
             except encode_error as exc:  # nested deeper than orjson writes (it reads deeper)
@@ -206,6 +230,8 @@ def _undecodable(raw: bytes, exc: Exception) -> Rejection:
 
 
 def _field_problem(raw: bytes, name: str, value: Any) -> Rejection:
+    if _holds_wide_float(value) and _wide_integer_in(raw):
+        return Rejection(Reason.MALFORMED_JSON, _WIDE, raw)
     if value is None:
         return Rejection(Reason.MISSING_FIELD, f"field {name!r} is missing or null", raw)
     return Rejection(Reason.WRONG_TYPE, f"field {name!r} must be a string, got {_json_kind(value)}", raw)
@@ -223,3 +249,43 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+class _WideInteger(Exception):
+    pass
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    if not _INT64_MIN <= value <= _UINT64_MAX:
+        raise _WideInteger
+    return value
+
+
+def _holds_wide_float(value: Any) -> bool:
+    """Whether ``value`` is or holds a float as large as orjson makes of an integer beyond 64 bits."""
+    kind = type(value)
+    if kind is float:
+        return bool(value >= _WIDE_FLOAT_HIGH or value <= _WIDE_FLOAT_LOW)
+    if kind is dict:
+        return any(_holds_wide_float(item) for item in value.values())
+    if kind is list:
+        return any(_holds_wide_float(item) for item in value)
+    return False
+
+
+def _wide_integer_in(raw: bytes) -> bool:
+    """Whether the JSON text holds an integer beyond 64 bits (and not only a large float, such as 1e30).
+
+    Rare, so thorough: the digits may be in a string or a fraction, which only a parser that keeps
+    integers exact (the standard library's) can tell apart.
+    """
+    if not any(not _INT64_MIN <= int(digits) <= _UINT64_MAX for digits in _LONG_INTEGER.findall(raw)):
+        return False
+    try:
+        json.loads(raw, parse_int=_exact_int)
+    except _WideInteger:
+        return True
+    except RecursionError:  # nested deeper than it parses: refuse rather than keep a rounded number
+        return True
+    return False

@@ -69,9 +69,12 @@ def run_with_console(
     tally = report.tally
     warnings = quality_warnings(tally, lake=lake, run=report.run, thresholds=thresholds or QualityThresholds())
     if as_json:
-        sys.stdout.write(orjson.dumps({**report.to_dict(), "warnings": warnings}).decode() + "\n")
+        # "config": the file loaded, null for the built-in defaults.
+        sys.stdout.write(
+            orjson.dumps({**report.to_dict(), "config": config.source, "warnings": warnings}).decode() + "\n"
+        )
     elif not quiet:
-        console.print(summary_table(report, lake))
+        console.print(summary_table(report, lake, config))
     for warning in warnings:  # even with --quiet: a result that is probably wrong is never silent
         console.print(f"warning: {warning}", style="bold yellow", markup=False, soft_wrap=True)
     if max_reject_rate is not None and tally.records and tally.rejected_total / tally.records > max_reject_rate:
@@ -88,11 +91,13 @@ def run_with_console(
     return EXIT_OK
 
 
-def summary_table(report: RunReport, lake: Path) -> Table:
+def summary_table(report: RunReport, lake: Path, config: Config | None = None) -> Table:
     tally = report.tally
     table = Table(title=f"sessionflow run {report.run} -> {lake}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
+    if config is not None:
+        table.add_row("config", config.origin)
     table.add_row("records read", f"{tally.records:,}")
     table.add_row("valid events", f"{tally.events:,}")
     table.add_row("rejected", f"{tally.rejected_total:,}")
