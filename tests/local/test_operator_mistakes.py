@@ -7,6 +7,9 @@ no traceback, nothing that is not sessionflow's deleted, and no lake that fails 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,3 +75,73 @@ def test_an_empty_out_is_a_usage_error(
     code, err = run(feed, "--out", "", capsys=capsys)
     assert code == 2 and "--out is empty" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- only sessionflow's own files are a lake, and only they are ever deleted ------------------------
+
+
+def test_a_folder_of_user_files_is_not_a_lake_and_is_left_alone(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "mine"
+    (folder / "events").mkdir(parents=True)
+    (folder / "events" / "mydata.csv").write_text("a,b\n1,2\n")
+    for extra in ((), ("--overwrite",)):
+        code, err = run(feed, "--out", folder, *extra, capsys=capsys)
+        assert code == 4, err
+        assert "not a sessionflow lake (events)" in err and "choose another --out" in err
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["events", "events/mydata.csv"]
+
+
+def test_overwrite_deletes_only_what_sessionflow_wrote(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lake = tmp_path / "lake"
+    assert run(feed, "--out", lake, capsys=capsys)[0] == 0
+    beside, inside = tmp_path / "beside.txt", lake / "notes" / "mine.txt"
+    inside.parent.mkdir()
+    for path in (beside, inside):
+        path.write_text("the user's")
+    assert run(feed, "--out", lake, "--overwrite", capsys=capsys)[0] == 0
+    assert beside.read_text() == inside.read_text() == "the user's"
+    assert_verifies(lake)
+    # A file of the user's among the lake's own is kept too, and verify names it as not the lake's.
+    among = lake / "events" / "mydata.csv"
+    among.write_text("a,b\n")
+    assert run(feed, "--out", lake, "--overwrite", capsys=capsys)[0] == 0
+    assert among.read_text() == "a,b\n"
+    problems = [p for check in verify_lake(lake).checks for p in check.problems]
+    assert problems == ["events/mydata.csv is in the lake but no ledger lists it"]
+
+
+def test_a_refused_run_leaves_an_empty_folder_empty(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, state = tmp_path / "empty", tmp_path / "state.json"
+    folder.mkdir()
+    state.write_text("not a state")
+    code, err = run(feed, "--out", folder, "--state", state, capsys=capsys)
+    assert code == 4 and "cannot read state" in err
+    assert list(folder.iterdir()) == []  # no stray _sessionflow/lock
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """An existing folder nobody can write into, root included: the tests run as root, who ignores
+    permission bits, so the folder is made immutable (``chattr +i``, ext4 and most local file systems)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], check=False).returncode:
+        pytest.skip("chattr +i is not available here")
+    try:
+        with pytest.raises(OSError):
+            (folder / "probe").write_bytes(b"")  # the failure is real
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_read_only_out_folder_exits_4(read_only_folder: Path, feed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(feed, "--out", read_only_folder, capsys=capsys)
+    assert code == 4
+    assert f"{read_only_folder}: cannot write: Operation not permitted" in err

@@ -141,23 +141,28 @@ def pending_commits(lake: Path) -> list[Path]:
 
 
 def _remove_all_but(lake: Path, keep: set[str], keep_ledger: int) -> None:
-    """Before a replacing run is published: remove every file of the lake it does not bring."""
-    for table in TABLES:
-        root = lake / table
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*"), reverse=True):
-            relative = path.relative_to(lake).as_posix()
-            if path.is_dir():
-                if not any(path.iterdir()):
-                    path.rmdir()
-            elif relative not in keep:
-                path.unlink()
+    """Before a replacing run is published: remove the files earlier runs' ledgers list, and those
+    ledgers. Nothing else: a file sessionflow did not write is not its to delete."""
     ledgers = ledger_dir(lake)
-    if ledgers.is_dir():
-        for ledger in ledgers.glob("run-*.json"):
-            if ledger.name != ledger_path(lake, keep_ledger).name:
-                ledger.unlink()
+    old_ledgers = sorted(ledgers.glob("run-*.json")) if ledgers.is_dir() else []
+    listed: set[str] = set()
+    for ledger in old_ledgers:
+        listed.update(orjson.loads(ledger.read_bytes()).get("files", []))
+    folders: set[Path] = set()
+    for relative in sorted(listed - keep):
+        if relative.split("/", 1)[0] not in TABLES:
+            continue  # a ledger names only files in the tables; anything else is not ours
+        path = lake / relative
+        path.unlink(missing_ok=True)
+        folders.add(path.parent)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        # Emptied partition folders go, and a table folder left empty; never a folder with a file.
+        while folder != lake and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    for ledger in old_ledgers:
+        if ledger.name != ledger_path(lake, keep_ledger).name:
+            ledger.unlink()
 
 
 def publish(lake: Path, staging: Path, run: int) -> None:

@@ -44,5 +44,12 @@ def lock_path(lake: Path) -> Path:
     return lake / LOCK_FILE
 
 
+def is_lake(folder: Path) -> bool:
+    """sessionflow's marker, its meta folder: a folder merely holding ``events/`` is not a lake."""
+    return (folder / META_DIR).is_dir()
+
+
 def lake_exists(lake: Path) -> bool:
-    return any((lake / table).exists() for table in TABLES)
+    """The folder holds runs: at least one of sessionflow's ledgers."""
+    ledgers = ledger_dir(lake)
+    return ledgers.is_dir() and any(ledgers.glob("run-*.json"))

@@ -28,7 +28,7 @@ from sessionflow.core.native import implementation, new_sessionizer, sessionizer
 from sessionflow.errors import OutputError, StateError
 from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
 from sessionflow.lake.durable import write_atomically
-from sessionflow.lake.layout import META_DIR, lake_exists
+from sessionflow.lake.layout import META_DIR, is_lake, lake_exists
 from sessionflow.lake.ledger import ledger_files, ledger_record, next_run_number
 from sessionflow.lake.lock import LakeLock
 from sessionflow.lake.writer import LakeWriter
@@ -154,25 +154,39 @@ def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
     return finished
 
 
-def _create_lake_folder(lake: Path) -> bool:
-    """Create the lake folder; True when this run created it (so a failure can take it back)."""
+def _claim_lake_folder(lake: Path) -> Path | None:
+    """Create or check the lake folder; returns what this run created (a failure takes it back).
+
+    sessionflow writes into a new or empty folder, or into a lake it wrote (its meta folder is
+    the marker): never among someone else's files, which ``--overwrite`` could then not tell apart.
+    """
     if lake.exists() and not lake.is_dir():
         raise OutputError(f"{lake}: exists and is not a directory")
-    created = not lake.exists()
+    if lake.is_dir():
+        if is_lake(lake):
+            return None
+        foreign = sorted(p.name for p in lake.iterdir() if not p.name.startswith("."))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise OutputError(
+                f"{lake}: holds files that are not a sessionflow lake ({shown}); "
+                "sessionflow writes only into a new or empty folder, or a lake it wrote: choose another --out"
+            )
+        return lake / META_DIR
     try:
         lake.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{lake}: cannot create: {exc.strerror}") from None
-    return created
+    return lake
 
 
-def _remove_if_empty_lake(lake: Path) -> None:
-    """A failed first run leaves no lake: only our own bookkeeping may be in the folder."""
-    if not lake.is_dir() or lake_exists(lake) or any(p.name != META_DIR for p in lake.iterdir()):
+def _take_back(lake: Path, created: Path | None) -> None:
+    """A failed first run leaves nothing behind: what it created goes, when it holds no run."""
+    if created is None or not created.is_dir() or ledger_files(lake) or pending_commits(lake):
         return
-    if ledger_files(lake) or pending_commits(lake):
+    if created == lake and any(p.name != META_DIR for p in lake.iterdir()):
         return
-    shutil.rmtree(lake, ignore_errors=True)
+    shutil.rmtree(created, ignore_errors=True)
 
 
 def default_workers() -> int:
@@ -199,7 +213,7 @@ def run(
     """
     started = time.perf_counter()
     sources = expand_inputs(inputs)  # a missing input fails before the lake is touched
-    created = _create_lake_folder(lake)
+    created = _claim_lake_folder(lake)
     try:
         with LakeLock(lake):
             prepare_lake(lake, stateful=state_path is not None, overwrite=overwrite)
@@ -207,8 +221,7 @@ def run(
             options = _Options(state_path, flush, overwrite, now_ms, workers, progress, started)
             return _run_locked(sources, lake, config, state, options)
     except BaseException:
-        if created:
-            _remove_if_empty_lake(lake)
+        _take_back(lake, created)
         raise
 
 
