@@ -1,16 +1,20 @@
 """Which files an input names, for every runtime that reads files (``run``, ``backfill``). Import-light.
 
 A file is named as given; a directory yields every file below it, sorted by path, skipping names
-that start with ``.`` or ``_`` (hidden files, ``_SUCCESS`` markers, a lake's ``_sessionflow``);
+that start with ``.`` or ``_`` (hidden files, ``_SUCCESS`` markers, a lake's ``_sessionflow``),
+every folder that is a sessionflow lake, and the run's own output (its lake and state file), so a
+lake kept inside its input folder is never read back as input;
 each such file is named by the given path plus its path below it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from sessionflow.errors import InputError
+from sessionflow.lake.layout import is_lake
 
 
 def skipped(parts: Sequence[str]) -> bool:
@@ -18,14 +22,43 @@ def skipped(parts: Sequence[str]) -> bool:
     return any(part.startswith((".", "_")) for part in parts)
 
 
-def local_files(given: str) -> list[tuple[str, Path]]:
-    """(name, path) of each file a local input names, in reading order; raises InputError when none."""
+def local_files(given: str, own: Collection[Path] = ()) -> list[tuple[str, Path]]:
+    """(name, path) of each file a local input names, in reading order; raises InputError when none.
+
+    ``own``: what the run writes (its lake folder, its state file), never read as input.
+    """
     path = Path(given)
+    mine = {p.resolve() for p in own}
+    if path.exists() and _is_own(path.resolve(), mine):
+        raise InputError(f"{given}: is this run's own output (its lake or state file), not an input")
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and not skipped(p.relative_to(path).parts))
-        return [(str(p), p) for p in found]
+        if is_lake(path):
+            raise InputError(f"{given}: is a sessionflow lake, not an input")
+        return [(str(p), p) for p in _files_below(path, mine)]
     if path.is_file():
         return [(given, path)]
     if path.exists():
         raise InputError(f"{given}: not a regular file or directory")
     raise InputError(f"{given}: no such file or directory")
+
+
+def _is_own(resolved: Path, mine: set[Path]) -> bool:
+    return resolved in mine or any(parent in mine for parent in resolved.parents)
+
+
+def _files_below(root: Path, mine: set[Path]) -> list[Path]:
+    found: list[Path] = []
+    # Symbolic links to folders are followed, as a recursive glob does.
+    for folder, folders, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        folders[:] = [
+            name
+            for name in folders
+            if not skipped((name,)) and not is_lake(here / name) and (here / name).resolve() not in mine
+        ]
+        found.extend(
+            here / name
+            for name in files
+            if not skipped((name,)) and (here / name).is_file() and (here / name).resolve() not in mine
+        )
+    return sorted(found)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,56 @@ def test_a_read_only_out_folder_exits_4(read_only_folder: Path, feed: Path, caps
     code, err = run(feed, "--out", read_only_folder, capsys=capsys)
     assert code == 4
     assert f"{read_only_folder}: cannot write: Operation not permitted" in err
+
+
+# -- the run's own lake and state are never its inputs ----------------------------------------------
+
+
+def ledgers(lake: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_bytes()) for path in sorted((lake / "_sessionflow" / "ledger").glob("run-*.json"))]
+
+
+def test_a_lake_and_a_state_inside_the_input_folder_are_not_read_back(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    indir = tmp_path / "indir"
+    indir.mkdir()
+    shutil.copy(feed, indir / "events.jsonl")
+    expected = [str(indir / "events.jsonl")]
+    lake = indir / "lake"
+    for extra in ((), ("--overwrite",)):
+        assert run(indir, "--out", lake, *extra, capsys=capsys)[0] == 0
+        (ledger,) = ledgers(lake)
+        assert [entry["source"] for entry in ledger["inputs"]] == expected
+    # What a run on the feed file alone counts: not one Parquet byte read as a rejected record.
+    assert run(feed, "--out", tmp_path / "reference", capsys=capsys)[0] == 0
+    (reference,) = ledgers(tmp_path / "reference")
+    assert ledger["tally"] == reference["tally"]
+    records = ledger["tally"]["records"]
+    # Another lake beside it, with its state file in the input folder too: the second run reads
+    # only what was added to the feed, not the first lake, its own lake or its state.
+    other, state = indir / "other", indir / "state.json"
+    assert run(indir, "--out", other, "--state", state, capsys=capsys)[0] == 0
+    more = tmp_path / "more.jsonl"
+    write_feed(FeedShape(events=40, machines=4, seed=9), str(more))
+    with open(indir / "events.jsonl", "ab") as handle:
+        handle.write(more.read_bytes())
+    assert run(indir, "--out", other, "--state", state, capsys=capsys)[0] == 0
+    first, second = ledgers(other)
+    assert [entry["source"] for entry in first["inputs"]] == [entry["source"] for entry in second["inputs"]] == expected
+    assert first["tally"]["records"] == records
+    assert 0 < second["tally"]["records"] < 100
+    for folder in (lake, other):
+        assert_verifies(folder)
+
+
+def test_the_out_folder_itself_is_refused_as_an_input(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lake = tmp_path / "lake"
+    assert run(feed, "--out", lake, capsys=capsys)[0] == 0
+    code, err = run(lake, "--out", lake, "--overwrite", capsys=capsys)
+    assert code == 3 and "is this run's own output" in err
+    code, err = run(lake, "--out", tmp_path / "elsewhere", capsys=capsys)
+    assert code == 3 and "is a sessionflow lake, not an input" in err
+    assert_verifies(lake)

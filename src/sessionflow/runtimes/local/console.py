@@ -32,7 +32,8 @@ def run_with_console(
     console = Console(stderr=True)
     show_progress = console.is_terminal and not quiet
     if show_progress:
-        total = sum(source.size or 0 for source in expand_inputs(inputs)) or None
+        own = [lake] if state_path is None else [lake, state_path]
+        total = sum(source.size or 0 for source in expand_inputs(inputs, own)) or None
         columns = (
             TextColumn("[bold]sessionflow run"),
             BarColumn(),

@@ -212,7 +212,8 @@ def run(
     On any error nothing of the run is published, and a lake folder this run created is removed.
     """
     started = time.perf_counter()
-    sources = expand_inputs(inputs)  # a missing input fails before the lake is touched
+    own = [lake] if state_path is None else [lake, state_path]
+    sources = expand_inputs(inputs, own)  # a missing input fails before the lake is touched
     created = _claim_lake_folder(lake)
     try:
         with LakeLock(lake):
