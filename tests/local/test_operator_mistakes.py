@@ -7,8 +7,10 @@ no traceback, nothing that is not sessionflow's deleted, and no lake that fails 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,65 @@ def test_the_out_folder_itself_is_refused_as_an_input(
     code, err = run(lake, "--out", tmp_path / "elsewhere", capsys=capsys)
     assert code == 3 and "is a sessionflow lake, not an input" in err
     assert_verifies(lake)
+
+
+# -- a state that cannot be written ------------------------------------------------------------------
+
+
+def sessionflow_process(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``sessionflow ARGS`` in a process of its own, its standard input open and never written to:
+    a run that reads its input before checking its output waits there, and the timeout fails it."""
+    command = [sys.executable, "-m", "sessionflow", *map(str, args)]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as process:
+        try:
+            code = process.wait(timeout=60)  # small outputs only: the pipes do not fill
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        assert process.stdout is not None and process.stderr is not None
+        out, err = process.stdout.read().decode(), process.stderr.read().decode()
+    assert "Traceback" not in err, err
+    return subprocess.CompletedProcess(command, code, out, err)
+
+
+def test_an_unwritable_state_is_found_before_any_input_is_read(tmp_path: Path, read_only_folder: Path) -> None:
+    lake = tmp_path / "lake"
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    for state, why in (
+        (read_only_folder / "state.json", "Operation not permitted"),
+        (not_a_folder / "s", "Not a directory"),
+    ):
+        done = sessionflow_process("run", "-", "--out", lake, "--state", state, "-q")
+        assert done.returncode == 4, done.stderr
+        assert f"{state}: the state file cannot be written here: {why}" in done.stderr
+        assert not lake.exists()
+
+
+def test_a_commit_stopped_before_its_state_was_written_is_finished_later(tmp_path: Path, feed: Path) -> None:
+    lake, folder = tmp_path / "lake", tmp_path / "state"
+    state = folder / "state.json"
+    # Killed right after the commit point, before the state was put in place.
+    killed = sessionflow_process(
+        "run", feed, "--out", lake, "--state", state, "-q", env={**os.environ, "SESSIONFLOW_CRASH_AT": "committed"}
+    )
+    assert killed.returncode == -9 and not state.exists()
+    assert not folder.exists()
+    folder.write_text("")  # now the state cannot be written where the commit says
+    done = sessionflow_process("run", feed, "--out", lake, "--state", state, "-q")
+    assert done.returncode == 4 and "the state file cannot be written here: Not a directory" in done.stderr
+    for command in (("run", feed, "--out", lake, "-q"), ("verify", lake, "--repair")):
+        done = sessionflow_process(*command)
+        assert done.returncode == 4, done.stderr
+        assert "was committed by a run that was stopped, and cannot be put in place" in done.stderr
+        assert f"{folder}'" in done.stderr  # the path in the way
+    folder.unlink()
+    done = sessionflow_process("verify", lake, "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert state.is_file()
+    assert_verifies(lake)
+    # The next run sees the first one's state: the same input again adds nothing.
+    done = sessionflow_process("run", feed, "--out", lake, "--state", state, "-q")
+    assert done.returncode == 0 and "nothing new" in done.stderr, done.stderr

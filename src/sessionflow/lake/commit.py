@@ -122,7 +122,14 @@ def recover(lake: Path) -> list[int]:
     if root.is_dir():
         for staging in sorted(root.iterdir()):
             if (staging / MANIFEST).is_file():
-                finished.append(roll_forward(lake, staging))
+                try:
+                    finished.append(roll_forward(lake, staging))
+                except OSError as exc:  # e.g. the state's folder became unwritable since the commit
+                    raise OutputError(
+                        f"{lake}: {staging.name} was committed by a run that was stopped, and cannot be put "
+                        f"in place: {exc}; once that can be written, the next run finishes it "
+                        "(or: sessionflow verify --repair)"
+                    ) from exc
             elif staging.is_dir():
                 shutil.rmtree(staging, ignore_errors=True)
             else:

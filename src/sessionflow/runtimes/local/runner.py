@@ -135,6 +135,21 @@ def save_state(path: Path, config: Config, snapshot: Snapshot | None, runs: int)
     write_atomically(path, state_payload(config, snapshot, runs, {}))
 
 
+def check_state_writable(path: Path) -> None:
+    """The state file can be put in place: its folder (or the nearest one that exists) takes a file."""
+    if path.is_dir():
+        raise OutputError(f"{path}: the --state path is a directory; name a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the missing folders are created when the state is written
+    probe = folder / f".{path.name}.probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"{path}: the state file cannot be written here: {exc.strerror}") from None
+
+
 def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
     """Lock held: finish what killed runs left, then check the lake can take this run.
 
@@ -214,6 +229,8 @@ def run(
     started = time.perf_counter()
     own = [lake] if state_path is None else [lake, state_path]
     sources = expand_inputs(inputs, own)  # a missing input fails before the lake is touched
+    if state_path is not None:
+        check_state_writable(state_path)  # before any input is read, not when the run commits
     created = _claim_lake_folder(lake)
     try:
         with LakeLock(lake):
