@@ -263,3 +263,46 @@ def test_a_commit_stopped_before_its_state_was_written_is_finished_later(tmp_pat
     # The next run sees the first one's state: the same input again adds nothing.
     done = sessionflow_process("run", feed, "--out", lake, "--state", state, "-q")
     assert done.returncode == 0 and "nothing new" in done.stderr, done.stderr
+
+
+# -- a state file belongs to one lake ----------------------------------------------------------------
+
+
+def test_a_state_refuses_a_lake_that_is_not_its_own(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second, state = tmp_path / "first", tmp_path / "second", tmp_path / "state.json"
+    assert run(feed, "--out", first, "--state", state, capsys=capsys)[0] == 0
+    before = state.read_bytes()
+    # Another lake with the same state, and a new lake where the first one was: both refused.
+    code, err = run(feed, "--out", second, "--state", state, capsys=capsys)
+    assert code == 4, err
+    assert f"{state}: this state belongs to the lake {first}, not to {second}" in err
+    assert not second.exists()
+    shutil.rmtree(first)
+    code, err = run(feed, "--out", first, "--state", state, capsys=capsys)
+    assert code == 4 and f"belongs to the lake {first}, not to {first}" in err
+    assert state.read_bytes() == before
+
+
+def test_a_moved_lake_keeps_its_state_and_an_old_state_goes_on(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lake, state = tmp_path / "lake", tmp_path / "state.json"
+    assert run(feed, "--out", lake, "--state", state, capsys=capsys)[0] == 0
+    moved = tmp_path / "moved"
+    lake.rename(moved)
+    code, err = run(feed, "--out", moved, "--state", state, capsys=capsys)
+    assert code == 0 and "nothing new" in err
+    # A state written before states named their lake is taken by the lake it is used with.
+    old = json.loads(state.read_bytes())
+    del old["lake"]
+    state.write_text(json.dumps(old))
+    (moved / "_sessionflow" / "lake.json").unlink()
+    code, err = run(feed, "--out", moved, "--state", state, capsys=capsys)
+    assert code == 0 and "nothing new" in err
+    more = tmp_path / "more.jsonl"
+    write_feed(FeedShape(events=40, machines=4, seed=9), str(more))
+    assert run(more, "--out", moved, "--state", state, capsys=capsys)[0] == 0
+    assert json.loads(state.read_bytes())["lake"]["path"] == str(moved)
+    assert_verifies(moved)

@@ -13,6 +13,8 @@ PARTITIONS = {"events": EVENT_PARTITION, "sessions": SESSION_PARTITION, "rejecte
 LEDGER_DIR = f"{META_DIR}/ledger"
 STAGING_DIR = f"{META_DIR}/staging"
 LOCK_FILE = f"{META_DIR}/lock"
+# {"id": ...}: written when the lake is made; a --state file records it and refuses another lake.
+IDENTITY_FILE = f"{META_DIR}/lake.json"
 
 
 def ledger_name(run: int) -> str:

@@ -14,7 +14,9 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +30,7 @@ from sessionflow.core.native import implementation, new_sessionizer, sessionizer
 from sessionflow.errors import OutputError, StateError
 from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
 from sessionflow.lake.durable import write_atomically
-from sessionflow.lake.layout import META_DIR, is_lake, lake_exists
+from sessionflow.lake.layout import IDENTITY_FILE, META_DIR, is_lake, lake_exists
 from sessionflow.lake.ledger import ledger_files, ledger_record, next_run_number
 from sessionflow.lake.lock import LakeLock
 from sessionflow.lake.writer import LakeWriter
@@ -96,14 +98,24 @@ class RunState:
 MAX_REMEMBERED_INPUTS = 10_000
 
 
-def load_state(path: Path | None, config: Config) -> RunState:
-    """The state in a file; a fresh one when there is no file (or no path: a run without state)."""
+def load_state(path: Path | None, config: Config, lake: LakeIdentity | None = None) -> RunState:
+    """The state in a file; a fresh one when there is no file (or no path: a run without state).
+
+    ``lake``: the lake this run writes; a state that names another lake is refused (one written
+    before states named their lake goes on with any).
+    """
     if path is None or not path.exists():
         return RunState(new_sessionizer(config.session))
     try:
         data = orjson.loads(path.read_bytes())
         if data.get("format") != STATE_FORMAT:
             raise StateError(f"{path}: unknown state format {data.get('format')!r}")
+        owner = data.get("lake")
+        if lake is not None and owner is not None and owner["id"] != lake.id:
+            raise StateError(
+                f"{path}: this state belongs to the lake {owner['path']}, not to {lake.path}; "
+                "run it with that lake, or start this lake with a new state file"
+            )
         if data["fingerprint"] != session_fingerprint(config):
             raise StateError(
                 f"{path}: this state was built with other session, field or column settings; "
@@ -116,7 +128,13 @@ def load_state(path: Path | None, config: Config) -> RunState:
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def state_payload(config: Config, snapshot: Snapshot | None, runs: int, inputs: dict[str, Any]) -> bytes:
+def state_payload(
+    config: Config,
+    snapshot: Snapshot | None,
+    runs: int,
+    inputs: dict[str, Any],
+    lake: LakeIdentity | None = None,
+) -> bytes:
     """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
     if len(inputs) > MAX_REMEMBERED_INPUTS:
         newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
@@ -128,11 +146,48 @@ def state_payload(config: Config, snapshot: Snapshot | None, runs: int, inputs: 
         "sessionizer": (Snapshot() if snapshot is None else snapshot).to_dict(),
         "inputs": inputs,
     }
+    if lake is not None:
+        data["lake"] = {"id": lake.id, "path": str(lake.path)}
     return orjson.dumps(data)
+
+
+@dataclass(frozen=True)
+class LakeIdentity:
+    """Which lake a state belongs to: an id made with the lake (it survives a move), and where it was."""
+
+    id: str
+    path: Path
+
+
+def lake_identity(lake: Path) -> LakeIdentity:
+    """The lake's id, written now when it has none (a new lake, or one from before lakes had ids)."""
+    path = lake / IDENTITY_FILE
+    try:
+        return LakeIdentity(str(orjson.loads(path.read_bytes())["id"]), lake.resolve())
+    except FileNotFoundError:
+        pass
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise OutputError(f"{path}: unreadable lake identity: {exc}") from None
+    identity = LakeIdentity(uuid.uuid4().hex, lake.resolve())
+    try:
+        write_atomically(path, orjson.dumps({"id": identity.id}))
+    except OSError as exc:
+        raise OutputError(f"{lake}: cannot write: {exc.strerror}") from None
+    return identity
 
 
 def save_state(path: Path, config: Config, snapshot: Snapshot | None, runs: int) -> None:
     write_atomically(path, state_payload(config, snapshot, runs, {}))
+
+
+def write_problem(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder``, or None. The probe has no name (a killed run
+    leaves nothing behind) where the system allows, else it is removed at once."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 def check_state_writable(path: Path) -> None:
@@ -142,12 +197,9 @@ def check_state_writable(path: Path) -> None:
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent  # the missing folders are created when the state is written
-    probe = folder / f".{path.name}.probe-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"{path}: the state file cannot be written here: {exc.strerror}") from None
+    problem = write_problem(folder)
+    if problem is not None:
+        raise OutputError(f"{path}: the state file cannot be written here: {problem}")
 
 
 def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
@@ -160,12 +212,9 @@ def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
         log.warning("%s: finished publishing run(s) %s, committed by a run that was stopped", lake, finished)
     if not overwrite and not stateful and lake_exists(lake):
         raise OutputError(f"{lake}: already holds a lake; pass --overwrite to replace it, or --state to add runs to it")
-    probe = lake / f".write-probe-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"{lake}: cannot write: {exc.strerror}") from None
+    problem = write_problem(lake)
+    if problem is not None:
+        raise OutputError(f"{lake}: cannot write: {problem}")
     return finished
 
 
@@ -235,8 +284,9 @@ def run(
     try:
         with LakeLock(lake):
             prepare_lake(lake, stateful=state_path is not None, overwrite=overwrite)
-            state = load_state(state_path, config)
-            options = _Options(state_path, flush, overwrite, now_ms, workers, progress, started)
+            identity = lake_identity(lake)
+            state = load_state(state_path, config, identity)
+            options = _Options(state_path, flush, overwrite, now_ms, workers, progress, started, identity)
             return _run_locked(sources, lake, config, state, options)
     except BaseException:
         _take_back(lake, created)
@@ -252,6 +302,7 @@ class _Options:
     workers: int | None
     progress: Progress | None
     started: float
+    lake: LakeIdentity
 
 
 def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunState, options: _Options) -> RunReport:
@@ -336,7 +387,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             for key, position in new_positions.items():
                 state.inputs.pop(key, None)  # re-inserted last: the newest inputs are kept longest
                 state.inputs[key] = {**position.to_dict(), "run": number}
-            stage_state(writer.staging, state_payload(config, snapshot, state.runs + 1, state.inputs))
+            stage_state(writer.staging, state_payload(config, snapshot, state.runs + 1, state.inputs, options.lake))
         commit_run(
             writer.staging, run=number, files=files, ledger=ledger, state_path=state_path, replace=options.overwrite
         )
