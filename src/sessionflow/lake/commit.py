@@ -4,7 +4,7 @@
 2. Commit point: staging/run-N/COMMIT.json (files, ledger, where the state goes) appears by an
    atomic rename. Before it, the run never happened; after it, the run has happened.
 3. Roll forward (idempotent, so it may be interrupted and redone any number of times): with
-   ``replace``, remove what the lake held before; move each staged file into place; write the
+   ``replace``, remove the files the old ledgers list; move each staged file into place; write the
    state; write the ledger; drop COMMIT.json; remove the staging folder.
 4. Every start recovers first: a staging folder with COMMIT.json is rolled forward, one without
    is deleted.
