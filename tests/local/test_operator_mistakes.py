@@ -6,6 +6,7 @@ no traceback, nothing that is not sessionflow's deleted, and no lake that fails 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -128,12 +129,10 @@ def test_a_refused_run_leaves_an_empty_folder_empty(
     assert list(folder.iterdir()) == []  # no stray _sessionflow/lock
 
 
-@pytest.fixture
-def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """An existing folder nobody can write into, root included: the tests run as root, who ignores
-    permission bits, so the folder is made immutable (``chattr +i``, ext4 and most local file systems)."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """A folder nobody can write into, root included: the tests run as root, who ignores permission
+    bits, so the folder is made immutable (``chattr +i``, ext4 and most local file systems)."""
     if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], check=False).returncode:
         pytest.skip("chattr +i is not available here")
     try:
@@ -144,10 +143,31 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    with read_only(folder):
+        yield folder
+
+
 def test_a_read_only_out_folder_exits_4(read_only_folder: Path, feed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(feed, "--out", read_only_folder, capsys=capsys)
     assert code == 4
     assert f"{read_only_folder}: cannot write: Operation not permitted" in err
+
+
+def test_a_read_only_lake_exits_4_and_stays_whole(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lake = tmp_path / "lake"
+    assert run(feed, "--out", lake, capsys=capsys)[0] == 0
+    with read_only(lake):
+        for extra in (("--overwrite",), ("--state", str(tmp_path / "state.json"))):
+            code, err = run(feed, "--out", lake, *extra, capsys=capsys)
+            assert code == 4 and f"{lake}: cannot write: Operation not permitted" in err
+    assert not (tmp_path / "state.json").exists()
+    assert_verifies(lake)
 
 
 # -- the run's own lake and state are never its inputs ----------------------------------------------
