@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 
 from sessionflow.cli import main
+from sessionflow.config import Config
+from sessionflow.errors import UsageError
 from sessionflow.lake.verify import verify_lake
+from sessionflow.runtimes.local import runner
 from sessionflow.synthetic import FeedShape, write_feed
 
 
@@ -70,6 +73,12 @@ def test_state_with_overwrite_is_refused_and_touches_nothing(
     assert "--overwrite with --state" in err and "delete the state file" in err
     assert state.read_bytes() == before
     assert_verifies(lake)
+
+
+def test_the_runner_refuses_state_with_overwrite_too(tmp_path: Path, feed: Path, example_config: Config) -> None:
+    with pytest.raises(UsageError, match="--overwrite with --state"):
+        runner.run([str(feed)], tmp_path / "lake", example_config, state_path=tmp_path / "s", overwrite=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_empty_out_is_a_usage_error(

@@ -27,7 +27,7 @@ import orjson
 from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, Sessionizer, Snapshot, Tally, rejection_row
 from sessionflow.core.native import implementation, new_sessionizer, sessionizer_class
-from sessionflow.errors import OutputError, StateError
+from sessionflow.errors import OutputError, StateError, UsageError
 from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
 from sessionflow.lake.durable import write_atomically
 from sessionflow.lake.layout import IDENTITY_FILE, META_DIR, is_lake, lake_exists
@@ -271,11 +271,13 @@ def run(
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> RunReport:
-    """One run of the embedded pipeline. Raises InputError, OutputError or StateError.
+    """One run of the embedded pipeline. Raises InputError, OutputError, StateError or UsageError.
 
     On any error nothing of the run is published, and a lake folder this run created is removed.
     """
     started = time.perf_counter()
+    if overwrite and state_path is not None:
+        raise UsageError("--overwrite with --state: the state belongs to the lake being replaced")
     own = [lake] if state_path is None else [lake, state_path]
     sources = expand_inputs(inputs, own)  # a missing input fails before the lake is touched
     if state_path is not None:
