@@ -48,14 +48,18 @@ def _is_own(resolved: Path, mine: set[Path]) -> bool:
 
 def _files_below(root: Path, mine: set[Path]) -> list[Path]:
     found: list[Path] = []
-    # Symbolic links to folders are followed, as a recursive glob does.
+    seen: set[Path] = {root.resolve()}
+    # Symbolic links to folders are followed, as a recursive glob does; each real folder once (no loops).
     for folder, folders, files in os.walk(root, followlinks=True):
         here = Path(folder)
-        folders[:] = [
-            name
-            for name in folders
-            if not skipped((name,)) and not is_lake(here / name) and (here / name).resolve() not in mine
-        ]
+        kept = []
+        for name in sorted(folders):  # sorted: which of two links to one folder is kept is fixed
+            real = (here / name).resolve()
+            if skipped((name,)) or real in mine or real in seen or is_lake(here / name):
+                continue
+            seen.add(real)
+            kept.append(name)
+        folders[:] = kept
         found.extend(
             here / name
             for name in files

@@ -335,3 +335,20 @@ def test_a_moved_lake_keeps_its_state_and_an_old_state_goes_on(
     assert run(more, "--out", moved, "--state", state, capsys=capsys)[0] == 0
     assert json.loads(state.read_bytes())["lake"]["path"] == str(moved)
     assert_verifies(moved)
+
+
+def test_a_folder_input_follows_links_to_folders_once_and_never_loops(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    indir, elsewhere = tmp_path / "indir", tmp_path / "elsewhere"
+    (indir / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(feed, elsewhere / "events.jsonl")
+    for name in ("a-link", "b-link"):
+        (indir / name).symlink_to(elsewhere)
+    (indir / "sub" / "loop").symlink_to(indir)
+    lake = tmp_path / "lake"
+    assert run(indir, "--out", lake, capsys=capsys)[0] == 0
+    (ledger,) = ledgers(lake)
+    assert [entry["source"] for entry in ledger["inputs"]] == [str(indir / "a-link" / "events.jsonl")]
+    assert_verifies(lake)
