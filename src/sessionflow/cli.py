@@ -61,6 +61,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be 0 or more")
     if args.flush and args.state is None:
         raise UsageError("--flush only makes sense with --state (a run without state always flushes)")
+    if args.state and args.overwrite:
+        # Replacing the lake but keeping the state would leave a summary without its events.
+        raise UsageError(
+            "--overwrite with --state: the state belongs to the lake being replaced; "
+            "to start again, delete the state file and run with --overwrite alone, or use a new --out and --state"
+        )
+    if not args.out.strip():
+        raise UsageError("--out is empty (an unset shell variable?); name the lake folder")
     return run_with_console(
         inputs=args.inputs,
         lake=Path(args.out),

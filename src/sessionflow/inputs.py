@@ -1,7 +1,9 @@
 """Which files an input names, for every runtime that reads files (``run``, ``backfill``). Import-light.
 
-A file (or a named pipe) is named as given; a directory yields every file below it, sorted by path, skipping names
-that start with ``.`` or ``_`` (hidden files, ``_SUCCESS`` markers, a lake's ``_sessionflow``);
+A file (or a named pipe) is named as given; a directory yields every file below it, sorted by
+path, skipping names that start with ``.`` or ``_`` (hidden files, ``_SUCCESS`` markers, a lake's
+``_sessionflow``), every folder that is a sessionflow lake, and the run's own output (its lake and
+state file), so a lake kept inside its input folder is never read back as input;
 each such file is named by the given path plus its path below it.
 """
 
@@ -9,10 +11,11 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from sessionflow.errors import InputError
+from sessionflow.lake.layout import is_lake
 
 
 def skipped(parts: Sequence[str]) -> bool:
@@ -28,12 +31,19 @@ def is_pipe(path: Path) -> bool:
         return False
 
 
-def local_files(given: str) -> list[tuple[str, Path]]:
-    """(name, path) of each file a local input names, in reading order; raises InputError when none."""
+def local_files(given: str, own: Collection[Path] = ()) -> list[tuple[str, Path]]:
+    """(name, path) of each file a local input names, in reading order; raises InputError when none.
+
+    ``own``: what the run writes (its lake folder, its state file), never read as input.
+    """
     path = Path(given)
+    mine = {p.resolve() for p in own}
+    if path.exists() and _is_own(path.resolve(), mine):
+        raise InputError(f"{given}: is this run's own output (its lake or state file), not an input")
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and not skipped(p.relative_to(path).parts))
-        return [(str(p), p) for p in found]
+        if is_lake(path):
+            raise InputError(f"{given}: is a sessionflow lake, not an input")
+        return [(str(p), p) for p in _files_below(path, mine)]
     if path.is_file() or is_pipe(path):
         return [(given, path)]
     if path.exists():
@@ -57,3 +67,29 @@ def why_no_files(given: str) -> str:
     if broken:
         reasons.append(f"{len(broken)} broken link(s) (e.g. {broken[0].relative_to(path)})")
     return f"{given} holds no file to read: " + ", ".join(reasons or ["nothing but special files"])
+
+
+def _is_own(resolved: Path, mine: set[Path]) -> bool:
+    return resolved in mine or any(parent in mine for parent in resolved.parents)
+
+
+def _files_below(root: Path, mine: set[Path]) -> list[Path]:
+    found: list[Path] = []
+    seen: set[Path] = {root.resolve()}
+    # Symbolic links to folders are followed, as a recursive glob does; each real folder once (no loops).
+    for folder, folders, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        kept = []
+        for name in sorted(folders):  # sorted: which of two links to one folder is kept is fixed
+            real = (here / name).resolve()
+            if skipped((name,)) or real in mine or real in seen or is_lake(here / name):
+                continue
+            seen.add(real)
+            kept.append(name)
+        folders[:] = kept
+        found.extend(
+            here / name
+            for name in files
+            if not skipped((name,)) and (here / name).is_file() and (here / name).resolve() not in mine
+        )
+    return sorted(found)

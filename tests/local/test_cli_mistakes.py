@@ -164,10 +164,10 @@ def test_demo_keeps_the_users_files_unless_forced(tmp_path: Path, capsys: pytest
 
 def empty_inputs(root: Path) -> dict[str, Path]:
     (root / "empty").mkdir()
-    (root / "hidden" / "_sessionflow").mkdir(parents=True)
+    (root / "hidden" / "_temporary").mkdir(parents=True)
     (root / "hidden" / "_SUCCESS").write_text("")
     (root / "hidden" / ".events.jsonl").write_text('{"event_id": "e"}\n')
-    (root / "hidden" / "_sessionflow" / "x.jsonl").write_text("")
+    (root / "hidden" / "_temporary" / "x.jsonl").write_text("")
     (root / "links").mkdir()
     (root / "links" / "events.jsonl").symlink_to(root / "gone.jsonl")
     (root / "broken.jsonl").symlink_to(root / "gone.jsonl")

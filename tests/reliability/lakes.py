@@ -40,7 +40,8 @@ def snapshot(lake: Path, state: Path | None = None) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for path in sorted(lake.rglob("*")):
         relative = path.relative_to(lake).as_posix()
-        if path.is_dir() or relative == "_sessionflow/lock":
+        # The lock, and the lake's identity (an id of its own, by design not the same in two lakes).
+        if path.is_dir() or relative in ("_sessionflow/lock", "_sessionflow/lake.json"):
             continue
         assert "/staging/" not in f"/{relative}", f"leftover staging file {relative}"
         assert not path.name.endswith(".tmp"), f"leftover temporary file {relative}"
@@ -50,7 +51,8 @@ def snapshot(lake: Path, state: Path | None = None) -> dict[str, Any]:
         else:
             seen[relative] = path.read_bytes()
     if state is not None:
-        seen["<state>"] = state.read_bytes() if state.exists() else None
+        # Which lake a state belongs to is that lake's id: the rest must be the same bytes.
+        seen["<state>"] = orjson.loads(state.read_bytes()) | {"lake": None} if state.exists() else None
     return seen
 
 

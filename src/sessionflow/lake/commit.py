@@ -4,7 +4,7 @@
 2. Commit point: staging/run-N/COMMIT.json (files, ledger, where the state goes) appears by an
    atomic rename. Before it, the run never happened; after it, the run has happened.
 3. Roll forward (idempotent, so it may be interrupted and redone any number of times): with
-   ``replace``, remove what the lake held before; move each staged file into place; write the
+   ``replace``, remove the files the old ledgers list; move each staged file into place; write the
    state; write the ledger; drop COMMIT.json; remove the staging folder.
 4. Every start recovers first: a staging folder with COMMIT.json is rolled forward, one without
    is deleted.
@@ -122,7 +122,14 @@ def recover(lake: Path) -> list[int]:
     if root.is_dir():
         for staging in sorted(root.iterdir()):
             if (staging / MANIFEST).is_file():
-                finished.append(roll_forward(lake, staging))
+                try:
+                    finished.append(roll_forward(lake, staging))
+                except OSError as exc:  # e.g. the state's folder became unwritable since the commit
+                    raise OutputError(
+                        f"{lake}: {staging.name} was committed by a run that was stopped, and cannot be put "
+                        f"in place: {exc}; once that can be written, the next run finishes it "
+                        "(or: sessionflow verify --repair)"
+                    ) from exc
             elif staging.is_dir():
                 shutil.rmtree(staging, ignore_errors=True)
             else:
@@ -141,23 +148,28 @@ def pending_commits(lake: Path) -> list[Path]:
 
 
 def _remove_all_but(lake: Path, keep: set[str], keep_ledger: int) -> None:
-    """Before a replacing run is published: remove every file of the lake it does not bring."""
-    for table in TABLES:
-        root = lake / table
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*"), reverse=True):
-            relative = path.relative_to(lake).as_posix()
-            if path.is_dir():
-                if not any(path.iterdir()):
-                    path.rmdir()
-            elif relative not in keep:
-                path.unlink()
+    """Before a replacing run is published: remove the files earlier runs' ledgers list, and those
+    ledgers. Nothing else: a file sessionflow did not write is not its to delete."""
     ledgers = ledger_dir(lake)
-    if ledgers.is_dir():
-        for ledger in ledgers.glob("run-*.json"):
-            if ledger.name != ledger_path(lake, keep_ledger).name:
-                ledger.unlink()
+    old_ledgers = sorted(ledgers.glob("run-*.json")) if ledgers.is_dir() else []
+    listed: set[str] = set()
+    for ledger in old_ledgers:
+        listed.update(orjson.loads(ledger.read_bytes()).get("files", []))
+    folders: set[Path] = set()
+    for relative in sorted(listed - keep):
+        if relative.split("/", 1)[0] not in TABLES:
+            continue  # a ledger names only files in the tables; anything else is not ours
+        path = lake / relative
+        path.unlink(missing_ok=True)
+        folders.add(path.parent)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        # Emptied partition folders go, and a table folder left empty; never a folder with a file.
+        while folder != lake and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    for ledger in old_ledgers:
+        if ledger.name != ledger_path(lake, keep_ledger).name:
+            ledger.unlink()
 
 
 def publish(lake: Path, staging: Path, run: int) -> None:

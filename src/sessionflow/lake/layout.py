@@ -13,6 +13,8 @@ PARTITIONS = {"events": EVENT_PARTITION, "sessions": SESSION_PARTITION, "rejecte
 LEDGER_DIR = f"{META_DIR}/ledger"
 STAGING_DIR = f"{META_DIR}/staging"
 LOCK_FILE = f"{META_DIR}/lock"
+# {"id": ...}: written when the lake is made; a --state file records it and refuses another lake.
+IDENTITY_FILE = f"{META_DIR}/lake.json"
 
 
 def ledger_name(run: int) -> str:
@@ -44,5 +46,12 @@ def lock_path(lake: Path) -> Path:
     return lake / LOCK_FILE
 
 
+def is_lake(folder: Path) -> bool:
+    """sessionflow's marker, its meta folder: a folder merely holding ``events/`` is not a lake."""
+    return (folder / META_DIR).is_dir()
+
+
 def lake_exists(lake: Path) -> bool:
-    return any((lake / table).exists() for table in TABLES)
+    """The folder holds runs: at least one of sessionflow's ledgers."""
+    ledgers = ledger_dir(lake)
+    return ledgers.is_dir() and any(ledgers.glob("run-*.json"))

@@ -30,8 +30,11 @@ class LakeLock:
         if not _fork_hook_registered:
             os.register_at_fork(after_in_child=_close_held_locks)
             _fork_hook_registered = True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+b")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a+b")
+        except OSError as exc:  # a read-only folder, a file where the meta folder goes
+            raise OutputError(f"{self.lake}: cannot write: {exc.strerror}") from None
         try:
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

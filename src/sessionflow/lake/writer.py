@@ -205,7 +205,16 @@ class _PartitionedParquet:
         path = folder / f"part-{self.prefix}-{self.sequence:05d}.parquet"
         self.sequence += 1
         self.files.append(path)
-        return pq.ParquetWriter(path, self.schema, compression=self.compression, use_dictionary=self.dictionary)
+        # Opened here, not by pyarrow: a writer that fails to start (a full disk, writing the magic
+        # bytes) leaves its file open in a half-made object until a garbage collection, the disk full.
+        sink = pa.OSFile(str(path), "wb")
+        try:
+            writer = pq.ParquetWriter(sink, self.schema, compression=self.compression, use_dictionary=self.dictionary)
+        except BaseException:
+            sink.close()
+            raise
+        writer.file_handle = sink  # closed with the writer, as when pyarrow opens the path itself
+        return writer
 
     def close(self) -> None:
         self.write_pending()

@@ -35,7 +35,8 @@ def run_with_console(
     thresholds: QualityThresholds | None = None,
 ) -> int:
     console = Console(stderr=True)
-    sources = expand_inputs(inputs)  # a missing input fails here, before anything is written
+    own = [lake] if state_path is None else [lake, state_path]  # never read as input
+    sources = expand_inputs(inputs, own)  # a missing input fails here, before anything is written
     if not sources:
         why = "; ".join(why_no_files(given) for given in inputs)
         if not allow_empty:

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -49,14 +50,17 @@ class Source:
         return self.path is None or is_pipe(self.path)
 
 
-def expand_inputs(inputs: list[str]) -> list[Source]:
-    """Every input, checked before anything runs: a missing file fails the run up front."""
+def expand_inputs(inputs: list[str], own: Collection[Path] = ()) -> list[Source]:
+    """Every input, checked before anything runs: a missing file fails the run up front.
+
+    ``own``: the run's lake folder and state file, never inputs (see ``sessionflow.inputs``).
+    """
     sources: list[Source] = []
     for given in inputs:
         if given == STDIN:
             sources.append(Source(STDIN, None))
             continue
-        sources.extend(Source(name, path) for name, path in local_files(given))
+        sources.extend(Source(name, path) for name, path in local_files(given, own))
     for source in sources:
         if source.path is not None and not os.access(source.path, os.R_OK):
             raise InputError(f"{source.name}: permission denied")

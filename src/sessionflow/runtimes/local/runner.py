@@ -14,7 +14,9 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,10 +27,10 @@ import orjson
 from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, Sessionizer, Snapshot, Tally, rejection_row
 from sessionflow.core.native import implementation, new_sessionizer, sessionizer_class
-from sessionflow.errors import OutputError, StateError
+from sessionflow.errors import OutputError, StateError, UsageError
 from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
 from sessionflow.lake.durable import write_atomically
-from sessionflow.lake.layout import META_DIR, lake_exists
+from sessionflow.lake.layout import IDENTITY_FILE, META_DIR, is_lake, lake_exists
 from sessionflow.lake.ledger import ledger_files, ledger_record, next_run_number
 from sessionflow.lake.lock import LakeLock
 from sessionflow.lake.writer import LakeWriter
@@ -96,14 +98,24 @@ class RunState:
 MAX_REMEMBERED_INPUTS = 10_000
 
 
-def load_state(path: Path | None, config: Config) -> RunState:
-    """The state in a file; a fresh one when there is no file (or no path: a run without state)."""
+def load_state(path: Path | None, config: Config, lake: LakeIdentity | None = None) -> RunState:
+    """The state in a file; a fresh one when there is no file (or no path: a run without state).
+
+    ``lake``: the lake this run writes; a state that names another lake is refused (one written
+    before states named their lake goes on with any).
+    """
     if path is None or not path.exists():
         return RunState(new_sessionizer(config.session))
     try:
         data = orjson.loads(path.read_bytes())
         if data.get("format") != STATE_FORMAT:
             raise StateError(f"{path}: unknown state format {data.get('format')!r}")
+        owner = data.get("lake")
+        if lake is not None and owner is not None and owner["id"] != lake.id:
+            raise StateError(
+                f"{path}: this state belongs to the lake {owner['path']}, not to {lake.path}; "
+                "run it with that lake, or start this lake with a new state file"
+            )
         if data["fingerprint"] != session_fingerprint(config):
             raise StateError(
                 f"{path}: this state was built with other session, field or column settings; "
@@ -116,7 +128,13 @@ def load_state(path: Path | None, config: Config) -> RunState:
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def state_payload(config: Config, snapshot: Snapshot | None, runs: int, inputs: dict[str, Any]) -> bytes:
+def state_payload(
+    config: Config,
+    snapshot: Snapshot | None,
+    runs: int,
+    inputs: dict[str, Any],
+    lake: LakeIdentity | None = None,
+) -> bytes:
     """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
     if len(inputs) > MAX_REMEMBERED_INPUTS:
         newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
@@ -128,11 +146,60 @@ def state_payload(config: Config, snapshot: Snapshot | None, runs: int, inputs: 
         "sessionizer": (Snapshot() if snapshot is None else snapshot).to_dict(),
         "inputs": inputs,
     }
+    if lake is not None:
+        data["lake"] = {"id": lake.id, "path": str(lake.path)}
     return orjson.dumps(data)
+
+
+@dataclass(frozen=True)
+class LakeIdentity:
+    """Which lake a state belongs to: an id made with the lake (it survives a move), and where it was."""
+
+    id: str
+    path: Path
+
+
+def lake_identity(lake: Path) -> LakeIdentity:
+    """The lake's id, written now when it has none (a new lake, or one from before lakes had ids)."""
+    path = lake / IDENTITY_FILE
+    try:
+        return LakeIdentity(str(orjson.loads(path.read_bytes())["id"]), lake.resolve())
+    except FileNotFoundError:
+        pass
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise OutputError(f"{path}: unreadable lake identity: {exc}") from None
+    identity = LakeIdentity(uuid.uuid4().hex, lake.resolve())
+    try:
+        write_atomically(path, orjson.dumps({"id": identity.id}))
+    except OSError as exc:
+        raise OutputError(f"{lake}: cannot write: {exc.strerror}") from None
+    return identity
 
 
 def save_state(path: Path, config: Config, snapshot: Snapshot | None, runs: int) -> None:
     write_atomically(path, state_payload(config, snapshot, runs, {}))
+
+
+def write_problem(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder``, or None. The probe has no name (a killed run
+    leaves nothing behind) where the system allows, else it is removed at once."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def check_state_writable(path: Path) -> None:
+    """The state file can be put in place: its folder (or the nearest one that exists) takes a file."""
+    if path.is_dir():
+        raise OutputError(f"{path}: the --state path is a directory; name a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the missing folders are created when the state is written
+    problem = write_problem(folder)
+    if problem is not None:
+        raise OutputError(f"{path}: the state file cannot be written here: {problem}")
 
 
 def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
@@ -145,34 +212,45 @@ def prepare_lake(lake: Path, *, stateful: bool, overwrite: bool) -> list[int]:
         log.warning("%s: finished publishing run(s) %s, committed by a run that was stopped", lake, finished)
     if not overwrite and not stateful and lake_exists(lake):
         raise OutputError(f"{lake}: already holds a lake; pass --overwrite to replace it, or --state to add runs to it")
-    probe = lake / f".write-probe-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"{lake}: cannot write: {exc.strerror}") from None
+    problem = write_problem(lake)
+    if problem is not None:
+        raise OutputError(f"{lake}: cannot write: {problem}")
     return finished
 
 
-def _create_lake_folder(lake: Path) -> bool:
-    """Create the lake folder; True when this run created it (so a failure can take it back)."""
+def _claim_lake_folder(lake: Path) -> Path | None:
+    """Create or check the lake folder; returns what this run created (a failure takes it back).
+
+    sessionflow writes into a new or empty folder, or into a lake it wrote (its meta folder is
+    the marker): never among someone else's files, which ``--overwrite`` could then not tell apart.
+    """
     if lake.exists() and not lake.is_dir():
         raise OutputError(f"{lake}: exists and is not a directory")
-    created = not lake.exists()
+    if lake.is_dir():
+        if is_lake(lake):
+            return None
+        foreign = sorted(p.name for p in lake.iterdir() if not p.name.startswith("."))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise OutputError(
+                f"{lake}: holds files that are not a sessionflow lake ({shown}); "
+                "sessionflow writes only into a new or empty folder, or a lake it wrote: choose another --out"
+            )
+        return lake / META_DIR
     try:
         lake.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{lake}: cannot create: {exc.strerror}") from None
-    return created
+    return lake
 
 
-def _remove_if_empty_lake(lake: Path) -> None:
-    """A failed first run leaves no lake: only our own bookkeeping may be in the folder."""
-    if not lake.is_dir() or lake_exists(lake) or any(p.name != META_DIR for p in lake.iterdir()):
+def _take_back(lake: Path, created: Path | None) -> None:
+    """A failed first run leaves nothing behind: what it created goes, when it holds no run."""
+    if created is None or not created.is_dir() or ledger_files(lake) or pending_commits(lake):
         return
-    if ledger_files(lake) or pending_commits(lake):
+    if created == lake and any(p.name != META_DIR for p in lake.iterdir()):
         return
-    shutil.rmtree(lake, ignore_errors=True)
+    shutil.rmtree(created, ignore_errors=True)
 
 
 def default_workers() -> int:
@@ -193,22 +271,27 @@ def run(
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> RunReport:
-    """One run of the embedded pipeline. Raises InputError, OutputError or StateError.
+    """One run of the embedded pipeline. Raises InputError, OutputError, StateError or UsageError.
 
     On any error nothing of the run is published, and a lake folder this run created is removed.
     """
     started = time.perf_counter()
-    sources = expand_inputs(inputs)  # a missing input fails before the lake is touched
-    created = _create_lake_folder(lake)
+    if overwrite and state_path is not None:
+        raise UsageError("--overwrite with --state: the state belongs to the lake being replaced")
+    own = [lake] if state_path is None else [lake, state_path]
+    sources = expand_inputs(inputs, own)  # a missing input fails before the lake is touched
+    if state_path is not None:
+        check_state_writable(state_path)  # before any input is read, not when the run commits
+    created = _claim_lake_folder(lake)
     try:
         with LakeLock(lake):
             prepare_lake(lake, stateful=state_path is not None, overwrite=overwrite)
-            state = load_state(state_path, config)
-            options = _Options(state_path, flush, overwrite, now_ms, workers, progress, started)
+            identity = lake_identity(lake)
+            state = load_state(state_path, config, identity)
+            options = _Options(state_path, flush, overwrite, now_ms, workers, progress, started, identity)
             return _run_locked(sources, lake, config, state, options)
     except BaseException:
-        if created:
-            _remove_if_empty_lake(lake)
+        _take_back(lake, created)
         raise
 
 
@@ -221,6 +304,7 @@ class _Options:
     workers: int | None
     progress: Progress | None
     started: float
+    lake: LakeIdentity
 
 
 def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunState, options: _Options) -> RunReport:
@@ -305,7 +389,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             for key, position in new_positions.items():
                 state.inputs.pop(key, None)  # re-inserted last: the newest inputs are kept longest
                 state.inputs[key] = {**position.to_dict(), "run": number}
-            stage_state(writer.staging, state_payload(config, snapshot, state.runs + 1, state.inputs))
+            stage_state(writer.staging, state_payload(config, snapshot, state.runs + 1, state.inputs, options.lake))
         commit_run(
             writer.staging, run=number, files=files, ledger=ledger, state_path=state_path, replace=options.overwrite
         )
