@@ -2,8 +2,8 @@
 
 A file (or a named pipe) is named as given; a directory yields every file below it, sorted by
 path, skipping names that start with ``.`` or ``_`` (hidden files, ``_SUCCESS`` markers, a lake's
-``_sessionflow``), every folder that is a sessionflow lake, and the run's own output (its lake and
-state file), so a lake kept inside its input folder is never read back as input;
+``_sessionflow``), every folder that is a sessionflow lake, every sessionflow state file, and the run's own output
+(its lake and state file), so a lake kept inside its input folder is never read back as input;
 each such file is named by the given path plus its path below it.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from sessionflow.errors import InputError
-from sessionflow.lake.layout import is_lake
+from sessionflow.lake.layout import is_lake, is_state_file
 
 
 def skipped(parts: Sequence[str]) -> bool:
@@ -90,6 +90,9 @@ def _files_below(root: Path, mine: set[Path]) -> list[Path]:
         found.extend(
             here / name
             for name in files
-            if not skipped((name,)) and (here / name).is_file() and (here / name).resolve() not in mine
+            if not skipped((name,))
+            and (here / name).is_file()
+            and (here / name).resolve() not in mine
+            and not is_state_file(here / name)
         )
     return sorted(found)

@@ -220,6 +220,21 @@ def test_a_lake_and_a_state_inside_the_input_folder_are_not_read_back(
         assert_verifies(folder)
 
 
+def test_another_runs_state_file_in_the_input_folder_is_not_read(
+    tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    indir = tmp_path / "indir"
+    indir.mkdir()
+    shutil.copy(feed, indir / "events.jsonl")
+    # Another pipeline's state, kept in the folder this run reads (not this run's own --state).
+    assert run(feed, "--out", tmp_path / "elsewhere", "--state", indir / "their-state.json", capsys=capsys)[0] == 0
+    assert (indir / "their-state.json").read_bytes().startswith(b'{"sessionflow":"state"')
+    assert run(indir, "--out", tmp_path / "lake", capsys=capsys)[0] == 0
+    (ledger,) = ledgers(tmp_path / "lake")
+    assert [entry["source"] for entry in ledger["inputs"]] == [str(indir / "events.jsonl")]
+    assert_verifies(tmp_path / "lake")
+
+
 def test_the_out_folder_itself_is_refused_as_an_input(
     tmp_path: Path, feed: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

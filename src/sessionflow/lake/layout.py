@@ -46,6 +46,19 @@ def lock_path(lake: Path) -> Path:
     return lake / LOCK_FILE
 
 
+# A state file's first bytes: what tells it apart from an input file in a folder given as input.
+STATE_FILE_MARKER = b'{"sessionflow":"state"'
+
+
+def is_state_file(path: Path) -> bool:
+    """A sessionflow state file (of any run), by its first bytes: never read as input."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(STATE_FILE_MARKER)) == STATE_FILE_MARKER
+    except OSError:
+        return False  # unreadable: the reader says so, with the input's name
+
+
 def is_lake(folder: Path) -> bool:
     """sessionflow's marker, its meta folder: a folder merely holding ``events/`` is not a lake."""
     return (folder / META_DIR).is_dir()

@@ -140,6 +140,7 @@ def state_payload(
         newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
         inputs = {key: inputs[key] for key in newest}
     data = {
+        "sessionflow": "state",  # first, so a folder given as input skips the file (STATE_FILE_MARKER)
         "format": STATE_FORMAT,
         "fingerprint": session_fingerprint(config),
         "runs": runs,
