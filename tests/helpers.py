@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import orjson
@@ -48,3 +50,15 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def group_gone(pgid: int, seconds: float) -> bool:
+    """True once no process is left in the process group (the workers of a run that ended)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

@@ -25,6 +25,7 @@ from sessionflow.cli import main
 from sessionflow.config import EXAMPLE_CONFIG
 from sessionflow.core.native import implementation
 from sessionflow.synthetic import FeedShape, write_feed
+from tests.helpers import group_gone
 
 FEED_SHAPE = FeedShape(events=8_000, machines=60, seed=5)
 
@@ -568,12 +569,4 @@ def test_ctrl_c_exits_130_publishes_nothing_and_leaves_no_process(workdir: Path,
     assert run.returncode == 130
     assert stderr.decode().strip().splitlines() == ["sessionflow: interrupted; nothing of this run was published"]
     assert not lake.exists()  # the run created the folder: it takes it back
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(run.pid, 0)  # a worker still alive in the group?
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("worker processes outlived the interrupted run")
+    assert group_gone(run.pid, 10), "worker processes outlived the interrupted run"

@@ -16,6 +16,7 @@ import pytest
 from sessionflow.cli import main
 from sessionflow.config import EXAMPLE_CONFIG
 from sessionflow.synthetic import FeedShape, write_feed
+from tests.helpers import group_gone
 
 
 def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -384,13 +385,5 @@ def test_workers_of_a_killed_run_go_quietly(tmp_path: Path) -> None:
             time.sleep(delay)  # the workers are busy with blocks
             os.kill(run.pid, signal.SIGKILL)
             run.wait(timeout=30)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(run.pid, 0)  # a worker still alive in the group?
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-            else:
-                pytest.fail("worker processes outlived the killed run")
+            assert group_gone(run.pid, 10), "worker processes outlived the killed run"
         assert "Traceback" not in errors.read_text(), errors.read_text()
