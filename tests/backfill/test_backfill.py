@@ -139,6 +139,9 @@ def test_spark_lake_equals_the_embedded_runners(
     reasons = Counter(r["reason"] for r in expected_rejections)
     assert {"invalid_utf8", "malformed_json", "missing_field", "timestamp_out_of_range"} <= set(reasons)
     assert report.duplicates > 50
+    # Counted where the copies are dropped, and by the embedded runner on its own: the same number.
+    (runner_ledger,) = [orjson.loads(p.read_bytes()) for p in (runner_lake / "_sessionflow" / "ledger").glob("*.json")]
+    assert report.duplicates == runner_ledger["tally"]["duplicates"]
     assert report.blank >= 2
     assert report.splits > report.files, "each folder file should be read in several splits"
 

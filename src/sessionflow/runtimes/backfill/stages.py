@@ -44,6 +44,7 @@ SPLIT = 2  # one per input split: how many lines (and blank lines) it holds
 # Row kinds of the sessionize stage's output.
 SESSION = 1
 UNRESOLVED = 2  # a machine whose window did not decide the date range
+DUPLICATES = 3  # a machine's copies dropped, counted where they are dropped (whole-history runs)
 
 # Where a line came from, in arrival order: input file, byte offset of its split, index in the split.
 ARRIVAL: tuple[Column, ...] = (("file_index", "int32"), ("block_start", "int64"), ("idx", "int64"))
@@ -81,7 +82,12 @@ def sessionized_session_columns() -> tuple[Column, ...]:
 
 
 def sessionize_columns(config: Config) -> tuple[Column, ...]:
-    return (("kind", "int8"), *sessionized_event_columns(config), *sessionized_session_columns())
+    return (
+        ("kind", "int8"),
+        *sessionized_event_columns(config),
+        *sessionized_session_columns(),
+        ("duplicates", "int64"),  # DUPLICATES rows only: the ledger's duplicates, counted, not derived
+    )
 
 
 # -- stage 1: raw lines -> refined events, rejections, split sizes ------------------------------------
@@ -219,7 +225,8 @@ def sessionize_machine(
     """All of one machine's refined events (any order) -> its events and sessions, as the core decides.
 
     Output rows carry ``kind``: EVENT rows have the events table's columns, SESSION rows the sessions
-    table's (prefixed), and a single UNRESOLVED row means ``window`` did not settle this machine.
+    table's (prefixed), and a single UNRESOLVED row means ``window`` did not settle this machine. A
+    whole-history run adds one DUPLICATES row for a machine whose copies it dropped, with their number.
     """
     if not events:
         return []
@@ -256,6 +263,9 @@ def sessionize_machine(
         row["kind"] = SESSION
         row[SESSION_PREFIX + "event_type_counts"] = list(summary["event_type_counts"].items())
         rows.append(row)
+    dropped = len(events) - len(unique) + len(out.duplicates)
+    if window is None and dropped:
+        rows.append({"kind": DUPLICATES, "machine_id": machine_id, "duplicates": dropped})
     return rows
 
 
