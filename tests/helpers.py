@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from typing import Any
@@ -62,3 +63,25 @@ def group_gone(pgid: int, seconds: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def kinesis_event(
+    stream: str, datas: list[bytes], first: int, *, shard: str = "shardId-000000000000", arrived: float = 1791277300.123
+) -> dict[str, Any]:
+    """A Lambda event from a Kinesis stream, its records numbered from ``first`` (as the service sends it)."""
+    return {
+        "Records": [
+            {
+                "kinesis": {
+                    "partitionKey": "k",
+                    "sequenceNumber": str(10**20 + first + i),
+                    "data": base64.b64encode(data).decode(),
+                    "approximateArrivalTimestamp": arrived,
+                },
+                "eventID": f"{shard}:{10**20 + first + i}",
+                "eventSourceARN": f"arn:aws:kinesis:us-east-1:123456789012:stream/{stream}",
+                "eventSource": "aws:kinesis",
+            }
+            for i, data in enumerate(datas)
+        ]
+    }

@@ -18,7 +18,7 @@ from sessionflow.runtimes.aws.local.resources import IDS, dedupe
 from sessionflow.runtimes.aws.outputs import MemorySink, MemoryStreamWriter, Row, StreamEntry
 from sessionflow.runtimes.aws.settings import Settings
 from sessionflow.state.memory import MemoryStore
-from tests.helpers import T0, FakeClock, event, raw_record
+from tests.helpers import T0, FakeClock, event, kinesis_event, raw_record
 
 pytestmark = pytest.mark.aws
 EVENTS = Path(__file__).parent.parent / "events"
@@ -252,14 +252,14 @@ def test_batching_and_sharding_do_not_change_sessions(config: Config, batch_size
     setup = Setup(config)
     for start in range(0, len(lines), batch_size):
         chunk = lines[start : start + batch_size]
-        handlers.process_handler(_kinesis("raw", "shardId-000000000000", chunk, start), None)
+        handlers.process_handler(kinesis_event("raw", chunk, start), None)
     by_shard: dict[int, list[bytes]] = {}
     for entry in setup.clean.entries:  # Kinesis routes by an MD5 of the partition key
         shard = int(hashlib.md5(entry.partition_key.encode()).hexdigest(), 16) % shards
         by_shard.setdefault(shard, []).append(entry.data)
     for shard, datas in by_shard.items():
         for start in range(0, len(datas), batch_size):
-            event = _kinesis("clean", f"shardId-{shard:012d}", datas[start : start + batch_size], start)
+            event = kinesis_event("clean", datas[start : start + batch_size], start, shard=f"shardId-{shard:012d}")
             assert handlers.sessionize_handler(event, None) == {"batchItemFailures": []}
     handlers.flush_handler({"shards": [f"clean/shardId-{s:012d}" for s in by_shard]}, None)
 
@@ -273,35 +273,14 @@ def test_batching_and_sharding_do_not_change_sessions(config: Config, batch_size
     assert {s["session_id"]: s for s in setup.sink.rows["sessions"]} == {s["session_id"]: s for s in reference.sessions}
 
 
-def _kinesis(stream: str, shard: str, datas: list[bytes], first: int) -> dict[str, Any]:
-    return {
-        "Records": [
-            {
-                "kinesis": {
-                    "partitionKey": "k",
-                    "sequenceNumber": str(10**20 + first + i),
-                    "data": base64.b64encode(data).decode(),
-                    "approximateArrivalTimestamp": 1791277300.123,
-                },
-                "eventID": f"{shard}:{10**20 + first + i}",
-                "eventSourceARN": f"arn:aws:kinesis:us-east-1:123456789012:stream/{stream}",
-                "eventSource": "aws:kinesis",
-            }
-            for i, data in enumerate(datas)
-        ]
-    }
-
-
 def test_a_gap_of_exactly_the_timeout_stays_in_the_session(config: Config) -> None:
     """The timeout's boundary through both handlers, against sessions written out by hand."""
     timeout = config.session.timeout_ms
     times = [T0, T0 + timeout, T0 + 2 * timeout + 1]  # a gap of the timeout, then one millisecond more
     setup = Setup(config)
     lines = [raw_record(event_id=f"e{i}", timestamp=ts) for i, ts in enumerate(times)]
-    assert handlers.process_handler(_kinesis("raw", "shardId-000000000000", lines, 0), None) == {
-        "batchItemFailures": []
-    }
-    clean = _kinesis("clean", CLEAN_SHARD, [e.data for e in setup.clean.entries], 0)
+    assert handlers.process_handler(kinesis_event("raw", lines, 0), None) == {"batchItemFailures": []}
+    clean = kinesis_event("clean", [e.data for e in setup.clean.entries], 0, shard=CLEAN_SHARD)
     assert handlers.sessionize_handler(clean, None) == {"batchItemFailures": []}
     handlers.flush_handler({"shards": [f"clean/{CLEAN_SHARD}"]}, None)
     sessions = sorted((s["start_ts"], s["end_ts"], s["event_count"]) for s in setup.sink.rows["sessions"])
@@ -333,10 +312,10 @@ def test_a_bot_that_never_stops_outgrows_an_item_and_nothing_fails(config: Confi
     ]
     setup = Setup(config)
     for first in range(0, len(lines), 500):
-        handlers.process_handler(_kinesis("raw", "shardId-000000000000", lines[first : first + 500], first), None)
+        handlers.process_handler(kinesis_event("raw", lines[first : first + 500], first), None)
     datas = [entry.data for entry in setup.clean.entries]
     for first in range(0, len(datas), 1000):
-        event = _kinesis("clean", CLEAN_SHARD, datas[first : first + 1000], first)
+        event = kinesis_event("clean", datas[first : first + 1000], first, shard=CLEAN_SHARD)
         assert handlers.sessionize_handler(event, None) == {"batchItemFailures": []}
     assert setup.store.stats.parts_written > 0
     assert any("#part#" in key for key in setup.store._records)

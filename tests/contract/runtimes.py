@@ -22,6 +22,7 @@ from sessionflow.config import Config
 from sessionflow.core import Outputs, Pipeline, Sessionizer
 from tests.contract.feeds import CONFIG_TOML, Feed
 from tests.contract.reference import Result
+from tests.helpers import kinesis_event
 
 Row = dict[str, Any]
 
@@ -101,26 +102,6 @@ def through_pipeline(feed: Feed, config: Config, make: Callable[[Config], Sessio
 # -- the Lambda handlers on the memory store ------------------------------------------------------------
 
 
-def _kinesis_event(stream: str, datas: list[bytes], first: int) -> dict[str, Any]:
-    shard = "shardId-000000000000"
-    return {
-        "Records": [
-            {
-                "kinesis": {
-                    "partitionKey": "k",
-                    "sequenceNumber": str(10**20 + first + i),
-                    "data": base64.b64encode(data).decode(),
-                    "approximateArrivalTimestamp": time.time(),
-                },
-                "eventID": f"{shard}:{10**20 + first + i}",
-                "eventSourceARN": f"arn:aws:kinesis:us-east-1:123456789012:stream/{stream}",
-                "eventSource": "aws:kinesis",
-            }
-            for i, data in enumerate(datas)
-        ]
-    }
-
-
 def through_aws_handlers(feed: Feed, config: Config) -> Result:
     """process and then sessionize, one record per invocation, as Lambda with BatchSize 1 calls them."""
     from sessionflow.runtimes.aws import handlers
@@ -134,9 +115,13 @@ def through_aws_handlers(feed: Feed, config: Config) -> Result:
     try:
         sessionized = 0
         for i, line in enumerate(line for line in feed.lines() if line):  # Kinesis records are never empty
-            assert handlers.process_handler(_kinesis_event("raw", [line], i), None) == {"batchItemFailures": []}
+            assert handlers.process_handler(kinesis_event("raw", [line], i, arrived=time.time()), None) == {
+                "batchItemFailures": []
+            }
             for entry in clean.entries[sessionized:]:
-                response = handlers.sessionize_handler(_kinesis_event("clean", [entry.data], sessionized), None)
+                response = handlers.sessionize_handler(
+                    kinesis_event("clean", [entry.data], sessionized, arrived=time.time()), None
+                )
                 assert response == {"batchItemFailures": []}
                 sessionized += 1
         before_flush = list(sink.rows.get("sessions", []))
