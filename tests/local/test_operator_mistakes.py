@@ -20,7 +20,7 @@ import pytest
 
 from sessionflow.cli import main
 from sessionflow.config import Config
-from sessionflow.errors import UsageError
+from sessionflow.errors import InputError, UsageError
 from sessionflow.lake.verify import verify_lake
 from sessionflow.runtimes.local import runner
 from sessionflow.synthetic import FeedShape, write_feed
@@ -73,6 +73,15 @@ def test_state_with_overwrite_is_refused_and_touches_nothing(
     assert "--overwrite with --state" in err and "delete the state file" in err
     assert state.read_bytes() == before
     assert_verifies(lake)
+
+
+def test_the_runner_refuses_inputs_naming_no_file_too(tmp_path: Path, example_config: Config) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty folder"):
+        runner.run([str(tmp_path / "empty")], tmp_path / "lake", example_config)
+    assert not (tmp_path / "lake").exists()
+    report = runner.run([str(tmp_path / "empty")], tmp_path / "lake", example_config, allow_empty=True)
+    assert report.inputs == [] and report.tally.records == 0
 
 
 def test_the_runner_refuses_state_with_overwrite_too(tmp_path: Path, feed: Path, example_config: Config) -> None:

@@ -11,7 +11,6 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from sessionflow.config import Config
-from sessionflow.errors import InputError
 from sessionflow.exitcodes import EXIT_OK, EXIT_QUALITY
 from sessionflow.inputs import why_no_files
 from sessionflow.runtimes.local.quality import QualityThresholds, is_all_rejected, quality_warnings
@@ -35,17 +34,10 @@ def run_with_console(
     thresholds: QualityThresholds | None = None,
 ) -> int:
     console = Console(stderr=True)
-    own = [lake] if state_path is None else [lake, state_path]  # never read as input
-    sources = expand_inputs(inputs, own)  # a missing input fails here, before anything is written
-    if not sources:
-        why = "; ".join(why_no_files(given) for given in inputs)
-        if not allow_empty:
-            raise InputError(f"no input to read: {why} (pass --allow-empty to run on nothing)")
-        notice = f"no input to read: {why}; running on nothing (--allow-empty)"
-        console.print(notice, style="yellow", markup=False, soft_wrap=True)
     show_progress = console.is_terminal and not quiet
     if show_progress:
-        total = sum(source.size or 0 for source in sources) or None
+        own = [lake] if state_path is None else [lake, state_path]  # never read as input
+        total = sum(source.size or 0 for source in expand_inputs(inputs, own)) or None
         columns = (
             TextColumn("[bold]sessionflow run"),
             BarColumn(),
@@ -64,9 +56,23 @@ def run_with_console(
                 overwrite=overwrite,
                 workers=workers,
                 progress=lambda consumed: bar.advance(task, consumed),
+                allow_empty=allow_empty,
             )
     else:
-        report = run(inputs, lake, config, state_path=state_path, flush=flush, overwrite=overwrite, workers=workers)
+        report = run(
+            inputs,
+            lake,
+            config,
+            state_path=state_path,
+            flush=flush,
+            overwrite=overwrite,
+            workers=workers,
+            allow_empty=allow_empty,
+        )
+    if allow_empty and not report.inputs:
+        why = "; ".join(why_no_files(given) for given in inputs)
+        notice = f"no input to read: {why}; running on nothing (--allow-empty)"
+        console.print(notice, style="yellow", markup=False, soft_wrap=True)
     tally = report.tally
     warnings = quality_warnings(tally, lake=lake, run=report.run, thresholds=thresholds or QualityThresholds())
     if as_json:

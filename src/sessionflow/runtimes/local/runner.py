@@ -27,7 +27,8 @@ import orjson
 from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, Sessionizer, Snapshot, Tally, rejection_row
 from sessionflow.core.native import implementation, new_sessionizer, sessionizer_class
-from sessionflow.errors import OutputError, StateError, UsageError
+from sessionflow.errors import InputError, OutputError, StateError, UsageError
+from sessionflow.inputs import why_no_files
 from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
 from sessionflow.lake.durable import write_atomically
 from sessionflow.lake.layout import IDENTITY_FILE, META_DIR, is_lake, lake_exists
@@ -271,8 +272,12 @@ def run(
     now_ms: int | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    allow_empty: bool = False,
 ) -> RunReport:
     """One run of the embedded pipeline. Raises InputError, OutputError, StateError or UsageError.
+
+    Inputs that name no file at all are an InputError unless ``allow_empty`` (the run then reads
+    nothing, and its report lists no input).
 
     On any error nothing of the run is published, and a lake folder this run created is removed.
     """
@@ -281,6 +286,9 @@ def run(
         raise UsageError("--overwrite with --state: the state belongs to the lake being replaced")
     own = [lake] if state_path is None else [lake, state_path]
     sources = expand_inputs(inputs, own)  # a missing input fails before the lake is touched
+    if not sources and not allow_empty:
+        why = "; ".join(why_no_files(given) for given in inputs)
+        raise InputError(f"no input to read: {why} (pass --allow-empty to run on nothing)")
     if state_path is not None:
         check_state_writable(state_path)  # before any input is read, not when the run commits
     created = _claim_lake_folder(lake)
