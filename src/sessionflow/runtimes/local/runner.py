@@ -178,10 +178,6 @@ def lake_identity(lake: Path) -> LakeIdentity:
     return identity
 
 
-def save_state(path: Path, config: Config, snapshot: Snapshot | None, runs: int) -> None:
-    write_atomically(path, state_payload(config, snapshot, runs, {}))
-
-
 def write_problem(folder: Path) -> str | None:
     """Why a file cannot be created in ``folder``, or None. The probe has no name (a killed run
     leaves nothing behind) where the system allows, else it is removed at once."""
