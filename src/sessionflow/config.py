@@ -119,6 +119,9 @@ class SessionConfig:
     allowed_lateness_ms: int = 5 * MINUTE
     max_session_duration_ms: int | None = None
     dedupe_horizon_ms: int = HOUR
+    # How far behind the stream clock an incremental run still places an event, restating the
+    # sessions it touches (README, "Arrival order"); older ones are written late, in no session.
+    restate_horizon_ms: int = 7 * DAY
     # How many machines must have reached a time before the stream clock does (see README).
     clock_quorum: int = 3
 
@@ -134,6 +137,8 @@ class SessionConfig:
                 "session.dedupe_horizon",
                 "must be at least session.allowed_lateness, or a duplicate could outlive its twin",
             )
+        if self.restate_horizon_ms < self.allowed_lateness_ms:
+            raise ConfigError("session.restate_horizon", "must be at least session.allowed_lateness")
         if self.clock_quorum < 1:
             raise ConfigError("session.clock_quorum", "must be at least 1")
         for key, ms in (
@@ -141,6 +146,7 @@ class SessionConfig:
             ("allowed_lateness", self.allowed_lateness_ms),
             ("max_session_duration", self.max_session_duration_ms or 0),
             ("dedupe_horizon", self.dedupe_horizon_ms),
+            ("restate_horizon", self.restate_horizon_ms),
         ):
             check_duration(ms, f"session.{key}")
 
@@ -305,6 +311,7 @@ def _session(table: Mapping[str, Any]) -> SessionConfig:
         "allowed_lateness": "allowed_lateness_ms",
         "max_session_duration": "max_session_duration_ms",
         "dedupe_horizon": "dedupe_horizon_ms",
+        "restate_horizon": "restate_horizon_ms",
     }
     only_keys(table, "session.", {*names, "opening_events", "clock_quorum"})
     kwargs: dict[str, Any] = {}

@@ -56,6 +56,7 @@ SESSION_COLUMNS: tuple[Column, ...] = (
     ("event_type_counts", "map<string,int64>"),
     ("app_version", "string"),  # the session's first non-null app_version
 )
+RESTATEMENTS = "restatements"  # the restatement log table (sessionflow.lake.restatements)
 SESSION_PARTITION = "session_date"  # date of session_start (UTC)
 
 # Rejected records are JSON lines, one object per record.

@@ -88,6 +88,9 @@ class Refined:
     """One batch after the stateless half: valid events in arrival order, rejections, counts."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
+    # The line each event came from (the 1-based line number given with it): a batch run finds a
+    # conflicting duplicate's raw bytes again by it.
+    lines: list[int] = field(default_factory=list)
     rejections: list[dict[str, Any]] = field(default_factory=list)
     rejected: Counter[str] = field(default_factory=Counter)
     records: int = 0
@@ -113,6 +116,7 @@ class LineRefiner:
         refine_line = self.refine_line
         batch = Refined()
         valid = batch.events
+        event_lines = batch.lines
         rejections = batch.rejections
         rejected = batch.rejected
         records = blank = 0
@@ -120,6 +124,7 @@ class LineRefiner:
             result = refine_line(raw, now_ms)
             if type(result) is dict:
                 valid.append(result)
+                event_lines.append(line)
             elif result is None:
                 blank += 1
                 continue

@@ -18,6 +18,8 @@ class Reason(StrEnum):
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     CLEANING_FAILED = "cleaning_failed"
     REJECTED_BY_RULE = "rejected_by_rule"
+    # A later copy of an (machine_id, event_id) whose content differs from the first arrival's.
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"
 
 
 class RejectRecord(Exception):

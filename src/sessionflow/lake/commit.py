@@ -1,10 +1,11 @@
 """Staging, the atomic commit point, roll forward and recovery (see docs/reliability.md).
 
 1. A run writes its files, and the state it will leave, into staging/run-N (fsynced).
-2. Commit point: staging/run-N/COMMIT.json (files, ledger, where the state goes) appears by an
+2. Commit point: staging/run-N/COMMIT.json (files, files it rewrote, ledger, where the state goes) appears by an
    atomic rename. Before it, the run never happened; after it, the run has happened.
 3. Roll forward (idempotent, so it may be interrupted and redone any number of times): with
-   ``replace``, remove the files the old ledgers list; move each staged file into place; write the
+   ``replace``, remove the files the old ledgers list; move each staged file into place; remove
+   the files it rewrote (an incremental run restating sessions); write the
    state; write the ledger; drop COMMIT.json; remove the staging folder.
 4. Every start recovers first: a staging folder with COMMIT.json is rolled forward, one without
    is deleted.
@@ -64,14 +65,19 @@ def commit_run(
     ledger: dict[str, Any],
     state_path: Path | None,
     replace: bool,
+    remove: list[str] | None = None,
 ) -> None:
-    """The commit point: COMMIT.json appears atomically in the staging folder."""
+    """The commit point: COMMIT.json appears atomically in the staging folder.
+
+    ``remove``: files of earlier runs this run rewrote (an incremental run restating sessions):
+    they go when the run is put in place, after its own files are in."""
     crash_point("staged")
     manifest = {
         "format": MANIFEST_FORMAT,
         "run": run,
         "replace": replace,
         "files": [path.as_posix() for path in files],
+        "remove": list(remove or []),
         "state": str(state_path.resolve()) if state_path is not None else None,
         "ledger": ledger,
     }
@@ -96,8 +102,14 @@ def roll_forward(lake: Path, staging: Path) -> int:
             os.replace(staged, final)
             folders.add(final.parent)
             crash_point("moved")
+    for relative_name in manifest.get("remove", []):
+        if relative_name.split("/", 1)[0] in TABLES:  # never anything outside the tables
+            (lake / relative_name).unlink(missing_ok=True)
+            folders.add((lake / relative_name).parent)
+            crash_point("removed")
     for folder in folders:
-        fsync_dir(folder)
+        if folder.is_dir():
+            fsync_dir(folder)
     state = staging / STAGED_STATE
     if manifest["state"] is not None and state.exists():
         durable.write_atomically(Path(manifest["state"]), state.read_bytes())

@@ -25,6 +25,7 @@ from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES, arrow_schema
 from sessionflow.schema import (
     EVENT_PARTITION,
     REJECTED_PARTITION,
+    RESTATEMENTS,
     SESSION_COLUMNS,
     SESSION_PARTITION,
     event_columns,
@@ -69,6 +70,12 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         else:
             arrays.append(pa.array(column, fld.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def sessions_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Session summaries as dicts (the pure sessionizer's) -> the sessions table plus its partition column."""
+    table = _table(rows, arrow_schema(SESSION_COLUMNS))
+    return table.append_column(SESSION_PARTITION, pa.array([row[SESSION_PARTITION] for row in rows], pa.string()))
 
 
 def _map_array(mappings: Sequence[dict[str, int]], map_type: pa.MapType) -> pa.MapArray:
@@ -295,6 +302,7 @@ class LakeWriter:
             _UNIQUE_SESSION_VALUES,
         )
         self.rejected = _PartitionedJsonLines(self.staging / "rejected", REJECTED_PARTITION, prefix)
+        self.extra_files: list[Path] = []
         self.staging.mkdir(parents=True, exist_ok=True)
 
     def write(
@@ -307,12 +315,20 @@ class LakeWriter:
         if rejections:
             self.rejected.add(rejections)
 
+    def add_restatements(self, log: pa.Table) -> None:
+        """The run's restatement log (``sessionflow.lake.restatements``): one file, written now."""
+        folder = self.staging / RESTATEMENTS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"part-{self.run:05d}-00000.parquet"
+        pq.write_table(log, path, compression="zstd")
+        self.extra_files.append(path)
+
     def close(self) -> list[Path]:
         """Finish every file; returns them, relative to the staging folder."""
         for table in (self.events, self.sessions, self.rejected):
             table.close()
         self._executor.shutdown()
-        files = [*self.events.files, *self.sessions.files, *self.rejected.files]
+        files = [*self.events.files, *self.sessions.files, *self.rejected.files, *self.extra_files]
         for path in files:
             fsync_file(path)
         return [path.relative_to(self.staging) for path in files]

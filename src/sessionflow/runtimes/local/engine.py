@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import marshal
 import multiprocessing
 import os
 import signal
 import sys
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import count, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from zlib import crc32
 
 import pyarrow as pa
 
@@ -36,7 +36,7 @@ from sessionflow.core import Pipeline, Sessionizer, Snapshot, Tally
 from sessionflow.core.sessionizer import Summary
 from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, session_table, to_record_batch
-from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
+from sessionflow.runtimes.local.feeds import Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source, open_source
 
 # About 9,000 events. Bigger blocks mean fewer stream-clock steps and less per-block work, but more
@@ -137,6 +137,14 @@ def _widen_pipes(pool: Any) -> None:
             fcntl.fcntl(connection.fileno(), set_size, min(limit, PIPE_BYTES))
 
 
+# Columns a worker adds to each refined batch for the batch run (runtimes/local/batch.py): where
+# the event came from (its line: a conflicting duplicate's bytes are found again by it), a hash of
+# its (machine_id, event_id) (duplicates are looked for only among equal hashes) and of its
+# machine (its spill bucket). The run drops them before the sessionizer.
+LINE, KEY_HASH, MACHINE_HASH = "_line", "_key_hash", "_machine_hash"
+INTERNAL_COLUMNS = (LINE, KEY_HASH, MACHINE_HASH)
+
+
 def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`."""
     assert _worker is not None
@@ -150,26 +158,23 @@ def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
     fields = pipeline.refiner.event_fields
     columns = dict(zip(fields, feed.transpose(events, len(fields)), strict=True))
     batch = to_record_batch(columns, len(events), schema)
+    machines = columns.get("machine_id", ())
+    # crc32, not hash(): the same in every process, whatever its start method or hash seed.
+    machine_hashes = {machine: crc32(machine.encode()) for machine in set(machines)}
+    keys = map("\x1f".join, zip(machines, columns.get("event_id", ()), strict=True))
+    batch = pa.RecordBatch.from_arrays(
+        [
+            *batch.columns,
+            pa.array(refined.lines, pa.int64()),
+            pa.array([crc32(key.encode()) for key in keys], pa.uint32()),
+            pa.array([machine_hashes[machine] for machine in machines], pa.uint32()),
+        ],
+        names=[*batch.schema.names, *INTERNAL_COLUMNS],
+    )
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as stream:
+    with pa.ipc.new_stream(sink, batch.schema) as stream:
         stream.write_batch(batch)
-    keys = None
-    if feed.sends_keys:
-        nothing = (None,) * len(events)
-        keys = marshal.dumps([_shared(columns.get(name, nothing), name) for name in KEY_COLUMNS])
-    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), keys
-
-
-# Columns whose values repeat within a block: sent as one object per distinct value, marshal writes
-# the repeats as references, and the sessionizer's process unpacks them several times faster.
-_REPEATING = frozenset({"machine_id", "event_type", "user_id", "app_version"})
-
-
-def _shared(column: Sequence[Any], name: str) -> Sequence[Any]:
-    if name not in _REPEATING:
-        return column
-    distinct: dict[Any, Any] = {}
-    return list(map(distinct.setdefault, column, column))
+    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), None
 
 
 def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
@@ -179,8 +184,7 @@ def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
         for row in rejections:
             row["line"] += first_line - 1
     batch = pa.ipc.open_stream(ipc).read_next_batch()
-    unpacked = marshal.loads(keys) if keys is not None else None
-    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, unpacked)
+    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, keys)
 
 
 # -- main side -----------------------------------------------------------------------------------
@@ -234,10 +238,15 @@ class Engine:
         else:
             _init_worker(config, now_ms, self.feed)
 
-    def blocks(self, source: Source, on_read: Callable[[int], None] | None = None) -> Iterator[Block]:
+    def blocks(
+        self, source: Source, on_read: Callable[[int], None] | None = None, keep: BinaryIO | None = None
+    ) -> Iterator[Block]:
+        """``keep``: where the bytes read go too (a copy of a stream, which cannot be read twice)."""
         line = 1  # of the next block: known once the blocks before it come back
         if self._pool is None:
             for chunk in read_blocks(source, self.block_bytes):
+                if keep is not None:
+                    keep.write(chunk)
                 if on_read is not None:
                     on_read(len(chunk))
                 block = _block(refine_block(chunk, source.name, 1), source.name, line)
@@ -248,6 +257,8 @@ class Engine:
         window: deque[Any] = deque()
         limit = 2 * self.workers + 1
         for chunk in read_blocks(source, self.block_bytes):
+            if keep is not None:
+                keep.write(chunk)
             if on_read is not None:
                 on_read(len(chunk))
             window.append(self._pool.apply_async(refine_block, (chunk, source.name, 1)))

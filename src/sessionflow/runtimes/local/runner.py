@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from sessionflow.config import Config
-from sessionflow.core import Reason, Rejection, Sessionizer, Snapshot, Tally, rejection_row
-from sessionflow.core.native import implementation, new_sessionizer, sessionizer_class
+from sessionflow.core import Reason, Rejection, Snapshot, Tally, rejection_row
+from sessionflow.core.native import implementation
 from sessionflow.errors import InputError, OutputError, StateError, UsageError
 from sessionflow.inputs import why_no_files
 from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
@@ -35,13 +36,18 @@ from sessionflow.lake.layout import IDENTITY_FILE, META_DIR, is_lake, lake_exist
 from sessionflow.lake.ledger import ledger_files, ledger_record, next_run_number
 from sessionflow.lake.lock import LakeLock
 from sessionflow.lake.writer import LakeWriter
+from sessionflow.runtimes.local.batch import BatchRun, sessionize_sorted, sort_events
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
 from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Source, bounded, expand_inputs
+from sessionflow.runtimes.local.restate import History, place, rewrite
 
 log = logging.getLogger(__name__)
 
-# The file around the snapshot (fingerprint, runs, inputs); the snapshot has its own version.
-STATE_FORMAT = 1
+SPILL_DIR = "spill"  # in the run's staging folder: never published, removed with it
+
+# The state file's format. 2: runs, inputs, the stream clock; 1 (earlier) held a sessionizer snapshot.
+STATE_FORMAT = 2
+LEGACY_STATE_FORMAT = 1
 
 
 @dataclass
@@ -87,12 +93,27 @@ def session_fingerprint(config: Config) -> str:
 
 @dataclass
 class RunState:
-    """What a --state file holds: the sessionizer, the run count, how far into each input."""
+    """What a --state file holds: the run count, how far into each input, the stream clock."""
 
-    sessionizer: Sessionizer
     runs: int = 0
     # Input key (absolute path) -> where the last run that read it stopped, and which run that was.
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The newest timestamp of the ``clock_quorum`` machines that reached furthest: the stream clock
+    # is the oldest of them (README, "Arrival order"). Only these machines are kept: the others'
+    # newest is older, and a machine can only move up with a run's events, which it reads.
+    newest: dict[str, int] = field(default_factory=dict)
+
+    def clock(self, quorum: int) -> int | None:
+        """The newest time at least ``quorum`` machines reached; None before that many were seen."""
+        if len(self.newest) < quorum:
+            return None
+        return sorted(self.newest.values(), reverse=True)[quorum - 1]
+
+    def advance(self, newest: dict[str, int], quorum: int) -> None:
+        merged = dict(self.newest)
+        for machine, timestamp in newest.items():
+            merged[machine] = max(timestamp, merged.get(machine, timestamp))
+        self.newest = dict(sorted(merged.items(), key=lambda item: (-item[1], item[0]))[:quorum])
 
 
 # A state remembers this many inputs (the most recent ones): ~200 bytes each.
@@ -106,37 +127,51 @@ def load_state(path: Path | None, config: Config, lake: LakeIdentity | None = No
     before states named their lake goes on with any).
     """
     if path is None or not path.exists():
-        return RunState(new_sessionizer(config.session))
+        return RunState()
     try:
         data = orjson.loads(path.read_bytes())
-        if data.get("format") != STATE_FORMAT:
-            raise StateError(f"{path}: unknown state format {data.get('format')!r}")
+        version = data.get("format")
+        if version not in (LEGACY_STATE_FORMAT, STATE_FORMAT):
+            raise StateError(f"{path}: unknown state format {version!r}")
         owner = data.get("lake")
         if lake is not None and owner is not None and owner["id"] != lake.id:
             raise StateError(
                 f"{path}: this state belongs to the lake {owner['path']}, not to {lake.path}; "
                 "run it with that lake, or start this lake with a new state file"
             )
+        if version == LEGACY_STATE_FORMAT:
+            return _legacy_state(path, data)
         if data["fingerprint"] != session_fingerprint(config):
             raise StateError(
                 f"{path}: this state was built with other session, field or column settings; "
                 "use the same config, or start with a new state file"
             )
-        snapshot = Snapshot.from_dict(data["sessionizer"])
-        sessionizer = sessionizer_class().restore(config.session, snapshot)
-        return RunState(sessionizer, int(data["runs"]), dict(data.get("inputs", {})))
+        newest = {str(machine): int(ts) for machine, ts in data.get("newest", {}).items()}
+        return RunState(int(data["runs"]), dict(data.get("inputs", {})), newest)
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # SnapshotError too
         raise StateError(f"{path}: cannot read state: {exc}") from None
 
 
-def state_payload(
-    config: Config,
-    snapshot: Snapshot | None,
-    runs: int,
-    inputs: dict[str, Any],
-    lake: LakeIdentity | None = None,
-) -> bytes:
-    """``snapshot`` is :meth:`Sessionizer.snapshot`; None after a flush (nothing left to keep)."""
+def _legacy_state(path: Path, data: dict[str, Any]) -> RunState:
+    """A state of sessionflow before order-free runs, which kept open sessions and a reorder buffer.
+
+    One left by a ``--flush`` run holds neither and goes on (its settings fingerprint is of the
+    older settings, so it is not compared). One holding open sessions or buffered events is refused:
+    this sessionflow writes every session at every run and has nowhere to take them from.
+    """
+    snapshot = Snapshot.from_dict(data["sessionizer"])
+    if snapshot.machines:
+        open_sessions, _ = snapshot.open_sessions()
+        raise StateError(
+            f"{path}: written by an earlier sessionflow, it still holds {open_sessions} open session(s) "
+            f"and {snapshot.pending_events()} buffered event(s); finish it with that version "
+            "(a run with --flush), then go on with this one"
+        )
+    return RunState(int(data["runs"]), dict(data.get("inputs", {})))
+
+
+def state_payload(config: Config, state: RunState, lake: LakeIdentity | None = None) -> bytes:
+    inputs = state.inputs
     if len(inputs) > MAX_REMEMBERED_INPUTS:
         newest = sorted(inputs, key=lambda key: inputs[key]["run"])[-MAX_REMEMBERED_INPUTS:]
         inputs = {key: inputs[key] for key in newest}
@@ -144,9 +179,9 @@ def state_payload(
         "sessionflow": "state",  # first, so a folder given as input skips the file (STATE_FILE_MARKER)
         "format": STATE_FORMAT,
         "fingerprint": session_fingerprint(config),
-        "runs": runs,
-        "sessionizer": (Snapshot() if snapshot is None else snapshot).to_dict(),
+        "runs": state.runs,
         "inputs": inputs,
+        "newest": state.newest,
     }
     if lake is not None:
         data["lake"] = {"id": lake.id, "path": str(lake.path)}
@@ -314,89 +349,72 @@ class _Options:
 
 def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunState, options: _Options) -> RunReport:
     state_path = options.state_path
-    sessionizer = state.sessionizer
-    flushed = options.flush or state_path is None
+    # Every run writes every session now: a later run that extends one restates it.
+    flushed = True
     # A replacing run is run 1 of the new lake; the old lake stays whole until it commits.
     number = 1 if options.overwrite else next_run_number(lake)
-    pending_before = sessionizer.pending_count()
-    had_machines = bool(sessionizer.machines)
     now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
     writer = LakeWriter(lake, config, number)
     assembler = Assembler(writer.events.add_table, writer.events.add, writer.sessions.add_table)
-    inputs_read: list[dict[str, Any]] = []
-    positions: list[dict[str, Any]] = []  # for the ledger: where each input started and ended
-    new_positions: dict[str, Position] = {}
-    all_seen = bool(sources)
+    tally = assembler.tally
     engine = None
+    batch = None
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of short-lived containers, no cycles: the collector only costs here
     try:
         engine = Engine(config, now, default_workers() if options.workers is None else options.workers)
-        for given in sources:
-            key = _input_key(given) if state_path is not None else None
-            remembered = state.inputs.get(key) if key is not None else None
-            source = bounded(
-                given,
-                max_line_bytes=config.validation.max_record_bytes + LINE_SLACK,
-                resume=Position.from_dict(remembered) if remembered is not None else None,
-            )
-            for block in engine.blocks(source, options.progress):
-                add_oversized(block, source, config)
-                assembler.feed(block, sessionizer)
-                writer.write([], assembler.sessions, block.rejections)
-                assembler.sessions.clear()
-                crash_point("batch")
-            report = source.report
-            position = report.position or report.start
-            if not report.resumed or position.bytes != report.start.bytes:
-                all_seen = False
-            if key is not None:
-                new_positions[key] = position
-            inputs_read.append({"source": given.name, "lines": position.lines})
-            positions.append(
-                {
-                    "source": given.name,
-                    "start_line": report.start.lines,
-                    "lines": position.lines,
-                    "start_byte": report.start.bytes,
-                    "bytes": position.bytes,
-                }
-            )
-        if flushed:
-            sessionizer.flush(assembler)
-            assembler.finish(sessionizer)
-            snapshot = None
-        else:
-            snapshot = assembler.finish_partial(sessionizer)
-        writer.write([], assembler.sessions, [])
-        tally = assembler.tally
-        if state_path is not None and all_seen and not (options.flush and had_machines) and not tally.records:
+        batch = BatchRun(config, sources, writer.staging / SPILL_DIR)
+        read = _read_inputs(sources, config, state, engine, batch, writer, tally, options)
+        engine.close()  # the workers' memory goes before the buckets are sorted
+        if state_path is not None and read.all_seen and not tally.records:
             # The same command again after its run was published: publishing an empty run would
             # make the lake differ from one where the first attempt simply finished.
             writer.abort()
             seconds = time.perf_counter() - options.started
             log.warning("every input was read by earlier runs: nothing new to publish")
-            return RunReport(number - 1, tally, seconds, flushed, 0, inputs_read, nothing_new=True)
-        files = writer.close()
-        report_ = RunReport(number, tally, time.perf_counter() - options.started, flushed, len(files), inputs_read)
-        left = Snapshot() if snapshot is None else snapshot
-        ledger = ledger_record(
-            report_.to_dict(),
-            files,
-            replace=options.overwrite,
-            config_fingerprint=session_fingerprint(config),
-            pending_before=pending_before,
-            pending_in_state=left.pending_events(),
-            open_sessions=left.open_sessions(),
-        )
-        ledger["inputs"] = positions
+            return RunReport(number - 1, tally, seconds, flushed, 0, read.inputs, nothing_new=True)
+        history = None
         if state_path is not None:
-            for key, position in new_positions.items():
+            history = History(lake, config, state.clock(config.session.clock_quorum), number)
+            if history.is_empty():
+                history = None  # nothing to place among: the run is a plain batch
+        newest: dict[str, int] = {}
+        for table in batch.buckets():
+            newest.update(_newest(table))
+            if history is None:
+                sessionize_sorted(sort_events(table), config, assembler, engine.feed)
+                writer.write([], assembler.sessions, [])
+                assembler.sessions.clear()
+            else:
+                place(history, table, batch, engine.feed, writer, tally)
+            crash_point("bucket")
+        restated = rewrite(history, writer, _ledgers(lake)) if history is not None else {}
+        for rows in batch.rejections().values():
+            tally.rejected[Reason.CONFLICTING_DUPLICATE.value] += len(rows)
+            writer.write([], [], rows)
+        files = writer.close()
+        report_ = RunReport(number, tally, time.perf_counter() - options.started, flushed, len(files), read.inputs)
+        ledger = ledger_record(
+            report_.to_dict(), files, replace=options.overwrite, config_fingerprint=session_fingerprint(config)
+        )
+        ledger["inputs"] = read.positions
+        ledger.update(restated)
+        if state_path is not None:
+            for key, position in read.new_positions.items():
                 state.inputs.pop(key, None)  # re-inserted last: the newest inputs are kept longest
                 state.inputs[key] = {**position.to_dict(), "run": number}
-            stage_state(writer.staging, state_payload(config, snapshot, state.runs + 1, state.inputs, options.lake))
+            state.runs += 1
+            state.advance(newest, config.session.clock_quorum)
+            stage_state(writer.staging, state_payload(config, state, options.lake))
+        removed = [name for entry in restated.get("removed", []) for name in entry["files"]]
         commit_run(
-            writer.staging, run=number, files=files, ledger=ledger, state_path=state_path, replace=options.overwrite
+            writer.staging,
+            run=number,
+            files=files,
+            ledger=ledger,
+            state_path=state_path,
+            replace=options.overwrite,
+            remove=removed,
         )
     except OSError as exc:
         writer.abort()
@@ -405,12 +423,86 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
         writer.abort()
         raise
     finally:
+        if batch is not None:
+            batch.close()
         if engine is not None:
             engine.close()
         if gc_was_enabled:
             gc.enable()
     publish(lake, writer.staging, number)
     return report_
+
+
+@dataclass
+class _Read:
+    """What reading the inputs gave the ledger and the state."""
+
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    positions: list[dict[str, Any]] = field(default_factory=list)  # where each input started and ended
+    new_positions: dict[str, Position] = field(default_factory=dict)
+    all_seen: bool = True  # every input had been read whole by earlier runs
+
+
+def _read_inputs(
+    sources: list[Source],
+    config: Config,
+    state: RunState,
+    engine: Engine,
+    batch: BatchRun,
+    writer: LakeWriter,
+    tally: Tally,
+    options: _Options,
+) -> _Read:
+    """Every input refined: rejections written, events into the run's buckets."""
+    read = _Read(all_seen=bool(sources))
+    for index, given in enumerate(sources):
+        key = _input_key(given) if options.state_path is not None else None
+        remembered = state.inputs.get(key) if key is not None else None
+        source = bounded(
+            given,
+            max_line_bytes=config.validation.max_record_bytes + LINE_SLACK,
+            resume=Position.from_dict(remembered) if remembered is not None else None,
+        )
+        copy = batch.copy_of(index)
+        try:
+            for block in engine.blocks(source, options.progress, copy):
+                add_oversized(block, source, config)
+                tally.records += block.records
+                tally.blank += block.blank
+                tally.rejected.update(block.rejected)
+                batch.add(block, index)
+                writer.write([], [], block.rejections)
+                crash_point("batch")
+        finally:
+            if copy is not None:
+                copy.close()
+        report = source.report
+        position = report.position or report.start
+        if not report.resumed or position.bytes != report.start.bytes:
+            read.all_seen = False
+        if key is not None:
+            read.new_positions[key] = position
+        read.inputs.append({"source": given.name, "lines": position.lines})
+        read.positions.append(
+            {
+                "source": given.name,
+                "start_line": report.start.lines,
+                "lines": position.lines,
+                "start_byte": report.start.bytes,
+                "bytes": position.bytes,
+            }
+        )
+    return read
+
+
+def _newest(table: pa.Table) -> dict[str, int]:
+    """Each machine's newest timestamp in a bucket (for the stream clock)."""
+    newest = table.group_by("machine_id").aggregate([("timestamp", "max")])
+    return dict(zip(newest.column("machine_id").to_pylist(), newest.column("timestamp_max").to_pylist(), strict=True))
+
+
+def _ledgers(lake: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(path.read_bytes()) for path in ledger_files(lake)]
 
 
 def add_oversized(block: Block, source: Source, config: Config) -> None:

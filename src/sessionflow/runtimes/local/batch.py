@@ -1,0 +1,200 @@
+"""A run as a batch: whatever order its input arrives in, the lake sorting everything gives.
+
+Refined events are spilled into buckets of whole machines (:mod:`.spill`); each bucket is then
+deduplicated exactly, sorted by ``(timestamp, machine_id, event_id)`` and sessionized. The
+sessionizer sees its input in time order, so nothing is late and every event is placed where a
+sort puts it; it runs the same rules (``core/rules.py``) as every other runtime.
+
+Dedupe: the first arrival of an ``(machine_id, event_id)`` wins. Later copies with the same content
+sort next to it (same timestamp, same key) and the sessionizer drops them as duplicates; a later
+copy whose content differs is rejected as ``conflicting_duplicate``, with its raw bytes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sessionflow.config import Config
+from sessionflow.core import Reason, Rejection, rejection_row
+from sessionflow.core.native import new_sessionizer
+from sessionflow.lake.writer import sessions_table
+from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, KEY_HASH, LINE, Assembler, Block
+from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed
+from sessionflow.runtimes.local.reader import Source
+from sessionflow.runtimes.local.spill import SOURCE, Spill, bucket_count, raw_lines
+
+# Rows per block handed to the sessionizer: a block's session columns are built when its last row
+# is placed, which in time order is at most ``allowed_lateness`` after it.
+SESSION_BLOCK_ROWS = 16 * 1024
+SORT_KEYS = [("timestamp", "ascending"), ("machine_id", "ascending"), ("event_id", "ascending")]
+_DROPPED = (*INTERNAL_COLUMNS, SOURCE)
+
+
+@dataclass
+class Conflict:
+    """A later copy of an event whose content differs from the first arrival's."""
+
+    source: int
+    line: int
+    machine_id: str
+    event_id: str
+    fields: list[str]
+
+
+@dataclass
+class BatchRun:
+    """One run's events: :meth:`add` them as they are refined, then :meth:`sessionize` them all."""
+
+    config: Config
+    sources: list[Source]
+    folder: Path
+    spill: Spill = field(init=False)
+    conflicts: list[Conflict] = field(default_factory=list)
+    _copies: dict[int, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.spill = Spill(self.folder / "buckets", bucket_count(self.sources))
+
+    def copy_of(self, index: int) -> BinaryIO | None:
+        """Where to keep the bytes of input ``index`` when it is a stream (read once): a conflicting
+        duplicate's raw bytes are read back from it."""
+        if not self.sources[index].is_stream:
+            return None
+        path = self.folder / f"input-{index:05d}.copy"
+        self._copies[index] = path
+        return open(path, "wb")
+
+    def add(self, block: Block, index: int) -> None:
+        self.spill.add(block.batch, index, block.first_line)
+
+    def buckets(self) -> Iterator[pa.Table]:
+        """Each bucket, exact duplicates of other content taken out (into :attr:`conflicts`)."""
+        for table in self.spill.buckets():
+            yield self._without_conflicts(table)
+
+    def _without_conflicts(self, table: pa.Table) -> pa.Table:
+        hashes = table.column(KEY_HASH)
+        counts = pc.value_counts(hashes)
+        shared = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+        if len(shared) == 0:
+            return table
+        rows = pc.indices_nonzero(pc.is_in(hashes, value_set=shared)).to_pylist()
+        candidates = table.take(pa.array(rows, pa.int64())).to_pylist()
+        first: dict[tuple[str, str], dict[str, Any]] = {}
+        drop: list[int] = []
+        for row_number, row in zip(rows, candidates, strict=True):  # in arrival order
+            key = (row["machine_id"], row["event_id"])
+            kept = first.setdefault(key, row)
+            if kept is row:
+                continue
+            differing = [name for name in row if name not in _DROPPED and row[name] != kept[name]]
+            if differing:
+                drop.append(row_number)
+                self.conflicts.append(Conflict(row[SOURCE], row[LINE], key[0], key[1], differing))
+        if not drop:
+            return table
+        keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(drop, pa.int64())))
+        return table.filter(keep)
+
+    def rejections(self) -> dict[int, list[dict[str, Any]]]:
+        """The conflicting copies as rejection rows with their raw bytes, by input."""
+        wanted: dict[int, set[int]] = defaultdict(set)
+        for conflict in self.conflicts:
+            wanted[conflict.source].add(conflict.line)
+        raw = {index: raw_lines(self.sources[index], self._copies.get(index), lines) for index, lines in wanted.items()}
+        rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for conflict in self.conflicts:
+            source = self.sources[conflict.source]
+            message = (
+                f"event {conflict.event_id!r} of machine {conflict.machine_id!r} arrived before with other "
+                f"{', '.join(conflict.fields)}; the first arrival is kept"
+            )
+            data = raw[conflict.source].get(conflict.line, b"")
+            rows[conflict.source].append(
+                rejection_row(Rejection(Reason.CONFLICTING_DUPLICATE, message, data), source.name, conflict.line)
+            )
+        return rows
+
+    def close(self) -> None:
+        self.spill.close()
+        for path in self._copies.values():
+            path.unlink(missing_ok=True)
+
+
+def sort_events(table: pa.Table) -> pa.Table:
+    """Events of whole machines in the order they are sessionized, without the run's own columns."""
+    ordered = table.take(pc.sort_indices(table, sort_keys=SORT_KEYS))
+    return ordered.drop_columns([name for name in _DROPPED if name in ordered.schema.names])
+
+
+def sessionize_sorted(
+    table: pa.Table, config: Config, assembler: Assembler, feed: Feed, on_block: Callable[[], None] | None = None
+) -> None:
+    """Events in time order (of whole machines) through a fresh sessionizer, flushed at the end."""
+    sessionizer = new_sessionizer(config.session)
+    names = table.schema.names
+    for batch in table.combine_chunks().to_batches(max_chunksize=SESSION_BLOCK_ROWS):
+        keys = None
+        if feed.sends_keys:
+            rows = batch.num_rows
+            keys = [batch.column(name).to_pylist() if name in names else [None] * rows for name in KEY_COLUMNS]
+        assembler.feed(Block("", 0, 0, 0, 0, Counter(), [], batch, keys), sessionizer)
+        if on_block is not None:
+            on_block()
+    sessionizer.flush(assembler)
+    assembler.finish(sessionizer)
+
+
+@dataclass
+class Captured:
+    """A sessionizer's output kept as tables (an incremental run compares it with the lake first)."""
+
+    events: list[pa.Table] = field(default_factory=list)
+    sessions: list[pa.Table] = field(default_factory=list)
+
+    def add_events(self, table: pa.Table, keep: pa.Array | None) -> None:
+        self.events.append(table if keep is None else table.filter(keep))
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:  # pragma: no cover - no state rows in a batch
+        raise AssertionError("a batch run restores no events from a state")
+
+    def assembler(self, feed: Feed) -> Assembler:
+        return Assembler(self.add_events, self.add_rows, self.sessions.append, feed)
+
+    def tables(self, assembler: Assembler, events_schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
+        """(events, sessions) the sessionizer gave, sessions from dicts too (the record feed's)."""
+        if assembler.sessions:
+            self.sessions.append(sessions_table(assembler.sessions))
+            assembler.sessions.clear()
+        events = pa.concat_tables(self.events) if self.events else events_schema.empty_table()
+        sessions = pa.concat_tables(self.sessions) if self.sessions else sessions_table([])
+        return events, sessions
+
+
+def split_copies(new: pa.Table, earlier: pa.Table | None, conflicts: list[Conflict]) -> tuple[pa.Table, int]:
+    """``new`` less the events the lake already holds: (the rest, how many were plain duplicates).
+    A copy whose content differs from the lake's goes to ``conflicts``."""
+    if earlier is None or earlier.num_rows == 0:
+        return new, 0
+    kept = {(row["machine_id"], row["event_id"]): row for row in earlier.to_pylist()}
+    keys = zip(new.column("machine_id").to_pylist(), new.column("event_id").to_pylist(), strict=True)
+    hits = [index for index, key in enumerate(keys) if key in kept]
+    if not hits:
+        return new, 0
+    duplicates = 0
+    for row in new.take(pa.array(hits, pa.int64())).to_pylist():
+        old = kept[(row["machine_id"], row["event_id"])]
+        differing = [name for name in row if name not in _DROPPED and name in old and row[name] != old[name]]
+        if differing:
+            conflicts.append(Conflict(row[SOURCE], row[LINE], row["machine_id"], row["event_id"], differing))
+        else:
+            duplicates += 1
+    mask = pc.invert(pc.is_in(pa.array(range(new.num_rows), pa.int64()), value_set=pa.array(hits, pa.int64())))
+    return new.filter(mask), duplicates

@@ -1,0 +1,346 @@
+"""Incremental runs: new events placed among the lake's, the sessions they touch restated.
+
+After every ``--state`` run the lake holds what one batch run over all input so far gives. For
+each machine of the run, the lake is read from its *cut*: the start of the first session that a
+new event can reach (one ending no more than ``timeout`` before the machine's earliest new event),
+or that event itself. Every session before the cut ends more than ``timeout`` before any new event,
+so it cannot change. The old events from the cut on and the new ones are sessionized together; an
+old row whose session columns come out the same stays where it is, a changed one is written again,
+and the lake files that held changed rows are rewritten without them (copy-on-write), in the
+run's commit.
+
+Dedupe against the lake: a new event whose ``(machine_id, event_id)`` is already in the lake (in the
+partitions of the last ``restate_horizon`` of stream time, or its own day) is a duplicate, or a
+conflicting one. An event older than the stream clock (before the run) less ``restate_horizon`` is
+not placed: it is written late, in no session.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from sessionflow.config import Config
+from sessionflow.core import Tally
+from sessionflow.core.enrich import hour_fields
+from sessionflow.lake.restatements import restatement_log
+from sessionflow.lake.writer import LakeWriter
+from sessionflow.runtimes.local.batch import BatchRun, Captured, sessionize_sorted, sort_events, split_copies
+from sessionflow.runtimes.local.columnar import SESSION_FIELDS, refined_schema, session_schema_fields
+from sessionflow.runtimes.local.feeds import Feed
+from sessionflow.schema import EVENT_PARTITION, SESSION_PARTITION
+
+DAY_MS = 24 * 3600 * 1000
+FILE = "_file"  # the lake file an old row was read from (relative to the lake)
+
+
+def _day(ms: int) -> str:
+    return hour_fields(ms // 3_600_000)[0]
+
+
+@dataclass
+class LakeFiles:
+    """The lake's event files by day and its session files, as they stand before the run."""
+
+    lake: Path
+    events: dict[str, list[str]] = field(default_factory=dict)
+    sessions: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, lake: Path) -> LakeFiles:
+        found = cls(lake)
+        for folder in sorted((lake / "events").glob(f"{EVENT_PARTITION}=*")):
+            day = folder.name.split("=", 1)[1]
+            found.events[day] = sorted(p.relative_to(lake).as_posix() for p in folder.glob("*.parquet"))
+        found.sessions = sorted(p.relative_to(lake).as_posix() for p in (lake / "sessions").glob("*/*.parquet"))
+        return found
+
+    def event_files(self, from_day: str | None, days: Iterable[str] = ()) -> list[str]:
+        wanted = set(days)
+        return [
+            name
+            for day, names in self.events.items()
+            if (from_day is None or day >= from_day) or day in wanted
+            for name in names
+        ]
+
+
+def _read(lake: Path, names: list[str], partition: str, expression: ds.Expression | None) -> pa.Table | None:
+    """Rows of the named files that match, each with its file and its partition value."""
+    tables = []
+    for name in names:
+        table = pq.read_table(lake / name, filters=expression)
+        if table.num_rows == 0:
+            continue
+        value = name.split("/")[1].split("=", 1)[1]
+        table = table.append_column(partition, pa.array([value] * table.num_rows, pa.string()))
+        tables.append(table.append_column(FILE, pa.array([name] * table.num_rows, pa.string())))
+    return pa.concat_tables(tables) if tables else None
+
+
+@dataclass
+class Restatement:
+    """What a run changes in the lake, over all its buckets."""
+
+    removed_events: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # file -> event keys
+    removed_sessions: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # file -> ids
+    log: list[pa.Table] = field(default_factory=list)
+    events: int = 0  # old events whose session columns changed
+    sessions: int = 0  # old sessions replaced
+
+
+class History:
+    """The lake before the run, read for the machines of one bucket at a time."""
+
+    def __init__(self, lake: Path, config: Config, clock: int | None, run: int) -> None:
+        self.lake = lake
+        self.config = config
+        self.files = LakeFiles.of(lake)
+        self.run = run
+        horizon = config.session.restate_horizon_ms
+        # Before this, an event is not placed any more: it is written late (see the module's doc).
+        self.placed_from = None if clock is None else clock - horizon
+        self.restatement = Restatement()
+
+    def is_empty(self) -> bool:
+        return not self.files.events and not self.files.sessions
+
+    # -- dedupe -------------------------------------------------------------------------------
+
+    def earlier_copies(self, new: pa.Table) -> pa.Table | None:
+        """Lake rows with the (machine_id, event_id) of a new event."""
+        days = set(pc.unique(new.column(EVENT_PARTITION)).to_pylist())
+        from_day = None if self.placed_from is None else _day(self.placed_from)
+        names = self.files.event_files(from_day, days)
+        if not names:
+            return None
+        machines = pc.unique(new.column("machine_id"))
+        ids = pc.unique(new.column("event_id"))
+        expression = pc.field("machine_id").isin(machines) & pc.field("event_id").isin(ids)
+        return _read(self.lake, names, EVENT_PARTITION, expression)
+
+    # -- placing ------------------------------------------------------------------------------
+
+    def region(self, new: pa.Table) -> tuple[pa.Table | None, pa.Table | None]:
+        """(old events from each machine's cut on, not late; old sessions from the cut on), each row
+        with its file. ``new``: the events to place (the bucket's, less duplicates and late ones)."""
+        firsts = new.group_by("machine_id").aggregate([("timestamp", "min")]).rename_columns(["machine_id", "first"])
+        machines = firsts.column("machine_id")
+        earliest = pc.min(firsts.column("first")).as_py()
+        timeout = self.config.session.timeout_ms
+        sessions = _read(
+            self.lake,
+            self.files.sessions,
+            SESSION_PARTITION,
+            pc.field("machine_id").isin(machines) & (pc.field("end_ts") >= earliest - timeout),
+        )
+        cut = firsts.column("first")
+        if sessions is not None:
+            # The first session a new event can reach: one ending no more than timeout before it.
+            first = _per_machine(sessions, firsts.column("machine_id"), firsts.column("first"))
+            reach = sessions.filter(pc.greater_equal(sessions.column("end_ts"), pc.subtract(first, timeout)))
+            if reach.num_rows:
+                starts = reach.group_by("machine_id").aggregate([("start_ts", "min")])
+                start = _per_machine(firsts, starts.column("machine_id"), starts.column("start_ts_min"))
+                cut = pc.min_element_wise(cut, start, skip_nulls=True)
+            mine = _per_machine(sessions, machines, cut)
+            sessions = sessions.filter(pc.greater_equal(sessions.column("start_ts"), mine))
+            sessions = sessions if sessions.num_rows else None
+        lowest = pc.min(cut).as_py()
+        names = self.files.event_files(_day(lowest))
+        events = _read(
+            self.lake,
+            names,
+            EVENT_PARTITION,
+            pc.field("machine_id").isin(machines) & (pc.field("timestamp") >= lowest) & ~pc.field("late"),
+        )
+        if events is not None:
+            events = events.filter(pc.greater_equal(events.column("timestamp"), _per_machine(events, machines, cut)))
+            events = events if events.num_rows else None
+        return events, sessions
+
+    def restate(
+        self, old_events: pa.Table | None, old_sessions: pa.Table | None, out_events: pa.Table, out_sessions: pa.Table
+    ) -> tuple[pa.Table, pa.Table]:
+        """The rows to write, of the bucket's sessionized output: new events, old ones whose session
+        columns changed, sessions that are new or changed. Notes what to take out of the lake."""
+        restatement = self.restatement
+        if old_events is not None:
+            old = old_events.select(["machine_id", "event_id", *SESSION_FIELDS, FILE])
+            old = old.rename_columns(["machine_id", "event_id", *(f"old_{n}" for n in SESSION_FIELDS), FILE])
+            paired = out_events.join(old, ["machine_id", "event_id"], join_type="left outer")
+            was_old = pc.is_valid(paired.column(FILE))
+            same = pc.fill_null(
+                pc.and_(
+                    pc.and_(
+                        pc.equal(paired.column("session_id"), paired.column("old_session_id")),
+                        pc.equal(paired.column("session_seq"), paired.column("old_session_seq")),
+                    ),
+                    _equal_or_both_null(paired.column("ms_since_prev"), paired.column("old_ms_since_prev")),
+                ),
+                False,
+            )
+            unchanged = pc.and_(was_old, same)
+            changed = paired.filter(pc.and_(was_old, pc.invert(same)))
+            for name, key in zip(
+                changed.column(FILE).to_pylist(),
+                _keys(changed.column("machine_id"), changed.column("event_id")),
+                strict=True,
+            ):
+                restatement.removed_events[name].add(key)
+            restatement.events += changed.num_rows
+            out_events = paired.filter(pc.invert(unchanged)).select(out_events.schema.names)
+            mapping = old_events.select(["machine_id", "event_id", "session_id"])
+            new_ids = paired.filter(was_old).select(["machine_id", "event_id", "session_id"])
+        else:
+            mapping = new_ids = None
+        if old_sessions is not None and old_sessions.num_rows:
+            columns = [name for name in out_sessions.schema.names if name in old_sessions.schema.names]
+            old_rows = {_session_key(row): row for row in old_sessions.select([*columns, FILE]).to_pylist()}
+            keep_new = []
+            for row in out_sessions.select(columns).to_pylist():
+                match = old_rows.get(_session_key(row))
+                keep_new.append(match is None or any(match[name] != row[name] for name in columns))
+                if match is not None and not keep_new[-1]:
+                    del old_rows[_session_key(row)]
+            out_sessions = out_sessions.filter(pa.array(keep_new, pa.bool_()))
+            changed_ids = set()
+            for row in old_rows.values():
+                restatement.removed_sessions[row[FILE]].add(row["session_id"])
+                changed_ids.add(row["session_id"])
+            restatement.sessions += len(changed_ids)
+            if mapping is not None and new_ids is not None and changed_ids:
+                log = restatement_log(self.run, mapping, new_ids, changed_ids)
+                if log.num_rows:
+                    restatement.log.append(log)
+        return out_events, out_sessions
+
+
+def _per_machine(table: pa.Table, machines: pa.Array, values: pa.Array) -> pa.Array:
+    """``values[i]`` belongs to ``machines[i]``: the value of each row's machine (null for others)."""
+    return pc.take(values, pc.index_in(table.column("machine_id"), value_set=machines))
+
+
+def _session_key(row: dict[str, Any]) -> str:
+    return str(row["session_id"])
+
+
+def _keys(machines: pa.Array, ids: pa.Array) -> list[str]:
+    return [f"{m}\x1f{e}" for m, e in zip(machines.to_pylist(), ids.to_pylist(), strict=True)]
+
+
+def _equal_or_both_null(left: Any, right: Any) -> Any:
+    both_null = pc.and_(pc.is_null(left), pc.is_null(right))
+    return pc.or_(both_null, pc.fill_null(pc.equal(left, right), False))
+
+
+def without(lake: Path, name: str, keys: set[str], key_of: Any) -> pa.Table:
+    """The rows of lake file ``name`` but those whose key is in ``keys``, with its partition column."""
+    table = pq.read_table(lake / name)
+    partition, value = name.split("/")[1].split("=", 1)
+    keep = pc.invert(pc.is_in(key_of(table), value_set=pa.array(sorted(keys), pa.string())))
+    table = table.filter(keep)
+    return table.append_column(partition, pa.array([value] * table.num_rows, pa.string()))
+
+
+def event_keys(table: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(table.column("machine_id"), table.column("event_id"), "\x1f")
+
+
+def session_keys(table: pa.Table) -> pa.Array:
+    return table.column("session_id")
+
+
+def place(history: History, table: pa.Table, run: BatchRun, feed: Feed, writer: LakeWriter, tally: Tally) -> None:
+    """One bucket of an incremental run: dedupe against the lake, write what is too old late,
+    sessionize the rest with the lake's events from each machine's cut, write what changed."""
+    config = history.config
+    new, duplicates = split_copies(table, history.earlier_copies(table), run.conflicts)
+    tally.duplicates += duplicates
+    if history.placed_from is not None:
+        too_old = pc.less(new.column("timestamp"), history.placed_from)
+        if pc.any(too_old).as_py():
+            late, duplicates = _first_copies(new.filter(too_old))
+            tally.duplicates += duplicates
+            writer.events.add_table(_as_late(sort_events(late)))
+            tally.events += late.num_rows
+            tally.late += late.num_rows
+            new = new.filter(pc.invert(too_old))
+    if new.num_rows == 0:
+        return
+    old_events, old_sessions = history.region(new)
+    names = refined_schema(config).names
+    merged = new.select(names)
+    if old_events is not None:
+        merged = pa.concat_tables([merged, old_events.select(names).cast(merged.schema)])
+    captured = Captured()
+    assembler = captured.assembler(feed)
+    sessionize_sorted(sort_events(merged), config, assembler, feed)
+    events, sessions = captured.tables(assembler, merged.schema)
+    tally.duplicates += assembler.tally.duplicates
+    tally.events += new.num_rows - assembler.tally.duplicates
+    events, sessions = history.restate(old_events, old_sessions, events, sessions)
+    writer.events.add_table(events)
+    writer.sessions.add_table(sessions)
+    tally.sessions += sessions.num_rows
+
+
+def _first_copies(table: pa.Table) -> tuple[pa.Table, int]:
+    """The first arrival of each (machine_id, event_id): the sessionizer, which drops later copies
+    elsewhere, never sees events written late."""
+    seen: set[tuple[str, str]] = set()
+    keep = []
+    for key in zip(table.column("machine_id").to_pylist(), table.column("event_id").to_pylist(), strict=True):
+        keep.append(key not in seen)
+        seen.add(key)
+    mask = pa.array(keep, pa.bool_())
+    return table.filter(mask), len(keep) - sum(keep)
+
+
+def _as_late(table: pa.Table) -> pa.Table:
+    rows = table.num_rows
+    for fld, value in zip(session_schema_fields(), (None, None, None, True), strict=True):
+        table = table.append_column(fld, pa.array([value] * rows, fld.type))
+    return table
+
+
+def rewrite(history: History, writer: LakeWriter, ledgers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lake files holding rows that changed, rewritten without them into the run's files; the
+    restatement log. Returns the ledger's ``removed``, ``carried``, ``restated`` and ``restatements``."""
+    restatement = history.restatement
+    owner = {name: ledger["run"] for ledger in ledgers for name in ledger.get("files", [])}
+    removed: dict[int, dict[str, Any]] = {}
+    carried = {"events": 0, "sessions": 0}
+    for table_name, changed, key_of, target in (
+        ("events", restatement.removed_events, event_keys, writer.events),
+        ("sessions", restatement.removed_sessions, session_keys, writer.sessions),
+    ):
+        for name in sorted(changed):
+            before = pq.read_metadata(history.lake / name).num_rows
+            rest = without(history.lake, name, changed[name], key_of)
+            if rest.num_rows:
+                target.add_table(rest)
+            carried[table_name] += rest.num_rows
+            run = owner[name]
+            entry = removed.setdefault(run, {"run": run, "files": [], "events": 0, "sessions": 0})
+            entry["files"].append(name)
+            entry[table_name] += before
+    log_rows = 0
+    if restatement.log:
+        log = pa.concat_tables(restatement.log)
+        log_rows = log.num_rows
+        writer.add_restatements(log)
+    return {
+        "removed": [removed[run] for run in sorted(removed)],
+        "carried": carried,
+        "restated": {"sessions": restatement.sessions, "events": restatement.events},
+        "restatements": log_rows,
+    }
