@@ -269,6 +269,9 @@ def test_one_day_backfill_rebuilds_that_day_as_a_full_run_has_it(
     assert verdict.runs == 2 and report["run"] == 2
     ledger = orjson.loads((lake / "_sessionflow" / "ledger" / "run-00002.json").read_bytes())
     assert [r["files"] for r in ledger["removed"]] == [replaced_files]
-    assert ledger["tally"]["events"] == len(full_events) and ledger["tally"]["sessions"] == len(full_sessions)
+    # The same input again: every row it wrote was in the lake (carried), nothing was restated.
+    assert ledger["carried"] == {"events": len(full_events), "sessions": len(full_sessions)}
+    assert ledger["tally"]["events"] == 0 and ledger["tally"]["sessions"] == 0
+    assert ledger["restatements"] == 0 and not (lake / "restatements").exists()
     assert not (day_dir / "part-stale.parquet").exists()
     assert not (lake / "_sessionflow" / "staging").exists() or not any((lake / "_sessionflow" / "staging").iterdir())

@@ -7,6 +7,7 @@ from pathlib import Path
 from sessionflow.schema import EVENT_PARTITION, REJECTED_PARTITION, SESSION_PARTITION
 
 META_DIR = "_sessionflow"  # readers skip names starting with "_"
+# restatements/: the log of session ids runs replaced (sessionflow.lake.restatements); often absent.
 TABLES = ("events", "sessions", "rejected", "restatements")
 PARTITIONS = {"events": EVENT_PARTITION, "sessions": SESSION_PARTITION, "rejected": REJECTED_PARTITION}
 # Relative to the lake, as "/"-separated names: the Spark backfill writes through Hadoop URIs, not Paths.

@@ -11,8 +11,15 @@ Every runtime that writes a lake writes these fields (more are allowed, and kept
 * ``pending_before``/``pending_in_state``: events buffered in a state before and after the run;
 * ``open_sessions``/``events_in_open_sessions``: sessions whose summary a later run writes;
 * ``removed`` (optional): files of earlier runs this run took out of the lake (a range backfill
-  replacing days), as ``{"run", "files", "events", "sessions"}`` per earlier run, rows counted
-  before removal: the earlier run's ledger still adds up.
+  replacing days, a run restating sessions copy-on-write), as ``{"run", "files", "events",
+  "sessions"}`` per earlier run, rows counted before removal: the earlier run's ledger still adds up;
+* ``carried`` (optional): ``{"events", "sessions"}``, rows of those removed files the run wrote
+  again: its files hold ``tally`` plus ``carried`` rows, and the lake's event rows total the runs'
+  ``tally.events``;
+* ``restated`` (optional): ``{"sessions", "events"}``, old sessions replaced, and old events whose
+  session columns changed;
+* ``restatements`` (optional, 0 when absent): rows of the run's restatement log, a file it lists
+  (``restatements/part-RRRRR-00000.parquet``, see :mod:`sessionflow.lake.restatements`).
 
 ``written_by`` says which runtime wrote it (``run`` writes none: its ledgers came first).
 """

@@ -7,8 +7,13 @@ What is checked (docs/reliability.md says why):
 * the files: every file a ledger lists exists, none is listed twice, no file is there unlisted
   (a run that replaced days of earlier runs, a range backfill, names the files it removed);
 * conservation per run: records = events + rejected + duplicates + (buffered in state after the
-  run - buffered before it); each run's files hold exactly the rows its ledger counts (plus the
-  rows of its files a later run removed, as that run counted them);
+  run - buffered before it); each run's files hold exactly the rows its ledger counts, tally plus
+  ``carried`` (the rows of removed files it wrote again), plus the rows of its files a later run
+  removed, as that run counted them;
+* restatement logs: each readable, its rows those its ledger counts (``restatements``), all of the
+  run that lists it, with a known reason; every new id the latest restatement of an old id names is
+  in the lake (unless a later run restated it again);
+* the lake's event rows total the runs' ``tally.events`` (a run's rewritten rows count as carried);
 * the content: no event_id twice for a machine; a session id once in the sessions table; every
   non-late event in exactly one session whose summary (count, first and last timestamp, machine,
   event type counts, positions 1..n) matches its events, except the sessions still open in the
@@ -26,6 +31,8 @@ from typing import Any
 
 from sessionflow.lake.layout import LEDGER_DIR, STAGING_DIR, TABLES
 from sessionflow.lake.lock import LakeLock, shared_lock
+from sessionflow.lake.restatements import REASONS
+from sessionflow.lake.restatements import TABLE as RESTATEMENTS
 
 _EXAMPLES = 5
 
@@ -217,6 +224,7 @@ def _check_rows(lake: Path, ledgers: list[dict[str, Any]], listed: dict[str, int
         gone = removed.get(run, Counter())
         events, sessions = gone["events"], gone["sessions"]
         rejected: Counter[str] = Counter()
+        restatements = 0
         for name in ledger.get("files", []):
             if name not in listed:
                 continue
@@ -226,6 +234,8 @@ def _check_rows(lake: Path, ledgers: list[dict[str, Any]], listed: dict[str, int
                     events += pq.read_metadata(path).num_rows
                 elif name.startswith("sessions/"):
                     sessions += pq.read_metadata(path).num_rows
+                elif name.startswith(f"{RESTATEMENTS}/"):
+                    restatements += _check_restatement_file(path, name, run, check)
                 else:
                     with open(path, "rb") as handle:
                         for number, line in enumerate(handle, 1):
@@ -238,14 +248,36 @@ def _check_rows(lake: Path, ledgers: list[dict[str, Any]], listed: dict[str, int
             except Exception as exc:  # a damaged file is a finding, not a crash
                 check.problems.append(f"{name}: unreadable: {type(exc).__name__}: {exc}")
         tally = ledger["tally"]
-        for table, found, expected in (("events", events, tally["events"]), ("sessions", sessions, tally["sessions"])):
+        # A run that rewrote files of earlier runs also wrote their rows again: tally + carried.
+        carried = ledger.get("carried", {})
+        for table, found, expected, what in (
+            ("events", events, tally["events"] + carried.get("events", 0), "tally + carried"),
+            ("sessions", sessions, tally["sessions"] + carried.get("sessions", 0), "tally + carried"),
+            (RESTATEMENTS, restatements, ledger.get("restatements") or 0, "restatements"),
+        ):
             if found != expected:
-                check.problems.append(f"run {run}: its {table} files hold {found} rows, its ledger counts {expected}")
+                check.problems.append(
+                    f"run {run}: its {table} files hold {found} rows, its ledger counts {expected} ({what})"
+                )
         if dict(rejected) != {reason: count for reason, count in tally["rejected"].items() if count}:
             check.problems.append(
                 f"run {run}: its rejected files hold {dict(sorted(rejected.items()))}, "
                 f"its ledger counts {dict(sorted(tally['rejected'].items()))}"
             )
+
+
+def _check_restatement_file(path: Path, name: str, run: int, check: Check) -> int:
+    """Its rows (raises when unreadable); a row of another run, or with an unknown reason, is a finding."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["run", "reason"])
+    runs = set(table["run"].to_pylist())
+    if runs - {run}:
+        check.problems.append(f"{name}: rows of run(s) {sorted(runs - {run}, key=str)}, in run {run}'s log")
+    reasons = set(table["reason"].to_pylist()) - set(REASONS)
+    if reasons:
+        check.problems.append(f"{name}: reason(s) {sorted(reasons, key=str)}, not one of {', '.join(REASONS)}")
+    return int(table.num_rows)
 
 
 def _check_content(lake: Path, ledgers: list[dict[str, Any]], present: set[str], verdict: Verdict) -> None:
@@ -267,6 +299,15 @@ def _check_content(lake: Path, ledgers: list[dict[str, Any]], present: set[str],
 
     def examples(sql: str) -> list[tuple[Any, ...]]:
         return db.execute(sql + f" LIMIT {_EXAMPLES}").fetchall()
+
+    check = verdict.check("the lake's event rows are the runs' new events (tally.events summed over all runs)")
+    (rows,) = db.execute("SELECT count(*) FROM events").fetchone() or (0,)
+    expected_rows = sum(ledger["tally"]["events"] for ledger in ledgers)
+    if rows != expected_rows:
+        check.problems.append(
+            f"the events files hold {rows} rows; the ledgers count {expected_rows} events over their runs "
+            "(is a run's carried count wrong?)"
+        )
 
     check = verdict.check("no event_id appears twice for a machine")
     for machine, event_id, count in examples(
@@ -325,6 +366,10 @@ def _check_content(lake: Path, ledgers: list[dict[str, Any]], present: set[str],
             f"session {session}: summary counts {summary_count} {event_type!r} events, its events {event_count}"
         )
 
+    restatement_files = sorted(str(lake / name) for name in present if name.startswith(f"{RESTATEMENTS}/"))
+    if restatement_files:
+        _check_restated_ids(db, restatement_files, verdict)
+
     check = verdict.check("a machine's sessions never overlap")
     for machine, session, start, previous, previous_end in examples(
         "SELECT machine_id, session_id, start_ts, previous, previous_end FROM ("
@@ -334,6 +379,34 @@ def _check_content(lake: Path, ledgers: list[dict[str, Any]], present: set[str],
     ):
         check.problems.append(
             f"machine {machine}: session {session} starts at {start}, before session {previous} ends at {previous_end}"
+        )
+
+
+def _check_restated_ids(db: Any, files: list[str], verdict: Verdict) -> None:
+    """The latest run that restated an old id names new ids a reader finds (unless a later run restated them)."""
+    import duckdb
+
+    check = verdict.check("every session id the restatement log leads to is in the lake")
+    quoted = ", ".join("'" + name.replace("'", "''") + "'" for name in files)
+    try:
+        db.execute(f"CREATE VIEW restatements AS SELECT * FROM read_parquet([{quoted}])")
+        dangling = db.execute(
+            "WITH latest AS (SELECT machine_id, old_session_id, max(run) AS run FROM restatements GROUP BY ALL) "
+            "SELECT r.run, r.machine_id, r.old_session_id, r.new_session_id "
+            "FROM restatements r JOIN latest USING (machine_id, old_session_id, run) "
+            "WHERE NOT EXISTS (SELECT 1 FROM restatements later WHERE later.machine_id = r.machine_id "
+            "AND later.old_session_id = r.new_session_id AND later.run > r.run) "
+            "AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = r.new_session_id) "
+            # A session still open in the state has events but no summary yet.
+            "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = r.new_session_id) "
+            f"ORDER BY ALL LIMIT {_EXAMPLES}"
+        ).fetchall()
+    except duckdb.Error as exc:
+        check.problems.append(f"DuckDB cannot read the restatement log: {exc}")
+        return
+    for run, machine, old_id, new_id in dangling:
+        check.problems.append(
+            f"run {run} restated session {old_id} of machine {machine} as {new_id}, which is in no table"
         )
 
 

@@ -5,7 +5,8 @@ staging folder first (nothing in the lake changes until all are written), the sw
 directory renames, and the ledger ``sessionflow verify`` checks is written last. A full backfill
 replaces the lake: it is run 1, and the ledgers before it go. A range backfill adds a run that
 lists the days' new files and names the files it removed, with their rows, under the runs that
-had written them, so the ledgers describe the lake as it is after.
+had written them, so the ledgers describe the lake as it is after; when sessions of those days
+changed, it writes the restatement log (:mod:`sessionflow.runtimes.backfill.restate`) too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sessionflow.lake.layout import LEDGER_DIR, TABLES, ledger_name, run_number
 from sessionflow.lake.ledger import ledger_record
 from sessionflow.runtimes.backfill.lakefs import HadoopFs
 from sessionflow.runtimes.backfill.options import DateRange
+from sessionflow.runtimes.backfill.restate import Restated, stage_restatement_log
 from sessionflow.runtimes.backfill.stages import path_key
 from sessionflow.schema import EVENT_PARTITION, SESSION_PARTITION
 
@@ -40,9 +42,12 @@ def publish(
     in_range: int | None,
 ) -> None:
     """Swap the staged files in, then write the run's ledger (see the module docstring)."""
-    files = staged_files(fs, staging)
     ledgers = read_ledgers(fs, out) if date_range is not None else []
     removed = removed_by_range(spark, fs, out, date_range, ledgers) if date_range is not None else []
+    restated = Restated()
+    if date_range is not None:
+        restated = stage_restatement_log(spark, fs, out, staging, removed, next_run(ledgers))
+    files = staged_files(fs, staging)
     # What is replaced is kept apart from staging until the end: a publish that fails halfway must not
     # lose the days it had already moved aside.
     replaced = f"{staging}-replaced"
@@ -52,7 +57,9 @@ def publish(
             swap_tables(fs, staging, out, replaced)
         else:
             report.partitions = swap_days(fs, staging, out, replaced, date_range)
-        ledger = backfill_ledger(report.to_dict(), files, ledgers, removed, in_range)
+            for name in restated.files:
+                fs.rename(f"{staging}/{name}", f"{out}/{name}")
+        ledger = backfill_ledger(report.to_dict(), files, ledgers, removed, in_range, restated)
         report.run = ledger["run"]
         write_ledger(fs, out, ledger, replace=date_range is None)
     except Exception as exc:
@@ -176,19 +183,27 @@ def _parquet_rows(spark: Any, out: str, names: list[str]) -> dict[str, int]:
     return {name_of[path_key(row["file"], encoded=True)]: int(row["count"]) for row in counted}
 
 
+def next_run(ledgers: Sequence[dict[str, Any]]) -> int:
+    return int(ledgers[-1].get("run", 0)) + 1 if ledgers else 1
+
+
 def backfill_ledger(
     report: dict[str, Any],
     files: list[str],
     ledgers: Sequence[dict[str, Any]],
     removed: list[dict[str, Any]],
     in_range: int | None,
+    restated: Restated | None = None,
 ) -> dict[str, Any]:
     """The ledger of a backfill (``report`` is :meth:`BackfillReport.to_dict`).
 
     A full backfill is the whole lake: run 1, every record it read. A range backfill is the next run:
     its records are the valid ones dated in the range (rejections are not dated, and not rebuilt),
     what the state of an earlier ``sessionflow run --state`` holds is carried over unchanged, and
-    ``removed`` names the earlier runs' files it replaced.
+    ``removed`` names the earlier runs' files it replaced. Every row of those it counts as
+    ``carried``, so its tally is what the range gained: the lake's event rows stay the sum of the
+    runs' events, and a day fed again is all duplicates (the tally is negative where the input
+    lacks events the lake held: the range drops them). ``restatements`` counts its log's rows.
     """
     summary = {"written_by": "backfill", "mode": report["mode"], "partitions": report["partitions"]}
     if in_range is None:
@@ -203,18 +218,20 @@ def backfill_ledger(
         }
         return ledger_record({"run": 1, **summary, "tally": tally}, files, replace=True, config_fingerprint=None)
     last = ledgers[-1] if ledgers else {}
+    carried = {table: sum(int(r.get(table, 0)) for r in removed) for table in ("events", "sessions")}
+    events = report["events"] - carried["events"]
     tally = {
         "records": in_range,
         "blank": 0,
-        "events": report["events"],
+        "events": events,
         "rejected": {},
-        "duplicates": in_range - report["events"],
+        "duplicates": in_range - events,
         "late": 0,
-        "sessions": report["sessions"],
+        "sessions": report["sessions"] - carried["sessions"],
     }
     pending = int(last.get("pending_in_state", 0))
     ledger = ledger_record(
-        {"run": int(last.get("run", 0)) + 1, **summary, "rerun_machines": report["rerun_machines"], "tally": tally},
+        {"run": next_run(ledgers), **summary, "rerun_machines": report["rerun_machines"], "tally": tally},
         files,
         replace=False,
         config_fingerprint=None,
@@ -222,7 +239,11 @@ def backfill_ledger(
         pending_in_state=pending,
         open_sessions=(int(last.get("open_sessions", 0)), int(last.get("events_in_open_sessions", 0))),
     )
+    restated = restated or Restated()
     ledger["removed"] = removed
+    ledger["carried"] = carried
+    ledger["restated"] = {"sessions": restated.sessions, "events": restated.events}
+    ledger["restatements"] = restated.log_rows
     return ledger
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
-from sessionflow.lake.layout import TABLES
 from sessionflow.runtimes.aws.settings import Settings
 
 REGION = "us-east-1"
@@ -27,7 +26,8 @@ BUCKET = "sessionflow-lake"
 ON_FAILURE_QUEUE = "sessionflow-on-failure"
 RAW_STREAM = "raw"
 # The Firehoses deliver each table under its name in the lake: events/, sessions/, rejected/.
-PREFIXES = {table: f"{table}/" for table in TABLES}
+# (Not the lake's restatements: the streaming path restates nothing.)
+PREFIXES = {table: f"{table}/" for table in ("events", "sessions", "rejected")}
 # What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md).
 # What identifies a row: event ids are unique per machine (two machines may share one).
 IDS = {"events": ("machine_id", "event_id"), "sessions": ("session_id",), "rejected": ("source",)}
