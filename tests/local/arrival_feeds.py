@@ -74,7 +74,7 @@ def parse_line(line: bytes) -> Event | None:
     if not isinstance(record, dict):
         return None
     event_id, machine_id, event_type = record.get("event_id"), record.get("machine_id"), record.get("event_type")
-    if not all(isinstance(v, str) and v for v in (event_id, machine_id, event_type)):
+    if not (_text(event_id) and _text(machine_id) and _text(event_type)):
         return None
     ts = record.get("timestamp")
     version = record.get("app_version")
@@ -93,7 +93,11 @@ def parse_line(line: bytes) -> Event | None:
         return None
     if not MIN_TS <= ts <= time.time() * 1000 + 24 * HOUR:
         return None
-    return Event(machine_id, event_id, ts, event_type.lower())
+    return Event(str(machine_id), str(event_id), ts, str(event_type).lower())
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
 
 
 def events_of_lines(lines: Iterable[bytes]) -> list[Event]:
@@ -205,14 +209,25 @@ def table(lake: Path, name: str) -> str:
     return f"read_parquet('{lake}/{name}/*/*.parquet', hive_partitioning=true)"
 
 
+def has_files(lake: Path, name: str) -> bool:
+    """DuckDB refuses a glob that matches nothing: a table without files is read as no rows."""
+    return any((lake / name).glob("*/*.parquet"))
+
+
 def lake_placements(lake: Path) -> dict[Key, tuple[Any, ...]]:
-    rows = sql(f"SELECT machine_id, event_id, session_id, session_seq, ms_since_prev, late FROM {table(lake, 'events')}")
+    if not has_files(lake, "events"):
+        return {}
+    rows = sql(
+        f"SELECT machine_id, event_id, session_id, session_seq, ms_since_prev, late FROM {table(lake, 'events')}"
+    )
     placed = {(row[0], row[1]): row[2:] for row in rows}
-    assert len(placed) == len(rows), "an event (machine_id, event_id) appears twice in the lake"
+    assert len(placed) == len(rows), f"{len(rows) - len(placed)} extra rows of events already in the lake"
     return placed
 
 
 def lake_sessions(lake: Path) -> list[tuple[Any, ...]]:
+    if not has_files(lake, "sessions"):
+        return []
     rows = sql(
         "SELECT session_id, machine_id, start_ts, end_ts, event_count, first_event_type, last_event_type, "
         f"event_type_counts FROM {table(lake, 'sessions')}"

@@ -10,6 +10,7 @@ count the run reports about itself.
 from __future__ import annotations
 
 import base64
+import itertools
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from sessionflow.config import EXAMPLE_CONFIG, Config
 from sessionflow.core.ids import session_id
 from sessionflow.runtimes.local import runner
+from tests.helpers import NOW, T0
 from tests.local.arrival_feeds import (
     HOUR,
     MINUTE,
@@ -44,7 +46,6 @@ from tests.local.arrival_feeds import (
     table,
     write_lines,
 )
-from tests.helpers import NOW, T0
 
 # -- fixtures ----------------------------------------------------------------------------------------
 
@@ -110,8 +111,8 @@ def test_one_shot_over_files_whose_names_sort_out_of_time_order(
     write_lines(folder / "day-10.jsonl", feed_lines[2 * third :])
     lake = workdir / "days-lake"
     summary, _ = run_json(folder, "--out", lake, "--config", config_file)
-    assert summary["tally"]["late"] == 0
     assert_lake_is(lake, reference([events_of_lines(feed_lines)]))
+    assert summary["tally"]["late"] == 0
     no_event_late(lake)
     assert lake_content(lake) == lake_content(in_order_lake)
     assert_verifies(lake)
@@ -123,8 +124,8 @@ def test_one_shot_over_shuffled_lines(
     lines = shuffled(feed_lines, seed=3)
     lake = workdir / "shuffled-lake"
     summary, _ = run_json(write_lines(workdir / "shuffled.jsonl", lines), "--out", lake, "--config", config_file)
-    assert summary["tally"]["late"] == 0
     assert_lake_is(lake, reference([events_of_lines(lines)]))
+    assert summary["tally"]["late"] == 0
     no_event_late(lake)
     assert lake_content(lake) == lake_content(in_order_lake)
     assert_verifies(lake)
@@ -303,15 +304,15 @@ def test_late_events_merge_sessions_and_come_first_with_a_restatement_log(workdi
 def test_an_event_older_than_the_restate_horizon_is_late(workdir: Path) -> None:
     config = write_config(workdir / "horizon.toml", '[session]\ntimeout = "30m"\nrestate_horizon = "1h"\n')
     # Four machines reach T0 + 5h, so the quorum clock (3 machines) is T0 + 5h after the first run.
-    first_run = [
-        clean_line(f"m-{m}", f"m{m}-{i:02d}", T0 + i * 10 * MINUTE) for m in range(1, 5) for i in range(31)
-    ]
+    first_run = [clean_line(f"m-{m}", f"m{m}-{i:02d}", T0 + i * 10 * MINUTE) for m in range(1, 5) for i in range(31)]
     very_late = clean_line("m-1", "m1-late", T0 + 2 * HOUR + 5 * MINUTE)  # older than T0 + 4h
     in_horizon = clean_line("m-5", "m5-new", T0 + 4 * HOUR + 30 * MINUTE)
     lake, state = workdir / "horizon-lake", workdir / "horizon.state"
     state_run(write_lines(workdir / "horizon-1.jsonl", first_run), lake=lake, state=state, config=config)
     second_run = [very_late, in_horizon]
-    summary, stderr = state_run(write_lines(workdir / "horizon-2.jsonl", second_run), lake=lake, state=state, config=config)
+    summary, stderr = state_run(
+        write_lines(workdir / "horizon-2.jsonl", second_run), lake=lake, state=state, config=config
+    )
     assert summary["tally"]["late"] == 1
     assert "late" in stderr.lower()
     rules = Rules(restate_horizon_ms=HOUR)
@@ -353,7 +354,7 @@ def arrivals(draw: st.DrawFn) -> tuple[list[Event], list[int]]:
 def test_any_arrival_order_and_any_split_into_runs_give_the_batch(case: tuple[list[Event], list[int]]) -> None:
     order, cuts = case
     bounds = [0, *cuts, len(order)]
-    parts = [order[start:end] for start, end in zip(bounds, bounds[1:], strict=False) if end > start]
+    parts = [order[start:end] for start, end in itertools.pairwise(bounds) if end > start]
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         lake, state = root / "lake", root / "state.json"
