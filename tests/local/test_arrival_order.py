@@ -224,7 +224,7 @@ CONFLICTS = [clean_line("m-1", "e-3", T0 + 2 * MINUTE, "print"), clean_line("m-1
 
 
 def check_conflicts_rejected(lake: Path, source: Path, first_line: int, summary: dict[str, Any]) -> None:
-    rows = conflicting_rows(lake)
+    rows = sorted(conflicting_rows(lake), key=lambda row: row["line"])
     assert [base64.b64decode(row["raw_base64"]) for row in rows] == CONFLICTS
     assert [row["line"] for row in rows] == [first_line, first_line + 1]
     assert all(Path(row["source"]).name == source.name for row in rows)
