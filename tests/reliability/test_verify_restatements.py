@@ -51,14 +51,16 @@ def sessions_of(lake: Path) -> list[tuple[str, str]]:
 
 
 def add_log(lake: Path, run: int, rows: list[tuple[str, str, str, str]], *, count: int | None = None) -> Path:
-    """Give run ``run`` a restatement log of (machine, old, new, reason) rows, listed and counted."""
+    """Give run ``run`` a restatement log of (machine, old, new, reason) rows, listed and counted
+    (in place of the one the run wrote, where it restated sessions itself)."""
     path = lake / log_file(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(zip(*rows, strict=True))
     table = pa.table([pa.array([run] * len(rows), pa.int32()), *map(pa.array, columns)], schema=log_schema())
     pq.write_table(table, path)
     ledger = ledger_of(lake, run)
-    ledger["files"].append(log_file(run))
+    if log_file(run) not in ledger["files"]:
+        ledger["files"].append(log_file(run))
     ledger["restatements"] = len(rows) if count is None else count
     save_ledger(lake, run, ledger)
     return path
@@ -159,16 +161,22 @@ def test_a_log_naming_an_id_no_later_run_restated_again_must_lead_into_the_lake(
 
 
 def copy_on_write(lake: Path) -> tuple[str, int]:
-    """Run 3 rewrites a file of run 2 as a restating run does: removes it, writes its rows again
-    (carried) under its own name. Returns the new file's name and its rows."""
-    run_2, run_3 = ledger_of(lake, 2), ledger_of(lake, 3)
-    old = next(name for name in run_2["files"] if name.startswith("events/"))
+    """Run 3 rewrites one more file of an earlier run as a restating run does: removes it, writes
+    its rows again (carried) under its own name. Returns the new file's name and its rows."""
+    run_3 = ledger_of(lake, 3)
+    owner, old = next(
+        (run, name)
+        for run in (1, 2)
+        for name in ledger_of(lake, run)["files"]
+        if name.startswith("events/") and (lake / name).exists()
+    )
     new = old.rsplit("/", 1)[0] + "/part-00003-rewritten.parquet"
     rows = pq.read_metadata(lake / old).num_rows
     (lake / old).rename(lake / new)
-    run_3["removed"] = [{"run": 2, "files": [old], "events": rows, "sessions": 0}]
+    run_3.setdefault("removed", []).append({"run": owner, "files": [old], "events": rows, "sessions": 0})
     run_3["files"].append(new)
-    run_3["carried"] = {"events": rows, "sessions": 0}
+    carried = run_3.setdefault("carried", {"events": 0, "sessions": 0})
+    carried["events"] += rows
     save_ledger(lake, 3, run_3)
     return new, rows
 

@@ -136,21 +136,20 @@ class History:
         machines = firsts.column("machine_id")
         earliest = pc.min(firsts.column("first")).as_py()
         timeout = self.config.session.timeout_ms
-        sessions = _read(
-            self.lake,
-            self.files.sessions,
-            SESSION_PARTITION,
-            pc.field("machine_id").isin(machines) & (pc.field("end_ts") >= earliest - timeout),
-        )
-        cut = firsts.column("first")
+        bound = earliest - timeout
+        while True:
+            sessions = _read(
+                self.lake,
+                self.files.sessions,
+                SESSION_PARTITION,
+                pc.field("machine_id").isin(machines) & (pc.field("end_ts") >= bound),
+            )
+            cut = _cuts(sessions, firsts, timeout)
+            lowest = pc.min(cut).as_py()
+            if lowest >= bound:
+                break
+            bound = lowest  # a session ends at the cut of one that ends within reach: read from there
         if sessions is not None:
-            # The first session a new event can reach: one ending no more than timeout before it.
-            first = _per_machine(sessions, firsts.column("machine_id"), firsts.column("first"))
-            reach = sessions.filter(pc.greater_equal(sessions.column("end_ts"), pc.subtract(first, timeout)))
-            if reach.num_rows:
-                starts = reach.group_by("machine_id").aggregate([("start_ts", "min")])
-                start = _per_machine(firsts, starts.column("machine_id"), starts.column("start_ts_min"))
-                cut = pc.min_element_wise(cut, start, skip_nulls=True)
             mine = _per_machine(sessions, machines, cut)
             sessions = sessions.filter(pc.greater_equal(sessions.column("start_ts"), mine))
             sessions = sessions if sessions.num_rows else None
@@ -222,6 +221,30 @@ class History:
                 if log.num_rows:
                     restatement.log.append(log)
         return out_events, out_sessions
+
+
+def _cuts(sessions: pa.Table | None, firsts: pa.Table, timeout: int) -> pa.Array:
+    """Each machine's cut (``firsts``: machine_id, first): its earliest new event, or the start of
+    the first session one can reach (ending no more than ``timeout`` before it), or earlier still
+    while a session ends at or after the cut (sessions of equal timestamps share an instant: the
+    cut is a time, and every event at it must be sessionized again)."""
+    machines = firsts.column("machine_id")
+    cut = firsts.column("first")
+    if sessions is None:
+        return cut
+    first = _per_machine(sessions, machines, cut)
+    reach = pc.greater_equal(sessions.column("end_ts"), pc.subtract(first, timeout))
+    while True:
+        touching = sessions.filter(
+            pc.and_(reach, pc.less(sessions.column("start_ts"), _per_machine(sessions, machines, cut)))
+        )
+        if touching.num_rows == 0:
+            return cut
+        starts = touching.group_by("machine_id").aggregate([("start_ts", "min")])
+        cut = pc.min_element_wise(
+            cut, _per_machine(firsts, starts.column("machine_id"), starts.column("start_ts_min")), skip_nulls=True
+        )
+        reach = pc.greater_equal(sessions.column("end_ts"), _per_machine(sessions, machines, cut))
 
 
 def _per_machine(table: pa.Table, machines: pa.Array, values: pa.Array) -> pa.Array:
@@ -333,6 +356,8 @@ def rewrite(history: History, writer: LakeWriter, ledgers: list[dict[str, Any]])
             entry = removed.setdefault(run, {"run": run, "files": [], "events": 0, "sessions": 0})
             entry["files"].append(name)
             entry[table_name] += before
+    # The old events whose session columns changed were written again with the bucket's output.
+    carried["events"] += restatement.events
     log_rows = 0
     if restatement.log:
         log = pa.concat_tables(restatement.log)
