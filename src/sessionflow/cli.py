@@ -221,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--warn-late-rate",
         type=_rate,
-        default=0.05,
+        default=0.0,
         metavar="RATE",
-        help="warn when more than RATE of the valid events arrive late (default 5%%)",
+        help="warn when more than RATE of the valid events arrive later than restate_horizon (default: any)",
     )
     run.add_argument(
         "--workers",

@@ -12,7 +12,9 @@ reason written next to each dirty line. The rules, as the README states them:
 * sessions, per machine in (timestamp, event_id) order: a new one at the first event, after a gap
   *strictly* greater than ``timeout``, at an opening event, or when it would last longer than
   ``max_session_duration``;
-* a backfill sorts everything: nothing is late, and dedupe has no horizon (``sorted_input=True``);
+* a batch (an embedded run, a backfill) sorts everything: nothing is late, and dedupe has no
+  horizon (``sorted_input=True``); the embedded run rejects a later copy whose content differs
+  from the first arrival's as ``conflicting_duplicate`` (``conflicts=True``);
 * silent machines: the stream clock is the newest timestamp reached by ``clock_quorum`` machines; a
   machine whose last arrival is more than ``timeout + allowed_lateness`` of stream time ago (and
   whose newest event is too) has its session closed before the end of input.
@@ -51,8 +53,17 @@ class Result:
         rows.sort(key=repr)
 
 
-def expected(feed: Feed, config: SessionConfig, *, sorted_input: bool = False, batches_of_one: bool = False) -> Result:
-    """The feed's result. ``batches_of_one``: also say which sessions the stream clock closes early."""
+def expected(
+    feed: Feed,
+    config: SessionConfig,
+    *,
+    sorted_input: bool = False,
+    batches_of_one: bool = False,
+    conflicts: bool = False,
+) -> Result:
+    """The feed's result. ``batches_of_one``: also say which sessions the stream clock closes early.
+    ``conflicts``: a later copy whose content differs from the first arrival's is rejected as
+    ``conflicting_duplicate`` (the embedded runner), not counted as a duplicate."""
     result = Result()
     for item in feed.items:
         if isinstance(item, Dirty):
@@ -62,7 +73,11 @@ def expected(feed: Feed, config: SessionConfig, *, sorted_input: bool = False, b
     for ev in arrivals:
         mine = kept.setdefault(ev.machine, [])
         if _is_duplicate(ev, mine, config, sorted_input):
-            result.duplicates += 1
+            first = next(e for e, _ in mine if e.event_id == ev.event_id)
+            if conflicts and (first.ts, first.event_type, first.extra) != (ev.ts, ev.event_type, ev.extra):
+                result.rejections[("conflicting_duplicate", ev.line())] += 1
+            else:
+                result.duplicates += 1
             continue
         mine.append((ev, False if sorted_input else _is_late(ev, mine, config)))
     for machine, events in kept.items():

@@ -28,8 +28,9 @@ CONFIG = config()
 class Runtime:
     name: str
     run: Callable[[Feed], Result]
-    sorts: bool = False  # a backfill: sorts everything, dedupe without horizon
+    sorts: bool = False  # a batch (embedded run, backfill): sorts everything, dedupe without horizon
     batches_of_one: bool = False  # each line its own batch: the stream clock closes silent machines early
+    conflicts: bool = False  # a later copy of other content is a conflicting_duplicate rejection
 
 
 def _native(config: Config) -> Sessionizer:
@@ -94,7 +95,8 @@ def runtime(request: pytest.FixtureRequest) -> Runtime:
         pytest.importorskip("moto.server", reason="the AWS tests need moto: pip install 'sessionflow[dev]'")
     whole = request.getfixturevalue(fixture)
     whole = whole[0] if isinstance(whole, tuple) else whole
-    return Runtime(name, lambda feed: runtimes.only(whole, feed), sorts=name == "spark")
+    embedded = name == "embedded-cli"
+    return Runtime(name, lambda feed: runtimes.only(whole, feed), sorts=embedded or name == "spark", conflicts=embedded)
 
 
 # -- the contract --------------------------------------------------------------------------------------
@@ -134,7 +136,13 @@ def test_feed(runtime: Runtime, feed: Feed, request: pytest.FixtureRequest) -> N
     bug = KNOWN_BUGS.get((runtime.name, feed.name))
     if bug:
         request.applymarker(pytest.mark.xfail(strict=True, reason=bug))
-    want = expected(feed, CONFIG.session, sorted_input=runtime.sorts, batches_of_one=runtime.batches_of_one)
+    want = expected(
+        feed,
+        CONFIG.session,
+        sorted_input=runtime.sorts,
+        batches_of_one=runtime.batches_of_one,
+        conflicts=runtime.conflicts,
+    )
     assert_same(want, runtime.run(feed))
 
 
@@ -170,34 +178,20 @@ def test_embedded_ledger_counts_what_the_reference_counts(embedded: tuple[Result
     if compiled() is not None:
         assert report["sessionizer"] == "compiled"
     report = report["tally"]
-    want = [expected(feed, CONFIG.session) for feed in FEEDS.values()]
+    want = [expected(feed, CONFIG.session, sorted_input=True, conflicts=True) for feed in FEEDS.values()]
     assert report["duplicates"] == sum(w.duplicates for w in want)
     assert report["late"] == sum(1 for w in want for rows in w.events.values() for row in rows if row[6])
     assert report["sessions"] == sum(len(w.sessions) for w in want)
     assert report["blank"] == sum(1 for feed in FEEDS.values() for line in feed.lines() if not line.strip())
 
 
-TWICE = "no event_id appears twice for a machine"
-
-
 @pytest.mark.xdist_group("contract-embedded")
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"bug: verify's check '{TWICE}' refuses the lake: a copy of an event_id seen longer ago than "
-    "dedupe_horizon is written again, as a late event, as the README documents (feed duplicates_far)",
-)
 def test_embedded_lake_passes_verify(embedded: tuple[Result, dict[str, Any], Any]) -> None:
     _, _, verify = embedded
     assert verify.returncode == 0, verify.stdout.decode() + verify.stderr.decode()
-
-
-@pytest.mark.xdist_group("contract-embedded")
-def test_embedded_lake_passes_every_other_verify_check(embedded: tuple[Result, dict[str, Any], Any]) -> None:
-    _, _, verify = embedded
     checks = {c["check"]: c for c in orjson.loads(verify.stdout)["checks"]}
     assert len(checks) >= 8
-    assert [name for name, c in checks.items() if not c["ok"]] == [TWICE]
-    assert checks[TWICE]["problems"] == ["machine far-m1: event x is in the lake 2 times"]
+    assert [name for name, c in checks.items() if not c["ok"]] == []
 
 
 @pytest.mark.aws

@@ -92,28 +92,36 @@ def _legacy_state(folder: Path, config: Path) -> Path:
     return path
 
 
-def test_a_state_file_written_before_snapshot_versions_still_goes_on(tmp_path: Path) -> None:
+def test_a_state_file_of_the_streaming_runs_with_open_sessions_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A format-1 state kept open sessions and buffered events, which runs now always write: it
+    is refused (exit 4), saying how to finish it, and nothing is written."""
     config = write_config(tmp_path)
     state, lake = _legacy_state(tmp_path, config), tmp_path / "lake"
     feed = tmp_path / "next.jsonl"
-    feed.write_bytes(
-        b'{"event_id":"e-2","machine_id":"m-1","event_type":"view","timestamp":"2026-10-05T00:10:00Z"}\n'
-        b'{"event_id":"e-3","machine_id":"m-1","event_type":"edit","timestamp":"2026-10-05T00:20:00Z"}\n'
-    )
-    assert main(["run", str(feed), "--out", str(lake), "--state", str(state), "-c", str(config), "--flush", "-q"]) == 0
-    read = duckdb.connect()
-    events = read.execute(
-        f"select event_id, session_id, session_seq, ms_since_prev from read_parquet('{lake}/events/*/*.parquet')"
-        " order by event_id"
-    ).fetchall()
-    session = "9db20f66-813f-55ef-8df7-6c4ef591c3ee"
-    # e-2 comes out of the state's buffer second in the state's session; e-2 again is a duplicate.
-    assert events == [("e-2", session, 2, 600_000), ("e-3", session, 3, 600_000)]
-    sessions = read.execute(
-        f"select session_id, event_count, user_id, start_ts from read_parquet('{lake}/sessions/*/*.parquet')"
-    ).fetchall()
-    assert sessions == [(session, 3, "u-1", 1791158400000)]
-    assert ledger(lake, 1)["tally"]["duplicates"] == 1  # type: ignore[index]
+    feed.write_bytes(b'{"event_id":"e-3","machine_id":"m-1","event_type":"edit","timestamp":"2026-10-05T00:20:00Z"}\n')
+    code = main(["run", str(feed), "--out", str(lake), "--state", str(state), "-c", str(config), "-q"])
+    assert code == 4
+    error = capsys.readouterr().err
+    assert "1 open session(s) and 1 buffered event(s)" in error and "--flush" in error
+    assert not (lake / "events").exists()
+
+
+def test_a_flushed_state_file_of_the_streaming_runs_goes_on(tmp_path: Path) -> None:
+    """A format-1 state left by a --flush run holds no sessionizer state: the runs go on from it."""
+    config = write_config(tmp_path)
+    state, lake = _legacy_state(tmp_path, config), tmp_path / "lake"
+    feed = tmp_path / "next.jsonl"
+    feed.write_bytes(b'{"event_id":"e-3","machine_id":"m-1","event_type":"edit","timestamp":"2026-10-05T00:20:00Z"}\n')
+    data = orjson.loads(state.read_bytes())
+    data["sessionizer"] = {"clock": -1, "leaders": {}, "machines": []}
+    state.write_bytes(orjson.dumps(data))
+    assert main(["run", str(feed), "--out", str(lake), "--state", str(state), "-c", str(config), "-q"]) == 0
+    events = duckdb.connect().execute(f"select event_id from read_parquet('{lake}/events/*/*.parquet')").fetchall()
+    assert events == [("e-3",)]
+    assert orjson.loads(state.read_bytes())["format"] == 2
+    assert orjson.loads(state.read_bytes())["runs"] == 2
 
 
 def test_a_snapshot_of_another_version_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -116,14 +116,16 @@ def test_a_removal_a_ledger_claims_must_add_up(
     path = lake / "_sessionflow" / "ledger" / "run-00003.json"
     ledger = orjson.loads(path.read_bytes())
     run_1 = orjson.loads((lake / "_sessionflow" / "ledger" / "run-00001.json").read_bytes())
-    gone = next(name for name in run_1["files"] if name.startswith("sessions/"))
+    # A rejected file: the lake's runs never rewrite those (restating runs may have rewritten the others).
+    gone = next(name for name in run_1["files"] if name.startswith("rejected/") and (lake / name).exists())
     (lake / gone).unlink()
-    ledger["removed"] = [{"run": 1, "files": [gone, "events/event_date=2000-01-01/never.parquet"], "sessions": 0}]
+    claim = {"run": 1, "files": [gone, "events/event_date=2000-01-01/never.parquet"], "sessions": 0}
+    ledger["removed"] = [*ledger.get("removed", []), claim]
     path.write_bytes(orjson.dumps(ledger))
     report = verify_fails(
         lake,
         capsys,
         "run 3 removed events/event_date=2000-01-01/never.parquet of run 1, which that run did not list",
-        "run 1: its sessions files hold",
+        "run 1: its rejected files hold",
     )
     assert f"{gone} is listed by run 1 but missing" not in report  # removed by design, not lost
