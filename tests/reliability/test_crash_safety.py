@@ -78,8 +78,8 @@ def crash_env(step: str) -> dict[str, str]:
 
 
 # Every step of every run of both sequences.
-HOURLY_STEPS = ("batch:1", "staged", "committed", "moved:1", "moved:4", "state", "ledger", "cleaned")
-REPLACE_STEPS = ("batch:1", "staged", "committed", "replaced", "moved:1", "moved:6", "ledger", "cleaned")
+HOURLY_STEPS = ("batch:1", "bucket", "staged", "committed", "moved:1", "moved:4", "state", "ledger", "cleaned")
+REPLACE_STEPS = ("batch:1", "bucket", "staged", "committed", "replaced", "moved:1", "moved:6", "ledger", "cleaned")
 CASES: list[tuple[str, int, tuple[str, ...]]] = [
     ("hourly", target, (step,)) for target in range(3) for step in HOURLY_STEPS
 ]
@@ -91,6 +91,8 @@ CASES += [
     ("replace", 1, ("committed", "replaced")),
     ("replace", 1, ("moved:3", "moved:1")),
 ]
+# Runs 2 and 3 restate sessions of the runs before: killed while the files they rewrote are removed.
+CASES += [("hourly", 1, ("removed",)), ("hourly", 2, ("removed",)), ("hourly", 2, ("removed", "removed"))]
 
 
 @pytest.mark.parametrize(("sequence", "target", "steps"), CASES, ids=str)

@@ -26,7 +26,7 @@ from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, rejection_row
 from sessionflow.core.native import new_sessionizer
 from sessionflow.lake.writer import LakeWriter, sessions_table
-from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, KEY_HASH, LINE, Assembler, Block, Engine
+from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, LINE, Assembler, Block, Engine
 from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source
 from sessionflow.runtimes.local.spill import SOURCE, Spill, bucket_count, raw_lines
@@ -135,12 +135,13 @@ class BatchRun:
 def without_conflicts(table: pa.Table, conflicts: list[Conflict]) -> pa.Table:
     """``table`` less the later copies of an event whose content differs from its first arrival's:
     those go to ``conflicts``. Copies of the same content stay: the sessionizer drops them."""
-    hashes = table.column(KEY_HASH)
-    counts = pc.value_counts(hashes)
+    # Copies share an event_id: only rows whose event_id is there more than once are looked at.
+    ids = table.column("event_id")
+    counts = pc.value_counts(ids)
     shared = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(shared) == 0:
         return table
-    rows = pc.indices_nonzero(pc.is_in(hashes, value_set=shared)).to_pylist()
+    rows = pc.indices_nonzero(pc.is_in(ids, value_set=shared)).to_pylist()
     candidates = table.take(pa.array(rows, pa.int64())).to_pylist()
     first: dict[tuple[str, str], dict[str, Any]] = {}
     drop: list[int] = []

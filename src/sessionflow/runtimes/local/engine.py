@@ -141,11 +141,10 @@ def _widen_pipes(pool: Any) -> None:
 
 
 # Columns a worker adds to each refined batch for the batch run (runtimes/local/batch.py): where
-# the event came from (its line: a conflicting duplicate's bytes are found again by it), a hash of
-# its (machine_id, event_id) (duplicates are looked for only among equal hashes) and of its
-# machine (its spill bucket). The run drops them before the sessionizer.
-LINE, KEY_HASH, MACHINE_HASH = "_line", "_key_hash", "_machine_hash"
-INTERNAL_COLUMNS = (LINE, KEY_HASH, MACHINE_HASH)
+# the event came from (its line: a conflicting duplicate's bytes are found again by it) and a hash
+# of its machine (its spill bucket). The run drops them before the sessionizer.
+LINE, MACHINE_HASH = "_line", "_machine_hash"
+INTERNAL_COLUMNS = (LINE, MACHINE_HASH)
 
 
 def refine_block(chunk: bytes, source: str, first_line: int, buckets: int = 1) -> tuple[Any, ...]:
@@ -168,12 +167,10 @@ def refine_block(chunk: bytes, source: str, first_line: int, buckets: int = 1) -
     machines = columns.get("machine_id", ())
     # crc32, not hash(): the same in every process, whatever its start method or hash seed.
     machine_hashes = {machine: crc32(machine.encode()) for machine in set(machines)}
-    keys = map("\x1f".join, zip(machines, columns.get("event_id", ()), strict=True))
     batch = pa.RecordBatch.from_arrays(
         [
             *batch.columns,
             pa.array(refined.lines, pa.int64()),
-            pa.array([crc32(key.encode()) for key in keys], pa.uint32()),
             pa.array([machine_hashes[machine] for machine in machines], pa.uint32()),
         ],
         names=[*batch.schema.names, *INTERNAL_COLUMNS],

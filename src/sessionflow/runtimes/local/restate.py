@@ -33,7 +33,14 @@ from sessionflow.core import Tally
 from sessionflow.core.enrich import hour_fields
 from sessionflow.lake.restatements import restatement_log
 from sessionflow.lake.writer import LakeWriter
-from sessionflow.runtimes.local.batch import BatchRun, Captured, sessionize_sorted, sort_events, split_copies
+from sessionflow.runtimes.local.batch import (
+    BatchRun,
+    Captured,
+    newest_per_machine,
+    sessionize_sorted,
+    sort_events,
+    split_copies,
+)
 from sessionflow.runtimes.local.columnar import SESSION_FIELDS, refined_schema, session_schema_fields
 from sessionflow.runtimes.local.feeds import Feed
 from sessionflow.schema import EVENT_PARTITION, SESSION_PARTITION
@@ -109,6 +116,10 @@ class History:
         # Before this, an event is not placed any more: it is written late (see the module's doc).
         self.placed_from = None if clock is None else clock - horizon
         self.restatement = Restatement()
+        # The event-id memory this run consulted: the lake's (machine_id, event_id) columns, as
+        # stored (compressed), in the event files of the horizon (README, Dedupe).
+        self.id_bytes = 0
+        self._measured: set[str] = set()
 
     def is_empty(self) -> bool:
         return not self.files.events and not self.files.sessions
@@ -122,6 +133,10 @@ class History:
         names = self.files.event_files(from_day, days)
         if not names:
             return None
+        for name in names:
+            if name not in self._measured:
+                self._measured.add(name)
+                self.id_bytes += _id_column_bytes(self.lake / name)
         machines = pc.unique(new.column("machine_id"))
         ids = pc.unique(new.column("event_id"))
         expression = pc.field("machine_id").isin(machines) & pc.field("event_id").isin(ids)
@@ -247,6 +262,18 @@ def _cuts(sessions: pa.Table | None, firsts: pa.Table, timeout: int) -> pa.Array
         reach = pc.greater_equal(sessions.column("end_ts"), _per_machine(sessions, machines, cut))
 
 
+def _id_column_bytes(path: Path) -> int:
+    metadata = pq.read_metadata(path)
+    total = 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for column in range(row_group.num_columns):
+            chunk = row_group.column(column)
+            if chunk.path_in_schema in ("machine_id", "event_id"):
+                total += chunk.total_compressed_size
+    return total
+
+
 def _per_machine(table: pa.Table, machines: pa.Array, values: pa.Array) -> pa.Array:
     """``values[i]`` belongs to ``machines[i]``: the value of each row's machine (null for others)."""
     return pc.take(values, pc.index_in(table.column("machine_id"), value_set=machines))
@@ -282,12 +309,16 @@ def session_keys(table: pa.Table) -> pa.Array:
     return table.column("session_id")
 
 
-def place(history: History, table: pa.Table, run: BatchRun, feed: Feed, writer: LakeWriter, tally: Tally) -> None:
+def place(
+    history: History, table: pa.Table, run: BatchRun, feed: Feed, writer: LakeWriter, tally: Tally
+) -> dict[str, int]:
     """One bucket of an incremental run: dedupe against the lake, write what is too old late,
-    sessionize the rest with the lake's events from each machine's cut, write what changed."""
+    sessionize the rest with the lake's events from each machine's cut, write what changed.
+    Returns each machine's newest timestamp among the events written (for the stream clock)."""
     config = history.config
     new, duplicates = split_copies(table, history.earlier_copies(table), run.conflicts)
     tally.duplicates += duplicates
+    newest = newest_per_machine(new)
     if history.placed_from is not None:
         too_old = pc.less(new.column("timestamp"), history.placed_from)
         if pc.any(too_old).as_py():
@@ -298,7 +329,7 @@ def place(history: History, table: pa.Table, run: BatchRun, feed: Feed, writer: 
             tally.late += late.num_rows
             new = new.filter(pc.invert(too_old))
     if new.num_rows == 0:
-        return
+        return newest
     old_events, old_sessions = history.region(new)
     names = refined_schema(config).names
     merged = new.select(names)
@@ -314,6 +345,7 @@ def place(history: History, table: pa.Table, run: BatchRun, feed: Feed, writer: 
     writer.events.add_table(events)
     writer.sessions.add_table(sessions)
     tally.sessions += sessions.num_rows
+    return newest
 
 
 def _first_copies(table: pa.Table) -> tuple[pa.Table, int]:

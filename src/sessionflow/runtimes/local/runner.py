@@ -35,7 +35,7 @@ from sessionflow.lake.layout import IDENTITY_FILE, META_DIR, is_lake, lake_exist
 from sessionflow.lake.ledger import ledger_files, ledger_record, next_run_number
 from sessionflow.lake.lock import LakeLock
 from sessionflow.lake.writer import LakeWriter
-from sessionflow.runtimes.local.batch import BatchRun, newest_per_machine
+from sessionflow.runtimes.local.batch import BatchRun
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
 from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Source, bounded, expand_inputs
 from sessionflow.runtimes.local.restate import History, place, rewrite
@@ -59,6 +59,8 @@ class RunReport:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     # True when every input had been read by earlier runs and there was nothing to publish.
     nothing_new: bool = False
+    # The bytes of event ids this run checked its events against (--state runs; None: none).
+    dedupe_memory_bytes: int | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -74,6 +76,7 @@ class RunReport:
             "files": self.files,
             "inputs": self.inputs,
             "nothing_new": self.nothing_new,
+            "dedupe_memory_bytes": self.dedupe_memory_bytes,
             "sessionizer": implementation(),  # "compiled" or "pure": which one ran (README, Compiled parts)
         }
 
@@ -388,8 +391,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
         else:
             engine.close()  # the workers' memory goes before the buckets are read
             for table in batch.buckets():
-                newest.update(newest_per_machine(table))
-                place(history, table, batch, engine.feed, writer, tally)
+                newest.update(place(history, table, batch, engine.feed, writer, tally))
                 crash_point("bucket")
         restated = rewrite(history, writer, _ledgers(lake)) if history is not None else {}
         for rows in batch.rejections().values():
@@ -397,6 +399,8 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             writer.write([], [], rows)
         files = [*writer.close(), *bucket_files]
         report_ = RunReport(number, tally, time.perf_counter() - options.started, True, len(files), read.inputs)
+        if history is not None:
+            report_.dedupe_memory_bytes = history.id_bytes
         ledger = ledger_record(
             report_.to_dict(), files, replace=options.overwrite, config_fingerprint=session_fingerprint(config)
         )
