@@ -269,9 +269,11 @@ def test_one_day_backfill_rebuilds_that_day_as_a_full_run_has_it(
     assert verdict.runs == 2 and report["run"] == 2
     ledger = orjson.loads((lake / "_sessionflow" / "ledger" / "run-00002.json").read_bytes())
     assert [r["files"] for r in ledger["removed"]] == [replaced_files]
-    # The same input again: every row it wrote was in the lake (carried), nothing was restated.
-    assert ledger["carried"] == {"events": len(full_events), "sessions": len(full_sessions)}
-    assert ledger["tally"]["events"] == 0 and ledger["tally"]["sessions"] == 0
+    # The same input again: the day is recomputed from it (its tally), nothing is carried from the
+    # removed files, which held the same rows; nothing was restated.
+    assert ledger["carried"] == {"events": 0, "sessions": 0}
+    assert ledger["tally"]["events"] == len(full_events) and ledger["tally"]["sessions"] == len(full_sessions)
+    assert [(r["events"], r["sessions"]) for r in ledger["removed"]] == [(len(full_events), len(full_sessions))]
     assert ledger["restatements"] == 0 and not (lake / "restatements").exists()
     assert not (day_dir / "part-stale.parquet").exists()
     assert not (lake / "_sessionflow" / "staging").exists() or not any((lake / "_sessionflow" / "staging").iterdir())
