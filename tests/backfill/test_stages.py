@@ -123,7 +123,11 @@ def test_a_later_copy_of_other_content_is_a_conflict_an_identical_one_a_duplicat
     )
     assert conflicts == [
         ((0, 0, 4), "event 'a' of machine 'm' arrived before with other event_type; the first arrival is kept"),
-        ((0, 512, 0), "event 'a' of machine 'm' arrived before with other extra, timestamp; the first arrival is kept"),
+        (
+            (0, 512, 0),
+            "event 'a' of machine 'm' arrived before with other extra, timestamp, event_time; "
+            "the first arrival is kept",
+        ),
     ]
     # A range run writes no rejections: its conflicting copies are only dropped.
     window = Window(START - DAY, START + DAY, None, None)

@@ -315,6 +315,9 @@ def _first_arrivals(
         twin = seen.get(event_id)
         if twin is not None and rules.is_duplicate(twin["timestamp"], newest, whole_history):
             differing = [name for name in event if name not in _NOT_CONTENT and event[name] != twin[name]]
+            if "timestamp" in differing:
+                # The runner's events carry event_time (Spark derives it when writing): name it alike.
+                differing.insert(differing.index("timestamp") + 1, "event_time")
             if differing:
                 conflicts.append((event, differing))
             continue
