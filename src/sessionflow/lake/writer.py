@@ -275,11 +275,14 @@ class _PartitionedJsonLines:
 class LakeWriter:
     """Writes one run's files into staging; :func:`sessionflow.lake.commit.commit_run` publishes them at once."""
 
-    def __init__(self, lake: Path, config: Config, run: int) -> None:
+    def __init__(self, lake: Path, config: Config, run: int, *, part: int = 0) -> None:
+        """``part``: a writer of its own for one part of a run (the run's buckets, written in worker
+        processes into the same staging folder): its files are numbered from ``part << 16`` (file
+        names need only be unique within a run), and it leaves the staging folder as it is."""
         self.lake = lake
         self.run = run
         self.staging = staging_root(lake) / staging_name(run)
-        if self.staging.exists():
+        if self.staging.exists() and not part:
             shutil.rmtree(self.staging)  # an earlier attempt of this run that never committed
         prefix = f"{run:05d}"
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionflow-parquet")
@@ -303,6 +306,7 @@ class LakeWriter:
         )
         self.rejected = _PartitionedJsonLines(self.staging / "rejected", REJECTED_PARTITION, prefix)
         self.extra_files: list[Path] = []
+        self.events.sequence = self.sessions.sequence = part << 16
         self.staging.mkdir(parents=True, exist_ok=True)
 
     def write(
@@ -332,6 +336,15 @@ class LakeWriter:
         for path in files:
             fsync_file(path)
         return [path.relative_to(self.staging) for path in files]
+
+    def abort_part(self) -> None:
+        """A part writer's :meth:`abort`: its own files go, the run's staging folder stays."""
+        staging = self.staging
+        self.staging = staging / ".aborted-part"  # abort() removes only this, which never exists
+        self.abort()
+        for path in [*self.events.files, *self.sessions.files]:
+            path.unlink(missing_ok=True)
+        self.staging = staging
 
     def abort(self) -> None:
         """Drop the staged files. Never raises: it runs while another error is on its way out."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,9 +25,9 @@ import pyarrow.compute as pc
 from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, rejection_row
 from sessionflow.core.native import new_sessionizer
-from sessionflow.lake.writer import sessions_table
-from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, KEY_HASH, LINE, Assembler, Block
-from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed
+from sessionflow.lake.writer import LakeWriter, sessions_table
+from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, KEY_HASH, LINE, Assembler, Block, Engine
+from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source
 from sessionflow.runtimes.local.spill import SOURCE, Spill, bucket_count, raw_lines
 
@@ -72,36 +73,29 @@ class BatchRun:
         return open(path, "wb")
 
     def add(self, block: Block, index: int) -> None:
-        self.spill.add(block.batch, index, block.first_line)
+        self.spill.add(block.batch, index, block.first_line, block.bucket_rows)
 
-    def buckets(self) -> Iterator[pa.Table]:
-        """Each bucket, exact duplicates of other content taken out (into :attr:`conflicts`)."""
-        for table in self.spill.buckets():
-            yield self._without_conflicts(table)
+    def buckets(self, *, sort: bool = False) -> Iterator[pa.Table]:
+        """Each bucket, exact duplicates of other content taken out (into :attr:`conflicts`), and
+        with ``sort`` in the order it is sessionized (:func:`sort_events`).
 
-    def _without_conflicts(self, table: pa.Table) -> pa.Table:
-        hashes = table.column(KEY_HASH)
-        counts = pc.value_counts(hashes)
-        shared = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-        if len(shared) == 0:
-            return table
-        rows = pc.indices_nonzero(pc.is_in(hashes, value_set=shared)).to_pylist()
-        candidates = table.take(pa.array(rows, pa.int64())).to_pylist()
-        first: dict[tuple[str, str], dict[str, Any]] = {}
-        drop: list[int] = []
-        for row_number, row in zip(rows, candidates, strict=True):  # in arrival order
-            key = (row["machine_id"], row["event_id"])
-            kept = first.setdefault(key, row)
-            if kept is row:
-                continue
-            differing = [name for name in row if name not in _DROPPED and row[name] != kept[name]]
-            if differing:
-                drop.append(row_number)
-                self.conflicts.append(Conflict(row[SOURCE], row[LINE], key[0], key[1], differing))
-        if not drop:
-            return table
-        keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(drop, pa.int64())))
-        return table.filter(keep)
+        The next bucket is read and prepared on a thread while the caller sessionizes this one:
+        Arrow reads, hashes, sorts and takes without the GIL, so the two overlap on two cores.
+        """
+
+        def prepare(table: pa.Table) -> pa.Table:
+            table = without_conflicts(table, self.conflicts)
+            return sort_events(table) if sort else table
+
+        tables = self.spill.buckets()
+        with ThreadPoolExecutor(1, thread_name_prefix="sessionflow-bucket") as ahead:
+            coming = None
+            for table in tables:
+                if coming is not None:
+                    yield coming.result()
+                coming = ahead.submit(prepare, table)
+            if coming is not None:
+                yield coming.result()
 
     def rejections(self) -> dict[int, list[dict[str, Any]]]:
         """The conflicting copies as rejection rows with their raw bytes, by input."""
@@ -122,10 +116,47 @@ class BatchRun:
             )
         return rows
 
+    def sessionize_all(self, engine: Engine, run: int, lake: Path) -> BucketResult:
+        """Every bucket sorted, sessionized and written, in the engine's worker processes (a batch
+        run with nothing to place among: no ``--state`` lake to read)."""
+        total = BucketResult()
+        jobs = [(path, part, self.config, str(lake), run) for part, path in self.spill.files()]
+        for result in engine.map(sessionize_bucket, jobs):
+            total.add(result)
+        self.conflicts.extend(total.conflicts)
+        return total
+
     def close(self) -> None:
         self.spill.close()
         for path in self._copies.values():
             path.unlink(missing_ok=True)
+
+
+def without_conflicts(table: pa.Table, conflicts: list[Conflict]) -> pa.Table:
+    """``table`` less the later copies of an event whose content differs from its first arrival's:
+    those go to ``conflicts``. Copies of the same content stay: the sessionizer drops them."""
+    hashes = table.column(KEY_HASH)
+    counts = pc.value_counts(hashes)
+    shared = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(shared) == 0:
+        return table
+    rows = pc.indices_nonzero(pc.is_in(hashes, value_set=shared)).to_pylist()
+    candidates = table.take(pa.array(rows, pa.int64())).to_pylist()
+    first: dict[tuple[str, str], dict[str, Any]] = {}
+    drop: list[int] = []
+    for row_number, row in zip(rows, candidates, strict=True):  # in arrival order
+        key = (row["machine_id"], row["event_id"])
+        kept = first.setdefault(key, row)
+        if kept is row:
+            continue
+        differing = [name for name in row if name not in _DROPPED and row[name] != kept[name]]
+        if differing:
+            drop.append(row_number)
+            conflicts.append(Conflict(row[SOURCE], row[LINE], key[0], key[1], differing))
+    if not drop:
+        return table
+    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(drop, pa.int64())))
+    return table.filter(keep)
 
 
 def sort_events(table: pa.Table) -> pa.Table:
@@ -198,3 +229,58 @@ def split_copies(new: pa.Table, earlier: pa.Table | None, conflicts: list[Confli
             duplicates += 1
     mask = pc.invert(pc.is_in(pa.array(range(new.num_rows), pa.int64()), value_set=pa.array(hits, pa.int64())))
     return new.filter(mask), duplicates
+
+
+@dataclass
+class BucketResult:
+    """What sessionizing buckets gave: files written (relative to staging), counts, conflicts."""
+
+    files: list[Path] = field(default_factory=list)
+    events: int = 0
+    late: int = 0
+    duplicates: int = 0
+    sessions: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+    newest: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: BucketResult) -> None:
+        self.files.extend(other.files)
+        self.events += other.events
+        self.late += other.late
+        self.duplicates += other.duplicates
+        self.sessions += other.sessions
+        self.conflicts.extend(other.conflicts)
+        self.newest.update(other.newest)  # buckets hold whole machines: no machine twice
+
+
+def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int) -> BucketResult:
+    """Runs in a worker: one spilled bucket -> its own Parquet files in the run's staging folder."""
+    with pa.memory_map(path) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    result = BucketResult()
+    table = sort_events(without_conflicts(table, result.conflicts))
+    result.newest = newest_per_machine(table)
+    writer = LakeWriter(Path(lake), config, run, part=part + 1)
+    assembler = Assembler(writer.events.add_table, writer.events.add, writer.sessions.add_table)
+    try:
+        sessionize_sorted(table, config, assembler, sessionizing())
+        writer.write([], assembler.sessions, [])
+        result.files = writer.close()
+    except BaseException:
+        writer.abort_part()
+        raise
+    Path(path).unlink()
+    tally = assembler.tally
+    result.events, result.late, result.duplicates, result.sessions = (
+        tally.events,
+        tally.late,
+        tally.duplicates,
+        tally.sessions,
+    )
+    return result
+
+
+def newest_per_machine(table: pa.Table) -> dict[str, int]:
+    """Each machine's newest timestamp (for the stream clock)."""
+    newest = table.group_by("machine_id").aggregate([("timestamp", "max")])
+    return dict(zip(newest.column("machine_id").to_pylist(), newest.column("timestamp_max").to_pylist(), strict=True))

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 from zlib import crc32
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 try:
     import fcntl
@@ -59,6 +60,8 @@ class Block:
     rejections: list[dict[str, Any]]
     batch: pa.RecordBatch
     keys: list[list[Any]] | None  # KEY_COLUMNS as Python lists, for the record feed only (feeds.py)
+    # Rows per spill bucket, the rows ordered by bucket (refine_block); None: one bucket.
+    bucket_rows: list[int] | None = None
 
 
 # -- worker side ---------------------------------------------------------------------------------
@@ -145,8 +148,12 @@ LINE, KEY_HASH, MACHINE_HASH = "_line", "_key_hash", "_machine_hash"
 INTERNAL_COLUMNS = (LINE, KEY_HASH, MACHINE_HASH)
 
 
-def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
-    """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`."""
+def refine_block(chunk: bytes, source: str, first_line: int, buckets: int = 1) -> tuple[Any, ...]:
+    """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`.
+
+    ``buckets`` (a power of two): the events come ordered by spill bucket (a hash of the machine,
+    arrival order kept within each), and the parts say how many fall in each: the run's process
+    only slices them (runtimes/local/spill.py)."""
     assert _worker is not None
     pipeline, schema, feed = _worker
     lines = chunk.split(b"\n")
@@ -171,20 +178,32 @@ def refine_block(chunk: bytes, source: str, first_line: int) -> tuple[Any, ...]:
         ],
         names=[*batch.schema.names, *INTERNAL_COLUMNS],
     )
+    counts = None
+    if buckets > 1 and batch.num_rows:
+        bucket = pc.bit_wise_and(batch.column(MACHINE_HASH), pa.scalar(buckets - 1, pa.uint32()))
+        batch = batch.take(pc.sort_indices(bucket))  # a stable sort: arrival order within a bucket
+        found = pc.value_counts(bucket)
+        sizes = dict(zip(found.field("values").to_pylist(), found.field("counts").to_pylist(), strict=True))
+        counts = [sizes.get(number, 0) for number in range(buckets)]
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as stream:
         stream.write_batch(batch)
-    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), None
+    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), counts
+
+
+def _call(work: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
+    function, job = work
+    return function(*job)
 
 
 def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
     """``parts`` of a block a worker numbered from line 1, renumbered from ``first_line``."""
-    lines, blank, rejected, rejections, ipc, keys = parts
+    lines, blank, rejected, rejections, ipc, counts = parts
     if first_line != 1:
         for row in rejections:
             row["line"] += first_line - 1
     batch = pa.ipc.open_stream(ipc).read_next_batch()
-    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, keys)
+    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, None, counts)
 
 
 # -- main side -----------------------------------------------------------------------------------
@@ -239,9 +258,14 @@ class Engine:
             _init_worker(config, now_ms, self.feed)
 
     def blocks(
-        self, source: Source, on_read: Callable[[int], None] | None = None, keep: BinaryIO | None = None
+        self,
+        source: Source,
+        on_read: Callable[[int], None] | None = None,
+        keep: BinaryIO | None = None,
+        buckets: int = 1,
     ) -> Iterator[Block]:
-        """``keep``: where the bytes read go too (a copy of a stream, which cannot be read twice)."""
+        """``keep``: where the bytes read go too (a copy of a stream, which cannot be read twice);
+        ``buckets``: the spill buckets the events are ordered by (see :func:`refine_block`)."""
         line = 1  # of the next block: known once the blocks before it come back
         if self._pool is None:
             for chunk in read_blocks(source, self.block_bytes):
@@ -249,7 +273,7 @@ class Engine:
                     keep.write(chunk)
                 if on_read is not None:
                     on_read(len(chunk))
-                block = _block(refine_block(chunk, source.name, 1), source.name, line)
+                block = _block(refine_block(chunk, source.name, 1, buckets), source.name, line)
                 line += block.lines
                 yield block
             return
@@ -261,7 +285,7 @@ class Engine:
                 keep.write(chunk)
             if on_read is not None:
                 on_read(len(chunk))
-            window.append(self._pool.apply_async(refine_block, (chunk, source.name, 1)))
+            window.append(self._pool.apply_async(refine_block, (chunk, source.name, 1, buckets)))
             if len(window) >= limit:
                 block = _block(window.popleft().get(), source.name, line)
                 line += block.lines
@@ -270,6 +294,14 @@ class Engine:
             block = _block(window.popleft().get(), source.name, line)
             line += block.lines
             yield block
+
+    def map(self, function: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> Iterator[Any]:
+        """``function(*job)`` for each job, in the worker processes (as they finish), else here."""
+        if self._pool is None:
+            for job in jobs:
+                yield function(*job)
+            return
+        yield from self._pool.imap_unordered(_call, [(function, job) for job in jobs])
 
     def close(self) -> None:
         if self._pool is not None:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow as pa
 
 from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, Snapshot, Tally, rejection_row
@@ -36,7 +35,7 @@ from sessionflow.lake.layout import IDENTITY_FILE, META_DIR, is_lake, lake_exist
 from sessionflow.lake.ledger import ledger_files, ledger_record, next_run_number
 from sessionflow.lake.lock import LakeLock
 from sessionflow.lake.writer import LakeWriter
-from sessionflow.runtimes.local.batch import BatchRun, sessionize_sorted, sort_events
+from sessionflow.runtimes.local.batch import BatchRun, newest_per_machine
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
 from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Source, bounded, expand_inputs
 from sessionflow.runtimes.local.restate import History, place, rewrite
@@ -349,8 +348,6 @@ class _Options:
 
 def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunState, options: _Options) -> RunReport:
     state_path = options.state_path
-    # Every run writes every session now: a later run that extends one restates it.
-    flushed = True
     # A replacing run is run 1 of the new lake; the old lake stays whole until it commits.
     number = 1 if options.overwrite else next_run_number(lake)
     now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
@@ -365,35 +362,41 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
         engine = Engine(config, now, default_workers() if options.workers is None else options.workers)
         batch = BatchRun(config, sources, writer.staging / SPILL_DIR)
         read = _read_inputs(sources, config, state, engine, batch, writer, tally, options)
-        engine.close()  # the workers' memory goes before the buckets are sorted
         if state_path is not None and read.all_seen and not tally.records:
             # The same command again after its run was published: publishing an empty run would
             # make the lake differ from one where the first attempt simply finished.
             writer.abort()
             seconds = time.perf_counter() - options.started
             log.warning("every input was read by earlier runs: nothing new to publish")
-            return RunReport(number - 1, tally, seconds, flushed, 0, read.inputs, nothing_new=True)
+            return RunReport(number - 1, tally, seconds, True, 0, read.inputs, nothing_new=True)
         history = None
         if state_path is not None:
             history = History(lake, config, state.clock(config.session.clock_quorum), number)
             if history.is_empty():
                 history = None  # nothing to place among: the run is a plain batch
+        bucket_files: list[Path] = []
         newest: dict[str, int] = {}
-        for table in batch.buckets():
-            newest.update(_newest(table))
-            if history is None:
-                sessionize_sorted(sort_events(table), config, assembler, engine.feed)
-                writer.write([], assembler.sessions, [])
-                assembler.sessions.clear()
-            else:
-                place(history, table, batch, engine.feed, writer, tally)
+        if history is None:
+            done = batch.sessionize_all(engine, number, lake)
             crash_point("bucket")
+            bucket_files, newest = done.files, done.newest
+            tally.events += done.events
+            tally.late += done.late
+            tally.duplicates += done.duplicates
+            tally.sessions += done.sessions
+            engine.close()
+        else:
+            engine.close()  # the workers' memory goes before the buckets are read
+            for table in batch.buckets():
+                newest.update(newest_per_machine(table))
+                place(history, table, batch, engine.feed, writer, tally)
+                crash_point("bucket")
         restated = rewrite(history, writer, _ledgers(lake)) if history is not None else {}
         for rows in batch.rejections().values():
             tally.rejected[Reason.CONFLICTING_DUPLICATE.value] += len(rows)
             writer.write([], [], rows)
-        files = writer.close()
-        report_ = RunReport(number, tally, time.perf_counter() - options.started, flushed, len(files), read.inputs)
+        files = [*writer.close(), *bucket_files]
+        report_ = RunReport(number, tally, time.perf_counter() - options.started, True, len(files), read.inputs)
         ledger = ledger_record(
             report_.to_dict(), files, replace=options.overwrite, config_fingerprint=session_fingerprint(config)
         )
@@ -465,7 +468,7 @@ def _read_inputs(
         )
         copy = batch.copy_of(index)
         try:
-            for block in engine.blocks(source, options.progress, copy):
+            for block in engine.blocks(source, options.progress, copy, batch.spill.count):
                 add_oversized(block, source, config)
                 tally.records += block.records
                 tally.blank += block.blank
@@ -493,12 +496,6 @@ def _read_inputs(
             }
         )
     return read
-
-
-def _newest(table: pa.Table) -> dict[str, int]:
-    """Each machine's newest timestamp in a bucket (for the stream clock)."""
-    newest = table.group_by("machine_id").aggregate([("timestamp", "max")])
-    return dict(zip(newest.column("machine_id").to_pylist(), newest.column("timestamp_max").to_pylist(), strict=True))
 
 
 def _ledgers(lake: Path) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ back one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,10 +21,15 @@ from sessionflow.runtimes.local.reader import Source, open_source
 
 SOURCE = "_source"  # which input of the run: its index
 # Raw input bytes per bucket: a bucket's refined events take about 0.6 times their raw bytes in
-# Arrow, and sorting one holds it twice. 1M events (226 MB raw) make 2 buckets of ~70 MB.
-BUCKET_RAW_BYTES = 32 << 20
-MAX_BUCKETS = 1024
-STREAM_BUCKETS = 64  # when the input's size is unknown (standard input, a pipe): enough for ~30M events
+# Arrow, and sorting one holds it twice; a worker sorts one at a time. 1M events (226 MB raw) make
+# 4 buckets of ~35 MB.
+BUCKET_RAW_BYTES = 64 << 20
+# Buckets while reading: each block is cut into this many pieces, so few. A bucket that grows
+# past SPLIT_BYTES (an input bigger than its size said, standard input) is split once read whole.
+MAX_BUCKETS = 16
+STREAM_BUCKETS = 4  # when the input's size is unknown (standard input, a pipe)
+SPLIT_BYTES = 64 << 20  # of Arrow data: what one worker sorts and sessionizes at a time
+MAX_SPLIT = 1024  # parts a bucket may be split into (its part numbers are bucket * MAX_SPLIT + part)
 _GZIP_RATIO = 8  # a gzip feed of JSON lines inflates about this much
 # Rows held in memory over all buckets before a bucket is written: more buckets, smaller pieces.
 _HELD_ROWS = 64 * 1024
@@ -36,7 +42,7 @@ def bucket_count(sources: Sequence[Source]) -> int:
     for source in sources:
         size = source.size
         if size is None:
-            total += STREAM_BUCKETS * BUCKET_RAW_BYTES
+            total = max(total, STREAM_BUCKETS * BUCKET_RAW_BYTES)
             continue
         total += size * (_GZIP_RATIO if _is_gzip(source) else 1)
     wanted = max(1, -(-total // BUCKET_RAW_BYTES))
@@ -68,11 +74,13 @@ class Spill:
         self._held: list[list[pa.RecordBatch]] = [[] for _ in range(buckets)]
         self._held_rows = [0] * buckets
         self._writers: list[pa.ipc.RecordBatchStreamWriter | None] = [None] * buckets
+        self._bytes = [0] * buckets
         self._schema: pa.Schema | None = None
         self._piece_rows = max(_MIN_PIECE_ROWS, _HELD_ROWS // buckets)
 
-    def add(self, batch: pa.RecordBatch, source: int, first_line: int) -> None:
-        """A refined batch of input ``source`` whose worker numbered its lines from 1."""
+    def add(self, batch: pa.RecordBatch, source: int, first_line: int, bucket_rows: list[int] | None) -> None:
+        """A refined batch of input ``source`` whose worker numbered its lines from 1, its rows
+        ordered by bucket, ``bucket_rows`` in each (None: one bucket)."""
         rows = batch.num_rows
         if rows == 0:
             return
@@ -88,18 +96,15 @@ class Spill:
         if self._schema is None:
             self._schema = batch.schema
         self.rows += rows
-        if self.count == 1:
+        if bucket_rows is None:
+            assert self.count == 1
             self._hold(0, batch)
             return
-        buckets = pc.bit_wise_and(batch.column(MACHINE_HASH), pa.scalar(self.count - 1, pa.uint32()))
-        order = pc.sort_indices(buckets)  # stable: arrival order is kept within each bucket
-        ordered = batch.take(order)
-        counts = pc.value_counts(buckets)
-        sizes = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
         offset = 0
-        for bucket in sorted(sizes):
-            self._hold(bucket, ordered.slice(offset, sizes[bucket]))
-            offset += sizes[bucket]
+        for bucket, size in enumerate(bucket_rows):
+            if size:
+                self._hold(bucket, batch.slice(offset, size))
+                offset += size
 
     def _hold(self, bucket: int, batch: pa.RecordBatch) -> None:
         self._held[bucket].append(batch)
@@ -117,6 +122,7 @@ class Spill:
             writer = self._writers[bucket] = pa.ipc.new_stream(self._path(bucket), self._schema)
         table = pa.Table.from_batches(held).combine_chunks()
         self.bytes += table.nbytes
+        self._bytes[bucket] += table.nbytes
         writer.write_table(table)
         self._held[bucket] = []
         self._held_rows[bucket] = 0
@@ -125,30 +131,63 @@ class Spill:
         return str(self.folder / f"bucket-{bucket:04d}.arrow")
 
     def buckets(self) -> Iterator[pa.Table]:
-        """Each non-empty bucket's events in arrival order; a bucket is read only when asked for."""
+        """Each part's events in arrival order (see :meth:`files`), read one at a time."""
+        for _, path in self.files():
+            with pa.memory_map(path) as source:
+                table = pa.ipc.open_stream(source).read_all()
+            Path(path).unlink()
+            yield table
+
+    def files(self) -> list[tuple[int, str]]:
+        """Every non-empty bucket written out whole, split where it outgrew :data:`SPLIT_BYTES`:
+        (a number unique to the part, its file), to be read elsewhere."""
+        found = []
         for bucket in range(self.count):
-            if self._writers[bucket] is None:
-                if not self._held[bucket]:
-                    continue
-                table = pa.Table.from_batches(self._held[bucket])
-                self._held[bucket] = []
-                yield table
+            if self._writers[bucket] is None and not self._held[bucket]:
                 continue
             self._write(bucket)
             writer = self._writers[bucket]
             assert writer is not None
             writer.close()
             self._writers[bucket] = None
-            path = self._path(bucket)
-            with pa.memory_map(path) as source:
-                table = pa.ipc.open_stream(source).read_all()
-            Path(path).unlink()
-            yield table
+            parts = 1
+            while parts * SPLIT_BYTES < self._bytes[bucket] and parts < MAX_SPLIT:
+                parts *= 2
+            if parts == 1:
+                found.append((bucket * MAX_SPLIT, self._path(bucket)))
+            else:
+                found.extend(self._split(bucket, parts))
+        return found
 
-    def close(self) -> None:
-        for writer in self._writers:
+    def _split(self, bucket: int, parts: int) -> list[tuple[int, str]]:
+        """A bucket's file -> ``parts`` files, by the next bits of the machine hash (whole machines
+        each, arrival order kept), read and written batch by batch."""
+        shift = self.count.bit_length() - 1  # the bits that chose the bucket
+        path = self._path(bucket)
+        names = [f"{path}.{part:04d}" for part in range(parts)]
+        writers: list[pa.ipc.RecordBatchStreamWriter | None] = [None] * parts
+        with pa.memory_map(path) as source:
+            for batch in pa.ipc.open_stream(source):
+                hashes = pc.shift_right(batch.column(MACHINE_HASH), pa.scalar(shift, pa.uint32()))
+                chosen = pc.bit_wise_and(hashes, pa.scalar(parts - 1, pa.uint32()))
+                for part in range(parts):
+                    piece = batch.filter(pc.equal(chosen, pa.scalar(part, pa.uint32())))
+                    if piece.num_rows:
+                        if writers[part] is None:
+                            writers[part] = pa.ipc.new_stream(names[part], batch.schema)
+                        writers[part].write_batch(piece)  # type: ignore[union-attr]
+        for writer in writers:
             if writer is not None:
                 writer.close()
+        Path(path).unlink()
+        return [(bucket * MAX_SPLIT + part, names[part]) for part in range(parts) if writers[part] is not None]
+
+    def close(self) -> None:
+        """Never raises: it runs while another error (a full disk) may be on its way out."""
+        for writer in self._writers:
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
