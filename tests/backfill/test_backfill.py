@@ -47,6 +47,14 @@ HAND_MADE = [
 ]
 
 
+def _is_event(line: bytes) -> bool:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and isinstance(record.get("timestamp"), int) and "event_id" in record
+
+
 @pytest.fixture(scope="module")
 def feed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], Config]:
     """Dirty synthetic input in several files, a folder and a gzip file, in arrival order."""
@@ -54,6 +62,12 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], Con
     lines = list(generate(FeedShape(events=10_000, machines=30, seed=11, days=4)))
     for offset, line in enumerate(HAND_MADE):
         lines.insert(500 + 37 * offset, line)
+    # Later copies of other content, in a file's second split and in the gzip file: rejected with their bytes.
+    for position in (3_900, 9_000):
+        line = next(line for line in lines[position - 60 :] if _is_event(line))
+        record = orjson.loads(line)
+        record["timestamp"] += 1
+        lines.insert(position, orjson.dumps(record))
     folder = root / "raw" / "part"
     (folder / "2026" / "10").mkdir(parents=True)
     chunks = [lines[:4000], lines[4000:7000], lines[7000:8500], lines[8500:]]
@@ -138,6 +152,7 @@ def test_spark_lake_equals_the_embedded_runners(
     assert max(durations) <= 3 * 3_600_000 and sum(d > 2.5 * 3_600_000 for d in durations) >= 5
     reasons = Counter(r["reason"] for r in expected_rejections)
     assert {"invalid_utf8", "malformed_json", "missing_field", "timestamp_out_of_range"} <= set(reasons)
+    assert reasons["conflicting_duplicate"] == 2
     assert report.duplicates > 50
     # Counted where the copies are dropped, and by the embedded runner on its own: the same number.
     (runner_ledger,) = [orjson.loads(p.read_bytes()) for p in (runner_lake / "_sessionflow" / "ledger").glob("*.json")]
@@ -164,6 +179,13 @@ def test_spark_lake_equals_the_embedded_runners(
     assert any(s.endswith("/2026/11 %20[x].jsonl") for s in sources)
     hand = [r for r in rejections if b'"\xc3\x28"' in base64.b64decode(r["raw_base64"])]
     assert len(hand) == 1 and hand[0]["reason"] == "invalid_utf8" and hand[0]["raw"] is None
+    # A conflicting copy's bytes are its line's, found again by its arrival key (whatever split it was in).
+    conflicts = [r for r in rejections if r["reason"] == "conflicting_duplicate"]
+    assert {r["source"].endswith("tail.jsonl.gz") for r in conflicts} == {True, False}
+    for row in conflicts:
+        path = Path(row["source"])
+        text = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        assert base64.b64decode(row["raw_base64"]) == text.split(b"\n")[row["line"] - 1]
     bom = [r for r in rejections if base64.b64decode(r["raw_base64"]).startswith(b"\xef\xbb\xbf  {")]
     assert len(bom) == 1 and base64.b64decode(bom[0]["raw_base64"]).endswith(b"}  ")
 
@@ -269,9 +291,11 @@ def test_one_day_backfill_rebuilds_that_day_as_a_full_run_has_it(
     assert verdict.runs == 2 and report["run"] == 2
     ledger = orjson.loads((lake / "_sessionflow" / "ledger" / "run-00002.json").read_bytes())
     assert [r["files"] for r in ledger["removed"]] == [replaced_files]
-    # The same input again: every row it wrote was in the lake (carried), nothing was restated.
-    assert ledger["carried"] == {"events": len(full_events), "sessions": len(full_sessions)}
-    assert ledger["tally"]["events"] == 0 and ledger["tally"]["sessions"] == 0
+    # The same input again: the day is recomputed from it (its tally), nothing is carried from the
+    # removed files, which held the same rows; nothing was restated.
+    assert ledger["carried"] == {"events": 0, "sessions": 0}
+    assert ledger["tally"]["events"] == len(full_events) and ledger["tally"]["sessions"] == len(full_sessions)
+    assert [(r["events"], r["sessions"]) for r in ledger["removed"]] == [(len(full_events), len(full_sessions))]
     assert ledger["restatements"] == 0 and not (lake / "restatements").exists()
     assert not (day_dir / "part-stale.parquet").exists()
     assert not (lake / "_sessionflow" / "staging").exists() or not any((lake / "_sessionflow" / "staging").iterdir())

@@ -147,9 +147,12 @@ def test_range_backfill_logs_the_sessions_it_restates(
     assert ledger["restatements"] == 4
     # Old events placed elsewhere: the cut session's second part, and the beheaded session.
     assert ledger["restated"] == {"sessions": 4, "events": (len(merge_events) - cut - 1) + (len(first_events) - 1)}
-    # The removed rows are carried: the tally is what the day gained, the events put back.
-    assert ledger["tally"]["events"] == len(dropped)
-    assert ledger["carried"]["events"] == sum(r["events"] for r in ledger["removed"])
+    # The day is recomputed from the input: its tally is every event of the day, nothing is carried,
+    # and the removed files held the day less the events the partial feed lacked.
+    full_day = [e for e in _events(full) if str(e["event_date"]) == DAY]
+    assert ledger["tally"]["events"] == len(full_day)
+    assert ledger["carried"] == {"events": 0, "sessions": 0}
+    assert sum(r["events"] for r in ledger["removed"]) == len(full_day) - len(dropped)
 
     # The day is the full feed's, and the lake adds up.
     def day(rows: list[dict[str, Any]], column: str, key: str) -> list[dict[str, Any]]:
@@ -165,6 +168,11 @@ def test_range_backfill_logs_the_sessions_it_restates(
     capsys.readouterr()
     again = orjson.loads((lake / "_sessionflow" / "ledger" / "run-00003.json").read_bytes())
     assert again["restatements"] == 0 and not (lake / "restatements" / "part-00003-00000.parquet").exists()
-    assert again["tally"]["events"] == 0 and again["tally"]["duplicates"] == again["tally"]["records"]
+    # Its tally is the first range run's: the same input gives the same day.
+    assert again["tally"]["events"] == len(full_day) and again["carried"] == {"events": 0, "sessions": 0}
+    assert {k: again["tally"][k] for k in ("records", "duplicates")} == {
+        k: ledger["tally"][k] for k in ("records", "duplicates")
+    }
+    assert [r["events"] for r in again["removed"]] == [len(full_day)]
     verdict = verify_lake(lake)
     assert verdict.ok, verdict.render()

@@ -16,11 +16,14 @@ from sessionflow.synthetic import FeedShape, generate
 pytest.importorskip("pyarrow")
 
 from sessionflow.runtimes.backfill.stages import (
+    CONFLICT,
+    DUPLICATES,
     EVENT,
     SESSION,
     UNRESOLVED,
     Window,
     sessionize_machine,
+    wanted_lines,
 )
 
 START = 1_791_244_800_000  # 2026-10-06T00:00:00Z: the feed below starts on 2026-10-05
@@ -99,6 +102,64 @@ def test_first_arrival_wins_whatever_the_timestamps() -> None:
     rows = sessionize_machine(events, config=config)
     kept = {r["event_id"]: r["timestamp"] for r in rows if r["kind"] == EVENT}
     assert kept == {"a": START + 5_000, "b": START + 1_000, "c": START + 3 * DAY}
+
+
+def test_a_later_copy_of_other_content_is_a_conflict_an_identical_one_a_duplicate() -> None:
+    config = Config()
+    base = {"machine_id": "m", "event_type": "view", "block_start": 0, "file_index": 0, "extra": None}
+    events = [
+        {**base, "event_id": "a", "timestamp": START, "idx": 1},
+        {**base, "event_id": "a", "timestamp": START, "idx": 2},  # identical: a duplicate
+        {**base, "event_id": "a", "timestamp": START, "idx": 4, "event_type": "edit"},
+        {**base, "event_id": "a", "timestamp": START + 9, "idx": 0, "block_start": 512, "extra": '{"x":1}'},
+        {**base, "event_id": "b", "timestamp": START + 1, "idx": 3},
+    ]
+    rows = sessionize_machine(copy.deepcopy(events), config=config)
+    kept = sorted((r["event_id"], r["event_type"]) for r in rows if r["kind"] == EVENT)
+    assert kept == [("a", "view"), ("b", "view")]
+    assert [r["duplicates"] for r in rows if r["kind"] == DUPLICATES] == [1]
+    conflicts = sorted(
+        ((r["c_file_index"], r["c_block_start"], r["c_idx"]), r["c_message"]) for r in rows if r["kind"] == CONFLICT
+    )
+    assert conflicts == [
+        ((0, 0, 4), "event 'a' of machine 'm' arrived before with other event_type; the first arrival is kept"),
+        (
+            (0, 512, 0),
+            "event 'a' of machine 'm' arrived before with other extra, timestamp, event_time; "
+            "the first arrival is kept",
+        ),
+    ]
+    # A range run writes no rejections: its conflicting copies are only dropped.
+    window = Window(START - DAY, START + DAY, None, None)
+    in_range = sessionize_machine(events, config=config, window=window)
+    assert {r["kind"] for r in in_range} == {EVENT, SESSION} and len(in_range) == 3
+
+
+def test_wanted_lines_numbers_lines_as_the_refine_stage_does() -> None:
+    """Per (file, split), in the order read, over batches: blank lines count too."""
+    import pyarrow as pa
+
+    def batch(rows: list[tuple[bytes, str, int]]) -> pa.RecordBatch:
+        raw, path, start = zip(*rows, strict=True)
+        return pa.RecordBatch.from_arrays(
+            [pa.array(raw, pa.binary()), pa.array(path), pa.array(start, pa.int64())],
+            names=["raw", "file_path", "block_start"],
+        )
+
+    a, b = "file:///in/a%20x.jsonl", "file:///in/b.jsonl"
+    batches = [
+        batch([(b"a0", a, 0), (b"", a, 0), (b"a2", a, 0), (b"b0", b, 0)]),
+        batch([(b"a3", a, 0), (b"s0", a, 100), (b"s1", a, 100), (b"b1", b, 0)]),
+    ]
+    index = {"file:/in/a x.jsonl": 0, "file:/in/b.jsonl": 1}
+    wanted = {0: {(0, 3), (100, 1), (0, 1)}, 1: {(0, 1)}}
+    found = [row for out in wanted_lines(iter(batches), file_index=index, wanted=wanted) for row in out.to_pylist()]
+    assert sorted((r["file_index"], r["block_start"], r["idx"], r["raw"]) for r in found) == [
+        (0, 0, 1, b""),
+        (0, 0, 3, b"a3"),
+        (0, 100, 1, b"s1"),
+        (1, 0, 1, b"b1"),
+    ]
 
 
 def test_the_timeout_boundary_in_a_window_against_sessions_written_out_by_hand() -> None:

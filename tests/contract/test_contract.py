@@ -96,7 +96,12 @@ def runtime(request: pytest.FixtureRequest) -> Runtime:
     whole = request.getfixturevalue(fixture)
     whole = whole[0] if isinstance(whole, tuple) else whole
     embedded = name == "embedded-cli"
-    return Runtime(name, lambda feed: runtimes.only(whole, feed), sorts=embedded or name == "spark", conflicts=embedded)
+    return Runtime(
+        name,
+        lambda feed: runtimes.only(whole, feed),
+        sorts=embedded or name == "spark",
+        conflicts=embedded or name == "spark",
+    )
 
 
 # -- the contract --------------------------------------------------------------------------------------

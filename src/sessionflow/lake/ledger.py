@@ -15,7 +15,8 @@ Every runtime that writes a lake writes these fields (more are allowed, and kept
   "sessions"}`` per earlier run, rows counted before removal: the earlier run's ledger still adds up;
 * ``carried`` (optional): ``{"events", "sessions"}``, rows of those removed files the run wrote
   again: its files hold ``tally`` plus ``carried`` rows, and the lake's event rows total the runs'
-  ``tally.events``;
+  ``tally.events + carried.events`` less their ``removed`` events (a restating run carries every
+  row it removed; a range backfill carries none: it recomputes the days from its input);
 * ``restated`` (optional): ``{"sessions", "events"}``, old sessions replaced, and old events whose
   session columns changed;
 * ``restatements`` (optional, 0 when absent): rows of the run's restatement log, a file it lists

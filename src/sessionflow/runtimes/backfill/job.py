@@ -12,8 +12,9 @@ How it is built (see docs/backfill.md for the why):
    ``_metadata.file_path``/``file_block_start`` give each line its arrival key.
 2. ``mapInArrow``: the core's ``strip_record`` + ``Refiner.refine`` on every line.
 3. Rows hash-partitioned and sorted by machine_id, then ``mapInArrow``: per machine, first arrival
-   wins per event_id, then the core's ``Sessionizer`` over its events sorted by (timestamp,
-   event_id), flushed. (``groupBy().applyInArrow`` would do, but only from Spark 4.0.)
+   wins per event_id (a later copy of other content is rejected as ``conflicting_duplicate``, its
+   bytes read again: :mod:`.rawlines`), then the core's ``Sessionizer`` over its events sorted by
+   (timestamp, event_id), flushed. (``groupBy().applyInArrow`` would do, but only from Spark 4.0.)
 4. Everything is written into a staging folder, then swapped into the lake table by table (a full
    backfill) or day by day (``--from/--to``), and a ledger written that ``sessionflow verify`` checks.
 """
@@ -34,6 +35,7 @@ from functools import partial
 from typing import Any
 
 from sessionflow.config import DAY, Config
+from sessionflow.core.rejections import Reason
 from sessionflow.errors import InputError, OutputError, UsageError
 from sessionflow.exitcodes import EXIT_OK
 from sessionflow.lake.layout import META_DIR, TABLES
@@ -48,10 +50,11 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the backfill needs Spark: pip install 'sessionflow[spark]'") from exc
 
 from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES
-from sessionflow.runtimes.backfill import publish, stages
+from sessionflow.runtimes.backfill import publish, rawlines, stages
 from sessionflow.runtimes.backfill.lakefs import HadoopFs, InputFile, expand_inputs
 from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date_range_of, inputs_of
 from sessionflow.runtimes.backfill.stages import (
+    CONFLICT,
     DUPLICATES,
     EVENT,
     REJECTION,
@@ -179,47 +182,54 @@ def backfill(
     persisted: list[DataFrame] = []
     phase = partial(_phase, report)
     in_range: int | None = None
-    try:
-        refined = _refine(spark, files, config, now).persist(StorageLevel.MEMORY_AND_DISK)
-        persisted.append(refined)
-        with phase("read+refine"):
-            offsets = _split_offsets(spark, refined, report)
-        valid = refined.filter(F.col("kind") == EVENT).select(
-            *(name for name, _ in stages.ARRIVAL), *(name for name, _ in stages.refined_event_columns(config))
-        )
-        with phase("sessionize"):
+    # The splits stay as they are while the job runs: a line's arrival key names it on every read.
+    with rawlines.pinned_splits(spark):
+        try:
+            refined = _refine(spark, files, config, now).persist(StorageLevel.MEMORY_AND_DISK)
+            persisted.append(refined)
+            with phase("read+refine"):
+                offsets = _split_offsets(spark, refined, report)
+            valid = refined.filter(F.col("kind") == EVENT).select(
+                *(name for name, _ in stages.ARRIVAL), *(name for name, _ in stages.refined_event_columns(config))
+            )
+            with phase("sessionize"):
+                if date_range is None:
+                    sessionized = _sessionize(valid, config, None).persist(StorageLevel.MEMORY_AND_DISK)
+                    persisted.append(sessionized)
+                else:
+                    sessionized = _sessionize_range(spark, valid, config, date_range, margin_ms, report, persisted)
+                    # The range run's records: the valid ones dated in the range (its events and their copies).
+                    timestamp = F.col("timestamp")
+                    in_range = valid.filter((timestamp >= date_range.lo) & (timestamp < date_range.hi)).count()
+                by_kind = sessionized.groupBy("kind").agg(
+                    F.count("*").alias("rows"), F.sum("duplicates").alias("copies")
+                )
+                counted = {row["kind"]: row for row in by_kind.collect()}
+                counts = {kind: row["rows"] for kind, row in counted.items()}
+            report.events = counts.get(EVENT, 0)
+            report.sessions = counts.get(SESSION, 0)
+            with phase("write events"):
+                _write_events(sessionized, config, f"{staging}/events")
+            with phase("write sessions"):
+                _write_sessions(sessionized, config, f"{staging}/sessions")
             if date_range is None:
-                sessionized = _sessionize(valid, config, None).persist(StorageLevel.MEMORY_AND_DISK)
-                persisted.append(sessionized)
-            else:
-                sessionized = _sessionize_range(spark, valid, config, date_range, margin_ms, report, persisted)
-                # The range run's records: the valid ones dated in the range (its events and their copies).
-                timestamp = F.col("timestamp")
-                in_range = valid.filter((timestamp >= date_range.lo) & (timestamp < date_range.hi)).count()
-            by_kind = sessionized.groupBy("kind").agg(F.count("*").alias("rows"), F.sum("duplicates").alias("copies"))
-            counted = {row["kind"]: row for row in by_kind.collect()}
-            counts = {kind: row["rows"] for kind, row in counted.items()}
-        report.events = counts.get(EVENT, 0)
-        report.sessions = counts.get(SESSION, 0)
-        with phase("write events"):
-            _write_events(sessionized, config, f"{staging}/events")
-        with phase("write sessions"):
-            _write_sessions(sessionized, config, f"{staging}/sessions")
-        if date_range is None:
-            # Counted where the copies were dropped, so verify's conservation check can fail.
-            report.duplicates = int(counted[DUPLICATES]["copies"]) if DUPLICATES in counted else 0
-            with phase("write rejected"):
-                _write_rejections(spark, refined, offsets, files, f"{staging}/rejected", fs)
-    except BaseException:
-        # Nothing was published: the lake is as it was.
-        if fs.exists(staging):
-            fs.delete(staging)
-        raise
-    finally:
-        for frame in persisted:
-            frame.unpersist()
-    with phase("publish"), publish.lake_lock(out_uri):
-        publish.publish(spark, fs, staging, out_uri, date_range, report, in_range)
+                # Counted where the copies were dropped, so verify's conservation check can fail.
+                report.duplicates = int(counted[DUPLICATES]["copies"]) if DUPLICATES in counted else 0
+                if CONFLICT in counts:
+                    report.rejected[Reason.CONFLICTING_DUPLICATE.value] = counts[CONFLICT]
+                with phase("write rejected"):
+                    conflicts = rawlines.conflict_rejections(spark, sessionized, files)
+                    _write_rejections(refined, conflicts, offsets, files, f"{staging}/rejected", fs)
+        except BaseException:
+            # Nothing was published: the lake is as it was.
+            if fs.exists(staging):
+                fs.delete(staging)
+            raise
+        finally:
+            for frame in persisted:
+                frame.unpersist()
+        with phase("publish"), publish.lake_lock(out_uri):
+            publish.publish(spark, fs, staging, out_uri, date_range, report, in_range)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -238,25 +248,9 @@ def _phase(report: BackfillReport, name: str) -> Iterator[None]:
 
 
 def _refine(spark: SparkSession, files: list[InputFile], config: Config, now_ms: int) -> DataFrame:
-    # Split on "\n" only (Spark's default also splits on a lone "\r"), as the embedded runner does; the
-    # value stays the line's bytes once cast to binary, before anything decodes it.
-    raw = (
-        spark.read.option("lineSep", "\n")
-        .text([_glob_escape(f.uri) for f in files])
-        .select(
-            F.col("value").cast("binary").alias("raw"),
-            F.col("_metadata.file_path").alias("file_path"),
-            F.col("_metadata.file_block_start").alias("block_start"),
-        )
-    )
-    file_index = {stages.path_key(f.uri): i for i, f in enumerate(files)}
+    file_index = rawlines.file_indexes(files)
     refine = partial(stages.refine_batches, config=config, now_ms=now_ms, file_index=file_index)
-    return raw.mapInArrow(refine, spark_schema(stages.refine_columns(config)))
-
-
-def _glob_escape(uri: str) -> str:
-    """Spark globs the paths it reads; a file named ``a[1].jsonl`` must be read as just that file."""
-    return "".join("\\" + char if char in "[]{}*?\\" else char for char in uri)
+    return rawlines.read_raw(spark, files).mapInArrow(refine, spark_schema(stages.refine_columns(config)))
 
 
 def _split_offsets(spark: SparkSession, refined: DataFrame, report: BackfillReport) -> DataFrame:
@@ -379,11 +373,20 @@ def _write_parquet(frame: DataFrame, partition: str, config: Config, path: str) 
 
 
 def _write_rejections(
-    spark: SparkSession, refined: DataFrame, offsets: DataFrame, files: list[InputFile], path: str, fs: HadoopFs
+    refined: DataFrame,
+    conflicts: DataFrame | None,
+    offsets: DataFrame,
+    files: list[InputFile],
+    path: str,
+    fs: HadoopFs,
 ) -> None:
+    """The refine stage's rejections and the conflicting copies, numbered by line in their file."""
+    columns = ["reason", "message", "raw", *(name for name, _ in stages.ARRIVAL)]
+    rejected = refined.filter(F.col("kind") == REJECTION).select(*columns)
+    if conflicts is not None:
+        rejected = rejected.unionByName(conflicts)
     rejections = (
-        refined.filter(F.col("kind") == REJECTION)
-        .join(F.broadcast(offsets), ["file_index", "block_start"])
+        rejected.join(F.broadcast(offsets), ["file_index", "block_start"])
         .select("reason", "message", "raw", "file_index", (F.col("offset") + F.col("idx") + 1).alias("line"))
         # One task per reason, in input order (the order the embedded runner appends them in).
         .repartition(REJECTED_PARTITION)

@@ -200,10 +200,11 @@ def backfill_ledger(
     A full backfill is the whole lake: run 1, every record it read. A range backfill is the next run:
     its records are the valid ones dated in the range (rejections are not dated, and not rebuilt),
     what the state of an earlier ``sessionflow run --state`` holds is carried over unchanged, and
-    ``removed`` names the earlier runs' files it replaced. Every row of those it counts as
-    ``carried``, so its tally is what the range gained: the lake's event rows stay the sum of the
-    runs' events, and a day fed again is all duplicates (the tally is negative where the input
-    lacks events the lake held: the range drops them). ``restatements`` counts its log's rows.
+    ``removed`` names the earlier runs' files it replaced, with their rows. Its tally is what its
+    input produced and it wrote (``records = events + duplicates``); it writes nothing again from
+    the removed files (it recomputes the days from its input), so ``carried`` is zero, and the
+    lake's event rows are the runs' ``tally.events + carried.events`` less the rows they removed.
+    ``restatements`` counts its log's rows.
     """
     summary = {"written_by": "backfill", "mode": report["mode"], "partitions": report["partitions"]}
     if in_range is None:
@@ -218,16 +219,14 @@ def backfill_ledger(
         }
         return ledger_record({"run": 1, **summary, "tally": tally}, files, replace=True, config_fingerprint=None)
     last = ledgers[-1] if ledgers else {}
-    carried = {table: sum(int(r.get(table, 0)) for r in removed) for table in ("events", "sessions")}
-    events = report["events"] - carried["events"]
     tally = {
         "records": in_range,
         "blank": 0,
-        "events": events,
+        "events": report["events"],
         "rejected": {},
-        "duplicates": in_range - events,
+        "duplicates": in_range - report["events"],
         "late": 0,
-        "sessions": report["sessions"] - carried["sessions"],
+        "sessions": report["sessions"],
     }
     pending = int(last.get("pending_in_state", 0))
     ledger = ledger_record(
@@ -241,7 +240,7 @@ def backfill_ledger(
     )
     restated = restated or Restated()
     ledger["removed"] = removed
-    ledger["carried"] = carried
+    ledger["carried"] = {"events": 0, "sessions": 0}
     ledger["restated"] = {"sessions": restated.sessions, "events": restated.events}
     ledger["restatements"] = restated.log_rows
     return ledger

@@ -8,10 +8,13 @@ Three stages, each a plain function over Arrow data so it can be tested without 
   it holds, so exact line numbers can be rebuilt (a rejection's row is written once they are).
 * :func:`sessionize_partition` (``mapInArrow`` over rows hash-partitioned and sorted by machine_id,
   which also runs on Spark 3.5, unlike ``applyInArrow``): per machine, the core's dedupe (first
-  arrival wins for each event_id, no horizon), then the core ``Sessionizer`` over its events
-  sorted by (timestamp, event_id), flushed.
+  arrival wins for each event_id, no horizon; a later copy of other content is a conflicting
+  duplicate, reported by its arrival key), then the core ``Sessionizer`` over its events sorted by
+  (timestamp, event_id), flushed.
   For a date range it works out whether the window it was given decides the range; when it does
   not, it says so and the driver runs that machine again over all of its history.
+* :func:`wanted_lines` (``mapInArrow`` over the raw lines read again, only when there are
+  conflicting duplicates): the bytes of the lines with the arrival keys asked for.
 * :func:`rejection_lines` (``mapInArrow``): the core's ``rejection_row`` as one JSON line.
 """
 
@@ -45,11 +48,16 @@ SPLIT = 2  # one per input split: how many lines (and blank lines) it holds
 SESSION = 1
 UNRESOLVED = 2  # a machine whose window did not decide the date range
 DUPLICATES = 3  # a machine's copies dropped, counted where they are dropped (whole-history runs)
+CONFLICT = 4  # a later copy of an event whose content differs from the first arrival's
 
 # Where a line came from, in arrival order: input file, byte offset of its split, index in the split.
 ARRIVAL: tuple[Column, ...] = (("file_index", "int32"), ("block_start", "int64"), ("idx", "int64"))
 # Session columns travel next to event columns in one output; the prefix keeps names apart.
 SESSION_PREFIX = "s_"
+# A CONFLICT row's arrival key and message, apart from the events' columns (null on other rows).
+CONFLICT_COLUMNS: tuple[Column, ...] = tuple(("c_" + name, kind) for name, kind in (*ARRIVAL, ("message", "string")))
+# Columns that say where an event came from or are derived from another: not its content.
+_NOT_CONTENT = frozenset({*(name for name, _ in ARRIVAL), "event_date"})
 
 
 def refined_event_columns(config: Config) -> tuple[Column, ...]:
@@ -87,6 +95,7 @@ def sessionize_columns(config: Config) -> tuple[Column, ...]:
         *sessionized_event_columns(config),
         *sessionized_session_columns(),
         ("duplicates", "int64"),  # DUPLICATES rows only: the ledger's duplicates, counted, not derived
+        *CONFLICT_COLUMNS,
     )
 
 
@@ -226,11 +235,13 @@ def sessionize_machine(
 
     Output rows carry ``kind``: EVENT rows have the events table's columns, SESSION rows the sessions
     table's (prefixed), and a single UNRESOLVED row means ``window`` did not settle this machine. A
-    whole-history run adds one DUPLICATES row for a machine whose copies it dropped, with their number.
+    whole-history run adds one DUPLICATES row for a machine whose identical copies it dropped, with
+    their number, and a CONFLICT row per copy of other content (a range run writes no rejections:
+    its conflicting copies are among the copies it drops).
     """
     if not events:
         return []
-    unique = _first_arrivals(events)
+    unique, conflicts = _first_arrivals(events)
     unique.sort(key=lambda e: (e["timestamp"], e["event_id"]))
     start = 0
     machine_id = unique[0]["machine_id"]
@@ -263,14 +274,30 @@ def sessionize_machine(
         row["kind"] = SESSION
         row[SESSION_PREFIX + "event_type_counts"] = list(summary["event_type_counts"].items())
         rows.append(row)
-    dropped = len(events) - len(unique) + len(out.duplicates)
+    dropped = len(events) - len(unique) - len(conflicts) + len(out.duplicates)
     if window is None and dropped:
         rows.append({"kind": DUPLICATES, "machine_id": machine_id, "duplicates": dropped})
+    if window is None:
+        rows.extend(_conflict_row(copy, fields) for copy, fields in conflicts)
     return rows
 
 
-def _first_arrivals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The core's dedupe (``rules.is_duplicate``, first arrival wins), in arrival order.
+def _conflict_row(copy: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    # The embedded runner's message (runtimes/local/batch.py), so both lakes say the same.
+    message = (
+        f"event {copy['event_id']!r} of machine {copy['machine_id']!r} arrived before with other "
+        f"{', '.join(fields)}; the first arrival is kept"
+    )
+    row = {"kind": CONFLICT, "machine_id": copy["machine_id"], "event_id": copy["event_id"], "c_message": message}
+    row.update({"c_" + name: copy[name] for name, _ in ARRIVAL})
+    return row
+
+
+def _first_arrivals(
+    events: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], list[str]]]]:
+    """The core's dedupe (``rules.is_duplicate``, first arrival wins), in arrival order: (the first
+    arrivals, the later copies whose content differs from the first arrival's, with those fields).
 
     Arrival order is input file order, then position in the file. The horizon is the machine's
     whole history: a backfill has read all of it, so it never needs to forget an id (the runner
@@ -279,18 +306,25 @@ def _first_arrivals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     events.sort(key=lambda e: (e["file_index"], e["block_start"], e["idx"]))
     timestamps = [e["timestamp"] for e in events]
     whole_history = max(timestamps) - min(timestamps)
-    seen: dict[str, int] = {}
+    seen: dict[str, dict[str, Any]] = {}
     newest = min(timestamps)
     unique = []
+    conflicts = []
     for event in events:
         event_id, ts = event["event_id"], event["timestamp"]
-        twin_ts = seen.get(event_id)
-        if twin_ts is not None and rules.is_duplicate(twin_ts, newest, whole_history):
+        twin = seen.get(event_id)
+        if twin is not None and rules.is_duplicate(twin["timestamp"], newest, whole_history):
+            differing = [name for name in event if name not in _NOT_CONTENT and event[name] != twin[name]]
+            if "timestamp" in differing:
+                # The runner's events carry event_time (Spark derives it when writing): name it alike.
+                differing.insert(differing.index("timestamp") + 1, "event_time")
+            if differing:
+                conflicts.append((event, differing))
             continue
-        seen[event_id] = ts
+        seen[event_id] = event
         newest = max(newest, ts)
         unique.append(event)
-    return unique
+    return unique, conflicts
 
 
 def _last_certain_start(
@@ -339,6 +373,41 @@ def _range_sessions_complete(sessions: list[dict[str, Any]], window: Window, con
         return True
     limit = config.max_session_duration_ms
     return rules.duration_splits(window.read_hi - last["start_ts"], rules.NO_LIMIT if limit is None else limit)
+
+
+# -- the bytes of conflicting copies, from the raw lines read again ---------------------------------------
+
+
+def wanted_lines(
+    batches: Iterator[pa.RecordBatch], *, file_index: dict[str, int], wanted: dict[int, set[tuple[int, int]]]
+) -> Iterator[pa.RecordBatch]:
+    """The raw lines :func:`refine_batches` read, numbered as it numbers them: those whose
+    (file_index, block_start, idx) ``wanted`` lists (file_index -> {(block_start, idx)})."""
+    schema = pa.schema(
+        [pa.field(name, pa.int32() if kind == "int32" else pa.int64()) for name, kind in ARRIVAL]
+        + [pa.field("raw", pa.binary())]
+    )
+    counters: dict[tuple[int, int], int] = {}
+    indexes: dict[str, int] = {}
+    for batch in batches:
+        found: list[tuple[int, int, int, bytes]] = []
+        paths = batch.column("file_path").to_pylist()
+        starts = batch.column("block_start").to_pylist()
+        raws = batch.column("raw")
+        for row, (path, block_start) in enumerate(zip(paths, starts, strict=True)):
+            index = indexes.get(path)
+            if index is None:
+                index = indexes[path] = file_index[path_key(path, encoded=True)]
+            idx = counters.get((index, block_start), 0)
+            counters[(index, block_start)] = idx + 1
+            keys = wanted.get(index)
+            if keys is not None and (block_start, idx) in keys:
+                found.append((index, block_start, idx, raws[row].as_py()))
+        if found:
+            columns = list(zip(*found, strict=True))
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(values, fld.type) for values, fld in zip(columns, schema, strict=True)], schema=schema
+            )
 
 
 # -- stage 3: rejections -> the JSON lines of the rejected table ------------------------------------------
