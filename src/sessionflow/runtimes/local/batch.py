@@ -141,23 +141,44 @@ def without_conflicts(table: pa.Table, conflicts: list[Conflict]) -> pa.Table:
     shared = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(shared) == 0:
         return table
-    rows = pc.indices_nonzero(pc.is_in(ids, value_set=shared)).to_pylist()
-    candidates = table.take(pa.array(rows, pa.int64())).to_pylist()
-    first: dict[tuple[str, str], dict[str, Any]] = {}
+    rows = pc.indices_nonzero(pc.is_in(ids, value_set=shared))
+    candidates = table.take(rows)
+    # Most copies are the same bytes sent again: their content, as one text per row, is compared
+    # first; only a copy whose text differs from its first arrival's is read field by field.
+    texts = _content_texts(candidates).to_pylist()
+    keys = list(
+        zip(candidates.column("machine_id").to_pylist(), candidates.column("event_id").to_pylist(), strict=True)
+    )
+    first: dict[tuple[str, str], int] = {}
+    differ: list[tuple[int, int]] = []  # (candidate, its first arrival)
+    for index, key in enumerate(keys):  # in arrival order
+        kept = first.setdefault(key, index)
+        if kept != index and texts[index] != texts[kept]:
+            differ.append((index, kept))
+    if not differ:
+        return table
+    numbers = rows.to_pylist()
     drop: list[int] = []
-    for row_number, row in zip(rows, candidates, strict=True):  # in arrival order
-        key = (row["machine_id"], row["event_id"])
-        kept = first.setdefault(key, row)
-        if kept is row:
-            continue
-        differing = [name for name in row if name not in _DROPPED and row[name] != kept[name]]
+    for index, kept in differ:
+        row, original = candidates.slice(index, 1).to_pylist()[0], candidates.slice(kept, 1).to_pylist()[0]
+        differing = [name for name in row if name not in _DROPPED and row[name] != original[name]]
         if differing:
-            drop.append(row_number)
-            conflicts.append(Conflict(row[SOURCE], row[LINE], key[0], key[1], differing))
+            drop.append(numbers[index])
+            conflicts.append(Conflict(row[SOURCE], row[LINE], keys[index][0], keys[index][1], differing))
     if not drop:
         return table
     keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(drop, pa.int64())))
     return table.filter(keep)
+
+
+def _content_texts(table: pa.Table) -> pa.Array:
+    """Each row's content (every column but the run's own) as one text: equal rows, equal texts."""
+    columns = [
+        pc.cast(table.column(name), pa.string())
+        for name in table.schema.names
+        if name not in _DROPPED and not pa.types.is_nested(table.schema.field(name).type)
+    ]
+    return pc.binary_join_element_wise(*columns, "\x1f", null_handling="replace", null_replacement="\x00")
 
 
 def sort_events(table: pa.Table) -> pa.Table:

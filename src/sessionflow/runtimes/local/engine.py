@@ -116,6 +116,19 @@ def _warm_pyarrow() -> None:
     pa.RecordBatch.from_arrays([pa.array([0])], names=["warm"])
 
 
+def _choose_memory_pool() -> None:
+    """jemalloc (else the system's allocator) for Arrow, in this process and the workers it forks.
+
+    A batch run allocates and frees a bucket's tables (tens of MB) over and over; pyarrow's default,
+    mimalloc, hands those pages back and takes them again: on 1M events (bench/README.md) 2.3 s of
+    system time against 1.5 s with jemalloc, and 320 MB against 240 MB at the peak.
+    """
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def _widen_pipes(pool: Any) -> None:
     """Pipes of up to 1 MiB (Linux's limit for any user) between the pool and this process.
 
@@ -244,6 +257,7 @@ class Engine:
         self.block_bytes = block_bytes or BLOCK_BYTES
         self._pool: Any = None
         self.feed = sessionizing()
+        _choose_memory_pool()
         if workers > 0:
             _warm_pyarrow()
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
