@@ -520,7 +520,8 @@ def test_records_arriving_late_are_placed_by_a_run(workdir: Path, config_file: P
             return 1 << 62
 
     in_order = workdir / "late-in-order.jsonl"
-    in_order.write_bytes(b"".join(sorted(feed.read_bytes().splitlines(keepends=True), key=when)))
+    lines: list[bytes] = sorted(feed.read_bytes().splitlines(keepends=True), key=when)
+    in_order.write_bytes(b"".join(lines))
     again = workdir / "late-lake-in-order"
     run_json(in_order, out=again, config=config_file, extra=("--workers", "0"))
     assert placements(again) == placements(lake)

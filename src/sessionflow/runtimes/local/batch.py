@@ -75,17 +75,15 @@ class BatchRun:
     def add(self, block: Block, index: int) -> None:
         self.spill.add(block.batch, index, block.first_line, block.bucket_rows)
 
-    def buckets(self, *, sort: bool = False) -> Iterator[pa.Table]:
-        """Each bucket, exact duplicates of other content taken out (into :attr:`conflicts`), and
-        with ``sort`` in the order it is sessionized (:func:`sort_events`).
+    def buckets(self) -> Iterator[pa.Table]:
+        """Each bucket, exact duplicates of other content taken out (into :attr:`conflicts`).
 
         The next bucket is read and prepared on a thread while the caller sessionizes this one:
         Arrow reads, hashes, sorts and takes without the GIL, so the two overlap on two cores.
         """
 
         def prepare(table: pa.Table) -> pa.Table:
-            table = without_conflicts(table, self.conflicts)
-            return sort_events(table) if sort else table
+            return without_conflicts(table, self.conflicts)
 
         tables = self.spill.buckets()
         with ThreadPoolExecutor(1, thread_name_prefix="sessionflow-bucket") as ahead:
@@ -187,13 +185,23 @@ def sort_events(table: pa.Table) -> pa.Table:
     return ordered.drop_columns([name for name in _DROPPED if name in ordered.schema.names])
 
 
-def sessionize_sorted(
+def in_order(table: pa.Table) -> Iterator[pa.RecordBatch]:
+    """The events in the order they are sessionized, in blocks, without the run's own columns.
+    A block is taken when it is asked for: the bucket is never held twice in memory."""
+    table = table.drop_columns([name for name in _DROPPED if name in table.schema.names])
+    order = pc.sort_indices(table, sort_keys=SORT_KEYS)
+    for start in range(0, len(order), SESSION_BLOCK_ROWS):
+        block = table.take(order.slice(start, SESSION_BLOCK_ROWS)).combine_chunks()
+        yield from block.to_batches()
+
+
+def sessionize(
     table: pa.Table, config: Config, assembler: Assembler, feed: Feed, on_block: Callable[[], None] | None = None
 ) -> None:
-    """Events in time order (of whole machines) through a fresh sessionizer, flushed at the end."""
+    """Events of whole machines, in time order, through a fresh sessionizer, flushed at the end."""
     sessionizer = new_sessionizer(config.session)
-    names = table.schema.names
-    for batch in table.combine_chunks().to_batches(max_chunksize=SESSION_BLOCK_ROWS):
+    names = [name for name in table.schema.names if name not in _DROPPED]
+    for batch in in_order(table):
         keys = None
         if feed.sends_keys:
             rows = batch.num_rows
@@ -280,12 +288,12 @@ def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int)
     with pa.memory_map(path) as source:
         table = pa.ipc.open_stream(source).read_all()
     result = BucketResult()
-    table = sort_events(without_conflicts(table, result.conflicts))
+    table = without_conflicts(table, result.conflicts)
     result.newest = newest_per_machine(table)
     writer = LakeWriter(Path(lake), config, run, part=part + 1)
     assembler = Assembler(writer.events.add_table, writer.events.add, writer.sessions.add_table)
     try:
-        sessionize_sorted(table, config, assembler, sessionizing())
+        sessionize(table, config, assembler, sessionizing())
         writer.write([], assembler.sessions, [])
         result.files = writer.close()
     except BaseException:

@@ -37,7 +37,7 @@ from sessionflow.runtimes.local.batch import (
     BatchRun,
     Captured,
     newest_per_machine,
-    sessionize_sorted,
+    sessionize,
     sort_events,
     split_copies,
 )
@@ -337,7 +337,7 @@ def place(
         merged = pa.concat_tables([merged, old_events.select(names).cast(merged.schema)])
     captured = Captured()
     assembler = captured.assembler(feed)
-    sessionize_sorted(sort_events(merged), config, assembler, feed)
+    sessionize(merged, config, assembler, feed)
     events, sessions = captured.tables(assembler, merged.schema)
     tally.duplicates += assembler.tally.duplicates
     tally.events += new.num_rows - assembler.tally.duplicates
