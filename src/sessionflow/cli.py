@@ -201,8 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("inputs", nargs="+", metavar="INPUT", help="JSON-lines file, .gz file, directory, or - for stdin")
     run.add_argument("--out", "-o", required=True, metavar="DIR", help="the lake folder")
     run.add_argument("--config", "-c", metavar="FILE", help=f"sessionflow.toml (env {ENV_CONFIG})")
-    run.add_argument("--state", metavar="PATH", help="keep machine state between runs in this file")
-    run.add_argument("--flush", action="store_true", help="with --state: close every session at the end")
+    run.add_argument(
+        "--state", metavar="PATH", help="incremental runs: the stream clock and the inputs read, in this file"
+    )
+    run.add_argument(
+        "--flush", action="store_true", help="accepted for older scripts: every run writes every session now"
+    )
     run.add_argument("--overwrite", action="store_true", help="replace a lake already in DIR")
     run.add_argument(
         "--max-reject-rate",

@@ -223,11 +223,8 @@ class Captured:
     def add_events(self, table: pa.Table, keep: pa.Array | None) -> None:
         self.events.append(table if keep is None else table.filter(keep))
 
-    def add_rows(self, rows: list[dict[str, Any]]) -> None:  # pragma: no cover - no state rows in a batch
-        raise AssertionError("a batch run restores no events from a state")
-
     def assembler(self, feed: Feed) -> Assembler:
-        return Assembler(self.add_events, self.add_rows, self.sessions.append, feed)
+        return Assembler(self.add_events, self.sessions.append, feed)
 
     def tables(self, assembler: Assembler, events_schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
         """(events, sessions) the sessionizer gave, sessions from dicts too (the record feed's)."""
@@ -291,7 +288,7 @@ def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int)
     table = without_conflicts(table, result.conflicts)
     result.newest = newest_per_machine(table)
     writer = LakeWriter(Path(lake), config, run, part=part + 1)
-    assembler = Assembler(writer.events.add_table, writer.events.add, writer.sessions.add_table)
+    assembler = Assembler(writer.events.add_table, writer.sessions.add_table)
     try:
         sessionize(table, config, assembler, sessionizing())
         writer.write([], assembler.sessions, [])

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
 from sessionflow.config import Config
-from sessionflow.core import Pipeline, Sessionizer, Snapshot, Tally
+from sessionflow.core import Pipeline, Sessionizer, Tally
 from sessionflow.core.sessionizer import Summary
 from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, session_table, to_record_batch
@@ -327,17 +327,14 @@ class Assembler:
     def __init__(
         self,
         write_events: Callable[[pa.Table, pa.Array | None], None],
-        write_rows: Callable[[list[dict[str, Any]]], None],
         write_sessions: Callable[[pa.Table], None] | None = None,
         feed: Feed | None = None,
     ):
         self.write_events = write_events
-        self.write_rows = write_rows  # events restored from state arrive as dicts
         # Where sessions collected as columns go as a table (else: ``sessions``, dicts).
         self.write_sessions = write_sessions
         self._feed = feed or sessionizing()  # the engine's (Engine.feed): the same choice
         self.sessions: list[Summary] = []
-        self.rows: list[dict[str, Any]] = []
         self.tally = Tally()
         self._open: dict[int, Any] = {}  # _Pending or _blocks.Placements
         self._fields = session_schema_fields()
@@ -359,23 +356,15 @@ class Assembler:
         self._finish_ready(sessionizer)
 
     def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
-        if type(payload) is tuple:  # a row of a block: the hot path
-            holder, row = payload
-            holder.session_ids[row] = session_id
-            holder.seqs[row] = seq
-            holder.sinces[row] = since
-            holder.remaining -= 1
-            return
-        # An event restored from a state file, as a dict.
-        self.tally.events += 1
-        self.tally.late += session_id is None
-        payload.update(session_id=session_id, session_seq=seq, ms_since_prev=since, late=session_id is None)
-        self.rows.append(payload)
+        holder, row = payload  # a row of a block (the record feed's handle)
+        holder.session_ids[row] = session_id
+        holder.seqs[row] = seq
+        holder.sinces[row] = since
+        holder.remaining -= 1
 
     def duplicate(self, payload: Any) -> None:
         self.tally.duplicates += 1
-        if type(payload) is tuple:
-            payload[0].remaining -= 1
+        payload[0].remaining -= 1
 
     def session(self, summary: Summary) -> None:
         self.tally.sessions += 1
@@ -390,24 +379,12 @@ class Assembler:
         done = [key for key, holder in self._open.items() if holder.remaining == 0]
         for key in done:
             self._write_block(self._open.pop(key))
-        if self.rows:
-            self.write_rows(self.rows)
-            self.rows = []
 
     def finish(self, sessionizer: Sessionizer) -> None:
         """End of input, after ``sessionizer.flush``: every block is complete now."""
         self._finish_ready(sessionizer)
         if self._open:  # pragma: no cover - a flush places every row
             raise AssertionError(f"{len(self._open)} blocks still have rows without a session")
-
-    def finish_partial(self, sessionizer: Sessionizer) -> Snapshot:
-        """End of input without a flush: write what is placed, return the state with pending rows as dicts."""
-        snapshot = sessionizer.snapshot(resolve=_resolve)
-        for holder in self._open.values():
-            self._write_block(holder)  # rows still pending are left out: they are in the state
-        self._open.clear()
-        self._finish_ready(sessionizer)
-        return snapshot
 
     def _write_block(self, holder: Any) -> None:
         """The block with its session columns, and the mask of its rows that were placed."""
@@ -419,12 +396,3 @@ class Assembler:
         self.tally.events += table.num_rows - (placed.false_count if placed is not None else 0)
         self.tally.late += late.true_count
         self.write_events(table, placed)
-
-
-def _resolve(payload: Any) -> dict[str, Any]:
-    if type(payload) is dict:
-        return payload
-    holder, row = payload
-    event: dict[str, Any] = holder.batch.slice(row, 1).to_pylist()[0]
-    event["event_time"] = None  # derived again from timestamp when written
-    return event

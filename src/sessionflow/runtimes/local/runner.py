@@ -355,7 +355,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
     number = 1 if options.overwrite else next_run_number(lake)
     now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
     writer = LakeWriter(lake, config, number)
-    assembler = Assembler(writer.events.add_table, writer.events.add, writer.sessions.add_table)
+    assembler = Assembler(writer.events.add_table, writer.sessions.add_table)
     tally = assembler.tally
     engine = None
     batch = None
