@@ -43,6 +43,7 @@ _BUFFER_ROWS = 512 * 1024  # rows held in memory over all partitions before writ
 # ... or this many bytes of Arrow data, whichever comes first: a table of few but wide rows (the
 # sessions, with their map column) would otherwise stay in memory for millions of input events.
 _BUFFER_BYTES = 32 << 20
+_PART_BUFFER_BYTES = 8 << 20
 _JSONL_BUFFER = 256 << 10
 # Columns whose values (nearly) never repeat get no dictionary encoding: Parquet writers build the
 # dictionary and then drop it. 1M events: 15% less CPU to write, files 10% smaller (bench/README.md).
@@ -114,6 +115,7 @@ class _PartitionedParquet:
         self.pending: list[tuple[str | None, pa.Table, pa.Array | None]] = []
         self.pending_rows = 0
         self.pending_bytes = 0
+        self.buffer_bytes = _BUFFER_BYTES
         # Least recently written first: the one closed when too many are open.
         self.writers: dict[str, tuple[pq.ParquetWriter, int]] = {}
         self.files: list[Path] = []
@@ -145,7 +147,7 @@ class _PartitionedParquet:
         self.pending_rows += item[1].num_rows
         self.pending_bytes += item[1].nbytes
         self.rows += rows
-        if self.pending_rows >= _BUFFER_ROWS or self.pending_bytes >= _BUFFER_BYTES:
+        if self.pending_rows >= _BUFFER_ROWS or self.pending_bytes >= self.buffer_bytes:
             self.write_pending()
 
     def write_pending(self) -> None:
@@ -307,6 +309,9 @@ class LakeWriter:
         self.rejected = _PartitionedJsonLines(self.staging / "rejected", REJECTED_PARTITION, prefix)
         self.extra_files: list[Path] = []
         self.events.sequence = self.sessions.sequence = part << 16
+        if part:
+            # A part writer runs beside others, one per worker: it holds less before it writes.
+            self.events.buffer_bytes = self.sessions.buffer_bytes = _PART_BUFFER_BYTES
         self.staging.mkdir(parents=True, exist_ok=True)
 
     def write(

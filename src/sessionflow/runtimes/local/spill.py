@@ -23,12 +23,12 @@ SOURCE = "_source"  # which input of the run: its index
 # Raw input bytes per bucket: a bucket's refined events take about 0.6 times their raw bytes in
 # Arrow, and sorting one holds it twice; a worker sorts one at a time. 1M events (226 MB raw) make
 # 4 buckets of ~35 MB.
-BUCKET_RAW_BYTES = 64 << 20
+BUCKET_RAW_BYTES = 32 << 20
 # Buckets while reading: each block is cut into this many pieces, so few. A bucket that grows
 # past SPLIT_BYTES (an input bigger than its size said, standard input) is split once read whole.
 MAX_BUCKETS = 16
 STREAM_BUCKETS = 4  # when the input's size is unknown (standard input, a pipe)
-SPLIT_BYTES = 64 << 20  # of Arrow data: what one worker sorts and sessionizes at a time
+SPLIT_BYTES = 32 << 20  # of Arrow data: what one worker sorts and sessionizes at a time
 MAX_SPLIT = 1024  # parts a bucket may be split into (its part numbers are bucket * MAX_SPLIT + part)
 _GZIP_RATIO = 8  # a gzip feed of JSON lines inflates about this much
 # Rows held in memory over all buckets before a bucket is written: more buckets, smaller pieces.
@@ -166,7 +166,8 @@ class Spill:
         path = self._path(bucket)
         names = [f"{path}.{part:04d}" for part in range(parts)]
         writers: list[pa.ipc.RecordBatchStreamWriter | None] = [None] * parts
-        with pa.memory_map(path) as source:
+        # Read, not mapped: a mapped file's pages would stay in this process until the whole file is read.
+        with pa.OSFile(path) as source:
             for batch in pa.ipc.open_stream(source):
                 hashes = pc.shift_right(batch.column(MACHINE_HASH), pa.scalar(shift, pa.uint32()))
                 chosen = pc.bit_wise_and(hashes, pa.scalar(parts - 1, pa.uint32()))
