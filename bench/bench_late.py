@@ -24,6 +24,8 @@ import random
 import shutil
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,9 @@ from bench_run import (  # the harness next to this file
 MIN_DELAY_MS = 10 * 60 * 1000
 MAX_DELAY_MS = 12 * 3600 * 1000
 PARTS = 3
+# The validation range of the example config: [2000-01-01, now + 1 day].
+VALID_FROM_MS = 946_684_800_000
+VALID_UNTIL_MS = int(time.time() * 1000) + 86_400_000
 EVENT_COLUMNS = "event_id, machine_id, session_id, session_seq, ms_since_prev, late"
 # The per-type counts as one sorted text: two equal maps may list their keys in another order.
 SESSION_COLUMNS = (
@@ -63,7 +68,7 @@ def _log(message: str) -> None:
 
 
 def _event_ms(line: bytes) -> int | None:
-    """The timestamp of a line the runner would keep as it is (epoch ms), else None: only those move."""
+    """The event time (epoch ms) of a line the runner would keep, else None: only those lines move."""
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -73,7 +78,15 @@ def _event_ms(line: bytes) -> int | None:
     if not all(isinstance(record.get(key), str) and record[key] for key in ("event_id", "machine_id", "event_type")):
         return None
     stamp = record.get("timestamp")
-    if not isinstance(stamp, int) or isinstance(stamp, bool) or not 10**12 <= stamp < 4 * 10**12:
+    if isinstance(stamp, str):  # ISO-8601 with a timezone: the cleaning turns it into epoch ms
+        try:
+            moment = datetime.fromisoformat(stamp)
+        except ValueError:
+            return None
+        stamp = round(moment.timestamp() * 1000) if moment.tzinfo is not None else None
+    elif isinstance(stamp, int) and str(record.get("app_version", "")).startswith("11.2."):
+        stamp *= 1000  # the example config's rule: build 11.2.* sent seconds
+    if not isinstance(stamp, int) or isinstance(stamp, bool) or not VALID_FROM_MS <= stamp <= VALID_UNTIL_MS:
         return None
     return stamp
 
