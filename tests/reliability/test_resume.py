@@ -15,7 +15,7 @@ import pytest
 from sessionflow.cli import main
 from sessionflow.config import Config
 from sessionflow.lake.verify import verify_lake
-from sessionflow.runtimes.local.runner import session_fingerprint
+from sessionflow.runtimes.local.state_file import session_fingerprint
 from tests.reliability.lakes import write_config, write_feed_parts
 
 
