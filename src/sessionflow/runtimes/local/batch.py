@@ -13,7 +13,7 @@ copy whose content differs is rejected as ``conflicting_duplicate``, with its ra
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,9 +195,7 @@ def in_order(table: pa.Table) -> Iterator[pa.RecordBatch]:
         yield from block.to_batches()
 
 
-def sessionize(
-    table: pa.Table, config: Config, assembler: Assembler, feed: Feed, on_block: Callable[[], None] | None = None
-) -> None:
+def sessionize(table: pa.Table, config: Config, assembler: Assembler, feed: Feed) -> None:
     """Events of whole machines, in time order, through a fresh sessionizer, flushed at the end."""
     sessionizer = new_sessionizer(config.session)
     names = [name for name in table.schema.names if name not in _DROPPED]
@@ -207,8 +205,6 @@ def sessionize(
             rows = batch.num_rows
             keys = [batch.column(name).to_pylist() if name in names else [None] * rows for name in KEY_COLUMNS]
         assembler.feed(Block("", 0, 0, 0, 0, Counter(), [], batch, keys), sessionizer)
-        if on_block is not None:
-            on_block()
     sessionizer.flush(assembler)
     assembler.finish(sessionizer)
 

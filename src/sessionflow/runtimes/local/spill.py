@@ -68,8 +68,6 @@ class Spill:
     def __init__(self, folder: Path, buckets: int) -> None:
         self.folder = folder
         self.count = buckets
-        self.rows = 0
-        self.bytes = 0
         folder.mkdir(parents=True, exist_ok=True)
         self._held: list[list[pa.RecordBatch]] = [[] for _ in range(buckets)]
         self._held_rows = [0] * buckets
@@ -95,7 +93,6 @@ class Spill:
         )
         if self._schema is None:
             self._schema = batch.schema
-        self.rows += rows
         if bucket_rows is None:
             assert self.count == 1
             self._hold(0, batch)
@@ -121,7 +118,6 @@ class Spill:
             assert self._schema is not None
             writer = self._writers[bucket] = pa.ipc.new_stream(self._path(bucket), self._schema)
         table = pa.Table.from_batches(held).combine_chunks()
-        self.bytes += table.nbytes
         self._bytes[bucket] += table.nbytes
         writer.write_table(table)
         self._held[bucket] = []
