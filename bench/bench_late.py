@@ -33,10 +33,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_run import (  # the harness next to this file
-    BENCH_DIR,
     ROOT,
     BenchError,
     Sample,
+    feed_arguments,
     measure,
     prepare_config,
     prepare_input,
@@ -298,11 +298,8 @@ def check_lakes(reference: Path, others: dict[str, Path]) -> list[dict[str, Any]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000, help="input lines (default 1,000,000)")
-    parser.add_argument("--machines", type=int, default=10_000, help="machines in the feed (default 10,000)")
-    parser.add_argument("--seed", type=int, default=1)
+    feed_arguments(parser)
     parser.add_argument("--late-share", type=float, default=0.01, help="share of valid lines moved (default 0.01)")
-    parser.add_argument("--workdir", default=str(BENCH_DIR / "out"), help="inputs, lakes, logs (default bench/out)")
     parser.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
     return parser.parse_args(argv)
 

@@ -473,13 +473,18 @@ def report(
     return checks
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def feed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The feed and the work folder: the options every benchmark here takes alike."""
     parser.add_argument("--events", type=int, default=1_000_000, help="input lines (default 1,000,000)")
     parser.add_argument("--machines", type=int, default=10_000, help="machines in the feed (default 10,000)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=2, help="runs per contender; the best time is kept (default 2)")
     parser.add_argument("--workdir", default=str(BENCH_DIR / "out"), help="inputs, lakes, logs (default bench/out)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    feed_arguments(parser)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per contender; the best time is kept (default 2)")
     big = parser.add_mutually_exclusive_group()
     big.add_argument(
         "--rss-10m", dest="rss_big", action="store_true", default=True, help="the stdin RSS runs (default)"

@@ -29,7 +29,7 @@ from sessionflow.lake.writer import LakeWriter, sessions_table
 from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, LINE, Assembler, Block, Engine
 from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source
-from sessionflow.runtimes.local.spill import SOURCE, Spill, bucket_count, raw_lines
+from sessionflow.runtimes.local.spill import SOURCE, Spill, bucket_count, raw_lines, read_bucket
 
 # Rows per block handed to the sessionizer: a block's session columns are built when its last row
 # is placed, which in time order is at most ``allowed_lateness`` after it.
@@ -159,7 +159,7 @@ def without_conflicts(table: pa.Table, conflicts: list[Conflict]) -> pa.Table:
     drop: list[int] = []
     for index, kept in differ:
         row, original = candidates.slice(index, 1).to_pylist()[0], candidates.slice(kept, 1).to_pylist()[0]
-        differing = [name for name in row if name not in _DROPPED and row[name] != original[name]]
+        differing = _differing(row, original)
         if differing:
             drop.append(numbers[index])
             conflicts.append(Conflict(row[SOURCE], row[LINE], keys[index][0], keys[index][1], differing))
@@ -167,6 +167,12 @@ def without_conflicts(table: pa.Table, conflicts: list[Conflict]) -> pa.Table:
         return table
     keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(drop, pa.int64())))
     return table.filter(keep)
+
+
+def _differing(row: dict[str, Any], first: dict[str, Any]) -> list[str]:
+    """The content fields of a later copy that differ from its first arrival's (a lake row has
+    session columns besides, which a new event has not: only the fields both have count)."""
+    return [name for name in row if name not in _DROPPED and name in first and row[name] != first[name]]
 
 
 def _content_texts(table: pa.Table) -> pa.Array:
@@ -245,7 +251,7 @@ def split_copies(new: pa.Table, earlier: pa.Table | None, conflicts: list[Confli
     duplicates = 0
     for row in new.take(pa.array(hits, pa.int64())).to_pylist():
         old = kept[(row["machine_id"], row["event_id"])]
-        differing = [name for name in row if name not in _DROPPED and name in old and row[name] != old[name]]
+        differing = _differing(row, old)
         if differing:
             conflicts.append(Conflict(row[SOURCE], row[LINE], row["machine_id"], row["event_id"], differing))
         else:
@@ -278,8 +284,7 @@ class BucketResult:
 
 def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int) -> BucketResult:
     """Runs in a worker: one spilled bucket -> its own Parquet files in the run's staging folder."""
-    with pa.memory_map(path) as source:
-        table = pa.ipc.open_stream(source).read_all()
+    table = read_bucket(path)
     result = BucketResult()
     table = without_conflicts(table, result.conflicts)
     result.newest = newest_per_machine(table)

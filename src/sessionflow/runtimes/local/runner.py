@@ -232,7 +232,8 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of short-lived containers, no cycles: the collector only costs here
     try:
-        engine = Engine(config, now, default_workers() if options.workers is None else options.workers)
+        workers = default_workers() if options.workers is None else options.workers
+        engine = Engine(config, now, workers)
         batch = BatchRun(config, sources, writer.staging / SPILL_DIR)
         read = _read_inputs(sources, config, state, engine, batch, writer, tally, options)
         if state_path is not None and read.all_seen and not tally.records:
@@ -253,7 +254,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             # Fresh workers for the buckets: forked from this process, they share its pages, and
             # not the refining workers' heaps (~140 MB each on 1M events, bench/README.md).
             engine.close()
-            engine = Engine(config, now, default_workers() if options.workers is None else options.workers)
+            engine = Engine(config, now, workers)
             done = batch.sessionize_all(engine, number, lake)
             crash_point("bucket")
             bucket_files, newest = done.files, done.newest

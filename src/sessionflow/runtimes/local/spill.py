@@ -129,8 +129,7 @@ class Spill:
     def buckets(self) -> Iterator[pa.Table]:
         """Each part's events in arrival order (see :meth:`files`), read one at a time."""
         for _, path in self.files():
-            with pa.memory_map(path) as source:
-                table = pa.ipc.open_stream(source).read_all()
+            table = read_bucket(path)
             Path(path).unlink()
             yield table
 
@@ -186,6 +185,12 @@ class Spill:
                 with contextlib.suppress(Exception):
                     writer.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def read_bucket(path: str) -> pa.Table:
+    """A bucket's file, whole (mapped: the table's buffers are its pages)."""
+    with pa.memory_map(path) as source:
+        return pa.ipc.open_stream(source).read_all()
 
 
 def _repeat(value: int, rows: int) -> pa.Array:
