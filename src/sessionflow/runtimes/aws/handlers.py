@@ -102,12 +102,14 @@ def _fail(processor: BatchProcessor, record: dict[str, Any], error: Exception) -
 def process_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """raw -> validate, clean, enrich -> ``clean`` (events) and the rejected Firehose."""
     step = runtime().process
+    records = event["Records"]
+    batch_first = records[0]["kinesis"]["sequenceNumber"] if records else ""
 
     def refine(record: KinesisStreamRecord) -> Refined:
-        return step.refine(raw_record(record.raw_event, record.kinesis.data_as_bytes()))
+        return step.refine(raw_record(record.raw_event, record.kinesis.data_as_bytes(), batch_first))
 
     processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
-    with processor(records=event["Records"], handler=refine):
+    with processor(records=records, handler=refine):
         results = processor.process()
         done = [(result, record) for status, result, record in results if status == "success"]
         delivered = step.deliver([result for result, _ in done])
@@ -122,7 +124,7 @@ def sessionize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     step = runtime().sessionize
 
     def decode(record: KinesisStreamRecord) -> CleanRecord:
-        return CleanRecord(int(record.kinesis.sequence_number), record.kinesis.data_as_json())
+        return CleanRecord.decode(int(record.kinesis.sequence_number), record.kinesis.data_as_json())
 
     records = event["Records"]
     processor = BatchProcessor(event_type=EventType.KinesisDataStreams)

@@ -16,6 +16,7 @@ import orjson
 from sessionflow.config import Config
 from sessionflow.core.pipeline import LineRefiner
 from sessionflow.runtimes.aws.outputs import Row, Sink, StreamEntry, StreamWriter
+from sessionflow.runtimes.aws.positions import RAW_FIELD, RawPosition, lane
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,8 @@ class RawRecord:
     sequence_number: str
     arrival_ms: int  # Kinesis' approximate arrival time: the processing time, identical on every retry
     source: str  # "stream/shardId-..."
+    partition_key: str = ""
+    batch_first: str = ""  # the sequence number of the first record of the batch it came in
 
 
 @dataclass(slots=True)
@@ -48,8 +51,15 @@ class ProcessStep:
             return Refined(rejected=refined.rejections[0])
         if refined.events:
             event = refined.events[0]
+            machine_id = event["machine_id"]
+            # The raw position goes with the event, so a copy put again by a retry is applied once.
+            position = RawPosition(
+                lane(record.source, record.partition_key, machine_id),
+                int(record.sequence_number),
+                int(record.batch_first or record.sequence_number),
+            )
             # Partition by machine so each machine's events stay in order on `clean`.
-            return Refined(entry=StreamEntry(event["machine_id"], orjson.dumps(event)))
+            return Refined(entry=StreamEntry(machine_id, orjson.dumps({**event, RAW_FIELD: position.to_list()})))
         return Refined()
 
     def deliver(self, refined: Sequence[Refined]) -> list[bool]:
@@ -66,8 +76,8 @@ class ProcessStep:
         return delivered
 
 
-def raw_record(record: dict[str, Any], data: bytes) -> RawRecord:
-    """From a Lambda Kinesis event record (the dict) and its decoded data."""
+def raw_record(record: dict[str, Any], data: bytes, batch_first: str = "") -> RawRecord:
+    """From a Lambda Kinesis event record (the dict), its decoded data and its batch's first sequence number."""
     kinesis = record["kinesis"]
     stream = record["eventSourceARN"].rsplit("/", 1)[-1]
     shard = record["eventID"].split(":", 1)[0]
@@ -76,4 +86,6 @@ def raw_record(record: dict[str, Any], data: bytes) -> RawRecord:
         sequence_number=kinesis["sequenceNumber"],
         arrival_ms=int(float(kinesis["approximateArrivalTimestamp"]) * 1000),
         source=f"{stream}/{shard}",
+        partition_key=kinesis.get("partitionKey", ""),
+        batch_first=batch_first,
     )

@@ -39,6 +39,7 @@ from typing import Any
 from sessionflow.config import MINUTE, SessionConfig
 from sessionflow.core import MachineState, Outputs, Sessionizer, Snapshot, StreamClock, rules
 from sessionflow.runtimes.aws.outputs import Row, Sink
+from sessionflow.runtimes.aws.positions import RAW_FIELD, RawMarks, RawPosition
 from sessionflow.state.base import Item, StateStore
 
 TIMER_BUCKET_MS = MINUTE
@@ -46,6 +47,15 @@ TIMER_BUCKET_MS = MINUTE
 TIMER_SET_BYTES = 300_000
 # What one member may cost beyond its UTF-8 bytes: an over-estimate keeps the sets under the limit.
 _MEMBER_OVERHEAD = 8
+
+
+# Rounds of reading and fencing an earlier attempt's machines before giving the shard up for now.
+_FENCE_ROUNDS = 8
+
+
+def _fence_value(shard: str) -> dict[str, Any]:
+    """A machine an earlier attempt meant to create: a tombstone, so that attempt's create fails."""
+    return {"state": None, "shard": shard, "seq": "0", "outbox": None}
 
 
 class ShardConflict(RuntimeError):
@@ -56,6 +66,13 @@ class ShardConflict(RuntimeError):
 class CleanRecord:
     sequence_number: int
     event: dict[str, Any]
+    raw: RawPosition | None = None  # where ``process`` read it on ``raw`` (None: put by an older version)
+
+    @classmethod
+    def decode(cls, sequence_number: int, value: dict[str, Any]) -> CleanRecord:
+        """From a ``clean`` record's JSON: the event, and its raw position taken out of it."""
+        raw = value.pop(RAW_FIELD, None)
+        return cls(sequence_number, value, RawPosition.from_list(raw) if raw else None)
 
 
 @dataclass
@@ -63,6 +80,8 @@ class BatchReport:
     records: int = 0
     applied: int = 0
     skipped: int = 0  # redelivered records already applied
+    repeated: int = 0  # records ``process`` put on ``clean`` again (a raw retry): copies, dropped
+    fenced: int = 0  # machines a crashed attempt had claimed but not written, fenced off by recovery
     events: int = 0
     sessions: int = 0
     duplicates: int = 0
@@ -161,19 +180,29 @@ class ShardSessionizer:
         machine_ids = list(dict.fromkeys(r.event["machine_id"] for r in records))
         items = self.store.get_many([shard_key(shard), *(machine_key(m) for m in machine_ids)])
         shard_item = items.pop(shard_key(shard), None)
-        shard_state = self._recover(shard_item, report)
+        shard_state = self._recover(shard, shard_item, report)
+        if shard_state.inflight:
+            # Recovery may have fenced or re-read some of these machines: read them as they are now.
+            items = self.store.get_many(machine_key(m) for m in machine_ids)
         loaded = {key[2:]: item for key, item in items.items()}
 
         fresh: list[dict[str, Any]] = []
         newest_seq: dict[str, int] = {}
+        marks: dict[str, RawMarks] = {}
         for record in records:
             machine_id = record.event["machine_id"]
             item = loaded.get(machine_id)
             if item is not None and item.value["shard"] == shard and record.sequence_number <= int(item.value["seq"]):
                 report.skipped += 1
                 continue
-            fresh.append(record.event)
             newest_seq[machine_id] = record.sequence_number
+            if record.raw is not None:
+                if machine_id not in marks:
+                    marks[machine_id] = RawMarks.from_value(item.value.get("raw") if item else None)
+                if not marks[machine_id].admit(record.raw):
+                    report.repeated += 1
+                    continue
+            fresh.append(record.event)
         report.applied = len(fresh)
 
         sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
@@ -188,9 +217,9 @@ class ShardSessionizer:
         due = [b for b in shard_state.buckets if b * TIMER_BUCKET_MS < after.clock.time]
         swept, clock = self._close_timed_out(shard, due, fill, after.clock, set(machine_ids), states, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
-        report.duplicates, report.late = len(out.duplicates), out.late
+        report.duplicates, report.late = len(out.duplicates) + report.repeated, out.late
 
-        changes = _changes(shard, [*machine_ids, *swept], {**swept, **loaded}, states, newest_seq, out)
+        changes = _changes(shard, [*machine_ids, *swept], {**swept, **loaded}, states, newest_seq, out, marks)
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock.time]
         if not changes and not fully_due and clock == shard_state.clock and not shard_state.inflight:
             return report  # a redelivered batch already applied: not even the shard item is rewritten
@@ -251,7 +280,7 @@ class ShardSessionizer:
         shard_item = self.store.get(shard_key(shard))
         if shard_item is None:
             return report
-        shard_state = self._recover(shard_item, report)
+        shard_state = self._recover(shard, shard_item, report)
         wall = shard_state.wall
         now_ms = self._wall_ms()
         quiet = self.config.idle_close_ms if quiet_ms is None else quiet_ms
@@ -283,7 +312,7 @@ class ShardSessionizer:
         shard_item = self.store.get(shard_key(shard))
         if shard_item is None:
             return report
-        shard_state = self._recover(shard_item, report)
+        shard_state = self._recover(shard, shard_item, report)
         fill = shard_state.timer_fill
         members = self.store.members_many(_timer_keys(shard, shard_state.buckets, fill))
         machine_ids = sorted(set().union(*members.values())) if members else []
@@ -299,7 +328,16 @@ class ShardSessionizer:
         rows = _rows_by_machine(out)
         changes = [
             _Change(
-                m, item.version, {"state": None, "shard": shard, "seq": item.value["seq"], "outbox": rows.get(m)}, None
+                m,
+                item.version,
+                {
+                    "state": None,
+                    "shard": shard,
+                    "seq": item.value["seq"],
+                    "outbox": rows.get(m),
+                    "raw": _raw_marks(item),
+                },
+                None,
             )
             for m, item in loaded.items()
         ]
@@ -311,22 +349,47 @@ class ShardSessionizer:
 
     # -- the commit protocol ------------------------------------------------------------------------------
 
-    def _recover(self, shard_item: Item | None, report: BatchReport) -> _ShardState:
-        """The shard's state; first re-send what a crashed attempt committed but may not have sent."""
+    def _recover(self, shard: str, shard_item: Item | None, report: BatchReport) -> _ShardState:
+        """The shard's state; first re-send what an earlier attempt committed but may not have sent.
+
+        That attempt (crashed, timed out, or still running: a sweep racing a batch) may not have
+        written all its machines yet. Each machine of its intent that does not carry its token is
+        fenced: rewritten as it is, so its version moves and that attempt's conditional write of it
+        can no longer land; the machine keeps its previous state and a later batch, sweep or flush
+        closes it. The machines that do carry the token have their outboxes re-sent. Only then may
+        this invocation replace ``inflight`` with its own intent, so no outbox is ever orphaned.
+        """
         if shard_item is None:
             return _ShardState()
         state = _ShardState.from_value(shard_item.value)
         inflight = state.inflight
-        if inflight:
-            token = inflight["token"]
-            rows: dict[str, list[Row]] = defaultdict(list)
-            for item in self.store.get_many(machine_key(m) for m in inflight["machines"]).values():
-                outbox = item.value.get("outbox")
+        if not inflight:
+            return state
+        token = inflight["token"]
+        rows: dict[str, list[Row]] = {"events": [], "sessions": []}
+        pending = list(inflight["machines"])
+        for _ in range(_FENCE_ROUNDS):
+            current = self.store.get_many(machine_key(m) for m in pending)
+            raced: list[str] = []
+            for machine_id in pending:
+                item = current.get(machine_key(machine_id))
+                outbox = item.value.get("outbox") if item is not None else None
                 if outbox and outbox.get("token") == token:
                     for table in ("events", "sessions"):
                         rows[table].extend(outbox.get(table, ()))
-            report.resent = sum(len(v) for v in rows.values())
-            self.sink.send(rows)
+                    continue
+                value = item.value if item is not None else _fence_value(shard)
+                if self.store.put(machine_key(machine_id), value, item.version if item else None) is None:
+                    raced.append(machine_id)  # written in between: read it again
+                else:
+                    report.fenced += 1
+            pending = raced
+            if not pending:
+                break
+        else:
+            raise ShardConflict(f"shard {shard}: machines of an earlier attempt kept changing during recovery")
+        report.resent = sum(len(v) for v in rows.values())
+        self.sink.send(rows)
         return state
 
     def _commit(
@@ -423,6 +486,7 @@ def _changes(
     states: dict[str, MachineState],
     newest_seq: dict[str, int],
     out: Outputs,
+    marks: dict[str, RawMarks] | None = None,
 ) -> list[_Change]:
     """The machine items to write: each machine read, swept or new, whose state, seq or rows changed."""
     rows = _rows_by_machine(out)
@@ -442,9 +506,14 @@ def _changes(
             "shard": shard,
             "seq": str(seq) if seq is not None else (item.value["seq"] if item else "0"),
             "outbox": machine_rows,
+            "raw": marks[machine_id].to_value() if marks and machine_id in marks else _raw_marks(item),
         }
         changes.append(_Change(machine_id, item.version if item else None, value, state))
     return changes
+
+
+def _raw_marks(item: Item | None) -> dict[str, Any] | None:
+    return item.value.get("raw") if item is not None else None
 
 
 def _rows_by_machine(out: Outputs) -> dict[str, dict[str, list[Row]]]:
