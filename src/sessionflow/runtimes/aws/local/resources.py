@@ -70,13 +70,44 @@ def moto_server(port: int = 0) -> Iterator[str]:
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = _moto_server_with_atomic_dynamodb(ThreadedMotoServer, port)
     server.start()
     host, bound = server.get_host_and_port()
     try:
         yield f"http://{host}:{bound}"
     finally:
         server.stop()
+
+
+def _moto_server_with_atomic_dynamodb(base: Any, port: int) -> Any:
+    """Moto's threaded server, with DynamoDB requests taken one at a time.
+
+    DynamoDB applies a conditional write atomically; moto checks the condition and then writes,
+    so two threads can both pass one condition (seen: two writers of one version both won). The
+    commit protocol rests on that atomicity, so the local AWS serialises DynamoDB as AWS does.
+    """
+    import threading
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    lock = threading.Lock()
+
+    class Server(base):  # type: ignore[misc]
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+
+            def serialised(environ: dict[str, Any], start_response: Any) -> Any:
+                if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+                    return app(environ, start_response)
+                with lock:
+                    return list(app(environ, start_response))
+
+            self._server = make_server(self._ip_address, self._port, serialised, True)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return Server(ip_address="127.0.0.1", port=port, verbose=False)
 
 
 def create_resources(aws: LocalAws, raw_shards: int = 2, clean_shards: int = 2) -> None:
