@@ -26,16 +26,25 @@ from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, rejection_row
 from sessionflow.core.native import new_sessionizer
 from sessionflow.lake.writer import LakeWriter, sessions_table
-from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, LINE, Assembler, Block, Engine
+from sessionflow.runtimes.local.engine import Assembler, Block, Engine
 from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source
-from sessionflow.runtimes.local.spill import SOURCE, Spill, bucket_count, raw_lines, read_bucket
+from sessionflow.runtimes.local.spill import (
+    ARRIVAL,
+    INTERNAL_COLUMNS,
+    LINE,
+    SOURCE,
+    Spill,
+    bucket_count,
+    raw_lines,
+    read_bucket,
+)
 
 # Rows per block handed to the sessionizer: a block's session columns are built when its last row
 # is placed, which in time order is at most ``allowed_lateness`` after it.
 SESSION_BLOCK_ROWS = 16 * 1024
 SORT_KEYS = [("timestamp", "ascending"), ("machine_id", "ascending"), ("event_id", "ascending")]
-_DROPPED = (*INTERNAL_COLUMNS, SOURCE)
+_DROPPED = INTERNAL_COLUMNS
 
 
 @dataclass
@@ -72,8 +81,11 @@ class BatchRun:
         self._copies[index] = path
         return open(path, "wb")
 
-    def add(self, block: Block, index: int) -> None:
-        self.spill.add(block.batch, index, block.first_line, block.bucket_rows)
+    def add(self, block: Block) -> None:
+        """A refined block: its events are in the spill (see ``Engine.blocks``)."""
+        if block.spilled is None:
+            raise AssertionError("a batch run's blocks are spilled by the processes that refine them")
+        self.spill.add(block.spilled)
 
     def buckets(self) -> Iterator[pa.Table]:
         """Each bucket, exact duplicates of other content taken out (into :attr:`conflicts`).
@@ -118,7 +130,9 @@ class BatchRun:
         """Every bucket sorted, sessionized and written, in the engine's worker processes (a batch
         run with nothing to place among: no ``--state`` lake to read)."""
         total = BucketResult()
-        jobs = [(path, part, self.config, str(lake), run) for part, path in self.spill.files()]
+        parts = self.spill.files()
+        parts.sort(key=lambda item: -self.spill.sizes[item[0]])  # the largest first: the workers end together
+        jobs = [(paths, part, self.config, str(lake), run) for part, paths in parts]
         for result in engine.map(sessionize_bucket, jobs):
             total.add(result)
         self.conflicts.extend(total.conflicts)
@@ -141,6 +155,9 @@ def without_conflicts(table: pa.Table, conflicts: list[Conflict]) -> pa.Table:
         return table
     rows = pc.indices_nonzero(pc.is_in(ids, value_set=shared))
     candidates = table.take(rows)
+    if SOURCE in table.schema.names:  # a bucket read from the spill: its files in turn, not in arrival order
+        arrival = pc.sort_indices(candidates, sort_keys=ARRIVAL)
+        rows, candidates = rows.take(arrival), candidates.take(arrival)
     # Most copies are the same bytes sent again: their content, as one text per row, is compared
     # first; only a copy whose text differs from its first arrival's is read field by field.
     texts = _content_texts(candidates).to_pylist()
@@ -193,9 +210,13 @@ def sort_events(table: pa.Table) -> pa.Table:
 
 def in_order(table: pa.Table) -> Iterator[pa.RecordBatch]:
     """The events in the order they are sessionized, in blocks, without the run's own columns.
-    A block is taken when it is asked for: the bucket is never held twice in memory."""
-    table = table.drop_columns([name for name in _DROPPED if name in table.schema.names])
-    order = pc.sort_indices(table, sort_keys=SORT_KEYS)
+    A block is taken when it is asked for: the bucket is never held twice in memory.
+
+    Equal keys keep their arrival order: the arrival columns where the table has them (a bucket
+    read from the spill), else the table's order."""
+    names = table.schema.names
+    order = pc.sort_indices(table, sort_keys=SORT_KEYS + [key for key in ARRIVAL if key[0] in names])
+    table = table.drop_columns([name for name in _DROPPED if name in names])
     for start in range(0, len(order), SESSION_BLOCK_ROWS):
         block = table.take(order.slice(start, SESSION_BLOCK_ROWS)).combine_chunks()
         yield from block.to_batches()
@@ -282,9 +303,11 @@ class BucketResult:
         self.newest.update(other.newest)  # buckets hold whole machines: no machine twice
 
 
-def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int) -> BucketResult:
-    """Runs in a worker: one spilled bucket -> its own Parquet files in the run's staging folder."""
-    table = read_bucket(path)
+def sessionize_bucket(paths: list[str], part: int, config: Config, lake: str, run: int) -> BucketResult:
+    """Runs in a worker: one spilled bucket (its files) -> its own Parquet files in the run's staging folder."""
+    table = read_bucket(paths)
+    for path in paths:
+        Path(path).unlink()
     result = BucketResult()
     table = without_conflicts(table, result.conflicts)
     result.newest = newest_per_machine(table)
@@ -297,7 +320,6 @@ def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int)
     except BaseException:
         writer.abort_part()
         raise
-    Path(path).unlink()
     tally = assembler.tally
     result.events, result.late, result.duplicates, result.sessions = (
         tally.events,

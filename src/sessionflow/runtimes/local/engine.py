@@ -19,6 +19,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from itertools import count, repeat
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +40,7 @@ from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, session_table, to_record_batch
 from sessionflow.runtimes.local.feeds import Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source, open_source
+from sessionflow.runtimes.local.spill import LINE, MACHINE_HASH, SpillTo, append, close_files
 
 # About 9,000 events. Bigger blocks mean fewer stream-clock steps and less per-block work, but more
 # memory in flight. On 1M events (bench/bench_run.py): 1 MiB 3.99 s, 337 MB peak; 2 MiB 3.67 s,
@@ -60,8 +62,9 @@ class Block:
     rejections: list[dict[str, Any]]
     batch: pa.RecordBatch
     keys: list[list[Any]] | None  # KEY_COLUMNS as Python lists, for the record feed only (feeds.py)
-    # Rows per spill bucket, the rows ordered by bucket (refine_block); None: one bucket.
-    bucket_rows: list[int] | None = None
+    # Arrow bytes the refining process wrote to each spill bucket (its events are there, and
+    # ``batch`` has no rows); None: the events are in ``batch``.
+    spilled: list[int] | None = None
 
 
 # -- worker side ---------------------------------------------------------------------------------
@@ -153,19 +156,13 @@ def _widen_pipes(pool: Any) -> None:
             fcntl.fcntl(connection.fileno(), set_size, min(limit, PIPE_BYTES))
 
 
-# Columns a worker adds to each refined batch for the batch run (runtimes/local/batch.py): where
-# the event came from (its line: a conflicting duplicate's bytes are found again by it) and a hash
-# of its machine (its spill bucket). The run drops them before the sessionizer.
-LINE, MACHINE_HASH = "_line", "_machine_hash"
-INTERNAL_COLUMNS = (LINE, MACHINE_HASH)
+def refine_block(chunk: bytes, source: str, first_line: int, spill: SpillTo | None = None) -> tuple[Any, ...]:
+    """Runs in a worker: a block of raw lines, the first of them line ``first_line`` of its input,
+    -> picklable parts of a :class:`Block`.
 
-
-def refine_block(chunk: bytes, source: str, first_line: int, buckets: int = 1) -> tuple[Any, ...]:
-    """Runs in a worker: a block of raw lines -> picklable parts of a :class:`Block`.
-
-    ``buckets`` (a power of two): the events come ordered by spill bucket (a hash of the machine,
-    arrival order kept within each), and the parts say how many fall in each: the run's process
-    only slices them (runtimes/local/spill.py)."""
+    ``spill``: the events go to the run's spill buckets (runtimes/local/spill.py), written here,
+    with their line and a hash of their machine; the parts then say how many bytes went to each
+    bucket, and carry no events."""
     assert _worker is not None
     pipeline, schema, feed = _worker
     lines = chunk.split(b"\n")
@@ -177,24 +174,21 @@ def refine_block(chunk: bytes, source: str, first_line: int, buckets: int = 1) -
     fields = pipeline.refiner.event_fields
     columns = dict(zip(fields, feed.transpose(events, len(fields)), strict=True))
     batch = to_record_batch(columns, len(events), schema)
-    machines = columns.get("machine_id", ())
-    # crc32, not hash(): the same in every process, whatever its start method or hash seed.
-    machine_hashes = {machine: crc32(machine.encode()) for machine in set(machines)}
-    batch = pa.RecordBatch.from_arrays(
-        [
-            *batch.columns,
-            pa.array(refined.lines, pa.int64()),
-            pa.array([machine_hashes[machine] for machine in machines], pa.uint32()),
-        ],
-        names=[*batch.schema.names, *INTERNAL_COLUMNS],
-    )
     counts = None
-    if buckets > 1 and batch.num_rows:
-        bucket = pc.bit_wise_and(batch.column(MACHINE_HASH), pa.scalar(buckets - 1, pa.uint32()))
-        batch = batch.take(pc.sort_indices(bucket))  # a stable sort: arrival order within a bucket
-        found = pc.value_counts(bucket)
-        sizes = dict(zip(found.field("values").to_pylist(), found.field("counts").to_pylist(), strict=True))
-        counts = [sizes.get(number, 0) for number in range(buckets)]
+    if spill is not None:
+        machines = pc.dictionary_encode(batch.column("machine_id"))
+        # crc32, not hash(): the same in every process, whatever its start method or hash seed.
+        hashes = [crc32(machine.encode()) for machine in machines.dictionary.to_pylist()]
+        batch = pa.RecordBatch.from_arrays(
+            [
+                *batch.columns,
+                pa.array(refined.lines, pa.int64()),
+                pc.take(pa.array(hashes, pa.uint32()), machines.indices),
+            ],
+            names=[*batch.schema.names, LINE, MACHINE_HASH],
+        )
+        counts = append(spill, batch)
+        return len(lines), refined.blank, refined.rejected, refined.rejections, None, counts
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as stream:
         stream.write_batch(batch)
@@ -206,14 +200,16 @@ def _call(work: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
     return function(*job)
 
 
+@cache
+def _no_rows() -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([], names=[])
+
+
 def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
-    """``parts`` of a block a worker numbered from line 1, renumbered from ``first_line``."""
-    lines, blank, rejected, rejections, ipc, counts = parts
-    if first_line != 1:
-        for row in rejections:
-            row["line"] += first_line - 1
-    batch = pa.ipc.open_stream(ipc).read_next_batch()
-    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, None, counts)
+    """``parts`` of a block a worker refined (its lines numbered from ``first_line``)."""
+    lines, blank, rejected, rejections, ipc, spilled = parts
+    batch = _no_rows() if ipc is None else pa.ipc.open_stream(ipc).read_next_batch()
+    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, None, spilled)
 
 
 # -- main side -----------------------------------------------------------------------------------
@@ -273,38 +269,35 @@ class Engine:
         source: Source,
         on_read: Callable[[int], None] | None = None,
         keep: BinaryIO | None = None,
-        buckets: int = 1,
+        spill: SpillTo | None = None,
     ) -> Iterator[Block]:
         """``keep``: where the bytes read go too (a copy of a stream, which cannot be read twice);
-        ``buckets``: the spill buckets the events are ordered by (see :func:`refine_block`)."""
-        line = 1  # of the next block: known once the blocks before it come back
-        if self._pool is None:
-            for chunk in read_blocks(source, self.block_bytes):
-                if keep is not None:
-                    keep.write(chunk)
-                if on_read is not None:
-                    on_read(len(chunk))
-                block = _block(refine_block(chunk, source.name, 1, buckets), source.name, line)
-                line += block.lines
-                yield block
-            return
-        # A bounded window of blocks in flight: reading never runs ahead of the pool.
-        window: deque[Any] = deque()
+        ``spill``: where the events go (see :func:`refine_block`).
+
+        Lines are numbered from the source's first, resumed ones included: a resumed source's
+        report says where reading started once its first block is read."""
+        line = 0  # of the next block, once the first block is read
+        window: deque[tuple[Any, int]] = deque()  # blocks in flight, each with its first line
         limit = 2 * self.workers + 1
         for chunk in read_blocks(source, self.block_bytes):
             if keep is not None:
                 keep.write(chunk)
             if on_read is not None:
                 on_read(len(chunk))
-            window.append(self._pool.apply_async(refine_block, (chunk, source.name, 1, buckets)))
+            if not line:
+                line = source.report.start.lines + 1
+            first, line = line, line + chunk.count(b"\n")  # the workers split at each newline
+            if self._pool is None:
+                yield _block(refine_block(chunk, source.name, first, spill), source.name, first)
+                continue
+            # A bounded window of blocks in flight: reading never runs ahead of the pool.
+            window.append((self._pool.apply_async(refine_block, (chunk, source.name, first, spill)), first))
             if len(window) >= limit:
-                block = _block(window.popleft().get(), source.name, line)
-                line += block.lines
-                yield block
+                result, first = window.popleft()
+                yield _block(result.get(), source.name, first)
         while window:
-            block = _block(window.popleft().get(), source.name, line)
-            line += block.lines
-            yield block
+            result, first = window.popleft()
+            yield _block(result.get(), source.name, first)
 
     def map(self, function: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> Iterator[Any]:
         """``function(*job)`` for each job, in the worker processes (as they finish), else here."""
@@ -316,9 +309,11 @@ class Engine:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
+            self._pool.terminate()  # the workers' spill files go with them, flushed block by block
             self._pool.join()
             self._pool = None
+        else:
+            close_files()
 
 
 class Assembler:

@@ -347,12 +347,12 @@ def _read_inputs(
         )
         copy = batch.copy_of(index)
         try:
-            for block in engine.blocks(source, options.progress, copy, batch.spill.count):
+            for block in engine.blocks(source, options.progress, copy, batch.spill.to(index)):
                 add_oversized(block, source, config)
                 tally.records += block.records
                 tally.blank += block.blank
                 tally.rejected.update(block.rejected)
-                batch.add(block, index)
+                batch.add(block)
                 writer.write([], [], block.rejections)
                 crash_point("batch")
         finally:
@@ -382,19 +382,13 @@ def _ledgers(lake: Path) -> list[dict[str, Any]]:
 
 
 def add_oversized(block: Block, source: Source, config: Config) -> None:
-    """Resumed line numbers, and the oversized lines the reader cut out as rejections.
+    """The oversized lines the reader cut out, as rejections.
 
     The reader stands an empty line in for an oversized one (the core counted it as blank) and
     reports it aside with its first bytes and its size.
     """
-    report = source.report
-    shift = report.start.lines
-    if shift:
-        block.first_line += shift
-        for row in block.rejections:
-            row["line"] += shift
     limit = config.validation.max_record_bytes
-    for line in report.take_oversized(block.first_line + block.lines - 1):
+    for line in source.report.take_oversized(block.first_line + block.lines - 1):
         rejection = Rejection(
             Reason.OVERSIZED,
             f"record is {line.size} bytes, over the limit of {limit}; only its first {len(line.prefix)} bytes are kept",
