@@ -25,7 +25,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from sessionflow.config import Config
@@ -80,7 +79,7 @@ class LakeFiles:
         ]
 
 
-def _read(lake: Path, names: list[str], partition: str, expression: ds.Expression | None) -> pa.Table | None:
+def _read(lake: Path, names: list[str], partition: str, expression: pc.Expression | None) -> pa.Table | None:
     """Rows of the named files that match, each with its file and its partition value."""
     tables = []
     for name in names:
