@@ -144,12 +144,15 @@ class Refiner:
                     return Rejection(Reason.CLEANING_FAILED, f"cleaning failed: {type(exc).__name__}: {exc}", raw)
                 if type(record) is not dict:
                     return Rejection(Reason.CLEANING_FAILED, "a cleaning function returned a non-dict", raw)
+            # ``record`` is a dict from here on (its type was checked): called unbound, the compiled
+            # module calls dict's C functions directly; ``record.pop`` would look the method up at
+            # each of a record's ~10 calls (5% of refining, measured in instructions).
             for raw_name, canonical in renames:
                 if raw_name in record:
-                    record[canonical] = record.pop(raw_name)
-            event_id = record.pop(id_name, None)
-            machine_id = record.pop(machine_name, None)
-            event_type = record.pop(type_name, None)
+                    record[canonical] = dict.pop(record, raw_name)
+            event_id = dict.pop(record, id_name, None)
+            machine_id = dict.pop(record, machine_name, None)
+            event_type = dict.pop(record, type_name, None)
             # One test for the common case (three non-blank strings); the loop says what is wrong.
             if not (
                 str is type(event_id) is type(machine_id) is type(event_type)
@@ -164,7 +167,7 @@ class Refiner:
                     if not value or value.isspace():
                         return Rejection(Reason.EMPTY_FIELD, f"field {name!r} is empty", raw)
                 raise AssertionError("unreachable: the fields passed the loop but not the test")
-            ts = record.pop(ts_name, None)
+            ts = dict.pop(record, ts_name, None)
             if type(ts) is not int:
                 if ts is None:  # null is missing, as for the other required fields
                     return Rejection(Reason.MISSING_FIELD, f"field {ts_name!r} is missing or null", raw)
@@ -182,7 +185,7 @@ class Refiner:
                 )
             event: Event = {"event_id": event_id, "machine_id": machine_id, "event_type": event_type, "timestamp": ts}
             for name in string_columns:
-                value = record.pop(name, None)
+                value = dict.pop(record, name, None)
                 if value is not None and type(value) is not str:
                     if _holds_wide_float(value) and _wide_integer_in(raw):
                         return Rejection(Reason.MALFORMED_JSON, _WIDE, raw)
@@ -191,7 +194,7 @@ class Refiner:
                     )
                 event[name] = value
             for name, types, kind in typed_columns:
-                value = record.pop(name, None)
+                value = dict.pop(record, name, None)
                 if value is not None:
                     if type(value) not in types:
                         if _holds_wide_float(value) and _wide_integer_in(raw):
@@ -206,7 +209,7 @@ class Refiner:
                     if kind == "float" and type(value) is int:
                         value = float(value)  # a float column takes whole numbers too, even past 64 bits
                 event[name] = value
-            for value in record.values():
+            for value in dict.values(record):
                 # Only a float or a container can hold what orjson made of an integer beyond 64 bits.
                 if type(value) in suspect_types and _holds_wide_float(value) and _wide_integer_in(raw):
                     return Rejection(Reason.MALFORMED_JSON, _WIDE, raw)
