@@ -130,17 +130,76 @@ def test_a_block_reads_sliced_arrays_and_missing_columns() -> None:
     assert [placements.placed(row)[2] for row in range(5)] == [None, None, 2, 2, 2]
 
 
-@needs_blocks
-@given(st.lists(st.fixed_dictionaries({"a": st.integers(), "b": st.text(max_size=3), "c": st.none()}), max_size=30))
-def test_transpose_is_zip_of_the_values(events: list[dict[str, Any]]) -> None:
-    expected = [list(column) for column in zip(*map(tuple, map(dict.values, events)), strict=True)] or [[], [], []]
-    assert reader.transpose(events, 3) == expected
+# Values a refined event's columns hold, and some they never do (the Arrow column is then left to
+# pyarrow, which converts them or says why not): the compiled columns must be what pyarrow makes.
+_CELLS = st.one_of(
+    st.none(),
+    st.text(max_size=5),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=2**63, max_value=2**70),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.just("\ud800"),  # a lone surrogate: no UTF-8
+)
+_KINDS = ("string", "int64", "double", "bool")
+Case = tuple[tuple[str, ...], list[tuple[Any, ...]]]  # column kinds, rows
+
+
+def _pyarrow_column(values: list[Any], kind: str) -> pa.Array | type[Exception]:
+    try:
+        return pa.array(values, pa.type_for_alias(kind))
+    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+        return type(exc)
 
 
 @needs_blocks
-def test_transpose_refuses_an_event_of_another_width() -> None:
+@given(
+    st.lists(st.sampled_from(_KINDS), min_size=1, max_size=4).flatmap(
+        lambda kinds: st.tuples(
+            st.just(tuple(kinds)),
+            st.lists(st.tuples(*[_CELLS for _ in kinds]), max_size=40),
+        )
+    )
+)
+def test_arrow_columns_are_what_pyarrow_makes_of_the_values(case: Case) -> None:
+    kinds, rows = case
+    events = [{f"k{index}": value for index, value in enumerate(row)} for row in rows]
+    columns = reader.arrow_columns(events, kinds)
+    assert len(columns) == len(kinds)
+    for index, (kind, column) in enumerate(zip(kinds, columns, strict=True)):
+        values = [row[index] for row in rows]
+        expected = _pyarrow_column(values, kind)
+        if isinstance(column, pa.Array):  # built in C: only what pyarrow converts too
+            assert kind in ("string", "int64")
+            assert isinstance(expected, pa.Array)
+            column.validate(full=True)
+            assert column.type == expected.type
+            assert column.to_pylist() == expected.to_pylist()
+        else:  # the values, for pyarrow to convert (or refuse) as before
+            assert column == values
+            if kind in ("string", "int64") and values:
+                assert not isinstance(expected, pa.Array) or any(
+                    value is not None and type(value) is not (str if kind == "string" else int) for value in values
+                )
+
+
+@needs_blocks
+def test_arrow_columns_of_refined_events() -> None:
+    events = [
+        {"event_id": "e1", "timestamp": 1_700_000_000_000, "user_id": "ü-1", "extra": None},
+        {"event_id": "é2", "timestamp": -5, "user_id": None, "extra": '{"a":1}'},
+    ]
+    ids, times, users, extra = reader.arrow_columns(events, ("string", "int64", "string", "string"))
+    assert ids.to_pylist() == ["e1", "é2"] and ids.null_count == 0
+    assert times.type == pa.int64() and times.to_pylist() == [1_700_000_000_000, -5]
+    assert users.to_pylist() == ["ü-1", None] and users.null_count == 1
+    assert extra.to_pylist() == [None, '{"a":1}']
+
+
+@needs_blocks
+def test_arrow_columns_refuse_an_event_of_another_width() -> None:
     with pytest.raises(ValueError, match="event 1 does not have the 2 keys"):
-        reader.transpose([{"a": 1, "b": 2}, {"a": 1}, {"a": 1, "b": 2}], 2)
+        reader.arrow_columns([{"a": 1, "b": 2}, {"a": 1}, {"a": 1, "b": 2}], ("int64", "int64"))
 
 
 @needs_blocks

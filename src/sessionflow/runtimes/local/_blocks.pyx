@@ -7,7 +7,8 @@
 * :class:`Placements` is the core's ``Placer`` for such a block: the sessionizer writes each row's
   session columns into its C arrays, which become Arrow arrays at once (:meth:`Placements.columns`):
   no Python ``release`` call and no Python object per event;
-* :func:`transpose` turns a worker's refined event dicts into columns.
+* :func:`arrow_columns` turns a worker's refined event dicts into columns, its string and integer
+  ones Arrow arrays written in C.
 
 ``tests/local/test_blocks.py`` holds a block's placements equal to the pure sessionizer's releases.
 """
@@ -15,10 +16,10 @@
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.dict cimport PyDict_Next
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
-from cpython.long cimport PyLong_FromLongLong
+from cpython.long cimport PyLong_AsLongLong, PyLong_CheckExact, PyLong_FromLongLong
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
@@ -346,30 +347,134 @@ def process_block(NativeSessionizer sessionizer, timestamps, event_ids, machine_
 # -- refined events to columns ----------------------------------------------------------------------
 
 
-def transpose(list events, Py_ssize_t width):
-    """Event dicts with the same ``width`` keys in the same order -> ``width`` value lists.
+cdef object _string_array(PyObject** cells, Py_ssize_t n, Py_ssize_t stride, object pa):
+    """The string array of ``cells[0], cells[stride], ...`` (str or None), or None when a value is
+    anything else or does not encode (the caller then lets pyarrow convert them, and say why)."""
+    cdef Py_ssize_t row, nulls = 0, total = 0, size
+    cdef PyObject* cell
+    cdef bytearray offsets, data, valid
+    cdef int32_t* offs
+    cdef char* out
+    cdef unsigned char* bits = NULL
+    cdef const char** texts = <const char**>malloc((n + 1) * sizeof(const char*))
+    cdef int32_t* sizes = <int32_t*>malloc((n + 1) * sizeof(int32_t))
+    if texts == NULL or sizes == NULL:
+        free(texts)
+        free(sizes)
+        raise MemoryError()
+    try:
+        for row in range(n):
+            cell = cells[row * stride]
+            if cell == <PyObject*>None:
+                texts[row] = NULL
+                sizes[row] = 0
+                nulls += 1
+                continue
+            if not PyUnicode_CheckExact(<object>cell):
+                return None
+            try:
+                texts[row] = PyUnicode_AsUTF8AndSize(<object>cell, &size)
+            except UnicodeEncodeError:  # a lone surrogate: pyarrow says so
+                return None
+            sizes[row] = <int32_t>size
+            total += size
+            if total > 0x7FFFFFFF:
+                return None
+        offsets = bytearray(4 * (n + 1))
+        data = bytearray(total)
+        valid = bytearray((n + 7) // 8)
+        offs = <int32_t*><char*>offsets
+        out = <char*>data
+        bits = <unsigned char*><char*>valid
+        total = 0
+        for row in range(n):
+            offs[row] = <int32_t>total
+            if texts[row] != NULL:
+                memcpy(out + total, texts[row], sizes[row])
+                total += sizes[row]
+                bits[row >> 3] |= 1 << (row & 7)
+        offs[n] = <int32_t>total
+        return pa.Array.from_buffers(
+            pa.string(),
+            n,
+            [pa.py_buffer(valid) if nulls else None, pa.py_buffer(offsets), pa.py_buffer(data)],
+            null_count=nulls,
+        )
+    finally:
+        free(texts)
+        free(sizes)
 
-    What ``zip(*map(tuple, map(dict.values, events)))`` gives, as lists, without a tuple per event.
+
+cdef object _int64_array(PyObject** cells, Py_ssize_t n, Py_ssize_t stride, object pa):
+    """The int64 array of ``cells[0], cells[stride], ...`` (int or None), or None when a value is
+    anything else or out of range (the caller then lets pyarrow convert them, and say why)."""
+    cdef Py_ssize_t row, nulls = 0
+    cdef PyObject* cell
+    cdef long long number
+    cdef bytearray values = bytearray(8 * n)
+    cdef bytearray valid = bytearray((n + 7) // 8)
+    cdef int64_t* out = <int64_t*><char*>values
+    cdef unsigned char* bits = <unsigned char*><char*>valid
+    for row in range(n):
+        cell = cells[row * stride]
+        if cell == <PyObject*>None:
+            nulls += 1
+            continue
+        if not PyLong_CheckExact(<object>cell):
+            return None
+        try:
+            number = PyLong_AsLongLong(<object>cell)
+        except OverflowError:
+            return None
+        out[row] = number
+        bits[row >> 3] |= 1 << (row & 7)
+    return pa.Array.from_buffers(
+        pa.int64(), n, [pa.py_buffer(valid) if nulls else None, pa.py_buffer(values)], null_count=nulls
+    )
+
+
+def arrow_columns(list events, tuple kinds):
+    """Event dicts with the same keys in the same order -> one column per key.
+
+    ``kinds[i]`` is the Arrow type of column ``i`` as text: a "string" or "int64" column becomes
+    its Arrow array here, its buffers written straight from the values (str or None; int or None);
+    any other column is its values as a list, for pyarrow to convert.
+    So does a string or int64 column holding anything else: pyarrow converts it, or says why not.
     """
-    cdef Py_ssize_t n = len(events), row, column, position
+    import pyarrow as pa
+
+    cdef Py_ssize_t n = len(events), width = len(kinds), row, column, position
     cdef PyObject* key
     cdef PyObject* value
-    cdef list columns = [PyList_New(n) for _ in range(width)]
-    cdef list target
-    for row in range(n):
-        event = events[row]
-        if type(event) is not dict or len(<dict>event) != width:
-            # The lists are filled up to here: put None in the rest so they can be freed.
-            for column in range(width):
-                for position in range(row, n):
-                    Py_INCREF(None)
-                    PyList_SET_ITEM(columns[column], position, None)
-            raise ValueError(f"event {row} does not have the {width} keys of the others")
-        position = 0
-        column = 0
-        while PyDict_Next(event, &position, &key, &value):
-            target = <list>columns[column]
-            Py_INCREF(<object>value)
-            PyList_SET_ITEM(target, row, <object>value)
-            column += 1
-    return columns
+    # Borrowed references, row by row: ``events`` holds every value for as long as this runs.
+    cdef PyObject** cells = <PyObject**>malloc((n * width + 1) * sizeof(PyObject*))
+    if cells == NULL:
+        raise MemoryError()
+    try:
+        for row in range(n):
+            event = events[row]
+            if type(event) is not dict or len(<dict>event) != width:
+                raise ValueError(f"event {row} does not have the {width} keys of the others")
+            position = 0
+            column = 0
+            while PyDict_Next(event, &position, &key, &value):
+                cells[row * width + column] = value
+                column += 1
+        columns = []
+        for column in range(width):
+            kind = kinds[column]
+            array = None
+            if kind == "string":
+                array = _string_array(cells + column, n, width, pa)
+            elif kind == "int64":
+                array = _int64_array(cells + column, n, width, pa)
+            if array is None:
+                array = PyList_New(n)
+                for row in range(n):
+                    value = cells[row * width + column]
+                    Py_INCREF(<object>value)
+                    PyList_SET_ITEM(array, row, <object>value)
+            columns.append(array)
+        return columns
+    finally:
+        free(cells)

@@ -71,9 +71,14 @@ def _versions(versions: pa.Array) -> tuple[pa.Array, pa.Array]:
     return pc.take(majors, encoded.indices), pc.take(minors, encoded.indices)
 
 
-def to_record_batch(columns: Mapping[str, Sequence[Any]], rows: int, schema: pa.Schema) -> pa.RecordBatch:
-    """Refined (not enriched) events, column by column -> one record batch of ``refined_schema``."""
-    timestamps = pa.array(columns["timestamp"], pa.int64()) if rows else pa.array([], pa.int64())
+def _array(values: Sequence[Any] | pa.Array, kind: pa.DataType) -> pa.Array:
+    return values if isinstance(values, pa.Array) else pa.array(values, kind)
+
+
+def to_record_batch(columns: Mapping[str, Sequence[Any] | pa.Array], rows: int, schema: pa.Schema) -> pa.RecordBatch:
+    """Refined (not enriched) events, column by column (values, or Arrow arrays of the schema's
+    types) -> one record batch of ``refined_schema``."""
+    timestamps = _array(columns["timestamp"], pa.int64())
     dates, hours, days_of_week = _hour_fields(timestamps)
     computed: dict[str, pa.Array] = {
         "timestamp": timestamps,
@@ -84,7 +89,7 @@ def to_record_batch(columns: Mapping[str, Sequence[Any]], rows: int, schema: pa.
         EVENT_PARTITION: dates,
     }
     if "app_version" in columns:
-        versions = pa.array(columns["app_version"], pa.string())
+        versions = _array(columns["app_version"], pa.string())
         computed["app_version"] = versions
         computed["app_version_major"], computed["app_version_minor"] = _versions(versions)
     else:
@@ -93,7 +98,7 @@ def to_record_batch(columns: Mapping[str, Sequence[Any]], rows: int, schema: pa.
     for fld in schema:
         array = computed.get(fld.name)
         if array is None:
-            array = pa.array(columns[fld.name], fld.type) if rows else pa.array([], fld.type)
+            array = _array(columns[fld.name], fld.type)
         arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

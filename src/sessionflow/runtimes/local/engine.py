@@ -197,7 +197,8 @@ def refine_block(chunk: bytes, source: str, first_line: int, spill: SpillTo | No
     events = refined.events
     # Every event has the refiner's keys in the same order: rows to columns (in C for the block feed).
     fields = pipeline.refiner.event_fields
-    columns = dict(zip(fields, feed.transpose(events, len(fields)), strict=True))
+    kinds = tuple(str(schema.field(name).type) for name in fields)
+    columns = dict(zip(fields, feed.columns(events, kinds), strict=True))
     batch = to_record_batch(columns, len(events), schema)
     counts = None
     if spill is not None:

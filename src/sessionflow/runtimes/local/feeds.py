@@ -6,6 +6,7 @@ Two feeds, one emitter (:class:`~sessionflow.runtimes.local.engine.Assembler`):
   block's key columns as lists, and each row goes in as one record whose payload is a
   ``(holder, row)`` handle; closed sessions come out as summary dicts;
 * **blocks** (the compiled sessionizer, with the compiled block reader ``_blocks.pyx``): the
+  workers write refined events' string and integer columns as Arrow buffers in C; the
   sessionizer reads a block's Arrow key columns, places its rows in C arrays and collects closed
   sessions as columns for one Arrow table per block.
 
@@ -36,8 +37,9 @@ class Feed(Protocol):
     name: str
     sends_keys: bool  # the workers send the key columns as lists (KEY_COLUMNS)
 
-    def transpose(self, events: list[dict[str, Any]], width: int) -> list[Sequence[Any]]:
-        """Event dicts with the same ``width`` keys in the same order -> ``width`` value columns."""
+    def columns(self, events: list[dict[str, Any]], kinds: tuple[str, ...]) -> list[Sequence[Any] | pa.Array]:
+        """Event dicts with the same keys in the same order -> a column per key: its values, or its
+        Arrow array (``kinds``: each column's Arrow type, as text)."""
 
     def process(self, block: Block, sessionizer: Sessionizer, out: Assembler) -> Any:
         """Runs the sessionizer on the block's rows; returns the holder its rows are placed in."""
@@ -59,8 +61,8 @@ class _RecordFeed:
     def __reduce__(self) -> str:
         return "RECORDS"  # the module's one instance, also in a spawned worker
 
-    def transpose(self, events: list[dict[str, Any]], width: int) -> list[Sequence[Any]]:
-        return list(zip(*map(tuple, map(dict.values, events)), strict=True)) if events else [()] * width
+    def columns(self, events: list[dict[str, Any]], kinds: tuple[str, ...]) -> list[Sequence[Any] | pa.Array]:
+        return list(zip(*map(tuple, map(dict.values, events)), strict=True)) if events else [()] * len(kinds)
 
     def process(self, block: Block, sessionizer: Sessionizer, out: Assembler) -> _Pending:
         if block.keys is None:
@@ -94,8 +96,8 @@ class _BlockFeed:
 
         return _blocks
 
-    def transpose(self, events: list[dict[str, Any]], width: int) -> list[Sequence[Any]]:
-        columns: list[Sequence[Any]] = self._reader().transpose(events, width)
+    def columns(self, events: list[dict[str, Any]], kinds: tuple[str, ...]) -> list[Sequence[Any] | pa.Array]:
+        columns: list[Sequence[Any] | pa.Array] = self._reader().arrow_columns(events, kinds)
         return columns
 
     def process(self, block: Block, sessionizer: Sessionizer, out: Assembler) -> Any:

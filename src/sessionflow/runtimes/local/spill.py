@@ -148,7 +148,7 @@ def append(spill: SpillTo, batch: pa.RecordBatch) -> list[int]:
     if files is None or files.pid != os.getpid():  # a forked child does not write its parent's files
         files = _WRITING[spill.folder] = _BucketFiles(spill.folder, spill.buckets)
     batch = pa.RecordBatch.from_arrays(
-        [*batch.columns, pa.array([spill.source] * batch.num_rows, pa.int32())],
+        [*batch.columns, pa.repeat(pa.scalar(spill.source, pa.int32()), batch.num_rows)],
         names=[*batch.schema.names, SOURCE],
     )
     return files.write(batch)
