@@ -157,6 +157,34 @@ def _choose_memory_pool() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_KEPT_BYTES = 64 << 20
+
+
+@cache
+def _keep_freed_memory() -> None:
+    """glibc's malloc keeps what is freed for the next block, in this process and the workers it forks.
+
+    A block's input (~2 MiB) and its refined rows are allocated and freed again block after block;
+    by default glibc maps the big ones fresh each time, or hands the top of its heap back once
+    4 MiB are free there, and every page of them is faulted in and zeroed again: on 1M events
+    (bench/README.md) this takes the minor page faults from 287k to 174k and the CPU time down
+    ~3-9%. Freed memory up to :data:`_KEPT_BYTES` stays with the process (the largest process
+    peaked 10 MB higher).
+    Elsewhere (another C library, another system) nothing is done.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # blocks from the heap, reused (32 MiB: glibc's own ceiling)
+    mallopt(_M_TRIM_THRESHOLD, _KEPT_BYTES)
+
+
 def _widen_pipes(pool: Any) -> None:
     """Pipes of up to 1 MiB (Linux's limit for any user) between the pool and this process.
 
@@ -280,6 +308,7 @@ class Engine:
         self._pool: Any = None
         self.feed = sessionizing()
         _choose_memory_pool()
+        _keep_freed_memory()
         _warm_pyarrow()
         if workers > 0:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
