@@ -13,6 +13,7 @@ from rich.table import Table
 from sessionflow.config import Config
 from sessionflow.exitcodes import EXIT_OK, EXIT_QUALITY
 from sessionflow.inputs import why_no_files
+from sessionflow.runtimes.local.engine import keep_freed_memory
 from sessionflow.runtimes.local.quality import QualityThresholds, is_all_rejected, quality_warnings
 from sessionflow.runtimes.local.reader import expand_inputs
 from sessionflow.runtimes.local.runner import RunReport, run
@@ -33,6 +34,7 @@ def run_with_console(
     allow_empty: bool = False,
     thresholds: QualityThresholds | None = None,
 ) -> int:
+    keep_freed_memory()  # this process only runs: glibc may keep what it frees (see there)
     console = Console(stderr=True)
     show_progress = console.is_terminal and not quiet
     if show_progress:

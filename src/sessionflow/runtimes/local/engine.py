@@ -86,6 +86,7 @@ def _init_pool_worker(config: Config, now_ms: int, feed: Feed, run_pid: int) -> 
     # pool); a worker that raised KeyboardInterrupt too would only print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_the_run(run_pid)
+    keep_freed_memory()
     _init_worker(config, now_ms, feed)
 
 
@@ -162,15 +163,17 @@ _KEPT_BYTES = 64 << 20
 
 
 @cache
-def _keep_freed_memory() -> None:
-    """glibc's malloc keeps what is freed for the next block, in this process and the workers it forks.
+def keep_freed_memory() -> None:
+    """glibc's malloc keeps what is freed for the next block: in every worker (see
+    :func:`_init_pool_worker`), and in a process that only runs (the CLI's ``run``).
 
     A block's input (~2 MiB) and its refined rows are allocated and freed again block after block;
     by default glibc maps the big ones fresh each time, or hands the top of its heap back once
     4 MiB are free there, and every page of them is faulted in and zeroed again: on 1M events
     (bench/README.md) this takes the minor page faults from 287k to 174k and the CPU time down
     ~3-9%. Freed memory up to :data:`_KEPT_BYTES` stays with the process (the largest process
-    peaked 10 MB higher).
+    peaked 10 MB higher): a setting of the whole process, so not one a library call makes for
+    its caller's process.
     Elsewhere (another C library, another system) nothing is done.
     """
     if not sys.platform.startswith("linux"):
@@ -308,7 +311,6 @@ class Engine:
         self._pool: Any = None
         self.feed = sessionizing()
         _choose_memory_pool()
-        _keep_freed_memory()
         _warm_pyarrow()
         if workers > 0:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
