@@ -34,6 +34,7 @@ from sessionflow.runtimes.local.spill import (
     INTERNAL_COLUMNS,
     LINE,
     SOURCE,
+    Bucket,
     Spill,
     bucket_count,
     raw_lines,
@@ -130,9 +131,10 @@ class BatchRun:
         """Every bucket sorted, sessionized and written, in the engine's worker processes (a batch
         run with nothing to place among: no ``--state`` lake to read)."""
         total = BucketResult()
-        parts = self.spill.files()
-        parts.sort(key=lambda item: -self.spill.sizes[item[0]])  # the largest first: the workers end together
-        jobs = [(paths, part, self.config, str(lake), run) for part, paths in parts]
+        buckets = sorted(
+            self.spill.plan(), key=lambda bucket: -bucket.size
+        )  # the largest first: the workers end together
+        jobs = [(bucket, self.config, str(lake), run) for bucket in buckets]
         for result in engine.map(sessionize_bucket, jobs):
             total.add(result)
         self.conflicts.extend(total.conflicts)
@@ -303,8 +305,16 @@ class BucketResult:
         self.newest.update(other.newest)  # buckets hold whole machines: no machine twice
 
 
-def sessionize_bucket(paths: list[str], part: int, config: Config, lake: str, run: int) -> BucketResult:
-    """Runs in a worker: one spilled bucket (its files) -> its own Parquet files in the run's staging folder."""
+def sessionize_bucket(bucket: Bucket, config: Config, lake: str, run: int) -> BucketResult:
+    """Runs in a worker: one spilled bucket, cut into parts here if it must be -> Parquet files
+    of its own (a writer per part) in the run's staging folder."""
+    result = BucketResult()
+    for part, paths in bucket.pieces():
+        result.add(_sessionize_part(paths, part, config, lake, run))
+    return result
+
+
+def _sessionize_part(paths: list[str], part: int, config: Config, lake: str, run: int) -> BucketResult:
     table = read_bucket(paths)
     for path in paths:
         Path(path).unlink()

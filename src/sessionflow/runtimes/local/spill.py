@@ -34,11 +34,12 @@ ARRIVAL = [(SOURCE, "ascending"), (LINE, "ascending")]
 # 8 buckets of ~24 MB.
 BUCKET_RAW_BYTES = 32 << 20
 # Buckets while reading: each block is cut into this many pieces, so few. A bucket that grows
-# past SPLIT_BYTES (an input bigger than its size said, standard input) is split once read whole.
+# past SPLIT_BYTES (a big input, standard input) is cut into parts by the worker that sessionizes
+# it (Bucket.pieces): the workers cut theirs side by side, a few MiB at a time.
 MAX_BUCKETS = 16
-STREAM_BUCKETS = 4  # when the input's size is unknown (standard input, a pipe)
+STREAM_BUCKETS = 8  # when the input's size is unknown (standard input, a pipe): work for 2+ workers
 SPLIT_BYTES = 32 << 20  # of Arrow data: what one worker sorts and sessionizes at a time
-MAX_SPLIT = 1024  # parts a bucket may be split into (its part numbers are bucket * MAX_SPLIT + part)
+MAX_SPLIT = 1024  # parts a bucket may be cut into (its part numbers are bucket * MAX_SPLIT + part)
 _GZIP_RATIO = 8  # a gzip feed of JSON lines inflates about this much
 # What a refining process holds per bucket before writing: a block's piece of a bucket is written
 # at the end of the block in a few calls, not one call per Arrow buffer.
@@ -161,16 +162,82 @@ def close_files() -> None:
     _WRITING.clear()
 
 
+@dataclass(frozen=True)
+class Bucket:
+    """A bucket of the spill as it is read back: its files, and how many parts it is cut into first
+    (whole machines each, by the next bits of the machine hash) when it outgrew :data:`SPLIT_BYTES`."""
+
+    number: int
+    paths: tuple[str, ...]
+    size: int  # Arrow bytes written to it
+    parts: int  # 1: read whole
+    shift: int  # the hash bits that chose the bucket
+
+    def pieces(self) -> list[tuple[int, list[str]]]:
+        """(a number unique to the piece, its files): the bucket's own files, or the parts it is
+        cut into here, read and written a few MiB at a time (run it where the piece is read next:
+        the workers cut their buckets side by side)."""
+        first = self.number * MAX_SPLIT
+        if self.parts == 1:
+            return [(first, list(self.paths))]
+        folder = Path(self.paths[0]).parent
+        names = [str(folder / f"part-{self.number:04d}-{part:04d}.arrow") for part in range(self.parts)]
+        writers: list[pa.ipc.RecordBatchStreamWriter | None] = [None] * self.parts
+        for table in _read_in_pieces(self.paths):
+            chosen = pc.bit_wise_and(
+                pc.shift_right(table.column(MACHINE_HASH), pa.scalar(self.shift, pa.uint32())),
+                pa.scalar(self.parts - 1, pa.uint32()),
+            )
+            table = table.take(pc.sort_indices(chosen))  # a stable sort: arrival order within a part
+            found = pc.value_counts(chosen)
+            sizes = dict(zip(found.field("values").to_pylist(), found.field("counts").to_pylist(), strict=True))
+            offset = 0
+            for part in range(self.parts):
+                size = sizes.get(part, 0)
+                if not size:
+                    continue
+                writer = writers[part]
+                if writer is None:
+                    writer = writers[part] = pa.ipc.new_stream(names[part], table.schema)
+                writer.write_table(table.slice(offset, size))
+                offset += size
+        for writer in writers:
+            if writer is not None:
+                writer.close()
+        for path in self.paths:
+            Path(path).unlink()
+        return [(first + part, [names[part]]) for part in range(self.parts) if writers[part] is not None]
+
+
+_PIECE_BYTES = 8 << 20  # of Arrow data read at a time to cut a bucket into parts
+
+
+def _read_in_pieces(paths: Sequence[str]) -> Iterator[pa.Table]:
+    """The files' batches gathered into tables of about :data:`_PIECE_BYTES`, one chunk each.
+    Read, not mapped: a mapped file's pages would stay in this process until the whole file is read."""
+    held: list[pa.RecordBatch] = []
+    size = 0
+    for path in paths:
+        with pa.OSFile(path) as source:
+            for batch in pa.ipc.open_stream(source):
+                held.append(batch)
+                size += batch.nbytes
+                if size >= _PIECE_BYTES:
+                    yield pa.Table.from_batches(held).combine_chunks()
+                    held, size = [], 0
+    if held:
+        yield pa.Table.from_batches(held).combine_chunks()
+
+
 class Spill:
     """The run's side of the spill: where the refining processes write, how much, and the buckets
-    read back (:meth:`buckets`, :meth:`files`)."""
+    read back (:meth:`plan`, :meth:`buckets`)."""
 
     def __init__(self, folder: Path, buckets: int) -> None:
         self.folder = folder
         self.count = buckets
         folder.mkdir(parents=True, exist_ok=True)
         self._bytes = [0] * buckets
-        self.sizes: dict[int, int] = {}  # Arrow bytes of each part (see files)
 
     def to(self, source: int) -> SpillTo:
         """Where the blocks of input ``source`` go."""
@@ -181,64 +248,28 @@ class Spill:
         for bucket, size in enumerate(written):
             self._bytes[bucket] += size
 
-    def _paths(self, bucket: int) -> list[str]:
-        return sorted(str(path) for path in self.folder.glob(f"bucket-{bucket:04d}.*.arrow"))
-
-    def buckets(self) -> Iterator[pa.Table]:
-        """Each part's events in arrival order (see :meth:`files`), read one at a time, in bucket order."""
-        for _, paths in self.files():
-            table = read_bucket(paths)
-            for path in paths:
-                Path(path).unlink()
-            yield table.take(pc.sort_indices(table, sort_keys=ARRIVAL))
-
-    def files(self) -> list[tuple[int, list[str]]]:
-        """Every non-empty bucket, split where it outgrew :data:`SPLIT_BYTES`: (a number unique to
-        the part, its files), to be read elsewhere; :attr:`sizes` has each part's Arrow bytes.
-        Call it once the writing processes are done."""
+    def plan(self) -> list[Bucket]:
+        """Every non-empty bucket, in order, once the writing processes are done."""
         found = []
         for bucket in range(self.count):
-            paths = self._paths(bucket)
+            paths = tuple(sorted(str(path) for path in self.folder.glob(f"bucket-{bucket:04d}.*.arrow")))
             if not paths:
                 continue
             parts = 1
             while parts * SPLIT_BYTES < self._bytes[bucket] and parts < MAX_SPLIT:
                 parts *= 2
-            if parts == 1:
-                found.append((bucket * MAX_SPLIT, paths))
-                self.sizes[bucket * MAX_SPLIT] = self._bytes[bucket]
-            else:
-                found.extend(self._split(bucket, paths, parts))
+            found.append(Bucket(bucket, paths, self._bytes[bucket], parts, self.count.bit_length() - 1))
         return found
 
-    def _split(self, bucket: int, paths: list[str], parts: int) -> list[tuple[int, list[str]]]:
-        """A bucket's files -> ``parts`` files, by the next bits of the machine hash (whole machines
-        each, arrival order kept within each input file), read and written batch by batch."""
-        shift = self.count.bit_length() - 1  # the bits that chose the bucket
-        names = [str(self.folder / f"part-{bucket:04d}-{part:04d}.arrow") for part in range(parts)]
-        writers: list[pa.ipc.RecordBatchStreamWriter | None] = [None] * parts
-        sizes = [0] * parts
-        for path in paths:
-            # Read, not mapped: a mapped file's pages would stay in this process until the whole file is read.
-            with pa.OSFile(path) as source:
-                for batch in pa.ipc.open_stream(source):
-                    hashes = pc.shift_right(batch.column(MACHINE_HASH), pa.scalar(shift, pa.uint32()))
-                    chosen = pc.bit_wise_and(hashes, pa.scalar(parts - 1, pa.uint32()))
-                    for part in range(parts):
-                        piece = batch.filter(pc.equal(chosen, pa.scalar(part, pa.uint32())))
-                        if piece.num_rows:
-                            if writers[part] is None:
-                                writers[part] = pa.ipc.new_stream(names[part], batch.schema)
-                            writers[part].write_batch(piece)  # type: ignore[union-attr]
-                            sizes[part] += piece.nbytes
-            Path(path).unlink()
-        found = []
-        for part, writer in enumerate(writers):
-            if writer is not None:
-                writer.close()
-                found.append((bucket * MAX_SPLIT + part, [names[part]]))
-                self.sizes[bucket * MAX_SPLIT + part] = sizes[part]
-        return found
+    def buckets(self) -> Iterator[pa.Table]:
+        """Each piece's events (see :meth:`Bucket.pieces`) in arrival order, read one at a time, in
+        bucket order."""
+        for bucket in self.plan():
+            for _, paths in bucket.pieces():
+                table = read_bucket(paths)
+                for path in paths:
+                    Path(path).unlink()
+                yield table.take(pc.sort_indices(table, sort_keys=ARRIVAL))
 
     def close(self) -> None:
         """Never raises: it runs while another error (a full disk) may be on its way out."""
