@@ -234,3 +234,9 @@ def test_a_block_for_the_pure_sessionizer_is_refused() -> None:
     batch, columns = _block([{"event_id": "e1", "machine_id": "m1", "event_type": "view", "timestamp": T0}])
     with pytest.raises(TypeError, match="NativeSessionizer"):
         reader.process_block(Sessionizer(SessionConfig()), *columns, reader.Placements(batch), Recorder())
+
+
+@needs_blocks
+@given(st.binary(max_size=300) | st.lists(st.sampled_from([b"\n", b"a", b"\r\n", b"{}"]), max_size=80).map(b"".join))
+def test_newlines_is_what_bytes_count_says(data: bytes) -> None:
+    assert reader.newlines(data) == data.count(b"\n")

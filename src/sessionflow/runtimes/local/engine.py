@@ -42,7 +42,7 @@ from sessionflow.core.sessionizer import Summary
 from sessionflow.errors import InputError
 from sessionflow.runtimes.local.columnar import refined_schema, session_schema_fields, session_table, to_record_batch
 from sessionflow.runtimes.local.feeds import Feed, sessionizing
-from sessionflow.runtimes.local.reader import Source, open_source
+from sessionflow.runtimes.local.reader import Source, count_lines, open_source
 from sessionflow.runtimes.local.spill import LINE, MACHINE_HASH, SpillTo, append, close_files
 
 # About 9,000 events. Bigger blocks mean fewer stream-clock steps and less per-block work, but more
@@ -343,7 +343,7 @@ class Engine:
                 on_read(len(chunk))
             if not line:
                 line = source.report.start.lines + 1
-            first, line = line, line + chunk.count(b"\n")  # the workers split at each newline
+            first, line = line, line + count_lines(chunk)  # the workers split at each newline
             if self._pool is None:
                 yield _block(refine_block(chunk, source.name, first, spill), source.name, first)
                 continue

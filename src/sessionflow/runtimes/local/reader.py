@@ -17,13 +17,26 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from sessionflow.errors import InputError
 from sessionflow.inputs import is_pipe, local_files
+
+_newlines: Callable[[bytes], int] | None
+try:  # compiled with the block reader (_blocks.pyx)
+    from sessionflow.runtimes.local._blocks import newlines as _newlines
+except ImportError:  # pragma: no cover - depends on the install
+    _newlines = None
+
+
+def count_lines(data: bytes) -> int:
+    """The newlines in ``data``: compiled, by memchr, many bytes at a time (``bytes.count`` looks
+    at one at a time: ~0.5 s of the run's process on 1M events, which it counts twice)."""
+    return data.count(b"\n") if _newlines is None else _newlines(data)
+
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +301,7 @@ class BoundedLines:
             if limit is not None and _may_hold_a_long_line(complete, limit):
                 complete = self._cut_long_lines(complete, limit)
             else:
-                self._lines += complete.count(b"\n")
+                self._lines += count_lines(complete)
             parts.append(complete)
         if limit is not None and len(self._carry) > limit:
             self._skip = [self._carry[:OVERSIZED_KEEP], len(self._carry), self._lines + 1]
