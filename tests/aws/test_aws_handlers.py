@@ -428,12 +428,12 @@ def test_the_sweep_handler_sweeps_every_shard_and_skips_a_busy_one(config: Confi
     setup.runtime.sessionize.apply("clean/b", [CleanRecord(i + 1, e) for i, e in enumerate(events[3:])])
     wall.now += 3600
     result = handlers.sweep_handler({"shards": ["clean/a", "clean/b"]}, None)
-    assert result == {"shards": 2, "swept": 6, "sessions": 6, "busy": 0}
+    assert result == {"shards": 2, "swept": 6, "sessions": 6, "busy": 0, "left": 0}
 
-    def conflict(shard: str, quiet_ms: int | None = None) -> Any:
+    def conflict(shard: str, **_: Any) -> Any:
         raise ShardConflict(shard)
 
-    setup.runtime.sessionize.sweep = conflict  # type: ignore[method-assign]
+    setup.runtime.sessionize.sweep = conflict  # type: ignore[method-assign,assignment]
     assert handlers.sweep_handler({"shards": ["clean/a"]}, None)["busy"] == 1
 
 

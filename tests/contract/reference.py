@@ -14,7 +14,9 @@ reason written next to each dirty line. The rules, as the README states them:
   ``max_session_duration``;
 * a batch (an embedded run, a backfill) sorts everything: nothing is late, and dedupe has no
   horizon (``sorted_input=True``); the embedded run rejects a later copy whose content differs
-  from the first arrival's as ``conflicting_duplicate`` (``conflicts=True``);
+  from the first arrival's as ``conflicting_duplicate`` (``conflicts=True``); AWS streams (late
+  events stay late) but dedupes with no horizon and rejects such copies too
+  (``horizon=False, conflicts=True``);
 * silent machines: the stream clock is the newest timestamp reached by ``clock_quorum`` machines; a
   machine whose last arrival is more than ``timeout + allowed_lateness`` of stream time ago (and
   whose newest event is too) has its session closed before the end of input.
@@ -60,10 +62,14 @@ def expected(
     sorted_input: bool = False,
     batches_of_one: bool = False,
     conflicts: bool = False,
+    horizon: bool = True,
 ) -> Result:
     """The feed's result. ``batches_of_one``: also say which sessions the stream clock closes early.
     ``conflicts``: a later copy whose content differs from the first arrival's is rejected as
-    ``conflicting_duplicate`` (the embedded runner), not counted as a duplicate."""
+    ``conflicting_duplicate`` (the embedded runner, AWS), not counted as a duplicate. ``horizon``:
+    a copy is one only within ``dedupe_horizon`` of its machine's newest event (the streaming
+    sessionizers); False: whenever it comes (a batch, which sorts, and AWS, whose event-id index
+    remembers every event for the state's time to live)."""
     result = Result()
     for item in feed.items:
         if isinstance(item, Dirty):
@@ -72,7 +78,7 @@ def expected(
     kept: dict[str, list[tuple[Ev, bool]]] = {}  # machine -> (event, late), arrival order
     for ev in arrivals:
         mine = kept.setdefault(ev.machine, [])
-        if _is_duplicate(ev, mine, config, sorted_input):
+        if _is_duplicate(ev, mine, config, sorted_input or not horizon):
             first = next(e for e, _ in mine if e.event_id == ev.event_id)
             if conflicts and (first.ts, first.event_type, first.extra) != (ev.ts, ev.event_type, ev.extra):
                 result.rejections[("conflicting_duplicate", ev.line())] += 1
@@ -91,9 +97,9 @@ def expected(
     return result
 
 
-def _is_duplicate(ev: Ev, before: list[tuple[Ev, bool]], config: SessionConfig, sorted_input: bool) -> bool:
+def _is_duplicate(ev: Ev, before: list[tuple[Ev, bool]], config: SessionConfig, exact: bool) -> bool:
     twins = [e for e, _ in before if e.event_id == ev.event_id]
-    if sorted_input:
+    if exact:
         return bool(twins)
     newest = max((e.ts for e, late in before if not late), default=ev.ts)
     return any(twin.ts >= newest - config.dedupe_horizon_ms for twin in twins)

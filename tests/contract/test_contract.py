@@ -31,6 +31,7 @@ class Runtime:
     sorts: bool = False  # a batch (embedded run, backfill): sorts everything, dedupe without horizon
     batches_of_one: bool = False  # each line its own batch: the stream clock closes silent machines early
     conflicts: bool = False  # a later copy of other content is a conflicting_duplicate rejection
+    horizon: bool = True  # dedupe reaches dedupe_horizon back only (False: AWS's event-id index, any age)
 
 
 def _native(config: Config) -> Sessionizer:
@@ -87,7 +88,13 @@ def runtime(request: pytest.FixtureRequest) -> Runtime:
         return Runtime(name, lambda feed: runtimes.through_pipeline(feed, CONFIG, make, batch=1), batches_of_one=True)
     if name == "aws-memory":
         pytest.importorskip("aws_lambda_powertools", reason="the AWS handlers need sessionflow[aws]")
-        return Runtime(name, lambda feed: runtimes.through_aws_handlers(feed, CONFIG), batches_of_one=True)
+        return Runtime(
+            name,
+            lambda feed: runtimes.through_aws_handlers(feed, CONFIG),
+            batches_of_one=True,
+            conflicts=True,
+            horizon=False,
+        )
     fixture = {"embedded-cli": "embedded", "aws-local": "local_aws_result", "spark": "spark_result"}[name]
     if name == "spark":
         pytest.importorskip("pyspark", reason="the Spark tests need pip install 'sessionflow[spark]'")
@@ -100,7 +107,8 @@ def runtime(request: pytest.FixtureRequest) -> Runtime:
         name,
         lambda feed: runtimes.only(whole, feed),
         sorts=embedded or name == "spark",
-        conflicts=embedded or name == "spark",
+        conflicts=True,
+        horizon=name != "aws-local",  # a batch sorts: its dedupe has no horizon either
     )
 
 
@@ -147,6 +155,7 @@ def test_feed(runtime: Runtime, feed: Feed, request: pytest.FixtureRequest) -> N
         sorted_input=runtime.sorts,
         batches_of_one=runtime.batches_of_one,
         conflicts=runtime.conflicts,
+        horizon=runtime.horizon,
     )
     assert_same(want, runtime.run(feed))
 
@@ -201,11 +210,8 @@ def test_embedded_lake_passes_verify(embedded: tuple[Result, dict[str, Any], Any
 
 @pytest.mark.aws
 @pytest.mark.xdist_group("contract-aws-local")
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a copy beyond dedupe_horizon is written again as a late event (feed duplicates_far), so "
-    "`aws-local fetch` finds two different rows for one (machine_id, event_id) and refuses the output",
-)
 def test_aws_local_fetch_writes_the_lake(local_aws_result: tuple[Result, str | None]) -> None:
+    """``aws-local fetch`` refuses two different rows for one (machine_id, event_id): there are none,
+    not even for a copy far beyond dedupe_horizon (feed duplicates_far)."""
     _, fetch_error = local_aws_result
     assert fetch_error is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Reason(StrEnum):
@@ -35,3 +36,16 @@ class Rejection:
     reason: Reason
     message: str
     raw: bytes
+
+
+def differing_fields(copy: dict[str, Any], first: dict[str, Any]) -> list[str]:
+    """The fields of a later copy whose values differ from its first arrival's (among those both have)."""
+    return [name for name in copy if name in first and copy[name] != first[name]]
+
+
+def conflict_message(machine_id: str, event_id: str, fields: list[str]) -> str:
+    """The message of a ``conflicting_duplicate`` rejection: every runtime writes this one."""
+    return (
+        f"event {event_id!r} of machine {machine_id!r} arrived before with other "
+        f"{', '.join(fields)}; the first arrival is kept"
+    )

@@ -123,6 +123,8 @@ class StateStore(ABC):
             parts, blob = self._write_parts(key, blob, expires_at, now)
         ok = self._write(key, blob, version, expires_at, expected_version, now)
         self.stats.writes += 1
+        if not ok and self._landed(key, blob, version):
+            ok = True  # our own write, retried after an answer that was lost: it did land
         if not ok:
             self.stats.conflicts += 1
             self._remove_parts(parts)  # nobody points at them
@@ -133,6 +135,28 @@ class StateStore(ABC):
         if parts:
             self._parts[key] = (version, parts)
         return version
+
+    def _landed(self, key: str, blob: bytes, version: int) -> bool:
+        """Is the item exactly what we meant to write? A write whose answer was lost (a timeout, a
+        5xx) is retried, by the SDK or by us, and then fails its own condition: it is ours, not a
+        lost race, and treating it as lost would forget that it landed."""
+        record = self._read([key]).get(key)
+        return record is not None and record.version == version and record.blob == blob
+
+    def put_many(self, values: dict[str, dict[str, Any]]) -> None:
+        """Write each value whatever is there (idempotent: for values that never change once written)."""
+        now = int(self._now())
+        expires_at = self._expires_at(now)
+        small: list[tuple[str, bytes]] = []
+        for key, value in values.items():
+            blob = encode(value)
+            if len(blob) > MAX_INLINE_BYTES:
+                self.put(key, value, None)  # in parts; an item already there is the same value
+            else:
+                small.append((key, blob))
+        if small:
+            self._write_many(small, expires_at)
+            self.stats.writes += len(small)
 
     def delete(self, key: str, expected_version: int | None) -> bool:
         """Delete the key if still at ``expected_version``; ``None`` deletes whatever is there."""
@@ -223,6 +247,10 @@ class StateStore(ABC):
         self, key: str, blob: bytes, version: int, expires_at: int | None, expected_version: int | None, now: int
     ) -> bool:
         """Replace the blob if the current version is ``expected_version`` (None: absent or expired)."""
+
+    @abstractmethod
+    def _write_many(self, blobs: list[tuple[str, bytes]], expires_at: int | None) -> None:
+        """Write each (key, blob) at version 1, unconditionally."""
 
     @abstractmethod
     def _remove(self, key: str, expected_version: int | None) -> bool:

@@ -8,6 +8,8 @@ settings are created at the first call (:func:`runtime`), or injected with :func
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,19 +47,29 @@ class Runtime:
         sink: Sink,
         config: Config | None = None,
         clients: dict[str, Any] | None = None,
+        faults: Callable[[str], None] | None = None,
     ) -> Runtime:
+        """``faults(step)`` runs between the steps of each handler (tests, ``aws-local run --chaos``)."""
         config = config or settings.load_config()
+        hook = faults or _no_fault
         return cls(
             settings=settings,
             config=config,
             store=store,
-            process=ProcessStep(config, clean, sink),
-            sessionize=ShardSessionizer(config.session, store, sink),
+            process=ProcessStep(config, clean, sink, faults=hook),
+            sessionize=ShardSessionizer(config.session, store, sink, faults=hook),
             clients=clients or {},
         )
 
     @classmethod
-    def from_env(cls, settings: Settings | None = None) -> Runtime:
+    def from_env(
+        cls,
+        settings: Settings | None = None,
+        prepare: Callable[[str, Any], None] | None = None,
+        faults: Callable[[str], None] | None = None,
+    ) -> Runtime:
+        """The runtime a Lambda builds from its environment. ``prepare(service, client)`` may add
+        to each client (``aws-local run --chaos`` registers its fault hooks there)."""
         try:
             import boto3
         except ImportError as exc:  # pragma: no cover
@@ -70,13 +82,21 @@ class Runtime:
             name: session.client(name, endpoint_url=settings.endpoint_url)
             for name in ("kinesis", "firehose", "dynamodb")
         }
+        if prepare is not None:
+            for name, client in clients.items():
+                prepare(name, client)
         return cls.build(
             settings,
             store=DynamoDBStore(clients["dynamodb"], settings.state_table, ttl_s=settings.state_ttl_ms // 1000),
             clean=KinesisWriter(clients["kinesis"], settings.clean_stream),
             sink=FirehoseSink(clients["firehose"], settings.firehoses),
             clients=clients,
+            faults=faults,
         )
+
+
+def _no_fault(_step: str) -> None:
+    return None
 
 
 class _Current:
@@ -111,11 +131,11 @@ def process_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
     with processor(records=records, handler=refine):
         results = processor.process()
-        done = [(result, record) for status, result, record in results if status == "success"]
-        delivered = step.deliver([result for result, _ in done])
-        for (_, record), ok in zip(done, delivered, strict=True):
-            if not ok:
-                _fail(processor, record, RuntimeError("the clean stream refused the record"))
+        # Lambda redelivers from the lowest failed record: nothing after it is sent (it comes again).
+        cut = next((i for i, (status, _, _) in enumerate(results) if status != "success"), len(results))
+        refused = step.deliver([result for _, result, _ in results[:cut]])
+        if refused is not None:
+            _fail(processor, results[refused][2], RuntimeError("the clean stream refused the record"))
     return dict(processor.response())
 
 
@@ -146,6 +166,9 @@ def sessionize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                     "records": report.records,
                     "applied": report.applied,
                     "skipped": report.skipped,
+                    "repeated": report.repeated,
+                    "early": report.early,
+                    "conflicts": report.conflicts,
                     "events": report.events,
                     "sessions": report.sessions,
                     "resent": report.resent,
@@ -170,25 +193,54 @@ def flush_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def sweep_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """On a schedule: close the idle sessions of the shards that have gone quiet.
 
-    See :meth:`ShardSessionizer.sweep`. A shard whose item another invocation is writing is left
-    for the next sweep: a busy shard closes its idle sessions itself.
+    See :meth:`ShardSessionizer.sweep`. A shard another sweep holds, or whose item another
+    invocation is writing, is left for the next sweep (a busy shard closes its idle sessions
+    itself). Each shard is held for this invocation's remaining time; shards are not started when
+    little of it is left. A shard that fails does not stop the others; the invocation then fails,
+    so the function's retries and on-failure destination see it.
     """
     rt = runtime()
     shards = event.get("shards")
     if shards is None:  # a scheduled or hand invocation without a list: every shard
         shards = clean_shards(rt)
-    swept = sessions = busy = 0
-    for shard in shards:
+    swept = sessions = busy = left = 0
+    failed: list[str] = []
+    for shard in random.sample(shards, len(shards)):  # any order: no shard always comes last
+        remaining = _remaining_ms(context)
+        if remaining < _SWEEP_MARGIN_MS:
+            left += 1
+            continue
         try:
-            report = rt.sessionize.sweep(shard)
+            report = rt.sessionize.sweep(shard, lease_ms=remaining)
         except ShardConflict:
             busy += 1
             continue
+        except Exception:
+            logger.exception("sweep of %s failed", shard)
+            failed.append(shard)
+            continue
+        busy += not report.leased
         swept += report.swept
         sessions += report.sessions
-    result = {"shards": len(shards), "swept": swept, "sessions": sessions, "busy": busy}
+    result = {"shards": len(shards), "swept": swept, "sessions": sessions, "busy": busy, "left": left}
     logger.info("swept", extra=result)
+    if failed:
+        raise SweepFailed(f"the sweep of {len(failed)} shards failed: {', '.join(sorted(failed))}")
     return result
+
+
+class SweepFailed(RuntimeError):
+    """Some shards could not be swept (their recovery or commit failed); the others were."""
+
+
+# A sweep does not start a shard with less than this left of its invocation (a Lambda's timeout).
+_SWEEP_MARGIN_MS = 30_000
+_DEFAULT_REMAINING_MS = 6 * 60 * 1000
+
+
+def _remaining_ms(context: Any) -> int:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return int(remaining()) if callable(remaining) else _DEFAULT_REMAINING_MS
 
 
 def clean_shards(rt: Runtime) -> list[str]:

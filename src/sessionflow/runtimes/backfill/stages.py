@@ -30,7 +30,7 @@ import orjson
 from sessionflow.config import Config, SessionConfig
 from sessionflow.core import rules
 from sessionflow.core.pipeline import LineRefiner, rejection_row
-from sessionflow.core.rejections import Reason, Rejection
+from sessionflow.core.rejections import Reason, Rejection, conflict_message
 from sessionflow.core.sessionizer import Outputs, Sessionizer
 from sessionflow.runtimes.arrow import arrow_schema
 from sessionflow.schema import SESSION_COLUMNS, Column, event_columns
@@ -283,11 +283,8 @@ def sessionize_machine(
 
 
 def _conflict_row(copy: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    # The embedded runner's message (runtimes/local/batch.py), so both lakes say the same.
-    message = (
-        f"event {copy['event_id']!r} of machine {copy['machine_id']!r} arrived before with other "
-        f"{', '.join(fields)}; the first arrival is kept"
-    )
+    # The embedded runner's message, so both lakes say the same.
+    message = conflict_message(copy["machine_id"], copy["event_id"], fields)
     row = {"kind": CONFLICT, "machine_id": copy["machine_id"], "event_id": copy["event_id"], "c_message": message}
     row.update({"c_" + name: copy[name] for name, _ in ARRIVAL})
     return row

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from sessionflow.config import Config
 from sessionflow.core import Reason, Rejection, rejection_row
 from sessionflow.core.native import new_sessionizer
+from sessionflow.core.rejections import conflict_message
 from sessionflow.lake.writer import LakeWriter, sessions_table
 from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, LINE, Assembler, Block, Engine
 from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
@@ -104,10 +105,7 @@ class BatchRun:
         rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for conflict in self.conflicts:
             source = self.sources[conflict.source]
-            message = (
-                f"event {conflict.event_id!r} of machine {conflict.machine_id!r} arrived before with other "
-                f"{', '.join(conflict.fields)}; the first arrival is kept"
-            )
+            message = conflict_message(conflict.machine_id, conflict.event_id, conflict.fields)
             data = raw[conflict.source].get(conflict.line, b"")
             rows[conflict.source].append(
                 rejection_row(Rejection(Reason.CONFLICTING_DUPLICATE, message, data), source.name, conflict.line)
