@@ -177,6 +177,7 @@ class Committer:
                 break
         else:
             raise ShardConflict(f"shard {shard}: machines of an earlier attempt kept changing during recovery")
+        self.faults("recover:fenced")
         self.store.put_many(index_values(e for outbox in outboxes for e in outbox.get("events", ())))
         sent = set(inflight.get("delivered", ()))
         rows: dict[str, list[Row]] = {table: [] for table in TABLES}
@@ -185,6 +186,7 @@ class Committer:
                 rows[table].extend(row for row in outbox.get(table, ()) if row_key(table, row) not in sent)
         report.resent = sum(len(v) for v in rows.values())
         self._send(shard, shard_item.version, state, rows)
+        self.faults("recover:sent")
         return state
 
     def _send(self, shard: str, version: int, state: ShardState, rows: dict[str, list[Row]]) -> None:
