@@ -160,7 +160,7 @@ TARGETS = [("batches", 1), ("batches", 2), ("sweep", 1), ("flush", 1)]
 
 def _steps(config: Config, schedule: str, target: int) -> list[str]:
     """The steps the target invocation passes when nothing goes wrong."""
-    world, seen = World(config), []
+    world, seen = World(config), list[str]()
     ops = SCHEDULES[schedule]
     for index, op in enumerate(ops[: target + 1]):
         world.tick(op)
@@ -297,7 +297,7 @@ def _config() -> Config:
 
 def _cells() -> list[tuple[str, int, str, str, str]]:
     config = _config()
-    cells = []
+    cells: list[tuple[str, int, str, str, str]] = []
     for schedule, target in TARGETS:
         batch = SCHEDULES[schedule][target].startswith("batch")
         # A shard's batches run one after another: nothing but a sweep or a flush comes between a

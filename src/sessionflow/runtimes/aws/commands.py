@@ -81,6 +81,16 @@ def register(subparsers: Any) -> None:
     _poller_options(run)
     run.add_argument("--follow", action="store_true", help="keep polling (Ctrl-C to stop)")
     run.add_argument(
+        "--chaos",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="inject faults: throttles, partial failures and errors after the write on this share of the "
+        "handlers' Kinesis, Firehose and DynamoDB calls, and crashes between their steps in about this "
+        "share of invocations (docs/aws.md)",
+    )
+    run.add_argument("--chaos-seed", type=int, metavar="N", help="the seed of --chaos (default: a random one)")
+    run.add_argument(
         "--sweep-every",
         type=float,
         default=300.0,
@@ -179,15 +189,64 @@ def _put(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from sessionflow.runtimes.aws import handlers
     from sessionflow.runtimes.aws.local.poller import pipeline_poller
+    from sessionflow.state.dynamodb import DynamoDBStore
 
     aws = _connect(args)
-    poller = pipeline_poller(aws, batch_size=args.batch_size, window_s=args.window, max_retries=args.max_retries)
+    chaos = None
+    if args.chaos:
+        from sessionflow.runtimes.aws.local.chaos import Chaos
+
+        chaos = Chaos(args.chaos, args.chaos_seed)
+        handlers.use_runtime(handlers.Runtime.from_env(aws.settings, prepare=chaos.register, faults=chaos.crash))
+    # Lambda's side (checkpoints) on a client of its own: it is the service, never the chaos.
+    checkpoints = DynamoDBStore(aws.client("dynamodb"), aws.settings.state_table, aws.settings.state_ttl_ms // 1000)
+    poller = pipeline_poller(
+        aws, checkpoints, batch_size=args.batch_size, window_s=args.window, max_retries=args.max_retries
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        poller.run(follow=args.follow, scheduled=lambda: handlers.sweep_handler({}, None), every_s=args.sweep_every)
+        poller.run(follow=args.follow, scheduled=_scheduled(handlers.sweep_handler), every_s=args.sweep_every)
     if args.flush:
-        handlers.flush_handler({}, None)
+        _until_done(handlers.flush_handler)
     _print_stats(poller)
+    if chaos is not None:
+        injected = ", ".join(f"{count} {what}" for what, count in sorted(chaos.injected.items()))
+        print(f"chaos {args.chaos}: {injected or 'nothing injected'}")
     return EXIT_OK
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate from 0 to below 1, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a rate from 0 to below 1, got {text!r}")
+    return value
+
+
+def _scheduled(function: Callable[[dict[str, Any], Any], Any]) -> Callable[[], None]:
+    """An EventBridge-scheduled function: a failed run is logged, and the schedule goes on."""
+
+    def invoke() -> None:
+        try:
+            function({}, None)
+        except Exception:
+            log.exception("the scheduled %s failed; the next run retries it", function.__name__)
+
+    return invoke
+
+
+def _until_done(function: Callable[[dict[str, Any], Any], Any], attempts: int = 20) -> Any:
+    """An asynchronous invocation, retried as Lambda retries one that failed (faults: ``--chaos``)."""
+    for attempt in range(attempts):
+        try:
+            return function({}, None)
+        except Exception:
+            if attempt + 1 == attempts:
+                raise
+            log.warning("%s failed; retrying", function.__name__, exc_info=True)
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+    return None
 
 
 def _print_stats(poller: Any) -> None:
