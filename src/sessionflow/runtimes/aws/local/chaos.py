@@ -138,7 +138,8 @@ class Chaos:
 def _client_error(code: str, operation: str, message: str) -> Exception:
     from botocore.exceptions import ClientError
 
-    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+    error: Exception = ClientError({"Error": {"Code": code, "Message": message}}, operation)
+    return error
 
 
 def _take_out(operation: str, params: dict[str, Any], rng: random.Random, lock: threading.Lock) -> Any:
