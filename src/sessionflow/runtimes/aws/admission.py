@@ -65,6 +65,21 @@ class Admitted:
     early: int = 0
     duplicates: int = 0
     conflicts: dict[str, list[Row]] = field(default_factory=dict)  # machine -> rejection rows
+    parked: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # machine -> records waiting
+
+
+# Records a machine keeps waiting for their previous raw record; past that, one is applied out of
+# order (as late as the core says) rather than the machine's item growing without end.
+MAX_PARKED = 1000
+
+
+def _park(record: CleanRecord) -> dict[str, Any]:
+    assert record.raw is not None
+    return {"seq": str(record.sequence_number), "event": record.event, "raw": record.raw.to_value()}
+
+
+def _unpark(value: dict[str, Any]) -> CleanRecord:
+    return CleanRecord(int(value["seq"]), dict(value["event"]), RawPosition.from_value(value["raw"]))
 
 
 def index_key(machine_id: str, event_id: str) -> str:
@@ -83,10 +98,46 @@ def index_values(events: Iterable[Row]) -> dict[str, dict[str, Any]]:
     return {index_key(e["machine_id"], e["event_id"]): {"e": content(e)} for e in events}
 
 
-def admit(store: StateStore, shard: str, records: Sequence[CleanRecord], loaded: dict[str, Item]) -> Admitted:
-    """Sort a batch's records into what the core gets and what it does not (see the module)."""
+def admit(
+    store: StateStore,
+    shard: str,
+    records: Sequence[CleanRecord],
+    loaded: dict[str, Item],
+    *,
+    release_parked: bool = False,
+) -> Admitted:
+    """Sort a batch's records into what the core gets and what it does not (see the module).
+
+    ``release_parked``: the machines' parked records go to the core too, in their order, whatever
+    came before them (the end of the stream: a flush)."""
     admitted = Admitted()
     candidates: list[CleanRecord] = []
+    parked = {m: [_unpark(p) for p in item.value.get("parked") or ()] for m, item in loaded.items()}
+
+    def marks_of(machine_id: str) -> RawMarks:
+        if machine_id not in admitted.marks:
+            item = loaded.get(machine_id)
+            admitted.marks[machine_id] = RawMarks.from_value(item.value.get("raw") if item else None)
+        return admitted.marks[machine_id]
+
+    def release(machine_id: str) -> None:
+        """The parked records of a machine whose turn has come (their previous record is applied)."""
+        waiting = parked.get(machine_id)
+        moved = True
+        while waiting and moved:
+            moved = False
+            for record in list(waiting):
+                assert record.raw is not None
+                verdict = marks_of(machine_id).admit(record.raw)
+                if verdict is Verdict.EARLY and not release_parked:
+                    continue
+                waiting.remove(record)
+                moved = True
+                if verdict is Verdict.COPY:
+                    admitted.repeated += 1
+                else:
+                    candidates.append(record)
+
     for record in records:
         machine_id = record.event["machine_id"]
         item = loaded.get(machine_id)
@@ -100,17 +151,28 @@ def admit(store: StateStore, shard: str, records: Sequence[CleanRecord], loaded:
             admitted.skipped += 1
             continue
         admitted.newest_seq[machine_id] = record.sequence_number
-        if record.raw is not None and not redrive:
-            if machine_id not in admitted.marks:
-                admitted.marks[machine_id] = RawMarks.from_value(item.value.get("raw") if item else None)
-            verdict = admitted.marks[machine_id].admit(record.raw)
+        if record.raw is not None and redrive:
+            marks_of(machine_id).note(record.raw)  # applied now, whatever the marks said
+        elif record.raw is not None:
+            verdict = marks_of(machine_id).admit(record.raw)
             if verdict is Verdict.COPY:
                 admitted.repeated += 1
                 continue
             if verdict is Verdict.EARLY:
-                admitted.early += 1
-                continue
+                waiting = parked.setdefault(machine_id, [])
+                if len(waiting) < MAX_PARKED and not any(p.raw == record.raw for p in waiting):
+                    waiting.append(record)
+                    admitted.early += 1
+                    continue
+                if len(waiting) < MAX_PARKED:
+                    admitted.repeated += 1  # parked already
+                    continue
+                marks_of(machine_id).note(record.raw)  # too many waiting: applied out of order
         candidates.append(record)
+        release(machine_id)
+    for machine_id in list(parked):
+        release(machine_id)
+    admitted.parked = {m: [_park(r) for r in waiting] for m, waiting in parked.items()}
 
     states = {m: MachineState.from_dict(i.value["state"]) for m, i in loaded.items() if i.value.get("state")}
     keys = {index_key(r.event["machine_id"], r.event["event_id"]) for r in candidates}

@@ -7,6 +7,7 @@ Import-light: boto3 and moto are imported by the subcommands when they run.
     sessionflow aws-local run --flush        # the Lambda-like poller: raw -> process -> clean -> sessionize
     sessionflow aws-local sweep              # what the scheduled sweep does: close idle sessions of quiet shards
     sessionflow aws-local fetch out/         # the S3 output as the lake `run` writes, exact copies dropped
+    sessionflow aws-local redrive            # replay the on-failure queue's ranges from the raw archive
     sessionflow aws-local replay events.jsonl --out out/   # all of the above in one process
 """
 
@@ -114,6 +115,15 @@ def register(subparsers: Any) -> None:
     fetch.add_argument("out", metavar="DIR")
     fetch.add_argument("--keep-duplicates", action="store_true", help="keep exact re-deliveries (see docs/aws.md)")
     fetch.set_defaults(handler=_needs_extra(_fetch))
+
+    redrive = commands.add_parser(
+        "redrive",
+        help="replay what the on-failure queue names (raw ranges from the raw archive, clean ones from the "
+        "stream); `run` then takes them through",
+    )
+    common(redrive)
+    redrive.add_argument("--keep", action="store_true", help="leave the messages in the queue")
+    redrive.set_defaults(handler=_needs_extra(_redrive))
 
     replay = commands.add_parser("replay", help="up + put + run + flush + fetch, in one process")
     replay.add_argument("files", nargs="+", metavar="FILE")
@@ -283,6 +293,43 @@ def _fetch(args: argparse.Namespace) -> int:
     aws = _connect(args)
     counts = fetch(aws, Path(args.out), _config(args), keep_duplicates=args.keep_duplicates)
     print(", ".join(f"{count} {table}" for table, count in counts.items()) + f" in {args.out}")
+    return EXIT_OK
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from sessionflow.errors import InputError
+    from sessionflow.runtimes.aws import handlers
+    from sessionflow.runtimes.aws.local.resources import BUCKET, ON_FAILURE_QUEUE, RAW_STREAM
+    from sessionflow.runtimes.aws.redrive import FailedRange, RedriveReport, drain_queue, redrive
+
+    aws = _connect(args)
+    step = handlers.runtime().process
+    report = RedriveReport()
+    sqs = aws.client("sqs")
+
+    def replay(failed: FailedRange) -> None:
+        redrive(
+            failed,
+            raw_stream=RAW_STREAM,
+            clean_stream=aws.settings.clean_stream,
+            s3=aws.client("s3"),
+            bucket=BUCKET,
+            kinesis=aws.client("kinesis"),
+            step=lambda: step,
+            clean=step.clean,
+            report=report,
+        )
+
+    outcome = drain_queue(sqs, sqs.get_queue_url(QueueName=ON_FAILURE_QUEUE)["QueueUrl"], replay, keep=args.keep)
+    for described in report.ranges:
+        print(f"redriven: {described}")
+    print(
+        f"{outcome.redriven} messages: {report.records} records replayed, {report.events} events put on "
+        f"{aws.settings.clean_stream}, {report.rejected} rejected rows sent; `sessionflow aws-local run` "
+        "sessionizes them"
+    )
+    if outcome.failed:
+        raise InputError("some messages could not be redriven (left in the queue):\n" + "\n".join(outcome.failed))
     return EXIT_OK
 
 

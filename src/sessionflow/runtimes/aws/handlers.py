@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sessionflow.config import Config
+from sessionflow.runtimes.aws.archive import transform
 from sessionflow.runtimes.aws.outputs import FirehoseSink, KinesisWriter, Sink, StreamWriter
 from sessionflow.runtimes.aws.process import ProcessStep, Refined, raw_record
 from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardConflict, ShardSessionizer
@@ -241,6 +242,12 @@ _DEFAULT_REMAINING_MS = 6 * 60 * 1000
 def _remaining_ms(context: Any) -> int:
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     return int(remaining()) if callable(remaining) else _DEFAULT_REMAINING_MS
+
+
+def archive_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The raw archive's Firehose record transformation: each ``raw`` record as an archive line
+    that keeps its shard, sequence number, arrival time and partition key (:mod:`.archive`)."""
+    return transform(event)
 
 
 def clean_shards(rt: Runtime) -> list[str]:

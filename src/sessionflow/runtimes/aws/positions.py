@@ -120,6 +120,10 @@ class RawMarks:
         newest = sorted(self.lanes.items(), key=lambda kv: kv[1].batch_first)[-MAX_MARKS:]
         return {name: [str(mark.batch_first), sorted(str(s) for s in mark.seqs)] for name, mark in newest}
 
+    def note(self, position: RawPosition) -> None:
+        """Mark a record applied whatever came before it (a redriven one, or one applied out of order)."""
+        self.lanes.setdefault(position.lane, RawMark()).seqs.add(position.seq)
+
     def admit(self, position: RawPosition) -> Verdict:
         """NEW (and now marked as applied), COPY, or EARLY (not marked: it comes again)."""
         mark = self.lanes.setdefault(position.lane, RawMark())

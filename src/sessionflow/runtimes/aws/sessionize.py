@@ -269,16 +269,25 @@ class ShardSessionizer:
             for key, item in self.store.get_many(machine_key(m) for m in machine_ids).items()
             if item.value["shard"] == shard and item.value["state"] is not None
         }
+        # Records still waiting for their previous raw record go in now, in their order: the stream ends.
+        admitted = admit(self.store, shard, [], loaded, release_parked=True)
         sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
         out = Outputs()
+        sessionizer.process(admitted.fresh, out)
         sessionizer.flush(out)
         report.swept, report.events, report.sessions = len(loaded), len(out.events), len(out.sessions)
-        rows = _rows_by_machine(out, {})
+        rows = _rows_by_machine(out, admitted.conflicts)
         changes = [
             Change(
                 m,
                 item.version,
-                {"state": None, "shard": shard, "seq": item.value["seq"], "outbox": rows.get(m), "raw": _raw(item)},
+                {
+                    "state": None,
+                    "shard": shard,
+                    "seq": item.value["seq"],
+                    "outbox": rows.get(m),
+                    "raw": admitted.marks[m].to_value() if m in admitted.marks else _raw(item),
+                },
                 None,
             )
             for m, item in loaded.items()
@@ -310,6 +319,7 @@ def _changes(
         stored = state.to_dict() if state is not None else None
         seq = admitted.newest_seq.get(machine_id)
         machine_rows = rows.get(machine_id)
+        parked = admitted.parked.get(machine_id, _parked(item))
         if item is not None and seq is None and not machine_rows and item.value["state"] == stored:
             continue
         if item is None and state is None and seq is None:
@@ -321,6 +331,7 @@ def _changes(
             "seq": str(seq) if seq is not None else (item.value["seq"] if item else "0"),
             "outbox": machine_rows,
             "raw": marks.to_value() if marks is not None else _raw(item),
+            "parked": parked or None,
         }
         changes.append(Change(machine_id, item.version if item else None, value, state))
     return changes
@@ -328,6 +339,10 @@ def _changes(
 
 def _raw(item: Item | None) -> dict[str, Any] | None:
     return item.value.get("raw") if item is not None else None
+
+
+def _parked(item: Item | None) -> list[dict[str, Any]]:
+    return list(item.value.get("parked") or ()) if item is not None else []
 
 
 def _rows_by_machine(out: Outputs, rejected: dict[str, list[Row]]) -> dict[str, dict[str, list[Row]]]:

@@ -56,15 +56,23 @@ class Chaos:
     """Decides, call by call and step by step, what goes wrong; ``injected`` counts what did."""
 
     def __init__(
-        self, rate: float, seed: int | None = None, calls: set[str] | None = None, crashes: bool = True
+        self,
+        rate: float,
+        seed: int | None = None,
+        calls: set[str] | None = None,
+        crashes: bool = True,
+        cover: bool = False,
     ) -> None:
         """``calls``: only these operations (e.g. ``{"PutItem"}``; default: every one of :data:`CALLS`);
-        ``crashes``: whether handlers crash between steps too."""
+        ``crashes``: whether handlers crash between steps too; ``cover``: each fault of each call, and
+        a crash at each kind of step, happens the first time it can, then at random (a test's
+        coverage does not hang on the seed)."""
         if not 0 <= rate < 1:
             raise ValueError(f"the chaos rate is a share of calls, from 0 to below 1: got {rate}")
         self.rate = rate
         self.calls = calls
         self.crashes = crashes
+        self.cover = cover
         self._random = random.Random(seed)
         self._lock = threading.Lock()  # the commit writes machines from 8 threads
         self.injected: Counter[str] = Counter()
@@ -85,8 +93,11 @@ class Chaos:
 
     def crash(self, step: str) -> None:
         """The handlers' fault hook: raise, now and then, between two steps."""
-        if self.crashes and self._draw() < self.rate / STEPS_PER_INVOCATION:
-            self._count(f"crash at {step.split(':', 1)[0]}")
+        if not self.crashes:
+            return
+        kind = f"crash at {step.split(':', 1)[0] if step.startswith('machine:') else step}"
+        if (self.cover and not self.injected[kind]) or self._draw() < self.rate / STEPS_PER_INVOCATION:
+            self._count(kind)
             raise ChaosCrash(f"chaos: the handler died at {step}")
 
     # -- on the calls ---------------------------------------------------------------------------------
@@ -103,11 +114,14 @@ class Chaos:
 
     def _before(self, service: str, operation: str, faults: tuple[str, ...]) -> Any:
         def decide(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-            if self._draw() >= self.rate:
+            untried = [f for f in faults if not self.injected[f"{service} {operation} {f}"]] if self.cover else []
+            if not untried and self._draw() >= self.rate:
                 return
-            fault = self._pick(faults)
+            fault = untried[0] if untried else self._pick(faults)
             if fault == PARTIAL:
                 taken = _take_out(operation, params, self._random, self._lock)
+                if taken is None and untried:
+                    return  # a request of one entry cannot be partly refused: wait for a bigger one
                 if taken is None:  # a request of one entry: refuse it whole instead
                     fault = THROTTLE
                 else:
