@@ -51,6 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES
 from sessionflow.runtimes.backfill import publish, rawlines, stages
+from sessionflow.runtimes.backfill.archive import archive_files
 from sessionflow.runtimes.backfill.lakefs import HadoopFs, InputFile, expand_inputs
 from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date_range_of, inputs_of
 from sessionflow.runtimes.backfill.stages import (
@@ -159,12 +160,18 @@ def backfill(
     now_ms: int | None = None,
     margin_ms: int = DAY,
     overwrite: bool = False,
+    archive: bool = False,
 ) -> BackfillReport:
-    """Re-sessionize ``inputs`` into the lake ``out``: all of it, or only the days of ``date_range``."""
+    """Re-sessionize ``inputs`` into the lake ``out``: all of it, or only the days of ``date_range``.
+    ``archive``: the inputs are the AWS runtime's raw archive (:mod:`.archive`)."""
     started = time.perf_counter()
     configure(spark)
     fs = HadoopFs(spark)
-    files = expand_inputs(fs, inputs)
+    files = everything = expand_inputs(fs, inputs)
+    if archive:
+        lo = date_range.lo - margin_ms if date_range is not None else None
+        everything = archive_files(files, None, 0, 0)
+        files = archive_files(files, lo, now_ms or int(time.time() * 1000), config.validation.max_future_skew_ms)
     if not files:
         raise InputError("no input files found")
     out_uri = fs.qualify(out).rstrip("/")
@@ -189,15 +196,17 @@ def backfill(
             persisted.append(refined)
             with phase("read+refine"):
                 offsets = _split_offsets(spark, refined, report)
-            valid = refined.filter(F.col("kind") == EVENT).select(
-                *(name for name, _ in stages.ARRIVAL), *(name for name, _ in stages.refined_event_columns(config))
-            )
+            valid = _events(refined, config)
+            # A narrowed archive: the machines the margin does not settle are read over all of it.
+            history = _events(_refine(spark, everything, config, now), config) if everything != files else None
             with phase("sessionize"):
                 if date_range is None:
                     sessionized = _sessionize(valid, config, None).persist(StorageLevel.MEMORY_AND_DISK)
                     persisted.append(sessionized)
                 else:
-                    sessionized = _sessionize_range(spark, valid, config, date_range, margin_ms, report, persisted)
+                    sessionized = _sessionize_range(
+                        spark, valid, config, date_range, margin_ms, report, persisted, history
+                    )
                     # The range run's records: the valid ones dated in the range (its events and their copies).
                     timestamp = F.col("timestamp")
                     in_range = valid.filter((timestamp >= date_range.lo) & (timestamp < date_range.hi)).count()
@@ -253,6 +262,12 @@ def _refine(spark: SparkSession, files: list[InputFile], config: Config, now_ms:
     return rawlines.read_raw(spark, files).mapInArrow(refine, spark_schema(stages.refine_columns(config)))
 
 
+def _events(refined: DataFrame, config: Config) -> DataFrame:
+    return refined.filter(F.col("kind") == EVENT).select(
+        *(name for name, _ in stages.ARRIVAL), *(name for name, _ in stages.refined_event_columns(config))
+    )
+
+
 def _split_offsets(spark: SparkSession, refined: DataFrame, report: BackfillReport) -> DataFrame:
     """(file_index, block_start) -> lines before that split in its file: line = offset + idx + 1."""
     # One small action for both: a row per split, and a count per rejection reason.
@@ -302,8 +317,10 @@ def _sessionize_range(
     margin_ms: int,
     report: BackfillReport,
     persisted: list[DataFrame],
+    history: DataFrame | None = None,
 ) -> DataFrame:
-    """Each machine over the range plus a margin; the few the margin does not decide, over all history.
+    """Each machine over the range plus a margin; the few the margin does not decide, over all history
+    (``history``: every event, when ``valid`` holds only those read for the range).
 
     A session crossing into the range may have started long before it (a machine that never pauses
     for ``timeout``), and one starting on the range's last day may run past it: the margin settles
@@ -321,7 +338,7 @@ def _sessionize_range(
         return settled
     log.info("%d machines need their whole history to settle the range", len(unresolved))
     machines = spark.createDataFrame([(m,) for m in unresolved], "machine_id string")
-    history = valid.join(F.broadcast(machines), "machine_id")
+    history = (history if history is not None else valid).join(F.broadcast(machines), "machine_id")
     whole = Window(date_range.lo, date_range.hi, None, None)
     second = _sessionize(history.select(*valid.columns), config, whole).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(second)
@@ -416,6 +433,7 @@ def run_job(args: argparse.Namespace, config: Config, spark: SparkSession) -> Ba
         now_ms=args.now,
         margin_ms=args.margin,
         overwrite=args.overwrite,
+        archive=args.archive,
     )
 
 
