@@ -309,6 +309,7 @@ def _runtime_commands() -> list[Callable[[argparse._SubParsersAction[argparse.Ar
     registers = []
     for module_name in (
         "sessionflow.runtimes.aws.commands",
+        "sessionflow.runtimes.aws.cloud",
         "sessionflow.runtimes.backfill.commands",
     ):
         try:

@@ -121,16 +121,24 @@ def _reference(config_path: Path, lines: list[bytes]) -> Outputs:
     return out
 
 
-def _redrive_cli(aws: LocalAws, config_path: Path) -> str:
+def _redrive_cli(aws: LocalAws, config_path: Path, command: str) -> str:
+    """``sessionflow aws-local redrive``, or ``sessionflow aws redrive`` naming the resources (what
+    the deployed stack's outputs give it) on the local AWS ($AWS_ENDPOINT_URL)."""
     import contextlib
     import io
 
-    from sessionflow.runtimes.aws.commands import main
+    from sessionflow.cli import main
 
     handlers.use_runtime(None)
+    if command == "aws-local":
+        arguments = ["aws-local", "redrive", "--endpoint", aws.endpoint]
+    else:
+        queue = aws.client("sqs").get_queue_url(QueueName=ON_FAILURE_QUEUE)["QueueUrl"]
+        arguments = ["aws", "redrive", "--queue-url", queue, "--raw-stream", "raw", "--clean-stream", "clean"]
+        arguments += ["--rejected-firehose", "rejected", "--bucket", BUCKET, "--region", "us-east-1"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["aws-local", "redrive", "--endpoint", aws.endpoint, "--config", str(config_path)]) == 0
+        assert main([*arguments, "--config", str(config_path)]) == 0
     return printed.getvalue()
 
 
@@ -141,12 +149,14 @@ def _messages(aws: LocalAws) -> list[FailedRange]:
     return [FailedRange.from_message(m["Body"]) for m in messages]
 
 
-@pytest.mark.parametrize("stream", ["process", "sessionize"])
-def test_redrive_delivers_exactly_the_missing_rows(local_aws: LocalAws, config_path: Path, stream: str) -> None:
+@pytest.mark.parametrize(("stream", "command"), [("process", "aws-local"), ("sessionize", "aws")])
+def test_redrive_delivers_exactly_the_missing_rows(
+    local_aws: LocalAws, config_path: Path, stream: str, command: str
+) -> None:
     """Lambda gives up on three records (and the rest of their batches, which went through); the
-    sessions are flushed. ``aws-local redrive`` then replays each message's range (``raw`` ones from
-    the archive, ``clean`` ones from the stream): the three events reach S3, once, and not one other
-    row is sent again."""
+    sessions are flushed. ``aws-local redrive`` (or ``aws redrive``) then replays each message's
+    range (``raw`` ones from the archive, ``clean`` ones from the stream): the three events reach S3,
+    once, and not one other row is sent again."""
     lines = list(generate(FeedShape(events=300, machines=8, seed=31, days=0.15)))
     put_lines(local_aws, lines)
     reference = _reference(config_path, lines)
@@ -170,7 +180,7 @@ def test_redrive_delivers_exactly_the_missing_rows(local_aws: LocalAws, config_p
     assert len(failed) == 3 and all(f.size >= 1 for f in failed)
     assert sum(f.size for f in failed) > 3, "the ranges hold records that did go through"
 
-    printed = _redrive_cli(local_aws, config_path)
+    printed = _redrive_cli(local_aws, config_path, command)
     assert "3 messages" in printed, printed
     assert _messages(local_aws) == []  # each redriven message is deleted
     pipeline_poller(local_aws, batch_size=40).run()

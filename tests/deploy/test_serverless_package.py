@@ -10,6 +10,7 @@ deploy/build_lambda_package.py installs (pip's cache or the registry).
 
 from __future__ import annotations
 
+import argparse
 import ast
 import fcntl
 import importlib
@@ -55,6 +56,7 @@ _SHARD_CLOSER_ENV = {
     "SESSIONFLOW_STATE_TTL",
     "SESSIONFLOW_EVENTS_FIREHOSE",
     "SESSIONFLOW_SESSIONS_FIREHOSE",
+    "SESSIONFLOW_REJECTED_FIREHOSE",  # a recovery re-sends an outbox's conflicting copies' rejections
     "SESSIONFLOW_CONFIG",
 }
 FUNCTION_ENV = {
@@ -64,6 +66,7 @@ FUNCTION_ENV = {
         "SESSIONFLOW_STATE_TTL",
         "SESSIONFLOW_EVENTS_FIREHOSE",
         "SESSIONFLOW_SESSIONS_FIREHOSE",
+        "SESSIONFLOW_REJECTED_FIREHOSE",  # conflicting copies: conflicting_duplicate rejections
         "SESSIONFLOW_CONFIG",
     },
     # Invoked by hand at the end of a replay: lists the clean shards, then closes their sessions.
@@ -72,13 +75,20 @@ FUNCTION_ENV = {
     "sweep": _SHARD_CLOSER_ENV,
 }
 # What each function must be allowed to do with the resource each env var names.
-_STATE = ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem")
+_STATE = (
+    "dynamodb:BatchGetItem",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:PutItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:UpdateItem",
+)
 _DELIVER = ("firehose:PutRecordBatch",)
 _SHARD_CLOSER_GRANTS = {
     "SESSIONFLOW_CLEAN_STREAM": ("kinesis:ListShards",),
     "SESSIONFLOW_STATE_TABLE": _STATE,
     "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
     "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
+    "SESSIONFLOW_REJECTED_FIREHOSE": _DELIVER,
 }
 FUNCTION_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "process": {"SESSIONFLOW_CLEAN_STREAM": ("kinesis:PutRecords",), "SESSIONFLOW_REJECTED_FIREHOSE": _DELIVER},
@@ -86,6 +96,7 @@ FUNCTION_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "SESSIONFLOW_STATE_TABLE": _STATE,
         "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
         "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
+        "SESSIONFLOW_REJECTED_FIREHOSE": _DELIVER,
     },
     "flush": _SHARD_CLOSER_GRANTS,
     "sweep": _SHARD_CLOSER_GRANTS,
@@ -362,18 +373,49 @@ def test_state_table_has_ttl_and_encryption(template: Template) -> None:
     assert table["DeletionPolicy"] == "Delete", "non-prod stages are torn down whole"
 
 
-def test_queues_are_encrypted(template: Template) -> None:
+def test_queues_are_encrypted_and_keep_messages_as_long_as_the_streams_keep_records(template: Template) -> None:
+    """A failure-queue message points into a stream: kept longer, it points at nothing."""
     queues = of_type(template, "AWS::SQS::Queue")
-    assert len(queues) == 2
+    assert set(queues) == {"ProcessFailureQueue", "SessionizeFailureQueue", "SweepFailureQueue"}
+    (hours,) = {s["Properties"]["RetentionPeriodHours"] for s in of_type(template, "AWS::Kinesis::Stream").values()}
     for name, queue in queues.items():
         properties = queue["Properties"]
         assert properties.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in properties, name
-        assert properties["MessageRetentionPeriod"] == 14 * 24 * 3600, name
+        assert properties["MessageRetentionPeriod"] == hours * 3600, name
+
+
+def test_every_failure_queue_alarms_and_in_time_to_redrive(template: Template) -> None:
+    alarms = of_type(template, "AWS::CloudWatch::Alarm").values()
+    topics = of_type(template, "AWS::SNS::Topic")
+    assert all(t["Properties"].get("KmsMasterKeyId") for t in topics.values())
+    by_queue: dict[str, dict[str, float]] = {}
+    for alarm in alarms:
+        properties = alarm["Properties"]
+        assert [action["Ref"] for action in properties["AlarmActions"]] == list(topics)
+        if properties["Namespace"] != "AWS/SQS":
+            continue
+        (dimension,) = properties["Dimensions"]
+        queue = dimension["Value"]["Fn::GetAtt"][0]
+        by_queue.setdefault(queue, {})[properties["MetricName"]] = properties["Threshold"]
+    queues = of_type(template, "AWS::SQS::Queue")
+    assert set(by_queue) == set(queues)
+    for queue, metrics in by_queue.items():
+        assert metrics["ApproximateNumberOfMessagesVisible"] == 0, queue  # the first message alarms
+    retention = queues["SessionizeFailureQueue"]["Properties"]["MessageRetentionPeriod"]
+    for queue in ("ProcessFailureQueue", "SessionizeFailureQueue"):
+        # And one that has waited half the retention, while the stream still holds its records.
+        assert 0 < by_queue[queue]["ApproximateAgeOfOldestMessage"] <= retention / 2, queue
 
 
 def test_firehoses_write_gzip_into_one_bucket_under_their_prefix(template: Template) -> None:
-    streams = of_type(template, "AWS::KinesisFirehose::DeliveryStream")
-    assert set(streams) == {"RejectedDeliveryStream", "EventsDeliveryStream", "SessionsDeliveryStream"}
+    every = of_type(template, "AWS::KinesisFirehose::DeliveryStream")
+    assert set(every) == {
+        "RejectedDeliveryStream",
+        "EventsDeliveryStream",
+        "SessionsDeliveryStream",
+        "RawArchiveDeliveryStream",
+    }
+    streams = {name: s for name, s in every.items() if name != "RawArchiveDeliveryStream"}
     partition = {"rejected": "reason", "events": "event_date", "sessions": "session_date"}
     for name, stream in streams.items():
         table = name.removesuffix("DeliveryStream").lower()
@@ -401,6 +443,81 @@ def test_firehoses_write_gzip_into_one_bucket_under_their_prefix(template: Templ
         object_grants = [s for s in statements(role) if "s3:PutObject" in as_list(s["Action"])]
         resources = sorted(r["Fn::Sub"] for s in object_grants for r in as_list(s["Resource"]))
         assert resources == sorted([f"${{DataBucket.Arn}}/{table}/*", f"${{DataBucket.Arn}}/errors/{table}/*"]), name
+
+
+def test_the_raw_archive_reads_the_raw_stream_into_gzip_objects_by_arrival_hour(template: Template) -> None:
+    """The archive: Firehose reads ``raw`` itself, the ``archive`` function turns each record into
+    the line ``sessionflow.runtimes.aws.archive`` reads back, gzip objects under raw/<hour>/."""
+    archive = importlib.import_module("sessionflow.runtimes.aws.archive")
+    properties = template["Resources"]["RawArchiveDeliveryStream"]["Properties"]
+    assert properties["DeliveryStreamType"] == "KinesisStreamAsSource"
+    assert properties["KinesisStreamSourceConfiguration"]["KinesisStreamARN"] == getatt("RawStream")
+    s3 = properties["ExtendedS3DestinationConfiguration"]
+    assert s3["BucketARN"] == getatt("DataBucket") and s3["CompressionFormat"] == "GZIP"
+    # The hour folders the redrive and the backfill look in: raw/YYYY/MM/DD/HH/.
+    assert s3["Prefix"] == archive.PREFIX + "!{timestamp:yyyy/MM/dd/HH}/"
+    assert archive.hour_prefixes(0, 0) == [archive.PREFIX + "1970/01/01/00/"]
+    assert s3["ErrorOutputPrefix"].startswith("errors/raw/!{firehose:error-output-type}/")
+    (processor,) = s3["ProcessingConfiguration"]["Processors"]
+    parameters = {p["ParameterName"]: p["ParameterValue"] for p in processor["Parameters"]}
+    assert processor["Type"] == "Lambda" and parameters["LambdaArn"] == getatt("ArchiveLambdaFunction")
+    function = template["Resources"]["ArchiveLambdaFunction"]["Properties"]
+    assert function["Handler"] == "sessionflow.runtimes.aws.handlers.archive_handler"
+    role = template["Resources"][properties["KinesisStreamSourceConfiguration"]["RoleARN"]["Fn::GetAtt"][0]]
+    for action in ("GetRecords", "GetShardIterator", "DescribeStream", "ListShards"):
+        assert allows(role, f"kinesis:{action}", getatt("RawStream")), action
+    assert allows(role, "lambda:InvokeFunction", getatt("ArchiveLambdaFunction"))
+    object_grants = [s for s in statements(role) if "s3:PutObject" in as_list(s["Action"])]
+    resources = sorted(r["Fn::Sub"] for s in object_grants for r in as_list(s["Resource"]))
+    assert resources == ["${DataBucket.Arn}/errors/raw/*", "${DataBucket.Arn}/raw/*"]
+
+
+def test_the_sweep_runs_one_at_a_time_and_reports_a_failed_run(template: Template) -> None:
+    resources = template["Resources"]
+    assert resources["SweepLambdaFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
+    configs = [
+        r["Properties"]
+        for r in of_type(template, "AWS::Lambda::EventInvokeConfig").values()
+        if r["Properties"]["FunctionName"] == {"Ref": "SweepLambdaFunction"}
+    ]
+    assert len(configs) == 1
+    destination = configs[0]["DestinationConfig"]["OnFailure"]["Destination"]
+    assert destination == getatt("SweepFailureQueue")
+    assert 0 <= configs[0]["MaximumRetryAttempts"] <= 2
+    assert allows(role_of(template, functions(template)["sweep"]), "sqs:SendMessage", destination)
+
+
+def test_the_glue_job_rebuilds_the_last_days_from_the_archive_on_a_schedule(template: Template) -> None:
+    """The job's arguments are the backfill's own: parsed by its parser, they read the archive and
+    rebuild the last days of the lake; a daily trigger starts it."""
+    pytest.importorskip("pyspark", reason="the backfill's entry point imports Spark")
+    job_module = importlib.import_module("sessionflow.runtimes.backfill.job")
+    options = importlib.import_module("sessionflow.runtimes.backfill.options")
+    resources = template["Resources"]
+    job = resources["BackfillJob"]["Properties"]
+    assert job["Command"]["Name"] == "glueetl" and float(job["GlueVersion"]) >= 5.0  # Python 3.11
+    assert job["ExecutionProperty"]["MaxConcurrentRuns"] == 1
+
+    def value(given: Any) -> str:
+        return given["Fn::Sub"].replace("${DataBucket}", "bucket") if isinstance(given, dict) else str(given)
+
+    argv = [part for key, given in job["DefaultArguments"].items() for part in (key, value(given))]
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    ours, foreign = job_module.drop_foreign_options(argv, parser)
+    assert set(foreign) >= {"--additional-python-modules", "--job-language"}
+    args = parser.parse_args(ours)
+    assert args.archive is True and options.inputs_of(args) == ["s3://bucket/raw/"] and args.out == "s3://bucket/lake/"
+    days = options.date_range_of(args).days()
+    assert len(days) == args.last_days >= 1
+    (trigger,) = of_type(template, "AWS::Glue::Trigger").values()
+    assert trigger["Properties"]["Type"] == "SCHEDULED" and trigger["Properties"]["StartOnCreation"] is True
+    assert trigger["Properties"]["Actions"] == [{"JobName": {"Ref": "BackfillJob"}}]
+    role = template["Resources"][job["Role"]["Fn::GetAtt"][0]]
+    writes = sorted(
+        r["Fn::Sub"] for s in statements(role) if "s3:PutObject" in as_list(s["Action"]) for r in as_list(s["Resource"])
+    )
+    assert writes == ["${DataBucket.Arn}/lake/*"], "the job writes the lake, never the archive"
 
 
 def test_prod_keeps_the_data_when_the_stack_goes(artifact: Path, tmp_path: Path) -> None:
@@ -490,6 +607,7 @@ _SESSIONIZING_CALLS = [
     ("state/dynamodb.py", "DynamoDBStore", "dynamodb", "SESSIONFLOW_STATE_TABLE"),
     ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "SESSIONFLOW_EVENTS_FIREHOSE"),
     ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "SESSIONFLOW_SESSIONS_FIREHOSE"),
+    ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "SESSIONFLOW_REJECTED_FIREHOSE"),
 ]
 
 

@@ -82,6 +82,11 @@ def _unpark(value: dict[str, Any]) -> CleanRecord:
     return CleanRecord(int(value["seq"]), dict(value["event"]), RawPosition.from_value(value["raw"]))
 
 
+def machine_states(loaded: dict[str, Item]) -> dict[str, MachineState]:
+    """The core's state of each machine item read (tombstones left out)."""
+    return {m: MachineState.from_dict(i.value["state"]) for m, i in loaded.items() if i.value.get("state") is not None}
+
+
 def index_key(machine_id: str, event_id: str) -> str:
     """The index item of an event: a digest, so any id fits DynamoDB's key size."""
     digest = hashlib.sha256(machine_id.encode() + b"\0" + event_id.encode()).hexdigest()[:40]
@@ -105,11 +110,13 @@ def admit(
     loaded: dict[str, Item],
     *,
     release_parked: bool = False,
+    states: dict[str, MachineState] | None = None,
 ) -> Admitted:
     """Sort a batch's records into what the core gets and what it does not (see the module).
 
     ``release_parked``: the machines' parked records go to the core too, in their order, whatever
-    came before them (the end of the stream: a flush)."""
+    came before them (the end of the stream: a flush). ``states``: the loaded machines' states,
+    when the caller has them already (only read here)."""
     admitted = Admitted()
     candidates: list[CleanRecord] = []
     parked = {m: [_unpark(p) for p in item.value.get("parked") or ()] for m, item in loaded.items()}
@@ -174,23 +181,24 @@ def admit(
         release(machine_id)
     admitted.parked = {m: [_park(r) for r in waiting] for m, waiting in parked.items()}
 
-    states = {m: MachineState.from_dict(i.value["state"]) for m, i in loaded.items() if i.value.get("state")}
-    keys = {index_key(r.event["machine_id"], r.event["event_id"]) for r in candidates}
-    indexed = store.get_many(sorted(keys)) if keys else {}
-    first: dict[tuple[str, str], Row] = {}
-    for record in candidates:
+    if states is None:
+        states = machine_states(loaded)
+    keyed = [(record, index_key(record.event["machine_id"], record.event["event_id"])) for record in candidates]
+    indexed = store.get_many(sorted({key for _, key in keyed})) if keyed else {}
+    first: dict[tuple[str, str], Row] = {}  # the batch's first arrivals
+    for record, key in keyed:
         event = record.event
         machine_id, event_id = event["machine_id"], event["event_id"]
         state = states.get(machine_id)
-        hit = indexed.get(index_key(machine_id, event_id))
+        hit = indexed.get(key)
         if (machine_id, event_id) in first:
-            original: Row | None = first[(machine_id, event_id)]
+            original: Row | None = content(first[(machine_id, event_id)])
         elif state is not None and event_id in state.seen:
             original = _pending(state, event_id) or (hit.value["e"] if hit else None)
         elif hit is not None:
             original = hit.value["e"]
         else:
-            first[(machine_id, event_id)] = content(event)
+            first[(machine_id, event_id)] = event
             admitted.fresh.append(event)
             continue
         fields = differing_fields(content(event), original) if original is not None else []

@@ -35,7 +35,7 @@ from typing import Any
 
 from sessionflow.config import SessionConfig
 from sessionflow.core import MachineState, Outputs, Sessionizer, Snapshot, StreamClock
-from sessionflow.runtimes.aws.admission import Admitted, CleanRecord, admit
+from sessionflow.runtimes.aws.admission import Admitted, CleanRecord, admit, machine_states
 from sessionflow.runtimes.aws.commit import (
     TABLES,
     TIMER_BUCKET_MS,
@@ -124,12 +124,13 @@ class ShardSessionizer:
             items = self.store.get_many(machine_key(m) for m in machine_ids)
         loaded = {key[2:]: item for key, item in items.items()}
 
-        admitted = admit(self.store, shard, records, loaded)
+        states = machine_states(loaded)
+        admitted = admit(self.store, shard, records, loaded, states=states)
         report.applied = len(admitted.fresh)
         report.skipped, report.repeated, report.early = admitted.skipped, admitted.repeated, admitted.early
         report.conflicts = sum(len(rows) for rows in admitted.conflicts.values())
 
-        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
+        sessionizer = Sessionizer.restore(self.config, Snapshot(shard_state.clock, tuple(states.values())))
         out = Outputs()
         sessionizer.process(admitted.fresh, out)
         sessionizer.end_batch(out)
@@ -270,8 +271,9 @@ class ShardSessionizer:
             if item.value["shard"] == shard and item.value["state"] is not None
         }
         # Records still waiting for their previous raw record go in now, in their order: the stream ends.
-        admitted = admit(self.store, shard, [], loaded, release_parked=True)
-        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
+        states = machine_states(loaded)
+        admitted = admit(self.store, shard, [], loaded, release_parked=True, states=states)
+        sessionizer = Sessionizer.restore(self.config, Snapshot(shard_state.clock, tuple(states.values())))
         out = Outputs()
         sessionizer.process(admitted.fresh, out)
         sessionizer.flush(out)

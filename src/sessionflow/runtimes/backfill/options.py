@@ -100,9 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--last-days",
-        type=_positive,
+        type=_days,
         metavar="N",
-        help="rebuild the N days before today (UTC, by --now): what a daily scheduled job runs",
+        help="rebuild the N days before today (UTC, by --now): what a daily scheduled job runs (0: not a range)",
     )
     parser.add_argument(
         "--archive",
@@ -117,19 +117,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
-def _positive(text: str) -> int:
+def _days(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of days, 1 or more, got {text!r}")
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days, got {text!r}")
     return value
 
 
 def date_range_of(args: argparse.Namespace) -> DateRange | None:
     last_days = getattr(args, "last_days", None)
-    if last_days is not None:
+    if last_days:
         if args.date_from is not None or args.date_to is not None:
             raise UsageError("--last-days goes without --from and --to")
         now = args.now if args.now is not None else int(datetime.now(UTC).timestamp() * 1000)
