@@ -8,12 +8,15 @@ Lambda runtime), so the build needs no Docker and works on any OS that has pip:
 
 The zip is reproducible: entries are sorted and carry a fixed timestamp and mode, so the same
 sources and pins give the same bytes (and the same CodeSha256, so no needless Lambda update).
-serverless.yml points `package.artifact` at the zip.
+serverless.yml points `package.artifact` at the zip. Beside it the build writes `catalog.json`: the
+Glue tables and Athena views of the lake, generated from the same config and sessionflow.schema
+(`sessionflow.runtimes.aws.catalog`); serverless.yml reads their columns from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -27,6 +30,7 @@ DEFAULT_REQUIREMENTS = ROOT / "deploy" / "lambda-requirements.txt"
 DEFAULT_CONFIG = ROOT / "deploy" / "sessionflow.toml"
 SOURCE_PACKAGE = ROOT / "src" / "sessionflow"
 CONFIG_NAME_IN_ZIP = "sessionflow.toml"  # -> /var/task/sessionflow.toml, see serverless.yml
+CATALOG_NAME = "catalog.json"  # beside the zip; serverless.yml: ${file(...catalog.json):...}
 
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}
 # Provided by the Lambda Python runtime; a transitive pin must not drag a second copy in.
@@ -67,6 +71,18 @@ def check_config(config: Path) -> None:
     Config.load(config)
 
 
+def write_catalog(config: Path, out: Path) -> Path:
+    """The lake's Glue tables for this config (its declared columns, its validation range), as JSON."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from sessionflow.config import Config
+    from sessionflow.runtimes.aws.catalog import catalog_document
+
+    document = catalog_document(Config.load(config))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return out
+
+
 def prune(target: Path) -> None:
     """Drop what the runtime provides or never runs: console scripts, caches, tests of the deps."""
     shutil.rmtree(target / "bin", ignore_errors=True)
@@ -102,6 +118,7 @@ def build(out: Path, requirements: Path, config: Path, python_version: str, arch
         copy_source(staging)
         shutil.copyfile(config, staging / CONFIG_NAME_IN_ZIP)
         write_zip(staging, out)
+    write_catalog(config, out.with_name(CATALOG_NAME))
     return out
 
 
