@@ -35,7 +35,7 @@ def client_config(settings: Settings) -> Any:
     return Config(
         connect_timeout=settings.connect_timeout_ms / 1000,
         read_timeout=settings.read_timeout_ms / 1000,
-        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},  # the first one included
     )
 
 

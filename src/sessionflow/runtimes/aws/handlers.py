@@ -111,6 +111,11 @@ def _fail(processor: BatchProcessor, record: dict[str, Any], error: Exception) -
     processor.failure_handler(KinesisStreamRecord(record), (type(error), error, error.__traceback__))
 
 
+def _all_failed(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every record left for the retry, as a partial batch response: no error, no bisecting."""
+    return {"batchItemFailures": [{"itemIdentifier": r["kinesis"]["sequenceNumber"]} for r in records]}
+
+
 def _invoke(function: str, body: Callable[[Runtime, dict[str, Any], Any], dict[str, Any]]) -> Callable[..., Any]:
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         rt = runtime()
@@ -154,6 +159,9 @@ def _process(rt: Runtime, event: dict[str, Any], context: Any) -> dict[str, Any]
 
     processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
     try:
+        if records and budget.exhausted():  # not one record: Powertools would call that an error
+            untaken = len(records)
+            return _all_failed(records)
         with processor(records=records, handler=refine), rt.telemetry.step("process", records=len(records)):
             results = processor.process()
             done = [(result, record) for status, result, record in results if status == "success"]
@@ -200,14 +208,13 @@ def _sessionize(rt: Runtime, event: dict[str, Any], context: Any) -> dict[str, A
 
     processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
     try:
+        if records and budget.exhausted():  # a batch is applied whole, or left whole for the retry
+            untaken = len(records)
+            return _all_failed(records)
         with processor(records=records, handler=decode):
             results = processor.process()
             decoded = [(result, record) for status, result, record in results if status == "success"]
-            if decoded and budget.exhausted():
-                untaken = len(decoded)
-                for _, record in decoded:
-                    _fail(processor, record, OutOfTime("too little time left to apply the batch: left for the retry"))
-            elif decoded:
+            if decoded:
                 shard = _position([record for _, record in decoded])["shard"]
                 with rt.telemetry.step("sessionize", shard=shard, records=len(decoded)):
                     try:
