@@ -60,15 +60,13 @@ def metric_values(blobs: list[dict[str, Any]], function: str, reason: str | None
             assert [set(d) for d in directive["Dimensions"]] == [dimensions]
             for metric in directive["Metrics"]:
                 assert metric["Unit"] == METRICS[metric["Name"]]
-                value = blob[metric["Name"]]
-                totals[metric["Name"]] = totals.get(metric["Name"], 0) + sum(value if isinstance(value, list) else [value])
+                name, value = metric["Name"], blob[metric["Name"]]
+                totals[name] = totals.get(name, 0) + sum(value if isinstance(value, list) else [value])
     assert all(blob["service"] == SERVICE for blob in blobs)
     return totals
 
 
-def test_a_process_and_a_sessionize_batch_emit_their_counts(
-    config: Config, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_process_and_a_sessionize_batch_emit_their_counts(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
     lines = list(generate(FeedShape(events=600, machines=12, days=0.3, seed=3, invalid_rate=0.03)))
     raw_event = kinesis_event("raw", lines, 0, arrived=ARRIVED)
     expected = reference(config, lines, int(ARRIVED * 1000))
