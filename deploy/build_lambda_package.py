@@ -33,8 +33,9 @@ CONFIG_NAME_IN_ZIP = "sessionflow.toml"  # -> /var/task/sessionflow.toml, see se
 CATALOG_NAME = "catalog.json"  # beside the zip; serverless.yml: ${file(...catalog.json):...}
 
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}
-# Provided by the Lambda Python runtime; a transitive pin must not drag a second copy in.
-RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
+# Provided by the Lambda Python runtime (the SDK and what it needs); a transitive dependency must
+# not drag a second copy in, to shadow the runtime's.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "python_dateutil", "six")
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold: reproducible builds
 
 
@@ -87,7 +88,7 @@ def prune(target: Path) -> None:
     """Drop what the runtime provides or never runs: console scripts, caches, tests of the deps."""
     shutil.rmtree(target / "bin", ignore_errors=True)
     for path in sorted(target.iterdir()):
-        name = path.name.split("-")[0].lower()
+        name = path.name.split("-")[0].removesuffix(".py").lower()
         if name in RUNTIME_PROVIDED:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     for cache in sorted(target.rglob("__pycache__"), reverse=True):

@@ -68,11 +68,12 @@ TRINO_TYPES = {
 }
 # The partition columns: a date, YYYY-MM-DD (UTC), or the rejection's reason.
 PARTITION_TYPES = {EVENT_PARTITION: "date", SESSION_PARTITION: "date", REJECTED_PARTITION: "string"}
-# What identifies a row: copies of a row share it (event ids are unique per machine only).
+# What identifies a row: copies of a row share it. Event ids are unique per machine only; a
+# rejection is where its record was read: stream/shard/sequence number (line 0), or file and line.
 ROW_KEYS: dict[str, tuple[str, ...]] = {
     "events": ("machine_id", "event_id"),
     "sessions": ("session_id",),
-    "rejected": ("source",),
+    "rejected": ("source", "line"),
 }
 DELIVERED = "{table}_delivered"
 # Athena's catalog; a view's unqualified table names are looked up in its database (``schema``).
