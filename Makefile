@@ -68,7 +68,8 @@ deploy-package: lambda-package $(NODE_STAMP) $(SCAN_STAMP)
 	$(SLS_OFFLINE) npx --no -- serverless package --stage dev --region us-east-1 --package build/serverless
 	$(BIN)/cfn-lint build/serverless/cloudformation-template-create-stack.json \
 		build/serverless/cloudformation-template-update-stack.json
-	$(CHECKOV) --quiet --compact --framework cloudformation -f build/serverless/cloudformation-template-update-stack.json
+	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation \
+		-f build/serverless/cloudformation-template-update-stack.json
 
 deploy-check: $(STAMP) $(NODE_STAMP) $(SCAN_STAMP)
 	$(BIN)/pytest tests/deploy -q
@@ -102,6 +103,7 @@ test-spark: $(STAMP) java-check
 bench: $(STAMP)
 	$(BIN)/python bench/bench_run.py --events 1000000 --all --json bench/out/results.json
 	$(BIN)/python bench/bench_late.py --events 1000000 --json bench/out/late.json
+	$(BIN)/python bench/bench_lake_formats.py --events 200000 --json bench/out/lake_formats.json
 
 # A long fuzz run (about 20 minutes): hypothesis with many examples, then atheris on refine.
 fuzz: $(STAMP)

@@ -183,7 +183,7 @@ def test_firehoses_write_parquet_with_the_tables_schema(stack: Template) -> None
         s3 = stack["Resources"][f"{table}DeliveryStream"]["Properties"]["ExtendedS3DestinationConfiguration"]
         conversion = s3["DataFormatConversionConfiguration"]
         assert conversion["Enabled"] is True
-        assert conversion["OutputFormatConfiguration"]["Serializer"]["ParquetSerDe"]["Compression"] == "SNAPPY"
+        assert conversion["OutputFormatConfiguration"]["Serializer"]["ParquetSerDe"]["Compression"] == "GZIP"
         schema = conversion["SchemaConfiguration"]
         assert schema["TableName"] == {"Ref": f"{table}DeliveredTable"}
         assert schema["DatabaseName"] == {"Ref": "LakeDatabase"}
@@ -461,7 +461,8 @@ def _checkov() -> str:
 
 def test_checkov_fails_no_check_and_every_skip_says_why(built: Path, stack: Template) -> None:
     scanned = built / "cloudformation-template-update-stack.json"
-    command = [_checkov(), "--framework", "cloudformation", "--output", "json", "--compact", "-f", str(scanned)]
+    # --skip-download: checkov fetches nothing (doc links, severities) from its vendor's service.
+    command = [_checkov(), "--skip-download", "--framework", "cloudformation", "--output", "json", "-f", str(scanned)]
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode in (0, 1), result.stderr[-2000:]
     report = json.loads(result.stdout)
