@@ -32,7 +32,7 @@ def _rows(connection: Any, query: str) -> list[tuple[Any, ...]]:
 
 
 def test_replay_writes_the_lake_run_writes(tmp_path: Path, config_path: Path) -> None:
-    lines = list(generate(FeedShape(events=2500, machines=40, seed=17, late_rate=0.0)))
+    lines = list(generate(FeedShape(events=1500, machines=30, seed=17, late_rate=0.0)))
     feed = tmp_path / "feed.jsonl"
     feed.write_bytes(b"\n".join(lines) + b"\n")
     config = ["--config", str(config_path)]

@@ -85,7 +85,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("lake")
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=4)
     feed = folder / "feed.jsonl"
-    feed.write_bytes(b"\n".join(generate(FeedShape(events=4000, machines=60, start=start, seed=21))) + b"\n")
+    feed.write_bytes(b"\n".join(generate(FeedShape(events=2500, machines=40, start=start, seed=21))) + b"\n")
     out = folder / "lake"
     command = ["run", str(feed), "--out", str(out), "--config", str(DEPLOYED_CONFIG), "--quiet", "--workers", "0"]
     assert main(command) == 0
