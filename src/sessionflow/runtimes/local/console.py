@@ -119,7 +119,7 @@ def summary_table(report: RunReport, lake: Path, config: Config | None = None) -
     if pending:
         table.add_row("buffered in state", f"{pending:,}")
     table.add_row("seconds", f"{report.seconds:.2f}")
-    table.add_row("records/s", f"{report.events_per_second:,.0f}")
+    table.add_row("records/s", f"{report.records_per_second:,.0f}")
     return table
 
 
