@@ -161,9 +161,12 @@ def flush_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     shards = event.get("shards")
     if shards is None:  # a scheduled or hand invocation without a list: every shard
         shards = clean_shards(rt)
+    # The stream's clock over all of them, taken before any is flushed: each shard closes its open
+    # sessions against it (their close_reason), as one run over the whole stream would.
+    clock = rt.sessionize.stream_clock(shards)
     sessions = 0
     for shard in shards:
-        sessions += rt.sessionize.flush(shard).sessions
+        sessions += rt.sessionize.flush(shard, clock).sessions
     return {"shards": len(shards), "sessions": sessions}
 
 
