@@ -36,6 +36,7 @@ from typing import Any
 
 from sessionflow.config import DAY, Config
 from sessionflow.core.rejections import Reason
+from sessionflow.core.snapshot import StreamClock
 from sessionflow.errors import InputError, OutputError, UsageError
 from sessionflow.exitcodes import EXIT_OK
 from sessionflow.lake.layout import META_DIR, TABLES
@@ -57,9 +58,11 @@ from sessionflow.runtimes.backfill.stages import (
     CONFLICT,
     DUPLICATES,
     EVENT,
+    MACHINE_NEWEST,
     REJECTION,
     SESSION,
     SESSION_PREFIX,
+    SESSIONS_BEFORE,
     SPLIT,
     UNRESOLVED,
     Window,
@@ -96,6 +99,9 @@ class BackfillReport:
     sessions: int = 0  # written
     duplicates: int | None = None  # full backfills only
     rerun_machines: int = 0  # range backfills: machines read again over all their history
+    # Range backfills: machines whose number of sessions in the range changed and that have sessions
+    # after it, whose session_number is then off by the difference (a full backfill renumbers).
+    renumber_after_range: int = 0
     partitions: dict[str, list[str]] = field(default_factory=dict)  # replaced, per table
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, where the time went
@@ -114,6 +120,7 @@ class BackfillReport:
             "sessions": self.sessions,
             "duplicates": self.duplicates,
             "rerun_machines": self.rerun_machines,
+            "renumber_after_range": self.renumber_after_range,
             "partitions": self.partitions,
             "seconds": round(self.seconds, 3),
             "phases": {name: round(seconds, 3) for name, seconds in self.phases.items()},
@@ -193,11 +200,25 @@ def backfill(
                 *(name for name, _ in stages.ARRIVAL), *(name for name, _ in stages.refined_event_columns(config))
             )
             with phase("sessionize"):
+                newest = valid.groupBy("machine_id").agg(F.max("timestamp").alias(MACHINE_NEWEST))
+                clock = _end_clock(newest, config)
                 if date_range is None:
-                    sessionized = _sessionize(valid, config, None).persist(StorageLevel.MEMORY_AND_DISK)
+                    sessionized = _sessionize(valid, config, None, clock).persist(StorageLevel.MEMORY_AND_DISK)
                     persisted.append(sessionized)
                 else:
-                    sessionized = _sessionize_range(spark, valid, config, date_range, margin_ms, report, persisted)
+                    lake_sessions = _lake_sessions(spark, fs, out_uri)
+                    context = _RangeContext(newest, lake_sessions, clock)
+                    sessionized = _sessionize_range(
+                        spark, valid, config, date_range, margin_ms, report, persisted, context
+                    )
+                    report.renumber_after_range = _renumbered(sessionized, lake_sessions, date_range)
+                    if report.renumber_after_range:
+                        log.warning(
+                            "%d machine(s) have another number of sessions in the range than before, and sessions "
+                            "after it: their session_number after the range is off by the difference until a "
+                            "full backfill (or a range over those days) numbers them again",
+                            report.renumber_after_range,
+                        )
                     # The range run's records: the valid ones dated in the range (its events and their copies).
                     timestamp = F.col("timestamp")
                     in_range = valid.filter((timestamp >= date_range.lo) & (timestamp < date_range.hi)).count()
@@ -286,12 +307,72 @@ def _split_offsets(spark: SparkSession, refined: DataFrame, report: BackfillRepo
 # -- sessionizing -----------------------------------------------------------------------------------------
 
 
-def _sessionize(valid: DataFrame, config: Config, window: Window | None) -> DataFrame:
+def _end_clock(newest: DataFrame, config: Config) -> int:
+    """The stream clock at the end of the input (the core's ``StreamClock``): the newest time the
+    ``clock_quorum`` most advanced machines reached, over every valid event read."""
+    quorum = config.session.clock_quorum
+    top = newest.orderBy(F.col(MACHINE_NEWEST).desc()).limit(quorum).collect()
+    return StreamClock().advanced(((row["machine_id"], row[MACHINE_NEWEST]) for row in top), quorum).time
+
+
+def _sessionize(valid: DataFrame, config: Config, window: Window | None, clock: int) -> DataFrame:
     # Not groupBy().applyInArrow (Spark 4 only; Glue 5.x and EMR 7.x run Spark 3.5): clustering each
     # machine's rows in a partition does the same, streams one machine at a time, and spills if it must.
     clustered = valid.repartition("machine_id").sortWithinPartitions("machine_id", *(n for n, _ in stages.ARRIVAL))
-    function = partial(stages.sessionize_partition, config=config, window=window)
+    function = partial(stages.sessionize_partition, config=config, window=window, clock=clock)
     return clustered.mapInArrow(function, spark_schema(stages.sessionize_columns(config)))
+
+
+@dataclass(frozen=True)
+class _RangeContext:
+    """What a range run's machines need besides their events: each machine's newest timestamp in
+    the whole input, the lake's sessions (None: it has none), the stream clock at the input's end."""
+
+    newest: DataFrame
+    lake_sessions: DataFrame | None
+    clock: int
+
+
+def _lake_sessions(spark: SparkSession, fs: HadoopFs, out_uri: str) -> DataFrame | None:
+    """The lake's sessions as they are before the run (machine_id, start_ts), or None."""
+    if not fs.exists(f"{out_uri}/sessions") or not any(
+        name.endswith(".parquet") for name in fs.list_files(f"{out_uri}/sessions")
+    ):
+        return None
+    return spark.read.parquet(f"{out_uri}/sessions").select("machine_id", "start_ts")
+
+
+def _with_machine_context(rows: DataFrame, context: _RangeContext, lo: int) -> DataFrame:
+    """Each row with its machine's ``RANGE_COLUMNS`` (see ``stages.sessionize_machine``)."""
+    rows = rows.join(context.newest, "machine_id")
+    if context.lake_sessions is None:
+        return rows.withColumn(SESSIONS_BEFORE, F.lit(0).cast("long"))
+    before = (
+        context.lake_sessions.filter(F.col("start_ts") < lo)
+        .groupBy("machine_id")
+        .agg(F.count("*").alias(SESSIONS_BEFORE))
+    )
+    return rows.join(before, "machine_id", "left").fillna(0, [SESSIONS_BEFORE])
+
+
+def _renumbered(sessionized: DataFrame, lake_sessions: DataFrame | None, date_range: DateRange) -> int:
+    """Machines whose count of sessions in the range changed and that have sessions after it."""
+    if lake_sessions is None:
+        return 0
+    start = F.col("start_ts")
+    old = lake_sessions.filter((start >= date_range.lo) & (start < date_range.hi)).groupBy("machine_id").count()
+    new = (
+        sessionized.filter(F.col("kind") == SESSION)
+        .select(F.col(SESSION_PREFIX + "machine_id").alias("machine_id"))
+        .groupBy("machine_id")
+        .count()
+        .withColumnRenamed("count", "new")
+    )
+    changed = old.join(new, "machine_id", "full_outer").filter(
+        ~F.coalesce(F.col("count"), F.lit(0)).eqNullSafe(F.coalesce(F.col("new"), F.lit(0)))
+    )
+    after = lake_sessions.filter(start >= date_range.hi).select("machine_id").distinct()
+    return int(changed.join(after, "machine_id").count())
 
 
 def _sessionize_range(
@@ -302,6 +383,7 @@ def _sessionize_range(
     margin_ms: int,
     report: BackfillReport,
     persisted: list[DataFrame],
+    context: _RangeContext,
 ) -> DataFrame:
     """Each machine over the range plus a margin; the few the margin does not decide, over all history.
 
@@ -312,7 +394,8 @@ def _sessionize_range(
     read_lo, read_hi = date_range.lo - margin_ms, date_range.hi + margin_ms
     window = Window(date_range.lo, date_range.hi, read_lo, read_hi)
     near = valid.filter((F.col("timestamp") >= read_lo) & (F.col("timestamp") < read_hi))
-    first = _sessionize(near, config, window).persist(StorageLevel.MEMORY_AND_DISK)
+    near = _with_machine_context(near, context, date_range.lo)
+    first = _sessionize(near, config, window, context.clock).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(first)
     unresolved = [row["machine_id"] for row in first.filter(F.col("kind") == UNRESOLVED).select("machine_id").collect()]
     report.rerun_machines = len(unresolved)
@@ -321,9 +404,9 @@ def _sessionize_range(
         return settled
     log.info("%d machines need their whole history to settle the range", len(unresolved))
     machines = spark.createDataFrame([(m,) for m in unresolved], "machine_id string")
-    history = valid.join(F.broadcast(machines), "machine_id")
+    history = _with_machine_context(valid.join(F.broadcast(machines), "machine_id"), context, date_range.lo)
     whole = Window(date_range.lo, date_range.hi, None, None)
-    second = _sessionize(history.select(*valid.columns), config, whole).persist(StorageLevel.MEMORY_AND_DISK)
+    second = _sessionize(history, config, whole, context.clock).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(second)
     return settled.unionByName(second)
 
