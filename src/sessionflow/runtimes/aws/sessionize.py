@@ -325,10 +325,10 @@ class ShardSessionizer:
         clocks = [StreamClock.from_dict(item.value) for item in items.values()]
         return StreamClock.merged(clocks, self.config.clock_quorum).time
 
-    def flush(self, shard: str, clock: int | None = None) -> BatchReport:
+    def flush(self, shard: str, end_clock: int | None = None) -> BatchReport:
         """Close every session of the shard and forget its machines (the embedded runner's ``--flush``).
 
-        ``clock``: the stream's clock (``stream_clock`` of every shard) the sessions still open are
+        ``end_clock``: the stream's clock (``stream_clock`` of every shard) the sessions still open are
         closed against; None: the shard's own."""
         report = BatchReport()
         shard_item = self.store.get(shard_key(shard))
@@ -345,7 +345,7 @@ class ShardSessionizer:
         }
         sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded))
         out = Outputs()
-        sessionizer.flush(out, clock)
+        sessionizer.flush(out, end_clock)
         forgotten = sessionizer.snapshot().forgotten
         report.swept, report.events, report.sessions = len(loaded), len(out.events), len(out.sessions)
         rows = _rows_by_machine(out)
