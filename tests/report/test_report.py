@@ -182,7 +182,7 @@ def test_a_lake_without_events_still_reports(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     done = sessionflow("run", feed, "--out", lake, "-q")
     assert done.returncode == 6  # every record rejected
-    page = write_report(lake, tmp_path / "report.html")
+    page = write_report(lake, tmp_path / "report.html").path
     text = page.read_text(encoding="utf-8")
     assert "no events" in text and "No event in these days." in text
     rejected = _figure(_report(lake), "rejections")

@@ -39,7 +39,7 @@ def browser() -> object:
 def test_the_report_renders_every_chart_with_no_network_and_no_console_error(
     lake: Path, tmp_path: Path, browser: object
 ) -> None:
-    page_file = write_report(lake, tmp_path / "report.html")
+    page_file = write_report(lake, tmp_path / "report.html").path
     url = page_file.as_uri()
     context = browser.new_context(viewport={"width": 1300, "height": 900}, offline=True)  # type: ignore[attr-defined]
     page = context.new_page()
@@ -78,7 +78,7 @@ def test_the_report_renders_every_chart_with_no_network_and_no_console_error(
 def test_the_page_holds_no_script_and_names_no_other_resource(lake: Path, tmp_path: Path) -> None:
     import re
 
-    text = write_report(lake, tmp_path / "report.html").read_text(encoding="utf-8")
+    text = write_report(lake, tmp_path / "report.html").path.read_text(encoding="utf-8")
     assert "<script" not in text.lower()
     references = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', text)
     assert references == []

@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import tempfile
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -91,11 +92,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.first and args.last and args.first > args.last:
         raise UsageError(f"--from {args.first} is after --to {args.last}")
     command = shlex.join(["sessionflow", "report", *sys.argv[2:]]) if sys.argv[1:2] == ["report"] else "sessionflow"
-    report = write_report(
+    written = write_report(
         Path(args.lake), Path(args.output), first=args.first, last=args.last, funnel=args.funnel, command=command
     )
-    sys.stdout.write(f"{report}\n")
+    # What is in the lake, as the page's headline says it (stderr), then where the page is (stdout).
+    width = max(len(label) for label, _, _ in written.headline)
+    for label, value, detail in written.headline:
+        sys.stderr.write(f"{label.ljust(width)}  {value:>12}  {detail}".rstrip() + "\n")
+    sys.stdout.write(f"{written.path}\n")
     return EXIT_OK
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    path: Path  # absolute
+    headline: list[tuple[str, str, str]]  # the page's headline numbers: (what, how many, of what)
 
 
 def write_report(
@@ -106,8 +117,8 @@ def write_report(
     last: date | None = None,
     funnel: tuple[tuple[str, ...], ...] | None = None,
     command: str = "sessionflow report",
-) -> Path:
-    """The lake's report, written to ``output`` whole or not at all; returns its absolute path."""
+) -> WrittenReport:
+    """The lake's report, written to ``output`` whole or not at all."""
     try:
         from sessionflow import __version__
         from sessionflow.lake.lock import shared_lock
@@ -139,4 +150,4 @@ def write_report(
         if written is not None:
             Path(written).unlink(missing_ok=True)
         raise OutputError(f"{output}: cannot write the report: {exc.strerror or exc}") from None
-    return output.resolve()
+    return WrittenReport(output.resolve(), report.headline)
