@@ -94,6 +94,7 @@ test-spark: $(STAMP) java-check
 bench: $(STAMP)
 	$(BIN)/python bench/bench_run.py --events 1000000 --all --json bench/out/results.json
 	$(BIN)/python bench/bench_late.py --events 1000000 --json bench/out/late.json
+	$(BIN)/python bench/bench_report.py --events 1000000 --json bench/out/report.json
 
 # A long fuzz run (about 20 minutes): hypothesis with many examples, then atheris on refine.
 fuzz: $(STAMP)
