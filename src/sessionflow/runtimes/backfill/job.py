@@ -54,6 +54,7 @@ from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES
 from sessionflow.runtimes.backfill import publish, rawlines, stages
 from sessionflow.runtimes.backfill.lakefs import HadoopFs, InputFile, expand_inputs
 from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date_range_of, inputs_of
+from sessionflow.runtimes.backfill.ranges import RangeContext, lake_sessions, renumbered, with_machine_context
 from sessionflow.runtimes.backfill.stages import (
     CONFLICT,
     DUPLICATES,
@@ -62,7 +63,6 @@ from sessionflow.runtimes.backfill.stages import (
     REJECTION,
     SESSION,
     SESSION_PREFIX,
-    SESSIONS_BEFORE,
     SPLIT,
     UNRESOLVED,
     Window,
@@ -206,12 +206,12 @@ def backfill(
                     sessionized = _sessionize(valid, config, None, clock).persist(StorageLevel.MEMORY_AND_DISK)
                     persisted.append(sessionized)
                 else:
-                    lake_sessions = _lake_sessions(spark, fs, out_uri)
-                    context = _RangeContext(newest, lake_sessions, clock)
+                    sessions_before = lake_sessions(spark, fs, out_uri)
+                    context = RangeContext(newest, sessions_before, clock)
                     sessionized = _sessionize_range(
                         spark, valid, config, date_range, margin_ms, report, persisted, context
                     )
-                    report.renumber_after_range = _renumbered(sessionized, lake_sessions, date_range)
+                    report.renumber_after_range = renumbered(sessionized, sessions_before, date_range)
                     if report.renumber_after_range:
                         log.warning(
                             "%d machine(s) have another number of sessions in the range than before, and sessions "
@@ -323,58 +323,6 @@ def _sessionize(valid: DataFrame, config: Config, window: Window | None, clock: 
     return clustered.mapInArrow(function, spark_schema(stages.sessionize_columns(config)))
 
 
-@dataclass(frozen=True)
-class _RangeContext:
-    """What a range run's machines need besides their events: each machine's newest timestamp in
-    the whole input, the lake's sessions (None: it has none), the stream clock at the input's end."""
-
-    newest: DataFrame
-    lake_sessions: DataFrame | None
-    clock: int
-
-
-def _lake_sessions(spark: SparkSession, fs: HadoopFs, out_uri: str) -> DataFrame | None:
-    """The lake's sessions as they are before the run (machine_id, start_ts), or None."""
-    if not fs.exists(f"{out_uri}/sessions") or not any(
-        name.endswith(".parquet") for name in fs.list_files(f"{out_uri}/sessions")
-    ):
-        return None
-    return spark.read.parquet(f"{out_uri}/sessions").select("machine_id", "start_ts")
-
-
-def _with_machine_context(rows: DataFrame, context: _RangeContext, lo: int) -> DataFrame:
-    """Each row with its machine's ``RANGE_COLUMNS`` (see ``stages.sessionize_machine``)."""
-    rows = rows.join(context.newest, "machine_id")
-    if context.lake_sessions is None:
-        return rows.withColumn(SESSIONS_BEFORE, F.lit(0).cast("long"))
-    before = (
-        context.lake_sessions.filter(F.col("start_ts") < lo)
-        .groupBy("machine_id")
-        .agg(F.count("*").alias(SESSIONS_BEFORE))
-    )
-    return rows.join(before, "machine_id", "left").fillna(0, [SESSIONS_BEFORE])
-
-
-def _renumbered(sessionized: DataFrame, lake_sessions: DataFrame | None, date_range: DateRange) -> int:
-    """Machines whose count of sessions in the range changed and that have sessions after it."""
-    if lake_sessions is None:
-        return 0
-    start = F.col("start_ts")
-    old = lake_sessions.filter((start >= date_range.lo) & (start < date_range.hi)).groupBy("machine_id").count()
-    new = (
-        sessionized.filter(F.col("kind") == SESSION)
-        .select(F.col(SESSION_PREFIX + "machine_id").alias("machine_id"))
-        .groupBy("machine_id")
-        .count()
-        .withColumnRenamed("count", "new")
-    )
-    changed = old.join(new, "machine_id", "full_outer").filter(
-        ~F.coalesce(F.col("count"), F.lit(0)).eqNullSafe(F.coalesce(F.col("new"), F.lit(0)))
-    )
-    after = lake_sessions.filter(start >= date_range.hi).select("machine_id").distinct()
-    return int(changed.join(after, "machine_id").count())
-
-
 def _sessionize_range(
     spark: SparkSession,
     valid: DataFrame,
@@ -383,7 +331,7 @@ def _sessionize_range(
     margin_ms: int,
     report: BackfillReport,
     persisted: list[DataFrame],
-    context: _RangeContext,
+    context: RangeContext,
 ) -> DataFrame:
     """Each machine over the range plus a margin; the few the margin does not decide, over all history.
 
@@ -394,7 +342,7 @@ def _sessionize_range(
     read_lo, read_hi = date_range.lo - margin_ms, date_range.hi + margin_ms
     window = Window(date_range.lo, date_range.hi, read_lo, read_hi)
     near = valid.filter((F.col("timestamp") >= read_lo) & (F.col("timestamp") < read_hi))
-    near = _with_machine_context(near, context, date_range.lo)
+    near = with_machine_context(near, context, date_range.lo)
     first = _sessionize(near, config, window, context.clock).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(first)
     unresolved = [row["machine_id"] for row in first.filter(F.col("kind") == UNRESOLVED).select("machine_id").collect()]
@@ -404,7 +352,7 @@ def _sessionize_range(
         return settled
     log.info("%d machines need their whole history to settle the range", len(unresolved))
     machines = spark.createDataFrame([(m,) for m in unresolved], "machine_id string")
-    history = _with_machine_context(valid.join(F.broadcast(machines), "machine_id"), context, date_range.lo)
+    history = with_machine_context(valid.join(F.broadcast(machines), "machine_id"), context, date_range.lo)
     whole = Window(date_range.lo, date_range.hi, None, None)
     second = _sessionize(history, config, whole, context.clock).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(second)

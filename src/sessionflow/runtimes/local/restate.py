@@ -19,7 +19,7 @@ What one batch run over all input gives, the sessions' own columns included: a n
 it is older than every new event); a machine's sessions are numbered on from its sessions before
 the cut (a split renumbers the later ones, which are all in the region); the sessions still open at
 the end are closed against the stream clock at the end of the run, and a session the lake holds as
-``end_of_input`` that the run does not sessionize again is settled by :func:`settle_open_ends`.
+``end_of_input`` that the run does not sessionize again is settled by :mod:`.open_ends`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from sessionflow.config import Config
-from sessionflow.core import Tally, rules
+from sessionflow.core import Tally
 from sessionflow.core.enrich import hour_fields
-from sessionflow.lake.restatements import log_from_pairs, restatement_log
+from sessionflow.lake.restatements import restatement_log
 from sessionflow.lake.writer import LakeWriter
 from sessionflow.runtimes.local.batch import (
     BatchRun,
@@ -87,7 +87,7 @@ class LakeFiles:
         ]
 
 
-def _read(
+def read_rows(
     lake: Path,
     names: list[str],
     partition: str,
@@ -164,14 +164,14 @@ class History:
         machines = pc.unique(new.column("machine_id"))
         ids = pc.unique(new.column("event_id"))
         expression = pc.field("machine_id").isin(machines) & pc.field("event_id").isin(ids)
-        return _read(self.lake, names, EVENT_PARTITION, expression)
+        return read_rows(self.lake, names, EVENT_PARTITION, expression)
 
     # -- placing ------------------------------------------------------------------------------
 
     def newest(self, machines: pa.Array) -> dict[str, int]:
         """Each machine's newest timestamp in the lake (every event file read: only for machines
         with events too old to place, rare, whose newest the region may not hold)."""
-        table = _read(
+        table = read_rows(
             self.lake,
             self.files.event_files(None),
             EVENT_PARTITION,
@@ -190,7 +190,7 @@ class History:
         timeout = self.config.session.timeout_ms
         bound = earliest - timeout
         while True:
-            sessions = _read(
+            sessions = read_rows(
                 self.lake,
                 self.files.sessions,
                 SESSION_PARTITION,
@@ -211,7 +211,7 @@ class History:
         before = self._sessions_before(machines, cut)
         lowest = pc.min(cut).as_py()
         names = self.files.event_files(_day(lowest))
-        events = _read(
+        events = read_rows(
             self.lake,
             names,
             EVENT_PARTITION,
@@ -224,7 +224,7 @@ class History:
 
     def _sessions_before(self, machines: pa.Array, cut: pa.Array) -> dict[str, int]:
         """How many of its sessions in the lake start before each machine's cut (none changes)."""
-        starts = _read(
+        starts = read_rows(
             self.lake,
             self.files.sessions,
             SESSION_PARTITION,
@@ -417,43 +417,6 @@ def place(history: History, table: pa.Table, run: BatchRun, feed: Feed, writer: 
 def _newest(events: pa.Table) -> dict[str, int]:
     newest = events.group_by("machine_id").aggregate([("timestamp", "max")])
     return dict(zip(newest.column("machine_id").to_pylist(), newest.column("timestamp_max").to_pylist(), strict=True))
-
-
-def settle_open_ends(history: History, writer: LakeWriter) -> None:
-    """The lake's sessions closed as ``end_of_input`` that the run did not sessionize again, settled
-    as one batch run over all input so far would close them: ``timeout`` when their machine had
-    events placed after them (out of the region's reach: more than ``timeout`` later), or when the
-    stream clock at the end of the run is more than ``timeout`` past them (``rules.end_reason``).
-    Each one settled is restated (``updated``)."""
-    timeout = history.config.session.timeout_ms
-    clock = -1 if history.end_clock is None else history.end_clock
-    names = [name for name in history.files.sessions if "close_reason" in pq.read_schema(history.lake / name).names]
-    rows = _read(history.lake, names, SESSION_PARTITION, pc.field("close_reason") == rules.END_OF_INPUT)
-    if rows is None:
-        return
-    rows = rows.filter(
-        pc.invert(pc.is_in(rows.column("session_id"), pa.array(sorted(history.region_sessions), pa.string())))
-    )
-    settled = []
-    for index, (machine, end) in enumerate(
-        zip(rows.column("machine_id").to_pylist(), rows.column("end_ts").to_pylist(), strict=True)
-    ):
-        if machine in history.placed_machines or rules.end_reason(clock, end, timeout) == rules.TIMEOUT:
-            settled.append(index)
-    if not settled:
-        return
-    rows = rows.take(pa.array(settled, pa.int64()))
-    position = rows.schema.get_field_index("close_reason")
-    rows = rows.set_column(position, "close_reason", pa.array([rules.TIMEOUT] * rows.num_rows, pa.string()))
-    restatement = history.restatement
-    for name, session in zip(rows.column(FILE).to_pylist(), rows.column("session_id").to_pylist(), strict=True):
-        restatement.removed_sessions[name].add(session)
-    restatement.sessions += rows.num_rows
-    restatement.settled += rows.num_rows
-    ids = rows.column("session_id").to_pylist()
-    pairs = zip(rows.column("machine_id").to_pylist(), ids, ids, strict=True)
-    restatement.log.append(log_from_pairs(history.run, pairs, set(ids)))
-    writer.sessions.add_table(rows)
 
 
 def _first_copies(table: pa.Table) -> tuple[pa.Table, int]:

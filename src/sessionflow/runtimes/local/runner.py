@@ -34,8 +34,9 @@ from sessionflow.lake.lock import LakeLock
 from sessionflow.lake.writer import LakeWriter
 from sessionflow.runtimes.local.batch import BatchRun
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
+from sessionflow.runtimes.local.open_ends import settle_open_ends
 from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Source, bounded, expand_inputs
-from sessionflow.runtimes.local.restate import History, place, rewrite, settle_open_ends
+from sessionflow.runtimes.local.restate import History, place, rewrite
 from sessionflow.runtimes.local.state_file import (
     LakeIdentity,
     RunState,
