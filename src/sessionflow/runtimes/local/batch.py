@@ -212,9 +212,12 @@ def in_order(table: pa.Table) -> Iterator[pa.RecordBatch]:
 def with_arrival(table: pa.Table, newest: dict[str, int] | None = None) -> pa.Table:
     """Events in arrival order, with ``arrived_late`` (``rules.arrival_flags``); ``newest``: each
     machine's newest timestamp before them (the lake's, for an incremental run)."""
-    flags = rules.arrival_flags(
-        table.column("machine_id").to_pylist(), table.column("timestamp").to_pylist(), dict(newest or {})
-    )
+    # Machines by their dictionary index: small integers are cheaper to hand over than strings.
+    machines = pc.dictionary_encode(table.column("machine_id")).combine_chunks()
+    names = machines.dictionary.to_pylist()
+    position = {name: index for index, name in enumerate(names)}
+    seed = {position[name]: ts for name, ts in (newest or {}).items() if name in position}
+    flags = rules.arrival_flags(machines.indices.to_pylist(), table.column("timestamp").to_pylist(), seed)
     return table.append_column(pa.field(ARRIVED_LATE, pa.bool_()), pa.array(flags, pa.bool_()))
 
 
