@@ -15,8 +15,8 @@ CHECKOV    := $(SCAN_VENV)/bin/checkov
 SLS_OFFLINE := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing \
 	AWS_REGION=us-east-1 SLS_TELEMETRY_DISABLED=1 SLS_NOTIFICATIONS_MODE=off
 
-.PHONY: help install demo test test-fast test-spark java-check lint format bench fuzz clean deploy-deps lambda-package \
-	deploy-package deploy-check scan-deps
+.PHONY: help install demo test test-fast test-spark java-check chromium-check lint format bench fuzz clean deploy-deps \
+	lambda-package deploy-package deploy-check scan-deps
 
 help:
 	@echo "make demo       create the virtualenv, install, run the demo"
@@ -90,8 +90,14 @@ format: $(STAMP)
 java-check:
 	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
 
+# The report's test renders it in headless Chromium: Debian's package when the machine has none
+# (Playwright drives it; its own browser downloads are never used).
+CHROMIUM ?= /usr/bin/chromium
+chromium-check:
+	@test -x $(CHROMIUM) || (apt-get update -qq && apt-get install -y -qq chromium)
+
 # --dist loadgroup keeps the Spark tests in one worker, so they share one JVM.
-test: $(STAMP) $(NODE_STAMP) $(SCAN_STAMP) java-check lint
+test: $(STAMP) $(NODE_STAMP) $(SCAN_STAMP) java-check chromium-check lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: $(STAMP)
@@ -104,6 +110,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_run.py --events 1000000 --all --json bench/out/results.json
 	$(BIN)/python bench/bench_late.py --events 1000000 --json bench/out/late.json
 	$(BIN)/python bench/bench_lake_formats.py --events 200000 --json bench/out/lake_formats.json
+	$(BIN)/python bench/bench_report.py --events 1000000 --json bench/out/report.json
 
 # A long fuzz run (about 20 minutes): hypothesis with many examples, then atheris on refine.
 fuzz: $(STAMP)

@@ -6,7 +6,9 @@ once, but a timed-out invocation can still be running while its retry starts). K
 * ``m#<machine_id>``: ``{"state": MachineState dict | None, "shard", "seq", "outbox"}``. ``seq`` is
   the highest sequence number of ``shard`` applied to the machine, so a redelivered record is
   skipped, never applied twice. ``state`` None is a tombstone (the core forgot the machine); it keeps
-  ``seq`` and the outbox. ``outbox`` holds the rows the last write produced, tagged with its token.
+  ``seq``, the outbox and ``sessions``, how many sessions the machine had started (the core's
+  ``Snapshot.forgotten``), so its next session is numbered on. ``outbox`` holds the rows the last
+  write produced, tagged with its token.
 * ``s#<stream/shard>``: the shard's :class:`StreamClock` (the core's cross-machine state, kept per
   shard, under its own ``clock`` and ``leaders`` keys), the timer buckets in use, and ``inflight``
   (see below). A batch restores a :class:`Snapshot` of that clock and the machines it reads.
@@ -151,10 +153,12 @@ class _ShardState:
         }
 
 
-def _snapshot(clock: StreamClock, items: Iterable[Item]) -> Snapshot:
-    """The core's state for a batch: the shard's clock and the machines read (tombstones left out)."""
-    states = [item.value["state"] for item in items]
-    return Snapshot(clock, tuple(MachineState.from_dict(state) for state in states if state is not None))
+def _snapshot(clock: StreamClock, items: dict[str, Item]) -> Snapshot:
+    """The core's state for a batch: the shard's clock and the machines read (a tombstone: the
+    sessions its machine had started, as forgotten)."""
+    states = [item.value["state"] for item in items.values()]
+    forgotten = {m: int(item.value.get("sessions", 0)) for m, item in items.items() if item.value["state"] is None}
+    return Snapshot(clock, tuple(MachineState.from_dict(state) for state in states if state is not None), forgotten)
 
 
 class ShardSessionizer:
@@ -206,21 +210,26 @@ class ShardSessionizer:
             fresh.append(record.event)
         report.applied = len(fresh)
 
-        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
+        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded))
         out = Outputs()
         sessionizer.process(fresh, out)
         sessionizer.end_batch(out)
         after = sessionizer.snapshot()
         states = {state.machine_id: state for state in after.machines}
+        forgotten = dict(after.forgotten)
 
         # Idle machines of this shard that the batch did not touch: the due timer buckets.
         fill = shard_state.timer_fill
         due = [b for b in shard_state.buckets if b * TIMER_BUCKET_MS < after.clock.time]
-        swept, clock = self._close_timed_out(shard, due, fill, after.clock, set(machine_ids), states, out, report)
+        swept, clock = self._close_timed_out(
+            shard, due, fill, after.clock, set(machine_ids), states, forgotten, out, report
+        )
         report.events, report.sessions = len(out.events), len(out.sessions)
         report.duplicates, report.late = len(out.duplicates) + report.repeated, out.late
 
-        changes = _changes(shard, [*machine_ids, *swept], {**swept, **loaded}, states, newest_seq, out, marks)
+        changes = _changes(
+            shard, [*machine_ids, *swept], {**swept, **loaded}, states, forgotten, newest_seq, out, marks
+        )
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock.time]
         if not changes and not fully_due and clock == shard_state.clock and not shard_state.inflight:
             return report  # a redelivered batch already applied: not even the shard item is rewritten
@@ -236,13 +245,14 @@ class ShardSessionizer:
         clock: StreamClock,
         exclude: set[str],
         states: dict[str, MachineState],
+        forgotten: dict[str, int],
         out: Outputs,
         report: BatchReport,
     ) -> tuple[dict[str, Item], StreamClock]:
         """Load the machines of the due timer sets (but ``exclude``) and let the core close the idle ones.
 
-        Their states after that go into ``states``; returns the machines loaded and the clock
-        (machines the core forgot have left its leaders).
+        Their states after that go into ``states`` (those the core forgot into ``forgotten``);
+        returns the machines loaded and the clock (machines the core forgot have left its leaders).
         """
         swept: dict[str, Item] = {}
         if not due:
@@ -255,10 +265,11 @@ class ShardSessionizer:
         report.swept = len(swept)
         if not swept:
             return swept, clock
-        idle = Sessionizer.restore(self.config, _snapshot(clock, swept.values()))
+        idle = Sessionizer.restore(self.config, _snapshot(clock, swept))
         idle.end_batch(out)
         after = idle.snapshot()
         states.update((state.machine_id, state) for state in after.machines)
+        forgotten.update(after.forgotten)
         return swept, after.clock
 
     def _wall_ms(self) -> int:
@@ -294,9 +305,10 @@ class ShardSessionizer:
         due = [b for b in shard_state.buckets if b * TIMER_BUCKET_MS < clock.time]
         out = Outputs()
         states: dict[str, MachineState] = {}
-        swept, clock = self._close_timed_out(shard, due, fill, clock, set(), states, out, report)
+        forgotten: dict[str, int] = {}
+        swept, clock = self._close_timed_out(shard, due, fill, clock, set(), states, forgotten, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
-        changes = _changes(shard, list(swept), swept, states, {}, out)
+        changes = _changes(shard, list(swept), swept, states, forgotten, {}, out)
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock.time]
         if not changes and not fully_due:
             return report
@@ -307,8 +319,18 @@ class ShardSessionizer:
 
     # -- end of stream --------------------------------------------------------------------------------
 
-    def flush(self, shard: str) -> BatchReport:
-        """Close every session of the shard and forget its machines (the embedded runner's ``--flush``)."""
+    def stream_clock(self, shards: Iterable[str]) -> int:
+        """The stream clock of these shards together (``StreamClock.merged``): what a flush of all
+        of them closes the open sessions against, as a batch run over the whole stream would."""
+        items = self.store.get_many(shard_key(shard) for shard in shards)
+        clocks = [StreamClock.from_dict(item.value) for item in items.values()]
+        return StreamClock.merged(clocks, self.config.clock_quorum).time
+
+    def flush(self, shard: str, end_clock: int | None = None) -> BatchReport:
+        """Close every session of the shard and forget its machines (the embedded runner's ``--flush``).
+
+        ``end_clock``: the stream's clock (``stream_clock`` of every shard) the sessions still open are
+        closed against; None: the shard's own."""
         report = BatchReport()
         shard_item = self.store.get(shard_key(shard))
         if shard_item is None:
@@ -322,9 +344,10 @@ class ShardSessionizer:
             for key, item in self.store.get_many(machine_key(m) for m in machine_ids).items()
             if item.value["shard"] == shard and item.value["state"] is not None
         }
-        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
+        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded))
         out = Outputs()
-        sessionizer.flush(out)
+        sessionizer.flush(out, end_clock)
+        forgotten = sessionizer.snapshot().forgotten
         report.swept, report.events, report.sessions = len(loaded), len(out.events), len(out.sessions)
         rows = _rows_by_machine(out)
         changes = [
@@ -337,6 +360,7 @@ class ShardSessionizer:
                     "seq": item.value["seq"],
                     "outbox": rows.get(m),
                     "raw": _raw_marks(item),
+                    "sessions": forgotten[m],
                 },
                 None,
             )
@@ -487,11 +511,13 @@ def _changes(
     machine_ids: Iterable[str],
     items: dict[str, Item],
     states: dict[str, MachineState],
+    forgotten: dict[str, int],
     newest_seq: dict[str, int],
     out: Outputs,
     marks: dict[str, RawMarks] | None = None,
 ) -> list[_Change]:
-    """The machine items to write: each machine read, swept or new, whose state, seq or rows changed."""
+    """The machine items to write: each machine read, swept or new, whose state, seq or rows changed
+    (a machine the core forgot: a tombstone that keeps its ``forgotten`` session count)."""
     rows = _rows_by_machine(out)
     changes: list[_Change] = []
     for machine_id in dict.fromkeys(machine_ids):
@@ -511,6 +537,8 @@ def _changes(
             "outbox": machine_rows,
             "raw": marks[machine_id].to_value() if marks and machine_id in marks else _raw_marks(item),
         }
+        if state is None:
+            value["sessions"] = forgotten.get(machine_id, item.value.get("sessions", 0) if item else 0)
         changes.append(_Change(machine_id, item.version if item else None, value, state))
     return changes
 
