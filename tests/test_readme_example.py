@@ -55,3 +55,58 @@ def test_readme_config_is_the_example_and_loads() -> None:
     config = Config.from_dict(tomllib.loads(block.group(1)))
     assert config.session.timeout_ms == 30 * 60 * 1000
     assert [rule.scale for rule in config.clean] == [(("timestamp", 1000),), ()]
+
+
+def test_the_start_here_commands_work_as_printed(tmp_path: Path) -> None:
+    """The README's first commands, typed as printed (a smaller feed), with only what the local extra
+    installs on the PATH: `sessionflow query` is the DuckDB example, no DuckDB command line needed."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    block = re.search(r"Then, with `\.venv/bin` on your `PATH`:\n\n```sh\n(.*?)```", README.read_text(), re.DOTALL)
+    assert block is not None
+    commands = [line.split("   #")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+    assert [command.split()[1] for command in commands] == ["generate", "init", "run", "query", "report"]
+    commands[0] = commands[0].replace("--events 1000000 --machines 10000", "--events 3000 --machines 40")
+    assert shutil.which("duckdb", path=str(Path(sys.executable).parent)) is None
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    outputs = []
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+        outputs.append(done.stdout)
+    assert "event_type" in outputs[3] and "view" in outputs[3]
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").count('<svg class="chart"') >= 6
+
+
+def test_the_demo_ends_with_its_report_and_prints_commands_whole(tmp_path: Path) -> None:
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "40", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sessionflow", "demo", "--dir", "demo", "--events", "3000", "--machines", "30"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[-1].strip() == str(tmp_path / "demo" / "report.html")
+    assert (tmp_path / "demo" / "report.html").is_file()
+    # A 40-column terminal wraps nothing the demo prints for the user to type again.
+    for name in ("query", "run"):
+        (line,) = [line for line in lines if line.startswith(f"  sessionflow {name} ")]
+        again = subprocess.run(
+            shlex.split(line), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert again.returncode == 0, again.stderr

@@ -305,9 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _runtime_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
-    """Subcommands of the optional runtimes; their modules import nothing heavy."""
+    """Subcommands of the readers (report, query) and of the optional runtimes; their modules import
+    nothing heavy."""
     registers = []
     for module_name in (
+        "sessionflow.report.commands",
         "sessionflow.runtimes.aws.commands",
         "sessionflow.runtimes.aws.cloud",
         "sessionflow.runtimes.backfill.commands",

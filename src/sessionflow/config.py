@@ -266,6 +266,7 @@ RESERVED_COLUMNS = frozenset(
         "session_seq",
         "ms_since_prev",
         "late",
+        "arrived_late",
     }
 )
 

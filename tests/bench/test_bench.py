@@ -140,3 +140,22 @@ def test_measure_adds_up_the_memory_of_forked_workers(tmp_path: Path) -> None:
     sample = bench_run.measure([sys.executable, "-c", workers], tmp_path / "fork.log")
     assert sample.maxrss_mb < 250  # one process at a time never held both blocks
     assert sample.peak_rss_mb >= 300 and sample.processes >= 3
+
+
+def test_bench_report_times_the_report_against_a_scan(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    options = ["--events", "3000", "--machines", "30", "--repeat", "1", "--workdir", str(tmp_path), "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_report.py"), *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    (events,) = duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{tmp_path}/report-lake-*/events/*/*.parquet')"
+    ).fetchone() or (0,)
+    assert results["events"] == events > 0
+    assert results["charts"] >= 6 and results["report"]["seconds"] > 0 and results["ratio_report_to_scan"] > 0

@@ -282,6 +282,28 @@ def _dirty_raw_bytes(t: int) -> Feed:
     )
 
 
+def _documents_and_os(t: int) -> Feed:
+    # What a session says of itself: its distinct documents (nulls not counted), its first os (a
+    # first event without one does not count), and its events that arrived after a later one.
+    m = "docs-m1"
+
+    def ev(ts: int, event_id: str, event_type: str = "view", **extra: Any) -> Ev:
+        return Ev(m, ts, event_id, event_type, extra=tuple(extra.items()))
+
+    return Feed(
+        "documents_and_os",
+        (
+            ev(t, "a", "app_open"),
+            ev(t + MINUTE, "b", "doc_open", document_id="doc-1", os="macos"),
+            ev(t + 4 * MINUTE, "d", "view", document_id="doc-2", os="linux"),
+            ev(t + 2 * MINUTE, "c", "edit", document_id="doc-1"),  # arrived after d, placed before it
+            ev(t + 3 * MINUTE, "c2", "save", document_id=None),  # after d too
+            ev(t + HOUR, "e", "app_open", document_id="doc-3"),  # a second session
+            ev(t + HOUR + MINUTE, "f", "view", document_id="doc-3", os="windows"),
+        ),
+    )
+
+
 _BUILDERS = (
     _gap_boundaries,
     _ties,
@@ -294,6 +316,7 @@ _BUILDERS = (
     _silent_machine,
     _dirty,
     _dirty_raw_bytes,
+    _documents_and_os,
 )
 FEEDS: dict[str, Feed] = {}
 for _index, _build in enumerate(_BUILDERS):

@@ -19,7 +19,7 @@ from sessionflow.core import Sessionizer
 from sessionflow.core.native import compiled
 from tests.contract import runtimes
 from tests.contract.feeds import FEEDS, Feed, combined_lines, config
-from tests.contract.reference import Result, expected
+from tests.contract.reference import Result, end_clock, expected
 
 CONFIG = config()
 
@@ -31,6 +31,7 @@ class Runtime:
     sorts: bool = False  # a batch (embedded run, backfill): sorts everything, dedupe without horizon
     batches_of_one: bool = False  # each line its own batch: the stream clock closes silent machines early
     conflicts: bool = False  # a later copy of other content is a conflicting_duplicate rejection
+    combined: bool = False  # every feed in one input: the stream clock at its end is the whole input's
     horizon: bool = True  # dedupe reaches dedupe_horizon back only (False: AWS's event-id index, any age)
 
 
@@ -108,6 +109,7 @@ def runtime(request: pytest.FixtureRequest) -> Runtime:
         lambda feed: runtimes.only(whole, feed),
         sorts=embedded or name == "spark",
         conflicts=True,
+        combined=True,
         horizon=name != "aws-local",  # a batch sorts: its dedupe has no horizon either
     )
 
@@ -149,12 +151,14 @@ def test_feed(runtime: Runtime, feed: Feed, request: pytest.FixtureRequest) -> N
     bug = KNOWN_BUGS.get((runtime.name, feed.name))
     if bug:
         request.applymarker(pytest.mark.xfail(strict=True, reason=bug))
+    clock = end_clock(FEEDS.values(), CONFIG.session, sorted_input=runtime.sorts) if runtime.combined else None
     want = expected(
         feed,
         CONFIG.session,
         sorted_input=runtime.sorts,
         batches_of_one=runtime.batches_of_one,
         conflicts=runtime.conflicts,
+        end_clock=clock,
         horizon=runtime.horizon,
     )
     assert_same(want, runtime.run(feed))
@@ -184,6 +188,13 @@ def test_the_feeds_reach_what_they_are_about() -> None:
     assert len(results["dirty_records"].rejections) == 12
     gap = results["gap_boundaries"]
     assert sorted(s[3] for s in gap.sessions.values()) == [1, 1, 2, 3, 4], "3 + 1 + 2 on gap-m1, 4 + 1 on gap-m2"
+    # What sessions say of themselves: every close reason, numbers, documents, os, late arrivals.
+    sessions = [s for r in results.values() for s in r.sessions.values()]
+    assert {s[11] for s in sessions} == {"timeout", "opening_event", "max_duration", "end_of_input"}
+    assert max(s[8] for s in sessions) >= 3
+    docs = sorted(s[7:11] for s in results["documents_and_os"].sessions.values())
+    assert docs == [("macos", 1, 2, 2), ("windows", 2, 1, 0)]
+    assert sum(s[10] for s in results["late_within_lateness"].sessions.values()) == 3  # c, b, d2
 
 
 @pytest.mark.xdist_group("contract-embedded")

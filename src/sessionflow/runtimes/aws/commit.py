@@ -24,6 +24,7 @@ part of its rows before failing records which, in ``inflight``, so recovery does
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -125,6 +126,7 @@ def _no_fault(_step: str) -> None:
 class CommitReport:
     resent: int = 0  # rows re-sent from an earlier attempt's outbox
     fenced: int = 0  # machines an earlier attempt had claimed but not written, fenced off
+    commit_ms: float = 0.0  # the commit, from the intent to the shard item written done
     failed_machines: set[str] = field(default_factory=set)
 
 
@@ -213,6 +215,7 @@ class Committer:
         drop_buckets: Iterable[int],
         report: CommitReport,
     ) -> None:
+        started = time.perf_counter()
         faults = self.faults
         token = uuid.uuid4().hex
         timers: dict[int, set[str]] = defaultdict(set)
@@ -260,6 +263,7 @@ class Committer:
         done = replace(intent, buckets=sorted(set(buckets) - set(dropped)), timer_fill=fill, inflight=None)
         if self.store.put(shard_key(shard), done.to_value(), version) is None:
             raise ShardConflict(f"shard {shard} changed while this invocation held it")
+        report.commit_ms = (time.perf_counter() - started) * 1000
         faults("done")
 
     def _write_machines(self, changes: list[Change]) -> list[bool]:

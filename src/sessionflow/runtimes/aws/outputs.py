@@ -71,6 +71,7 @@ class FirehoseSink:
         self.client = client
         self.streams = dict(streams)
         self.calls = 0
+        self.retried = 0  # records refused and sent again
         self._sleep = sleep
 
     def send(self, rows: Mapping[str, Sequence[Row]]) -> None:
@@ -79,6 +80,7 @@ class FirehoseSink:
         for attempt in range(_SEND_ATTEMPTS):
             for table, indexes in left.items():
                 blobs = pending[table]
+                self.retried += len(indexes) if attempt else 0
                 refused: list[int] = []
                 for chunk in _chunks([len(blobs[i]) for i in indexes], _FIREHOSE_MAX_RECORDS, _FIREHOSE_MAX_BYTES):
                     refused.extend(self._put(self.streams[table], [indexes[i] for i in chunk], blobs))

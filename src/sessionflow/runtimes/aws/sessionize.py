@@ -6,8 +6,9 @@ once, but a timed-out invocation can still be running while its retry starts). K
 * ``m#<machine_id>``: ``{"state": MachineState dict | None, "shard", "seq", "raw", "outbox"}``.
   ``seq`` is the highest sequence number of ``shard`` applied to the machine and ``raw`` its raw
   positions (:mod:`.positions`), so a redelivered or re-put record is skipped, never applied twice.
-  ``state`` None is a tombstone (the core forgot the machine); it keeps ``seq`` and the outbox.
-  ``outbox`` holds the rows the last write produced, tagged with its token.
+  ``state`` None is a tombstone (the core forgot the machine); it keeps ``seq``, the outbox and
+  ``sessions``, how many sessions the machine had started (the core's ``Snapshot.forgotten``), so its
+  next session is numbered on. ``outbox`` holds the rows the last write produced, tagged with its token.
 * ``s#<stream/shard>``: the shard's :class:`StreamClock` (the core's cross-machine state, kept per
   shard, under its own ``clock`` and ``leaders`` keys), the timer buckets in use, and ``inflight``
   (:mod:`.commit`). A batch restores a :class:`Snapshot` of that clock and the machines it reads.
@@ -81,10 +82,13 @@ def _no_fault(_step: str) -> None:
     return None
 
 
-def _snapshot(clock: StreamClock, items: Iterable[Item]) -> Snapshot:
-    """The core's state for a batch: the shard's clock and the machines read (tombstones left out)."""
-    states = [item.value["state"] for item in items]
-    return Snapshot(clock, tuple(MachineState.from_dict(state) for state in states if state is not None))
+def _snapshot(clock: StreamClock, items: dict[str, Item], states: dict[str, MachineState] | None = None) -> Snapshot:
+    """The core's state for a batch: the shard's clock and the machines read (a tombstone: the
+    sessions its machine had started, as forgotten). ``states``: the machines' states, if parsed."""
+    if states is None:
+        states = machine_states(items)
+    forgotten = {m: int(item.value.get("sessions", 0)) for m, item in items.items() if item.value["state"] is None}
+    return Snapshot(clock, tuple(states.values()), forgotten)
 
 
 class ShardSessionizer:
@@ -130,23 +134,26 @@ class ShardSessionizer:
         report.skipped, report.repeated, report.early = admitted.skipped, admitted.repeated, admitted.early
         report.conflicts = sum(len(rows) for rows in admitted.conflicts.values())
 
-        sessionizer = Sessionizer.restore(self.config, Snapshot(shard_state.clock, tuple(states.values())))
+        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded, states))
         out = Outputs()
         sessionizer.process(admitted.fresh, out)
         sessionizer.end_batch(out)
         after = sessionizer.snapshot()
         states = {state.machine_id: state for state in after.machines}
+        forgotten = dict(after.forgotten)
 
         # Idle machines of this shard that the batch did not touch: the due timer buckets.
         fill = shard_state.timer_fill
         due = [b for b in shard_state.buckets if b * TIMER_BUCKET_MS < after.clock.time]
-        swept, clock = self._close_timed_out(shard, due, fill, after.clock, set(machine_ids), states, out, report)
+        swept, clock = self._close_timed_out(
+            shard, due, fill, after.clock, set(machine_ids), states, forgotten, out, report
+        )
         report.events, report.sessions = len(out.events), len(out.sessions)
         report.duplicates = admitted.duplicates + len(out.duplicates) + admitted.repeated
         report.late = out.late
 
         rows = _rows_by_machine(out, admitted.conflicts)
-        changes = _changes(shard, [*machine_ids, *swept], {**swept, **loaded}, states, rows, admitted)
+        changes = _changes(shard, [*machine_ids, *swept], {**swept, **loaded}, states, forgotten, rows, admitted)
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock.time]
         if not changes and not fully_due and clock == shard_state.clock and not shard_state.inflight:
             return report  # a redelivered batch already applied: not even the shard item is rewritten
@@ -162,13 +169,14 @@ class ShardSessionizer:
         clock: StreamClock,
         exclude: set[str],
         states: dict[str, MachineState],
+        forgotten: dict[str, int],
         out: Outputs,
         report: BatchReport,
     ) -> tuple[dict[str, Item], StreamClock]:
         """Load the machines of the due timer sets (but ``exclude``) and let the core close the idle ones.
 
-        Their states after that go into ``states``; returns the machines loaded and the clock
-        (machines the core forgot have left its leaders).
+        Their states after that go into ``states`` (those the core forgot into ``forgotten``);
+        returns the machines loaded and the clock (machines the core forgot have left its leaders).
         """
         swept: dict[str, Item] = {}
         if not due:
@@ -181,10 +189,11 @@ class ShardSessionizer:
         report.swept = len(swept)
         if not swept:
             return swept, clock
-        idle = Sessionizer.restore(self.config, _snapshot(clock, swept.values()))
+        idle = Sessionizer.restore(self.config, _snapshot(clock, swept))
         idle.end_batch(out)
         after = idle.snapshot()
         states.update((state.machine_id, state) for state in after.machines)
+        forgotten.update(after.forgotten)
         return swept, after.clock
 
     def _wall_ms(self) -> int:
@@ -233,9 +242,10 @@ class ShardSessionizer:
         due = [b for b in shard_state.buckets if b * TIMER_BUCKET_MS < clock.time]
         out = Outputs()
         states: dict[str, MachineState] = {}
-        swept, clock = self._close_timed_out(shard, due, fill, clock, set(), states, out, report)
+        forgotten: dict[str, int] = {}
+        swept, clock = self._close_timed_out(shard, due, fill, clock, set(), states, forgotten, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
-        changes = _changes(shard, list(swept), swept, states, _rows_by_machine(out, {}), Admitted())
+        changes = _changes(shard, list(swept), swept, states, forgotten, _rows_by_machine(out, {}), Admitted())
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock.time]
         if not changes and not fully_due:
             return
@@ -254,8 +264,18 @@ class ShardSessionizer:
 
     # -- end of stream --------------------------------------------------------------------------------
 
-    def flush(self, shard: str) -> BatchReport:
-        """Close every session of the shard and forget its machines (the embedded runner's ``--flush``)."""
+    def stream_clock(self, shards: Iterable[str]) -> int:
+        """The stream clock of these shards together (``StreamClock.merged``): what a flush of all
+        of them closes the open sessions against, as a batch run over the whole stream would."""
+        items = self.store.get_many(shard_key(shard) for shard in shards)
+        clocks = [StreamClock.from_dict(item.value) for item in items.values()]
+        return StreamClock.merged(clocks, self.config.clock_quorum).time
+
+    def flush(self, shard: str, end_clock: int | None = None) -> BatchReport:
+        """Close every session of the shard and forget its machines (the embedded runner's ``--flush``).
+
+        ``end_clock``: the stream's clock (``stream_clock`` of every shard) the sessions still open are
+        closed against; None: the shard's own."""
         report = BatchReport()
         shard_item = self.store.get(shard_key(shard))
         if shard_item is None:
@@ -273,10 +293,11 @@ class ShardSessionizer:
         # Records still waiting for their previous raw record go in now, in their order: the stream ends.
         states = machine_states(loaded)
         admitted = admit(self.store, shard, [], loaded, release_parked=True, states=states)
-        sessionizer = Sessionizer.restore(self.config, Snapshot(shard_state.clock, tuple(states.values())))
+        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded, states))
         out = Outputs()
         sessionizer.process(admitted.fresh, out)
-        sessionizer.flush(out)
+        sessionizer.flush(out, end_clock)
+        forgotten = sessionizer.snapshot().forgotten
         report.swept, report.events, report.sessions = len(loaded), len(out.events), len(out.sessions)
         rows = _rows_by_machine(out, admitted.conflicts)
         changes = [
@@ -289,6 +310,7 @@ class ShardSessionizer:
                     "seq": item.value["seq"],
                     "outbox": rows.get(m),
                     "raw": admitted.marks[m].to_value() if m in admitted.marks else _raw(item),
+                    "sessions": forgotten[m],
                 },
                 None,
             )
@@ -310,10 +332,12 @@ def _changes(
     machine_ids: Iterable[str],
     items: dict[str, Item],
     states: dict[str, MachineState],
+    forgotten: dict[str, int],
     rows: dict[str, dict[str, list[Row]]],
     admitted: Admitted,
 ) -> list[Change]:
-    """The machine items to write: each machine read, swept or new, whose state, seq or rows changed."""
+    """The machine items to write: each machine read, swept or new, whose state, seq or rows changed
+    (a machine the core forgot: a tombstone that keeps its ``forgotten`` session count)."""
     changes: list[Change] = []
     for machine_id in dict.fromkeys(machine_ids):
         item = items.get(machine_id)
@@ -335,6 +359,8 @@ def _changes(
             "raw": marks.to_value() if marks is not None else _raw(item),
             "parked": parked or None,
         }
+        if state is None:
+            value["sessions"] = forgotten.get(machine_id, item.value.get("sessions", 0) if item else 0)
         changes.append(Change(machine_id, item.version if item else None, value, state))
     return changes
 

@@ -20,6 +20,7 @@ import orjson
 
 from sessionflow.config import Config
 from sessionflow.runtimes.aws.archive import PREFIX as ARCHIVE_PREFIX
+from sessionflow.runtimes.aws.catalog import ROW_KEYS
 from sessionflow.runtimes.aws.settings import Settings
 
 REGION = "us-east-1"
@@ -32,9 +33,9 @@ ARCHIVE_FIREHOSE = "raw-archive"
 # The Firehoses deliver each table under its name in the lake: events/, sessions/, rejected/.
 # (Not the lake's restatements: the streaming path restates nothing.)
 PREFIXES = {table: f"{table}/" for table in ("events", "sessions", "rejected")}
-# What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md).
-# What identifies a row: event ids are unique per machine (two machines may share one).
-IDS = {"events": ("machine_id", "event_id"), "sessions": ("session_id",), "rejected": ("source",)}
+# What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md):
+# the keys the deployed Athena views keep one row of.
+IDS = ROW_KEYS
 
 
 def local_environment(endpoint: str) -> dict[str, str]:
