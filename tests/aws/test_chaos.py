@@ -43,12 +43,17 @@ def _failures(aws: LocalAws) -> int:
     return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
 
 
-def test_chaos_on_every_call_changes_no_row(local_aws: LocalAws, config_path: Path) -> None:
+def test_chaos_on_every_call_changes_no_row(
+    local_aws: LocalAws, config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """30% of every call the handlers make goes wrong, every way it can; handlers crash between steps.
 
     Still every event once in its core session, every summary the core's, only exact copies, and
     nothing for the on-failure queue."""
-    lines = list(generate(FeedShape(events=400, machines=10, seed=5, days=0.15)))
+    from sessionflow.state import throttling
+
+    monkeypatch.setattr(throttling, "BASE_DELAY_S", 0.002)  # the same retries, shorter pauses
+    lines = list(generate(FeedShape(events=300, machines=8, seed=5, days=0.12)))
     put_lines(local_aws, lines)
     chaos = Chaos(0.3, seed=12, cover=True)
     runtime = handlers.Runtime.from_env(local_aws.settings, prepare=chaos.register, faults=chaos.crash)
@@ -130,7 +135,7 @@ def test_a_chaos_run_killed_twice_then_drained_gives_the_embedded_lake(
     """``aws-local run --chaos 0.05``, SIGKILLed twice mid-stream, then run again to the end with
     ``--flush``: fetched with every copy kept, the event -> session mapping and the summaries of
     ``sessionflow run`` on the same feed, and no event id with two different rows."""
-    lines = list(generate(FeedShape(events=2000, machines=30, seed=29, days=0.3)))
+    lines = list(generate(FeedShape(events=1200, machines=24, seed=29, days=0.25)))
     feed = tmp_path / "feed.jsonl"
     feed.write_bytes(b"\n".join(lines) + b"\n")
     put_lines(local_aws, lines)

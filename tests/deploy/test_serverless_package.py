@@ -409,7 +409,7 @@ def test_every_failure_queue_alarms_and_in_time_to_redrive(template: Template) -
     by_queue: dict[str, dict[str, tuple[float, str]]] = {}
     for alarm in of_type(template, "AWS::CloudWatch::Alarm").values():
         properties = alarm["Properties"]
-        if properties["Namespace"] != "AWS/SQS":
+        if properties.get("Namespace") != "AWS/SQS":
             continue
         assert [action["Ref"] for action in properties["AlarmActions"]] == list(topics)
         (dimension,) = properties["Dimensions"]

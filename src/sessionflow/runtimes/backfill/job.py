@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES
 from sessionflow.runtimes.backfill import publish, rawlines, stages
-from sessionflow.runtimes.backfill.archive import archive_files
+from sessionflow.runtimes.backfill.archive import archive_files, packed_files
 from sessionflow.runtimes.backfill.lakefs import HadoopFs, InputFile, expand_inputs
 from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date_range_of, inputs_of
 from sessionflow.runtimes.backfill.ranges import RangeContext, lake_sessions, renumbered, with_machine_context
@@ -198,7 +198,7 @@ def backfill(
     phase = partial(_phase, report)
     in_range: int | None = None
     # The splits stay as they are while the job runs: a line's arrival key names it on every read.
-    with rawlines.pinned_splits(spark):
+    with rawlines.pinned_splits(spark), packed_files(spark, archive):
         try:
             refined = _refine(spark, files, config, now).persist(StorageLevel.MEMORY_AND_DISK)
             persisted.append(refined)
