@@ -187,15 +187,16 @@ def _process(rt: Runtime, event: dict[str, Any], context: Any) -> dict[str, Any]
             # Lambda redelivers from the lowest failed record: nothing after it is sent (it comes again).
             cut = next((i for i, (status, _, _) in enumerate(results) if status != "success"), len(results))
             done: list[Refined] = [result for _, result, _ in results[:cut]]
-            first_refused = step.deliver(done)
-            delivered = done if first_refused is None else done[:first_refused]
+            delivery = step.deliver(done)
+            first = delivery.first_refused
+            delivered = done if first is None else done[:first]
             valid = sum(1 for result in delivered if result.event is not None)
             for result in delivered:
                 if result.rejected is not None:
                     rejected[result.rejected["reason"]] += 1
-            if first_refused is not None:
-                refused = sum(1 for result in done[first_refused:] if result.event is not None)
-                _fail(processor, results[first_refused][2], RuntimeError("the clean stream refused the record"))
+            refused = delivery.refused
+            if first is not None:
+                _fail(processor, results[first][2], RuntimeError("the clean stream refused the record"))
     finally:
         counts = {
             "RecordsIn": len(records),

@@ -46,6 +46,15 @@ class Refined:
     rejected: Row | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What became of a batch's results: the index of the first event ``clean`` refused (None: every
+    one went in; Lambda redelivers from it), and how many it refused."""
+
+    first_refused: int | None
+    refused: int
+
+
 def _no_fault(_step: str) -> None:
     return None
 
@@ -77,20 +86,21 @@ class ProcessStep:
             return Refined(event=event, position=position)
         return Refined()
 
-    def deliver(self, refined: Sequence[Refined]) -> int | None:
+    def deliver(self, refined: Sequence[Refined]) -> Delivery:
         """Send a batch's results in order: events to ``clean``, then the rejected rows before the
-        first event ``clean`` refused. Returns the index of that event (None: all delivered)."""
+        first event ``clean`` refused (what comes after it comes again)."""
         entries = _entries(refined)
         accepted = self.clean.put([entry for _, entry in entries]) if entries else []
         self.faults("process:clean")
-        refused = next((i for (i, _), ok in zip(entries, accepted, strict=True) if not ok), None)
-        end = len(refined) if refused is None else refused
+        refused = [i for (i, _), ok in zip(entries, accepted, strict=True) if not ok]
+        first = refused[0] if refused else None
+        end = len(refined) if first is None else first
         rejected = [r.rejected for r in refined[:end] if r.rejected is not None]
         if rejected:
             # Firehose retries inside the sink; what it still refuses raises and fails the batch.
             self.sink.send({"rejected": rejected})
         self.faults("process:rejected")
-        return refused
+        return Delivery(first, len(refused))
 
 
 def _entries(refined: Sequence[Refined]) -> list[tuple[int, StreamEntry]]:

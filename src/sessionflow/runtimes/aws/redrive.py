@@ -112,7 +112,7 @@ def redrive_raw(
     report.rejected += sum(1 for r in refined if r.rejected is not None)
     # As Lambda would: from the first record clean refused, again (earlier ones are not sent twice).
     for attempt in range(_DELIVER_ATTEMPTS):
-        refused = step.deliver(refined)
+        refused = step.deliver(refined).first_refused
         if refused is None:
             report.ranges.append(failed.describe())
             return
