@@ -291,11 +291,11 @@ def _flush(rt: Runtime, event: dict[str, Any], context: Any) -> dict[str, Any]:
     Stops before the timeout: the shards it had no time for are returned as ``left``; invoke it again
     with ``{"shards": left}``.
     """
-    # The stream's clock over all its shards, taken before any is flushed: each shard closes its open
-    # sessions against it (their close_reason), as one run over the whole stream would, also when a
-    # flush that ran out of time is invoked again for the shards it left.
-    clock = rt.sessionize.stream_clock(clean_shards(rt))
-    return _each_shard(rt, "flush", _shards(rt, event), context, lambda shard: rt.sessionize.flush(shard, clock))
+    shards = _shards(rt, event)
+    # The stream's clock over all of them, taken before any is flushed: each shard closes its open
+    # sessions against it (their close_reason), as one run over the whole stream would.
+    clock = rt.sessionize.stream_clock(shards)
+    return _each_shard(rt, "flush", shards, context, lambda shard: rt.sessionize.flush(shard, clock))
 
 
 flush_handler = _invoke("flush", _flush)
