@@ -21,6 +21,7 @@ from sessionflow.config import (
     ENV_CONFIG,
     EXAMPLE_CONFIG,
     ConfigError,
+    column_name,
     format_duration,
     resolve_config,
 )
@@ -112,6 +113,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} exists; pass --force to replace it")
     if not path.parent.is_dir():
         raise OutputError(f"{path}: cannot write: no folder {path.parent} (create it first)")
+    if args.sample_from is not None:
+        from sessionflow.propose.command import init_from
+
+        init_from(args.sample_from, path, args.sample)
+        return EXIT_OK
     try:
         path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
     except OSError as exc:
@@ -123,7 +129,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = resolve_config(args.config)
     session = config.session
-    columns = ", ".join(name if kind == "string" else f"{name} ({kind})" for name, kind in config.columns)
+    columns = ", ".join(
+        (column_name(name) if name == column_name(name) else f"{column_name(name)} (from {name})")
+        + ("" if kind == "string" else f" ({kind})")
+        for name, kind in config.columns
+    )
     print(f"config: {config.origin}")
     print(
         f"config ok: timeout {format_duration(session.timeout_ms)}, "
@@ -275,11 +285,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--machines", type=_count(1), default=500, metavar="M", help="machines they come from")
     demo.set_defaults(handler=_cmd_demo)
 
-    init = commands.add_parser("init", help="write an example sessionflow.toml")
+    init = commands.add_parser(
+        "init", help="write an example sessionflow.toml, or one proposed for your feed (--from SAMPLE)"
+    )
     init.add_argument(
         "path", nargs="?", default=DEFAULT_CONFIG_FILE, metavar="PATH", help="default: ./" + DEFAULT_CONFIG_FILE
     )
     init.add_argument("--force", action="store_true", help="replace the file when it exists")
+    init.add_argument(
+        "--from",
+        dest="sample_from",
+        metavar="SAMPLE",
+        help="propose a config for this feed (JSON lines, .gz or - for stdin) from its first records, "
+        "and print what it does to them",
+    )
+    init.add_argument(
+        "--sample",
+        type=_count(1),
+        default=5000,
+        metavar="N",
+        help="with --from: how many records to read (default 5000)",
+    )
     init.set_defaults(handler=_cmd_init)
 
     check = commands.add_parser("check-config", help="load and validate a config, run nothing")
