@@ -169,13 +169,14 @@ def _track(rng: random.Random, machine: dict[str, Any], name: str, moment: datet
     return orjson.dumps(record)
 
 
-def segment_event(line: bytes) -> Event | None:
-    """A track call as the README's Segment config maps it, written out by hand."""
+def segment_event(line: bytes, map_names: bool = True) -> Event | None:
+    """A track call as the README's Segment config maps it, written out by hand (``map_names``:
+    with the legacy library's names mapped to the others')."""
     try:
         record = json.loads(line)
         context = record["context"]
         name = record["event"]
-        if context["library"]["name"] == "rudder-legacy":
+        if map_names and context["library"]["name"] == "rudder-legacy":
             name = name.replace("_", " ").title()
         moment = datetime.fromisoformat(record["timestamp"])
         return Event(context["device"]["id"], record["messageId"], ms_of(moment), name)
