@@ -100,8 +100,8 @@ def test_cast_to_float_and_bool() -> None:
     rejected(cast, base(ratio="1e999"), Reason.WRONG_TYPE, "'ratio'", "beyond a 64-bit float")
     for value in ("nan", "inf", "1,5", True):
         rejected(cast, base(ratio=value), Reason.WRONG_TYPE, "'ratio'")
-    for value in ("yes", 2, "maybe"):
-        rejected(cast, base(ok=value), Reason.WRONG_TYPE, "'ok'", "not a boolean")
+    for word in ("yes", 2, "maybe"):
+        rejected(cast, base(ok=word), Reason.WRONG_TYPE, "'ok'", "not a boolean")
 
 
 def test_cast_leaves_a_missing_or_null_field_missing() -> None:
