@@ -16,6 +16,7 @@ from sessionflow.propose.sample import Leaf, Sample, analyse
 from sessionflow.propose.times import TimeGuess, guess_time
 
 REQUIRED = ("event_id", "machine_id", "event_type", "timestamp")
+ROLES = (*REQUIRED, "user_id", "app_version")
 MAX_COLUMNS = 16
 COMMON = 0.5  # a field in at least this share of the sample gets a typed column
 OPENING_EVENTS = frozenset(
@@ -41,6 +42,8 @@ class Proposal:
     removed_columns: list[str] = field(default_factory=list)  # default columns set to false
     opening_events: list[str] = field(default_factory=list)
     event_types: list[str] = field(default_factory=list)
+    # No field fits the event type: every event gets this one (set), into a field of its own.
+    set_type: tuple[str, str] | None = None
 
     @property
     def parse_time(self) -> TimeFormat | None:
@@ -69,11 +72,17 @@ def propose(records: list[dict[str, Any]], source: str, now_ms: int, unreadable:
     machine = roles.pick_machine(sample, taken)
     take("machine_id", machine, _values_note(sample, machine, "machines"))
     event_type = roles.pick_type(sample, taken)
-    take("event_type", event_type, _values_note(sample, event_type, "types"))
     if event_type is not None:
+        take("event_type", event_type, _values_note(sample, event_type, "types"))
         counts = _counts(event_type.values)
         proposal.event_types = [value for value, _ in counts]
         proposal.opening_events = sorted(OPENING_EVENTS & set(proposal.event_types))
+    else:
+        # Every event of one type (a web log's requests): sessions by time alone, until the user maps one.
+        into = _free_name(sample, "event_type")
+        proposal.set_type = (into, "event")
+        proposal.fields["event_type"] = into
+        proposal.notes["event_type"] = "CHECK: no field of the sample looks like an event type: set by the rule below"
     proposal.time = _pick_time(sample, now_ms, taken)
     if proposal.time is not None:
         time_leaf = sample.leaves[proposal.time.field]
@@ -90,9 +99,7 @@ def propose(records: list[dict[str, Any]], source: str, now_ms: int, unreadable:
         base = [machine.path, proposal.time.field, event_type.path if event_type else ""]
         proposal.event_id_from, proposal.id_collisions = roles.id_fields(sample, base)
         # The made id goes to a field of its own, never over one the feed has.
-        into = "event_id"
-        while into in sample.leaves or any(path.startswith(into + ".") for path in sample.leaves):
-            into = "_" + into
+        into = _free_name(sample, "event_id")
         proposal.event_id_into = into
         proposal.fields["event_id"] = into
         proposal.notes["event_id"] = "made by the rule below: no field of the sample is a unique event id"
@@ -100,9 +107,32 @@ def propose(records: list[dict[str, Any]], source: str, now_ms: int, unreadable:
             proposal.missing.remove("event_id")
     elif event_id is None:
         proposal.missing.append("event_id")
+    _unclash(proposal)
     _default_columns(proposal)
     _columns(proposal, taken)
     return proposal
+
+
+def overlap(one: str, other: str) -> bool:
+    """The same field, or one inside the other."""
+    return one == other or one.startswith(other + ".") or other.startswith(one + ".")
+
+
+def _unclash(proposal: Proposal) -> None:
+    """A role left at its default name must not name a field another role reads (the time in ``user_id``)."""
+    for role in ROLES:
+        if role not in proposal.fields and any(overlap(role, path) for path in proposal.fields.values()):
+            proposal.fields[role] = _free_name(proposal.sample, role)
+            proposal.notes.setdefault(role, f"its default, {role!r}, is another role's field here")
+
+
+def _free_name(sample: Sample, name: str) -> str:
+    """``name``, or ``_name``, ``__name``...: a top-level field no record of the sample has."""
+    while any(path == name or path.startswith(name + ".") for path in sample.leaves) or any(
+        name in record for record in sample.records
+    ):
+        name = "_" + name
+    return name
 
 
 def _pick_time(sample: Sample, now_ms: int, taken: list[str]) -> TimeGuess | None:
@@ -144,11 +174,13 @@ def _values_note(sample: Sample, leaf: Leaf | None, what: str) -> str:
 def _default_columns(proposal: Proposal) -> None:
     """A default column (user_id, app_version, os, document_id) must take what the feed has there."""
     sample = proposal.sample
-    feeds = {"user_id": proposal.fields.get("user_id", "user_id"), "app_version": proposal.fields.get("app_version")}
+    required = [proposal.fields.get(role, role) for role in REQUIRED]
     for name, _ in DEFAULT_COLUMNS:
-        path = feeds.get(name, name)
-        if path is None:
-            path = name
+        if any(overlap(name, path) for path in required):
+            proposal.removed_columns.append(name)
+            proposal.notes[name] = f"{name!r} is a required field here"
+            continue
+        path = proposal.fields.get(name, name)
         top = [record.get(path) for record in sample.records if "." not in path]
         containers = any(isinstance(value, dict | list) for value in top)
         leaf = sample.leaves.get(path)
@@ -163,6 +195,9 @@ def _columns(proposal: Proposal, taken: list[str]) -> None:
     sample = proposal.sample
     used = set(taken) | set(proposal.casts) | {proposal.event_id_into}
     names = set(_OUTPUT_NAMES)
+    # Fields a column may not be inside of, or hold: the roles' and the default columns'.
+    kept = [name for name, _ in DEFAULT_COLUMNS if name not in proposal.removed_columns]
+    fixed = [*(proposal.fields.get(role, role) for role in ROLES), *kept]
     common = [
         leaf
         for leaf in sorted(sample.leaves.values(), key=lambda leaf: (-leaf.count, leaf.path))
@@ -172,7 +207,7 @@ def _columns(proposal: Proposal, taken: list[str]) -> None:
         if len(proposal.columns) >= MAX_COLUMNS:
             break
         name = column_name(leaf.path)
-        if name in names:
+        if name in names or any(overlap(leaf.path, path) for path in fixed):
             continue
         kind = _column_kind(leaf)
         if kind is None:
@@ -182,6 +217,7 @@ def _columns(proposal: Proposal, taken: list[str]) -> None:
         proposal.columns[leaf.path] = kind
         proposal.notes[leaf.path] = f"in {_share(sample, leaf)} of the records"
         names.add(name)
+        fixed.append(leaf.path)
 
 
 def _column_kind(leaf: Leaf) -> str | None:

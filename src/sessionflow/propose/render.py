@@ -11,6 +11,7 @@ from sessionflow.propose.proposal import REQUIRED, Proposal
 from sessionflow.propose.times import describe
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COMMENT_AT = 40  # the column comments start at, where the line leaves room
 
 
@@ -32,9 +33,15 @@ def value(item: Any) -> str:
     return str(item)
 
 
+def safe(comment: str) -> str:
+    """A comment TOML takes: no control character (a sample's values may hold any)."""
+    return _CONTROL.sub("?", comment)
+
+
 def line(text: str, comment: str = "") -> str:
     if not comment:
         return text
+    comment = safe(comment)
     return f"{text.ljust(_COMMENT_AT - 1)} # {comment}" if len(text) < _COMMENT_AT - 1 else f"{text}  # {comment}"
 
 
@@ -56,7 +63,7 @@ def render(proposal: Proposal) -> str:
     sample = proposal.sample
     out = [
         f"# sessionflow.toml proposed by `sessionflow init --from` from the first {sample.lines:,} records of",
-        f"# {proposal.source}. Check the lines marked CHECK, then run it: sessionflow check-config, sessionflow run.",
+        safe(f"# {proposal.source}. Check the lines marked CHECK, then: sessionflow check-config, sessionflow run."),
         "# Every key is in the README (The config file, Cleaning rules, Bring your own feed).",
         "",
         "[session]",
@@ -72,17 +79,18 @@ def render(proposal: Proposal) -> str:
         path = proposal.fields.get(role)
         note = proposal.notes.get(role, "")
         if role in proposal.missing:
-            out.append(line(f"# {role} = ?", f"CHECK: no field of the sample fits {role}; name yours"))
+            check = f"CHECK: no field of the sample fits {role}; name yours"
+            out.append(line(f"{role} = {value(path)}" if path else f"# {role} = ?", check))
         elif path is not None and path != role:
             out.append(line(f"{role} = {value(path)}", note))
         elif path is not None:
             out.append(line(f"# {role} = {value(path)}", f"the default: {note}" if note else "the default"))
     if proposal.time is not None and proposal.time.rule is None:
-        out.append(f"#   the time: {describe(proposal.time)}, read as they are")
+        out.append(safe(f"#   the time: {describe(proposal.time)}, read as they are"))
         if proposal.time.unread is not None:
             count, example = proposal.time.unread
             seconds = " (seconds? see `scale` in the README's cleaning rules)" if _seconds(example) else ""
-            out.append(f"#   CHECK: {count:,} of the sample's times are not, e.g. {example!r}{seconds}")
+            out.append(safe(f"#   CHECK: {count:,} of the sample's times are not, e.g. {example!r}{seconds}"))
     out += ["", "[columns]                               # typed output columns; other fields go to `extra` (JSON)"]
     for name in proposal.removed_columns:
         out.append(line(f"{key(name)} = false", proposal.notes.get(name, "")))
@@ -110,6 +118,9 @@ def _rule(proposal: Proposal) -> list[str]:
             else f"CHECK: {collisions:,} records of the sample share an id with another of other content"
         )
         lines.append(line(f"event_id = {value(spec)}", note))
+    if proposal.set_type is not None:
+        into, kind = proposal.set_type
+        lines.append(line(f"set = {value({into: kind})}", "CHECK: one event type for every event; map one of yours"))
     time = proposal.time
     if time is not None and time.rule is not None:
         table = {time.field: _time_table(time.rule)}
@@ -120,7 +131,7 @@ def _rule(proposal: Proposal) -> list[str]:
         if time.other_formats:
             others = ", ".join(repr(f) for f in time.other_formats)
             checks.append(f"the sample reads as {others} too (no day past 12): the most recent reading was taken")
-        lines += [f"#   {describe(time)}", *(f"#   CHECK: {check}" for check in checks)]
+        lines += [safe(f"#   {describe(time)}"), *(safe(f"#   CHECK: {check}") for check in checks)]
     if not lines:
         return []
     return [
