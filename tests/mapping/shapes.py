@@ -23,7 +23,7 @@ import random
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -197,6 +197,70 @@ def segment_columns(line: bytes) -> dict[str, Any]:
         "properties_page_count": record["properties"].get("page_count"),
         "context_locale": context["locale"],
     }
+
+
+# -- a web server's access log, exported as JSON lines --------------------------------------------------
+
+WEBLOG_CONFIG = """\
+[session]
+timeout = "30m"
+opening_events = []
+
+[fields]
+machine_id = "remote_addr"
+
+[columns]
+request_uri = "string"
+status = "int"
+
+[[clean]]          # a request is a page view; its id is made of what tells two requests apart
+event_id = { from = ["remote_addr", "time_local", "request_method", "request_uri"] }
+parse_time = { time_local = { format = "%d/%b/%Y:%H:%M:%S %z" } }
+set = { event_type = "page_view" }
+
+[[clean]]          # errors are events of their own
+when = { status = "[45]*" }
+set = { event_type = "error" }
+"""
+PAGES = ("/", "/pricing", "/docs/intro", "/docs/api", "/signup", "/login", "/blog/sessions")
+
+
+def weblog_feed(addresses: int = 30, seed: int = 9) -> list[bytes]:
+    """Requests of ``addresses`` clients over a day, in the server's order (by time), in its local time."""
+    rng = random.Random(seed)
+    zone = timezone(timedelta(hours=1))
+    timed = []
+    for number in range(addresses):
+        address = f"198.51.100.{number + 1}"
+        moment = START + timedelta(minutes=rng.randint(0, 600))
+        for _ in range(rng.randint(1, 4)):
+            for _ in range(rng.randint(1, 15)):
+                moment += timedelta(seconds=rng.randint(1, 900))
+                record = {
+                    "time_local": moment.astimezone(zone).strftime("%d/%b/%Y:%H:%M:%S %z"),
+                    "remote_addr": address,
+                    "request_method": rng.choice(["GET", "GET", "GET", "POST"]),
+                    "request_uri": rng.choice(PAGES),
+                    "status": rng.choice([200] * 12 + [304, 404, 500]),
+                    "body_bytes_sent": rng.randint(0, 90_000),
+                    "http_user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+                }
+                timed.append((moment, orjson.dumps(record)))
+            moment += timedelta(minutes=rng.randint(31, 300))
+    timed.sort(key=lambda item: item[0])
+    return [line for _, line in timed]
+
+
+def weblog_event(line: bytes) -> Event | None:
+    """An access-log line as the README's web log config maps it, written out by hand."""
+    try:
+        record = json.loads(line)
+        moment = datetime.strptime(record["time_local"], "%d/%b/%Y:%H:%M:%S %z")
+        values = [record["remote_addr"], record["time_local"], record["request_method"], record["request_uri"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    kind = "error" if str(record.get("status", "")).startswith(("4", "5")) else "page_view"
+    return Event(record["remote_addr"], made_event_id(values), ms_of(moment), kind)
 
 
 # -- faker-clickstream ---------------------------------------------------------------------------------

@@ -36,11 +36,14 @@ from tests.mapping.shapes import (
     FAKER_PLANTED_TIME,
     PLANTED,
     SEGMENT_CONFIG,
+    WEBLOG_CONFIG,
     faker_clickstream_feed,
     faker_event,
     segment_columns,
     segment_event,
     segment_feed,
+    weblog_event,
+    weblog_feed,
 )
 
 pytest.importorskip("faker_clickstream", reason="the dev dependencies: pip install 'sessionflow[dev]'")
@@ -191,3 +194,29 @@ def test_init_from_a_faker_feed_proposes_a_config_that_rejects_nothing_valid(
     assert_lake_is(lake, expected(faker_lines, faker_event, FAKER_RULES))
     assert "CHECK: the sample's times carry no zone" in proposed.read_text()
     assert_verifies(lake)
+
+
+# -- a web server's access log ----------------------------------------------------------------------------
+
+
+def test_a_web_log_with_the_readme_config_and_with_the_proposed_one(workdir: Path) -> None:
+    lines = weblog_feed()
+    want = expected(lines, weblog_event, Rules(opening_events=frozenset()))
+    assert len(want.placements) > 300 and len(want.sessions) > 30
+    lake = run_feed(workdir, "weblog", lines, WEBLOG_CONFIG)
+    assert_lake_is(lake, want)
+    assert rejected_lines(lake) == {}
+    assert {row[0] for row in sql(f"SELECT DISTINCT event_type FROM {table(lake, 'events')}")} == {"page_view", "error"}
+    assert_verifies(lake)
+    # The proposal has no event type to find: it sets one for every event, and rejects nothing.
+    feed = write_lines(workdir / "weblog-sample.jsonl", lines)
+    proposed = workdir / "weblog-proposed.toml"
+    done = sessionflow("init", proposed, "--from", feed)
+    assert done.returncode == 0, done.stderr.decode()
+    data = tomllib.loads(proposed.read_text())
+    assert data["fields"]["machine_id"] == "remote_addr"
+    assert data["clean"][0]["parse_time"] == {"time_local": "%d/%b/%Y:%H:%M:%S %z"}
+    proposed_lake = run_feed(workdir, "weblog-proposed", lines, None, proposed)
+    assert rejected_lines(proposed_lake) == {}
+    assert sql(f"SELECT count(*) FROM {table(proposed_lake, 'events')}") == [(len(want.placements),)]
+    assert_verifies(proposed_lake)

@@ -84,7 +84,7 @@ def render(proposal: Proposal) -> str:
         elif path is not None and path != role:
             out.append(line(f"{role} = {value(path)}", note))
         elif path is not None:
-            out.append(line(f"# {role} = {value(path)}", f"the default: {note}" if note else "the default"))
+            out.append(line(f"# {role} = {value(path)}", note or "the default"))
     if proposal.time is not None and proposal.time.rule is None:
         out.append(safe(f"#   the time: {describe(proposal.time)}, read as they are"))
         if proposal.time.unread is not None:
