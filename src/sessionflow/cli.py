@@ -38,6 +38,7 @@ from sessionflow.exitcodes import (
 
 # The environment variables the CLI reads (shown in --help); the config's own is in sessionflow.config.
 ENV_LOG_LEVEL = "SESSIONFLOW_LOG_LEVEL"
+DEFAULT_SAMPLE = 5000  # records `init --from` reads
 
 log = logging.getLogger("sessionflow")
 
@@ -106,6 +107,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    if args.sample is not None and args.sample_from is None:
+        raise UsageError("--sample is how many records --from reads; give --from SAMPLE too")
     path = Path(args.path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give the config file's name, e.g. {path / DEFAULT_CONFIG_FILE}")
@@ -116,7 +119,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if args.sample_from is not None:
         from sessionflow.propose.command import init_from
 
-        init_from(args.sample_from, path, args.sample)
+        init_from(args.sample_from, path, args.sample or DEFAULT_SAMPLE)
         return EXIT_OK
     try:
         path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
@@ -302,9 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--sample",
         type=_count(1),
-        default=5000,
         metavar="N",
-        help="with --from: how many records to read (default 5000)",
+        help=f"with --from: how many records to read (default {DEFAULT_SAMPLE})",
     )
     init.set_defaults(handler=_cmd_init)
 

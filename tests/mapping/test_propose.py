@@ -276,3 +276,5 @@ def test_init_from_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     assert nothing.returncode == 3 and "no JSON object" in nothing.stderr
     assert not (tmp_path / "d.toml").exists()
     assert init(tmp_path / "e.toml", "--from", sample, "--sample", "0").returncode == 2
+    alone = init(tmp_path / "f.toml", "--sample", "10")
+    assert alone.returncode == 2 and "--from" in alone.stderr and not (tmp_path / "f.toml").exists()

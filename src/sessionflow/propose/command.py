@@ -28,7 +28,6 @@ from sessionflow.propose.times import describe
 
 log = logging.getLogger("sessionflow")
 
-DEFAULT_SAMPLE = 5000
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -72,7 +71,7 @@ def records_of(lines: list[bytes]) -> tuple[list[dict[str, object]], int]:
     return records, len(lines) - len(records)
 
 
-def init_from(source: str, path: Path, limit: int = DEFAULT_SAMPLE, now_ms: int | None = None) -> Proposal:
+def init_from(source: str, path: Path, limit: int, now_ms: int | None = None) -> Proposal:
     """Write the proposal for ``source`` to ``path`` and print what it does to the sample."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     lines = read_sample(source, limit)
