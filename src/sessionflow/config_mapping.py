@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sessionflow.config_values import ConfigError, as_list, as_name, only_keys
 
@@ -122,6 +121,8 @@ def check_time_format(spec: TimeFormat, key: str) -> None:
 
 
 def check_timezone(name: Any, key: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only a config with a zone needs the zones
+
     if not isinstance(name, str) or not name:
         raise ConfigError(key, f'must be an IANA zone name such as "Europe/Paris" or "UTC", got {name!r}')
     try:
