@@ -60,5 +60,13 @@ RESTATEMENTS = "restatements"  # the restatement log table (sessionflow.lake.res
 SESSION_PARTITION = "session_date"  # date of session_start (UTC)
 
 # Rejected records are JSON lines, one object per record.
-REJECTED_FIELDS: tuple[str, ...] = ("reason", "message", "raw_base64", "raw", "source", "line")
+REJECTED_COLUMNS: tuple[Column, ...] = (
+    ("reason", "string"),  # a sessionflow.core.Reason; also the partition
+    ("message", "string"),
+    ("raw_base64", "string"),  # the record's bytes as they arrived
+    ("raw", "string"),  # the same as text, or null when they are not UTF-8
+    ("source", "string"),  # where the record was read: file, or stream/shard/sequence number
+    ("line", "int64"),  # its line in that file (0 on a stream)
+)
+REJECTED_FIELDS: tuple[str, ...] = tuple(name for name, _ in REJECTED_COLUMNS)
 REJECTED_PARTITION = "reason"

@@ -59,6 +59,8 @@ class StoreStats:
     conflicts: int = 0
     set_adds: int = 0
     parts_written: int = 0  # items of large values, besides their pointer (counted in writes)
+    bytes_read: int = 0  # compressed value bytes of the items read, parts included
+    bytes_written: int = 0  # compressed value bytes written, parts included (what DynamoDB bills by)
 
 
 # DynamoDB's item limit is 400 KB, attribute names and the other attributes included.
@@ -95,6 +97,7 @@ class StateStore(ABC):
             now = int(self._now())
             records = self._read(wanted)
             self.stats.items_read += len(records)
+            self.stats.bytes_read += sum(len(r.blob) for r in records.values() if r.blob is not None)
             live = {key: r for key, r in records.items() if r.blob is not None and not _expired(r, now)}
             blobs = self._join_parts(live)
             for key, record in live.items():
@@ -123,6 +126,7 @@ class StateStore(ABC):
             parts, blob = self._write_parts(key, blob, expires_at, now)
         ok = self._write(key, blob, version, expires_at, expected_version, now)
         self.stats.writes += 1
+        self.stats.bytes_written += len(blob)
         if not ok:
             self.stats.conflicts += 1
             self._remove_parts(parts)  # nobody points at them
@@ -157,6 +161,7 @@ class StateStore(ABC):
             if not self._write(part_key, part, 1, expires_at, None, now):  # pragma: no cover - a fresh token
                 raise RuntimeError(f"{part_key}: a part key with a fresh token already exists")
             self.stats.parts_written += 1
+            self.stats.bytes_written += len(part)
         pointer = {"parts": keys, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
         return keys, _POINTER + orjson.dumps(pointer)
 
@@ -174,6 +179,7 @@ class StateStore(ABC):
             return blobs
         parts = self._read([part for pointer in pointers.values() for part in pointer["parts"]])
         self.stats.items_read += len(parts)
+        self.stats.bytes_read += sum(len(r.blob) for r in parts.values() if r.blob is not None)
         for key, pointer in pointers.items():
             found = [parts.get(part) for part in pointer["parts"]]
             if any(part is None or part.blob is None for part in found):

@@ -261,6 +261,10 @@ def _use(endpoint: str) -> None:
     from sessionflow.runtimes.aws.local.resources import local_environment
 
     os.environ.update(local_environment(endpoint))
+    # The handlers' per-batch JSON lines and metrics are for CloudWatch; on a terminal, warnings
+    # only (set POWERTOOLS_LOG_LEVEL=INFO, POWERTOOLS_METRICS_DISABLED=false to see them).
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
 def _config(args: argparse.Namespace) -> Any:

@@ -56,6 +56,7 @@ class FirehoseSink:
         self.client = client
         self.streams = dict(streams)
         self.calls = 0
+        self.retried = 0  # records refused and sent again
         self._sleep = sleep
 
     def send(self, rows: Mapping[str, Sequence[Row]]) -> None:
@@ -70,6 +71,7 @@ class FirehoseSink:
         pending = blobs
         for attempt in range(_SEND_ATTEMPTS):
             self.calls += 1
+            self.retried += len(pending) if attempt else 0
             response = self.client.put_record_batch(
                 DeliveryStreamName=stream, Records=[{"Data": blob} for blob in pending]
             )

@@ -88,6 +88,7 @@ class BatchReport:
     late: int = 0
     resent: int = 0  # rows re-sent from a previous attempt's outbox
     swept: int = 0  # idle machines looked at through the timers
+    commit_ms: float = 0.0  # the commit, from the intent to the shard item written done
     failed_machines: set[str] = field(default_factory=set)
 
     def failed_sequence_numbers(self, records: Sequence[CleanRecord]) -> list[int]:
@@ -401,6 +402,7 @@ class ShardSessionizer:
         drop_buckets: Iterable[int],
         report: BatchReport,
     ) -> None:
+        started = time.perf_counter()
         config = self.config
         token = uuid.uuid4().hex
         timers: dict[int, set[str]] = defaultdict(set)
@@ -450,6 +452,7 @@ class ShardSessionizer:
         done = replace(intent, buckets=sorted(set(buckets) - set(dropped)), timer_fill=fill, inflight=None)
         if self.store.put(shard_key(shard), done.to_value(), version) is None:
             raise ShardConflict(f"shard {shard} changed while this invocation held it")
+        report.commit_ms = (time.perf_counter() - started) * 1000
 
 
 def _fill_timer_sets(

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
+from sessionflow.runtimes.aws.catalog import ROW_KEYS
 from sessionflow.runtimes.aws.settings import Settings
 
 REGION = "us-east-1"
@@ -28,9 +29,9 @@ RAW_STREAM = "raw"
 # The Firehoses deliver each table under its name in the lake: events/, sessions/, rejected/.
 # (Not the lake's restatements: the streaming path restates nothing.)
 PREFIXES = {table: f"{table}/" for table in ("events", "sessions", "rejected")}
-# What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md).
-# What identifies a row: event ids are unique per machine (two machines may share one).
-IDS = {"events": ("machine_id", "event_id"), "sessions": ("session_id",), "rejected": ("source",)}
+# What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md):
+# the keys the deployed Athena views keep one row of.
+IDS = ROW_KEYS
 
 
 def local_environment(endpoint: str) -> dict[str, str]:
