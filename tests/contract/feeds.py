@@ -45,6 +45,9 @@ clock_quorum = 3
 [validation]
 max_record_bytes = {MAX_RECORD_BYTES}
 
+[columns]          # a nested field's column, written by every runtime
+"properties.pages" = "int"
+
 [[clean]]          # feed mapped_shapes: track calls of a tracker with field names of its own, nested
 when = {{ "context.library.name" = "contract-tracker" }}
 rename = {{ messageId = "event_id", "context.device.id" = "machine_id", event = "event_type", userId = "user_id" }}
@@ -74,6 +77,7 @@ class Ev:
     extra: tuple[tuple[str, Any], ...] = ()
     # The whole record on the wire, when the config's rules map it from another shape.
     wire: bytes | None = None
+    pages: int | None = None  # its properties_pages column
 
     def line(self) -> bytes:
         if self.wire is not None:
@@ -334,9 +338,9 @@ def _mapped_shapes(t: int) -> Feed:
     return Feed(
         "mapped_shapes",
         (
-            Ev(device, t, "t-1", "app_open", wire=track("t-1", "app_open", t)),
+            Ev(device, t, "t-1", "app_open", wire=track("t-1", "app_open", t), pages=12),
             click("Search", t + MINUTE),
-            Ev(device, t + 2 * MINUTE, "t-2", "view", wire=track("t-2", "view", t + 2 * MINUTE)),
+            Ev(device, t + 2 * MINUTE, "t-2", "view", wire=track("t-2", "view", t + 2 * MINUTE), pages=12),
             again,
             again,  # sent twice: the same record makes the same id, a duplicate
             click("AddToCart", t + 5 * MINUTE + 1),
@@ -348,7 +352,14 @@ def _mapped_shapes(t: int) -> Feed:
                 ),
                 "invalid_timestamp",
             ),
-            Ev(device, t + 40 * MINUTE, "t-3", "edit", wire=track("t-3", "edit", t + 40 * MINUTE)),
+            Ev(
+                device,
+                t + 40 * MINUTE,
+                "t-3",
+                "edit",
+                wire=track("t-3", "edit", t + 40 * MINUTE, properties={}),
+                pages=None,
+            ),
         ),
     )
 

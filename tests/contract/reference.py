@@ -29,8 +29,9 @@ from sessionflow.config import SessionConfig
 from sessionflow.core.ids import session_id
 from tests.contract.feeds import Dirty, Ev, Feed
 
-# What an event row must say: (machine, timestamp, type, session_id, session_seq, ms_since_prev, late).
-EventRow = tuple[str, int, str, str | None, int | None, int | None, bool]
+# What an event row must say: (machine, timestamp, type, session_id, session_seq, ms_since_prev, late,
+# the properties_pages column: a nested field, cast by a rule of feed mapped_shapes).
+EventRow = tuple[str, int, str, str | None, int | None, int | None, bool, int | None]
 # A session row: (machine, start, end, count, sorted type counts, first type, last type).
 SessionRow = tuple[str, int, int, int, tuple[tuple[str, int], ...], str, str]
 
@@ -83,7 +84,7 @@ def expected(
     for machine, events in kept.items():
         for ev, late in events:
             if late:
-                result.add_event(ev.event_id, (machine, ev.ts, ev.event_type, None, None, None, True))
+                result.add_event(ev.event_id, (machine, ev.ts, ev.event_type, None, None, None, True, ev.pages))
         on_time = sorted((ev for ev, late in events if not late), key=lambda e: (e.ts, e.event_id))
         _sessionize(machine, on_time, config, result)
     if batches_of_one:
@@ -126,7 +127,7 @@ def _sessionize(machine: str, events: list[Ev], config: SessionConfig, result: R
         sid = session_id(machine, first.ts, first.event_id)
         for seq, ev in enumerate(members, start=1):
             since = None if seq == 1 else ev.ts - members[seq - 2].ts
-            result.add_event(ev.event_id, (machine, ev.ts, ev.event_type, sid, seq, since, False))
+            result.add_event(ev.event_id, (machine, ev.ts, ev.event_type, sid, seq, since, False, ev.pages))
         counts = tuple(sorted(Counter(e.event_type for e in members).items()))
         result.sessions[sid] = (machine, first.ts, last.ts, len(members), counts, first.event_type, last.event_type)
 

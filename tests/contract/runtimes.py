@@ -38,7 +38,7 @@ def result_of(events: Iterable[Row], sessions: Iterable[Row], rejections: Iterab
     """Rows as the runtimes write them (dicts: the events and sessions tables, rejected rows)."""
     result = Result(duplicates=duplicates)
     for e in events:
-        placed = (e["session_id"], e["session_seq"], e["ms_since_prev"], bool(e["late"]))
+        placed = (e["session_id"], e["session_seq"], e["ms_since_prev"], bool(e["late"]), e.get("properties_pages"))
         result.add_event(e["event_id"], (e["machine_id"], e["timestamp"], e["event_type"], *placed))
     for s in sessions:
         counts = tuple(sorted((str(k), int(v)) for k, v in dict(s["event_type_counts"]).items()))

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from sessionflow.config import Config, FieldNames
 from sessionflow.core import Outputs, Reason, Rejection, Sessionizer
 from sessionflow.core.mapping import EVENT_NAMESPACE, event_id_from
+from sessionflow.schema import event_columns
 from tests.helpers import T0, refine
 from tests.mapping.shapes import made_event_id
 
@@ -335,6 +336,9 @@ def test_fields_and_columns_by_dotted_path() -> None:
     event = valid(SEGMENTISH, track())
     assert (event["event_id"], event["machine_id"], event["event_type"]) == ("m-1", "dev-1", "Document Opened")
     assert (event["properties_doc_id"], event["properties_pages"]) == ("doc-9", 12)
+    # Every runtime's table has the column under that name (the Parquet writers, Spark, the Glue catalog).
+    columns = event_columns(Config.from_dict(SEGMENTISH))
+    assert {("properties_doc_id", "string"), ("properties_pages", "int64")} <= set(columns)
     # What a column or a field took leaves the object; an object left empty goes too.
     assert extra(event) == {"context": {"library": {"name": "analytics.js"}}, "properties": {"title": "x"}}
 
