@@ -7,7 +7,7 @@ else lands in the ``extra`` JSON column, so readers never meet a schema conflict
 
 from __future__ import annotations
 
-from sessionflow.config import Config
+from sessionflow.config import Config, column_name
 
 # name -> logical type: string, int64, int32, int8, bool, float64, timestamp_ms (UTC), map<string,int64>
 Column = tuple[str, str]
@@ -40,7 +40,7 @@ _COLUMN_TYPES = {"string": "string", "int": "int64", "float": "float64", "bool":
 
 def event_columns(config: Config) -> tuple[Column, ...]:
     """The events table without its partition column, in file order."""
-    declared = tuple((name, _COLUMN_TYPES[kind]) for name, kind in config.columns)
+    declared = tuple((column_name(name), _COLUMN_TYPES[kind]) for name, kind in config.columns)
     return EVENT_HEAD + declared + EVENT_TAIL
 
 

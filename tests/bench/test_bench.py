@@ -159,3 +159,27 @@ def test_bench_report_times_the_report_against_a_scan(tmp_path: Path) -> None:
     ).fetchone() or (0,)
     assert results["events"] == events > 0
     assert results["charts"] >= 6 and results["report"]["seconds"] > 0 and results["ratio_report_to_scan"] > 0
+
+
+def test_bench_refine_counts_what_the_core_refines(tmp_path: Path) -> None:
+    """bench_refine.py refines the generated feed under a config; its counts are the core's own tally."""
+    from sessionflow.config import EXAMPLE_CONFIG, Config
+    from sessionflow.core import LineRefiner
+    from sessionflow.synthetic import generate
+
+    config = tmp_path / "sessionflow.toml"
+    config.write_text(EXAMPLE_CONFIG)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_refine.py"), "--events", "3000", "--repeat", "2", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [(line, "x", n) for n, line in enumerate(generate(FeedShape(3000)), 1)]
+    import time
+
+    refined = LineRefiner(Config.load(config)).refine_lines(lines, int(time.time() * 1000))
+    want = f"3,000 lines ({len(refined.events):,} events, {sum(refined.rejected.values()):,} rejected): best CPU"
+    assert done.stdout.startswith(want), done.stdout

@@ -40,8 +40,8 @@ from sessionflow.core.ids import session_id
 from tests.contract.feeds import Dirty, Ev, Feed
 
 # What an event row must say: (machine, timestamp, type, session_id, session_seq, ms_since_prev, late,
-# arrived_late).
-EventRow = tuple[str, int, str, str | None, int | None, int | None, bool, bool]
+# arrived_late, the properties_pages column: a nested field, cast by a rule of feed mapped_shapes).
+EventRow = tuple[str, int, str, str | None, int | None, int | None, bool, bool, int | None]
 # A session row: (machine, start, end, count, sorted type counts, first type, last type, os,
 # session_number, documents, late_placed, close_reason).
 SessionRow = tuple[str, int, int, int, tuple[tuple[str, int], ...], str, str, str | None, int, int, int, str]
@@ -102,7 +102,7 @@ def expected(
         for ev, late in events:
             if late:
                 flag = id(ev) in arrived_late
-                result.add_event(ev.event_id, (machine, ev.ts, ev.event_type, None, None, None, True, flag))
+                result.add_event(ev.event_id, (machine, ev.ts, ev.event_type, None, None, None, True, flag, ev.pages))
         on_time = sorted((ev for ev, late in events if not late), key=lambda e: (e.ts, e.event_id))
         _sessionize(machine, on_time, config, result, arrived_late, clock)
     if batches_of_one:
@@ -196,7 +196,7 @@ def _sessionize(
         for seq, ev in enumerate(members, start=1):
             since = None if seq == 1 else ev.ts - members[seq - 2].ts
             flag = id(ev) in arrived_late
-            result.add_event(ev.event_id, (machine, ev.ts, ev.event_type, sid, seq, since, False, flag))
+            result.add_event(ev.event_id, (machine, ev.ts, ev.event_type, sid, seq, since, False, flag, ev.pages))
         counts = tuple(sorted(Counter(e.event_type for e in members).items()))
         extras = [dict(e.extra) for e in members]
         os = next((x["os"] for x in extras if x.get("os") is not None), None)

@@ -38,7 +38,8 @@ def result_of(events: Iterable[Row], sessions: Iterable[Row], rejections: Iterab
     """Rows as the runtimes write them (dicts: the events and sessions tables, rejected rows)."""
     result = Result(duplicates=duplicates)
     for e in events:
-        placed = (e["session_id"], e["session_seq"], e["ms_since_prev"], bool(e["late"]), bool(e["arrived_late"]))
+        late, arrived_late, pages = bool(e["late"]), bool(e["arrived_late"]), e.get("properties_pages")
+        placed = (e["session_id"], e["session_seq"], e["ms_since_prev"], late, arrived_late, pages)
         result.add_event(e["event_id"], (e["machine_id"], e["timestamp"], e["event_type"], *placed))
     for s in sessions:
         counts = tuple(sorted((str(k), int(v)) for k, v in dict(s["event_type_counts"]).items()))

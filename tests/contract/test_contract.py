@@ -186,6 +186,9 @@ def test_the_feeds_reach_what_they_are_about() -> None:
     assert results["silent_machine"].closed_early == {"silent-s"}
     assert len(results["bot_max_duration"].sessions) == 3
     assert len(results["dirty_records"].rejections) == 12
+    mapped = results["mapped_shapes"]
+    assert {reason for reason, _ in mapped.rejections} == {"missing_field", "wrong_type", "invalid_timestamp"}
+    assert mapped.duplicates == 1 and {m for m, _ in mapped.events} == {"mapped-dev", "mapped-ip"}
     gap = results["gap_boundaries"]
     assert sorted(s[3] for s in gap.sessions.values()) == [1, 1, 2, 3, 4], "3 + 1 + 2 on gap-m1, 4 + 1 on gap-m2"
     # What sessions say of themselves: every close reason, numbers, documents, os, late arrivals.

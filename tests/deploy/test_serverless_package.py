@@ -567,6 +567,7 @@ def test_artifact_holds_the_code_config_and_platform_wheels(artifact: Path, temp
     # Compiled for the functions' runtime and architecture, from manylinux wheels.
     assert any(re.fullmatch(r"orjson/orjson\.cpython-312-x86_64-linux-gnu\.so", n) for n in names), sorted(names)[:20]
     assert any(n.startswith("aws_lambda_powertools/") for n in names)
+    assert "tzdata/zoneinfo/Europe/Paris" in names  # parse_time's zones, whatever the image has
     assert not any(n.startswith(("boto3/", "botocore/")) for n in names), "the runtime provides the SDK"
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     # Reproducible: sorted entries, fixed timestamps.

@@ -24,11 +24,17 @@ class Reason(StrEnum):
 
 
 class RejectRecord(Exception):
-    """Raised by a cleaning function to turn a record away with a reason of its own."""
+    """Raised by a cleaning function to turn a record away with a message of its own.
 
-    def __init__(self, message: str) -> None:
+    A user's function raises it with a message only (``rejected_by_rule``); the declarative actions
+    give the reason a validation failure would (``wrong_type`` for a value ``cast`` cannot convert,
+    ``invalid_timestamp`` for a time ``parse_time`` cannot read).
+    """
+
+    def __init__(self, message: str, reason: Reason = Reason.REJECTED_BY_RULE) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -317,12 +317,10 @@ def _flush(rt: Runtime, event: dict[str, Any], context: Any) -> dict[str, Any]:
     Stops before the timeout: the shards it had no time for are returned as ``left``; invoke it again
     with ``{"shards": left}``.
     """
-    # The stream's clock over all its shards, taken before any is flushed: each shard closes its open
-    # sessions against it (their close_reason), as one run over the whole stream would, also when a
-    # flush that ran out of time is invoked again for the shards it left.
-    # A runtime without a Kinesis client (injected: tests, the benchmark) knows the shards it is given.
     shards = _shards(rt, event)
-    clock = rt.sessionize.stream_clock(clean_shards(rt) if "kinesis" in rt.clients else shards)
+    # The stream's clock over all of them, taken before any is flushed: each shard closes its open
+    # sessions against it (their close_reason), as one run over the whole stream would.
+    clock = rt.sessionize.stream_clock(shards)
     return _each_shard(rt, "flush", shards, context, lambda shard: rt.sessionize.flush(shard, clock))
 
 
