@@ -417,3 +417,43 @@ def test_a_process_crash_between_its_steps_changes_nothing(matrix_config: Config
     assert sessions == {s["session_id"]: orjson.loads(orjson.dumps(s)) for s in out.sessions}
     rejected = _distinct(sink.rows["rejected"], lambda r: r["source"])
     assert sorted(r["raw_base64"] for r in rejected.values()) == sorted(r["raw_base64"] for r in out.rejections)
+
+
+def test_two_sweeps_never_work_on_one_shard_at_once(matrix_config: Config) -> None:
+    """A sweep holds the shard's lease while on it: a second one (a scheduled run overlapping a slow
+    one) leaves the shard; once the first's lease has run out (it died), the next sweep takes it."""
+    world = World(matrix_config)
+    world.tick("batch0")
+    world.run("batch0")
+    world.tick("sweep")
+    seen: list[Any] = []
+
+    def second_sweep(step: str) -> None:
+        if step == "intent" and not seen:
+            seen.append(world.shard().sweep(SHARD, lease_ms=60_000))
+
+    report = world.shard(second_sweep).sweep(SHARD, lease_ms=60_000)
+    (second,) = seen
+    assert not second.leased and second.sessions == 0  # it left the shard to the first
+    assert report.leased and report.sessions == 4  # the first closed every idle session, once
+    assert world.shard().sweep(SHARD).sessions == 0  # its lease is free again: nothing left to close
+
+    # A sweep that fails gives its lease back (and the next recovers what it began); one killed
+    # outright (a timeout) leaves it: the shard is held until the lease runs out, then taken.
+    def die(step: str) -> None:
+        if step == "intent":
+            raise Crash(step)
+
+    world = World(matrix_config)
+    world.tick("batch0")
+    world.run("batch0")
+    world.tick("sweep")
+    with pytest.raises(Crash):
+        world.shard(die).sweep(SHARD, lease_ms=60_000)
+    taken = world.shard().sweep(SHARD)
+    assert taken.leased and taken.sessions == 4
+    now_ms = int(world.wall.now * 1000)
+    world.store.put(f"l#sweep/{SHARD}", {"until": now_ms + 60_000}, None)  # what a killed sweep leaves
+    assert not world.shard().sweep(SHARD).leased
+    world.wall.now += 61
+    assert world.shard().sweep(SHARD).leased
