@@ -68,17 +68,35 @@ class Block:
     # Arrow bytes the refining process wrote to each spill bucket (its events are there, and
     # ``batch`` has no rows); None: the events are in ``batch``.
     spilled: list[int] | None = None
+    # The block's most advanced machines, (machine_id, newest timestamp), at most clock_quorum of
+    # them: all a run needs of a block for the stream clock at its end (see block_leaders).
+    leaders: list[tuple[str, int]] | None = None
 
 
 # -- worker side ---------------------------------------------------------------------------------
 
-_worker: tuple[Pipeline, pa.Schema, Feed] | None = None
+_worker: tuple[Pipeline, pa.Schema, Feed, int] | None = None
 
 
 def _init_worker(config: Config, now_ms: int, feed: Feed) -> None:
     global _worker  # noqa: PLW0603 - one pipeline per worker process, built once
     gc.disable()  # refining allocates millions of short-lived containers and no cycles
-    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), feed)
+    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), feed, config.session.clock_quorum)
+
+
+def block_leaders(batch: pa.RecordBatch, quorum: int) -> list[tuple[str, int]]:
+    """The ``quorum`` machines of ``batch`` with the newest timestamps, with them.
+
+    The stream clock is the ``quorum``-th newest of the machines' newest timestamps: a machine
+    among the ``quorum`` newest over a whole input is among the ``quorum`` newest of the block that
+    holds its newest event, so the blocks' leaders are all the clock needs.
+    """
+    if batch.num_rows == 0:
+        return []
+    newest = pa.table([batch.column("machine_id"), batch.column("timestamp")], names=["machine_id", "timestamp"])
+    newest = newest.group_by("machine_id").aggregate([("timestamp", "max")])
+    top = newest.take(pc.select_k_unstable(newest, quorum, [("timestamp_max", "descending")]))
+    return list(zip(top.column("machine_id").to_pylist(), top.column("timestamp_max").to_pylist(), strict=True))
 
 
 def _init_pool_worker(config: Config, now_ms: int, feed: Feed, run_pid: int) -> None:
@@ -220,7 +238,7 @@ def refine_block(chunk: bytes, source: str, first_line: int, spill: SpillTo | No
     with their line and a hash of their machine; the parts then say how many bytes went to each
     bucket, and carry no events."""
     assert _worker is not None
-    pipeline, schema, feed = _worker
+    pipeline, schema, feed, quorum = _worker
     lines = chunk.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
@@ -232,6 +250,7 @@ def refine_block(chunk: bytes, source: str, first_line: int, spill: SpillTo | No
     columns = dict(zip(fields, feed.columns(events, kinds), strict=True))
     batch = to_record_batch(columns, len(events), schema)
     counts = None
+    leaders = block_leaders(batch, quorum)
     if spill is not None:
         machines = pc.dictionary_encode(batch.column("machine_id"))
         # crc32, not hash(): the same in every process, whatever its start method or hash seed.
@@ -245,11 +264,11 @@ def refine_block(chunk: bytes, source: str, first_line: int, spill: SpillTo | No
             names=[*batch.schema.names, LINE, MACHINE_HASH],
         )
         counts = append(spill, batch)
-        return len(lines), refined.blank, refined.rejected, refined.rejections, None, counts
+        return len(lines), refined.blank, refined.rejected, refined.rejections, None, counts, leaders
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as stream:
         stream.write_batch(batch)
-    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), counts
+    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), counts, leaders
 
 
 def _call(work: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
@@ -264,9 +283,9 @@ def _no_rows() -> pa.RecordBatch:
 
 def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
     """``parts`` of a block a worker refined (its lines numbered from ``first_line``)."""
-    lines, blank, rejected, rejections, ipc, spilled = parts
+    lines, blank, rejected, rejections, ipc, spilled, leaders = parts
     batch = _no_rows() if ipc is None else pa.ipc.open_stream(ipc).read_next_batch()
-    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, None, spilled)
+    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, None, spilled, leaders)
 
 
 # -- main side -----------------------------------------------------------------------------------
@@ -407,7 +426,10 @@ class Assembler:
         sessionizer.end_batch(self)
         self._finish_ready(sessionizer)
 
-    def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
+    def release(
+        self, payload: Any, session_id: str | None, seq: int | None, since: int | None, arrived_late: bool
+    ) -> None:
+        # ``arrived_late`` is the block's own column already (the batch run's, runtimes/local/batch.py).
         holder, row = payload  # a row of a block (the record feed's handle)
         holder.session_ids[row] = session_id
         holder.seqs[row] = seq

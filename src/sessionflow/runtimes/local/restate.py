@@ -13,6 +13,13 @@ Dedupe against the lake: a new event whose ``(machine_id, event_id)`` is already
 partitions of the last ``restate_horizon`` of stream time, or its own day) is a duplicate, or a
 conflicting one. An event older than the stream clock (before the run) less ``restate_horizon`` is
 not placed: it is written late, in no session.
+
+What one batch run over all input gives, the sessions' own columns included: a new event's
+``arrived_late`` is judged against its machine's newest event in the lake (the region holds it, or
+it is older than every new event); a machine's sessions are numbered on from its sessions before
+the cut (a split renumbers the later ones, which are all in the region); the sessions still open at
+the end are closed against the stream clock at the end of the run, and a session the lake holds as
+``end_of_input`` that the run does not sessionize again is settled by :mod:`.open_ends`.
 """
 
 from __future__ import annotations
@@ -35,12 +42,12 @@ from sessionflow.lake.writer import LakeWriter
 from sessionflow.runtimes.local.batch import (
     BatchRun,
     Captured,
-    newest_per_machine,
     sessionize,
     sort_events,
     split_copies,
+    with_arrival,
 )
-from sessionflow.runtimes.local.columnar import SESSION_FIELDS, refined_schema, session_schema_fields
+from sessionflow.runtimes.local.columnar import ARRIVED_LATE, SESSION_FIELDS, refined_schema, session_schema_fields
 from sessionflow.runtimes.local.feeds import Feed
 from sessionflow.schema import EVENT_PARTITION, SESSION_PARTITION
 
@@ -79,17 +86,27 @@ class LakeFiles:
         ]
 
 
-def _read(lake: Path, names: list[str], partition: str, expression: pc.Expression | None) -> pa.Table | None:
-    """Rows of the named files that match, each with its file and its partition value."""
+def read_rows(
+    lake: Path,
+    names: list[str],
+    partition: str,
+    expression: pc.Expression | None,
+    columns: list[str] | None = None,
+) -> pa.Table | None:
+    """Rows of the named files that match, each with its file and its partition value. An event
+    file written before events had ``arrived_late`` reads as none arrived late; a sessions file of
+    then, with its newer columns null."""
     tables = []
     for name in names:
-        table = pq.read_table(lake / name, filters=expression)
+        table = pq.read_table(lake / name, filters=expression, columns=columns)
         if table.num_rows == 0:
             continue
+        if partition == EVENT_PARTITION and columns is None and ARRIVED_LATE not in table.schema.names:
+            table = table.append_column(pa.field(ARRIVED_LATE, pa.bool_()), pa.array([False] * table.num_rows))
         value = name.split("/")[1].split("=", 1)[1]
         table = table.append_column(partition, pa.array([value] * table.num_rows, pa.string()))
         tables.append(table.append_column(FILE, pa.array([name] * table.num_rows, pa.string())))
-    return pa.concat_tables(tables) if tables else None
+    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 @dataclass
@@ -101,12 +118,13 @@ class Restatement:
     log: list[pa.Table] = field(default_factory=list)
     events: int = 0  # old events whose session columns changed
     sessions: int = 0  # old sessions replaced
+    settled: int = 0  # of them, those only settle_open_ends changed (written again by it)
 
 
 class History:
     """The lake before the run, read for the machines of one bucket at a time."""
 
-    def __init__(self, lake: Path, config: Config, clock: int | None, run: int) -> None:
+    def __init__(self, lake: Path, config: Config, clock: int | None, run: int, end_clock: int | None) -> None:
         self.lake = lake
         self.config = config
         self.files = LakeFiles.of(lake)
@@ -114,7 +132,13 @@ class History:
         horizon = config.session.restate_horizon_ms
         # Before this, an event is not placed any more: it is written late (see the module's doc).
         self.placed_from = None if clock is None else clock - horizon
+        # The stream clock at the end of the run's input: sessions still open then close against it.
+        self.end_clock = end_clock
         self.restatement = Restatement()
+        # Every machine that had events placed, and every lake session sessionized again: what
+        # settle_open_ends must leave alone or settle by the machine's next event.
+        self.placed_machines: set[str] = set()
+        self.region_sessions: set[str] = set()
         # The event-id memory this run consulted: the lake's (machine_id, event_id) columns, as
         # stored (compressed), in the event files of the horizon (README, Dedupe).
         self.id_bytes = 0
@@ -139,20 +163,33 @@ class History:
         machines = pc.unique(new.column("machine_id"))
         ids = pc.unique(new.column("event_id"))
         expression = pc.field("machine_id").isin(machines) & pc.field("event_id").isin(ids)
-        return _read(self.lake, names, EVENT_PARTITION, expression)
+        return read_rows(self.lake, names, EVENT_PARTITION, expression)
 
     # -- placing ------------------------------------------------------------------------------
 
-    def region(self, new: pa.Table) -> tuple[pa.Table | None, pa.Table | None]:
+    def newest(self, machines: pa.Array) -> dict[str, int]:
+        """Each machine's newest timestamp in the lake (every event file read: only for machines
+        with events too old to place, rare, whose newest the region may not hold)."""
+        table = read_rows(
+            self.lake,
+            self.files.event_files(None),
+            EVENT_PARTITION,
+            pc.field("machine_id").isin(machines),
+            columns=["machine_id", "timestamp"],
+        )
+        return {} if table is None else _newest(table)
+
+    def region(self, new: pa.Table) -> tuple[pa.Table | None, pa.Table | None, dict[str, int]]:
         """(old events from each machine's cut on, not late; old sessions from the cut on), each row
-        with its file. ``new``: the events to place (the bucket's, less duplicates and late ones)."""
+        with its file; and how many sessions each machine has before its cut. ``new``: the events
+        to place (the bucket's, less duplicates and late ones)."""
         firsts = new.group_by("machine_id").aggregate([("timestamp", "min")]).rename_columns(["machine_id", "first"])
         machines = firsts.column("machine_id")
         earliest = pc.min(firsts.column("first")).as_py()
         timeout = self.config.session.timeout_ms
         bound = earliest - timeout
         while True:
-            sessions = _read(
+            sessions = read_rows(
                 self.lake,
                 self.files.sessions,
                 SESSION_PARTITION,
@@ -167,9 +204,13 @@ class History:
             mine = _per_machine(sessions, machines, cut)
             sessions = sessions.filter(pc.greater_equal(sessions.column("start_ts"), mine))
             sessions = sessions if sessions.num_rows else None
+        self.placed_machines.update(machines.to_pylist())
+        if sessions is not None:
+            self.region_sessions.update(sessions.column("session_id").to_pylist())
+        before = self._sessions_before(machines, cut)
         lowest = pc.min(cut).as_py()
         names = self.files.event_files(_day(lowest))
-        events = _read(
+        events = read_rows(
             self.lake,
             names,
             EVENT_PARTITION,
@@ -178,7 +219,24 @@ class History:
         if events is not None:
             events = events.filter(pc.greater_equal(events.column("timestamp"), _per_machine(events, machines, cut)))
             events = events if events.num_rows else None
-        return events, sessions
+        return events, sessions, before
+
+    def _sessions_before(self, machines: pa.Array, cut: pa.Array) -> dict[str, int]:
+        """How many of its sessions in the lake start before each machine's cut (none changes)."""
+        starts = read_rows(
+            self.lake,
+            self.files.sessions,
+            SESSION_PARTITION,
+            pc.field("machine_id").isin(machines) & (pc.field("start_ts") < pc.max(cut).as_py()),
+            columns=["machine_id", "start_ts"],
+        )
+        if starts is None:
+            return {}
+        starts = starts.filter(pc.less(starts.column("start_ts"), _per_machine(starts, machines, cut)))
+        counts = starts.group_by("machine_id").aggregate([("start_ts", "count")])
+        return dict(
+            zip(counts.column("machine_id").to_pylist(), counts.column("start_ts_count").to_pylist(), strict=True)
+        )
 
     def restate(
         self, old_events: pa.Table | None, old_sessions: pa.Table | None, out_events: pa.Table, out_sessions: pa.Table
@@ -308,35 +366,44 @@ def session_keys(table: pa.Table) -> pa.Array:
     return table.column("session_id")
 
 
-def place(
-    history: History, table: pa.Table, run: BatchRun, feed: Feed, writer: LakeWriter, tally: Tally
-) -> dict[str, int]:
+def place(history: History, table: pa.Table, run: BatchRun, feed: Feed, writer: LakeWriter, tally: Tally) -> None:
     """One bucket of an incremental run: dedupe against the lake, write what is too old late,
-    sessionize the rest with the lake's events from each machine's cut, write what changed.
-    Returns each machine's newest timestamp among the events written (for the stream clock)."""
+    sessionize the rest with the lake's events from each machine's cut, write what changed."""
     config = history.config
     new, duplicates = split_copies(table, history.earlier_copies(table), run.conflicts)
     tally.duplicates += duplicates
-    newest = newest_per_machine(new)
+    too_old = None
     if history.placed_from is not None:
         too_old = pc.less(new.column("timestamp"), history.placed_from)
-        if pc.any(too_old).as_py():
-            late, duplicates = _first_copies(new.filter(too_old))
-            tally.duplicates += duplicates
-            writer.events.add_table(_as_late(sort_events(late)))
-            tally.events += late.num_rows
-            tally.late += late.num_rows
-            new = new.filter(pc.invert(too_old))
+        if not pc.any(too_old).as_py():
+            too_old = None
+    placing = new if too_old is None else new.filter(pc.invert(too_old))
+    old_events = old_sessions = None
+    before: dict[str, int] = {}
+    if placing.num_rows:
+        old_events, old_sessions, before = history.region(placing)
+    # Each machine's newest event in the lake: in the region when it is not older than every new
+    # event (and then it changes nothing), read for the machines with events too old to place.
+    newest = {} if old_events is None else _newest(old_events)
+    if too_old is not None:
+        newest.update(history.newest(pc.unique(new.filter(too_old).column("machine_id"))))
+    new = with_arrival(new, newest)
+    if too_old is not None:
+        late, duplicates = _first_copies(new.filter(too_old))
+        tally.duplicates += duplicates
+        writer.events.add_table(_as_late(sort_events(late)))
+        tally.events += late.num_rows
+        tally.late += late.num_rows
+        new = new.filter(pc.invert(too_old))
     if new.num_rows == 0:
-        return newest
-    old_events, old_sessions = history.region(new)
-    names = refined_schema(config).names
+        return
+    names = [*refined_schema(config).names, ARRIVED_LATE]
     merged = new.select(names)
     if old_events is not None:
         merged = pa.concat_tables([merged, old_events.select(names).cast(merged.schema)])
     captured = Captured()
     assembler = captured.assembler(feed)
-    sessionize(merged, config, assembler, feed)
+    sessionize(merged, config, assembler, feed, clock=history.end_clock, before=before)
     events, sessions = captured.tables(assembler, merged.schema)
     tally.duplicates += assembler.tally.duplicates
     tally.events += new.num_rows - assembler.tally.duplicates
@@ -344,7 +411,11 @@ def place(
     writer.events.add_table(events)
     writer.sessions.add_table(sessions)
     tally.sessions += sessions.num_rows
-    return newest
+
+
+def _newest(events: pa.Table) -> dict[str, int]:
+    newest = events.group_by("machine_id").aggregate([("timestamp", "max")])
+    return dict(zip(newest.column("machine_id").to_pylist(), newest.column("timestamp_max").to_pylist(), strict=True))
 
 
 def _first_copies(table: pa.Table) -> tuple[pa.Table, int]:
@@ -387,8 +458,10 @@ def rewrite(history: History, writer: LakeWriter, ledgers: list[dict[str, Any]])
             entry = removed.setdefault(run, {"run": run, "files": [], "events": 0, "sessions": 0})
             entry["files"].append(name)
             entry[table_name] += before
-    # The old events whose session columns changed were written again with the bucket's output.
+    # The old events whose session columns changed were written again with the bucket's output;
+    # the sessions settle_open_ends changed, by it.
     carried["events"] += restatement.events
+    carried["sessions"] += restatement.settled
     log_rows = 0
     if restatement.log:
         log = pa.concat_tables(restatement.log)
