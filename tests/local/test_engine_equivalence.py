@@ -7,6 +7,8 @@ rejections, same event columns, same session ids and summaries, whatever the num
 from __future__ import annotations
 
 import base64
+import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from sessionflow.config import Config
 from sessionflow.core import Outputs, Pipeline
 from sessionflow.core.native import PURE_ENV, compiled
 from sessionflow.runtimes.local import engine
+from sessionflow.runtimes.local.reader import Source, bounded
 from sessionflow.runtimes.local.runner import run
 from sessionflow.schema import SESSION_COLUMNS, event_columns
 
@@ -147,3 +150,28 @@ def test_columns_of_unique_values_are_written_without_a_dictionary(
             assert chunks[name].dictionary_page_offset is None, (table, name)
         for name in dictionary:
             assert chunks[name].dictionary_page_offset is not None, (table, name)
+
+
+@pytest.mark.parametrize("limit", [None, 1 << 20], ids=["plain", "bounded-lines"])
+def test_blocks_read_from_a_pipe_are_as_big_as_from_a_file(tmp_path: Path, limit: int | None) -> None:
+    # A pipe gives at most its buffer (64 KiB) a read, less when its writer is slow: a block is
+    # gathered from as many reads as it takes, whole lines, every byte once.
+    data = b"".join(b'{"n": %d, "pad": "%s"}\n' % (n, b"x" * (n % 200)) for n in range(40_000))
+    path = tmp_path / "feed.pipe"
+    os.mkfifo(path)
+
+    def write() -> None:
+        with open(path, "wb") as pipe:
+            for start in range(0, len(data), 4096):
+                pipe.write(data[start : start + 4096])
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    block_bytes = 256 << 10
+    blocks = list(engine.read_blocks(bounded(Source(str(path), path), max_line_bytes=limit), block_bytes))
+    writer.join(timeout=60)
+    assert b"".join(blocks) == data
+    assert all(block.endswith(b"\n") for block in blocks)
+    longest_line = max(map(len, data.splitlines(keepends=True)))
+    assert all(len(block) > block_bytes - longest_line for block in blocks[:-1])
+    assert len(blocks) == -(-len(data) // block_bytes)

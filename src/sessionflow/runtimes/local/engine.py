@@ -292,26 +292,43 @@ def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
 
 
 def read_blocks(source: Source, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """Blocks of whole lines: each ends at a newline. Workers count the lines, not this process."""
+    """Blocks of whole lines: each ends at a newline. Workers count the lines, not this process.
+
+    A block is gathered from as many reads as it takes: a pipe (standard input) gives at most its
+    buffer, 64 KiB, a read, and blocks of one read each would be ~30 times as many as a file's,
+    each with its fixed costs (a task for the pool, a piece of every spill bucket). A read that
+    fails ends the blocks after those of the bytes read before it."""
     stream = open_source(source)
     offset = 0
     carry = b""
     try:
         while True:
-            try:
-                data = stream.read(block_bytes)
-            except (OSError, EOFError) as exc:
-                raise InputError(f"{source.name}: read failed after byte {offset}: {exc}") from None
-            if not data:
+            pieces: list[bytes] = []
+            size = 0
+            failed = None
+            while size < block_bytes:
+                try:
+                    piece = stream.read(block_bytes - size)
+                except (OSError, EOFError) as exc:
+                    failed = InputError(f"{source.name}: read failed after byte {offset + size}: {exc}")
+                    break
+                if not piece:
+                    break
+                pieces.append(piece)
+                size += len(piece)
+            offset += size
+            if pieces:
+                data = carry + b"".join(pieces)
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    block, carry = data[:cut], data[cut:]
+                    yield block
+                else:
+                    carry = data
+            if failed is not None:
+                raise failed
+            if size < block_bytes:  # the end of the input
                 break
-            offset += len(data)
-            data = carry + data
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                carry = data
-                continue
-            block, carry = data[:cut], data[cut:]
-            yield block
         if carry:
             yield carry + b"\n"
     finally:
