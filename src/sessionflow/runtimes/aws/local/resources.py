@@ -247,10 +247,9 @@ def fetch(aws: LocalAws, out: Path, config: Config, keep_duplicates: bool = Fals
     return {table: len(table_rows) for table, table_rows in rows.items()}
 
 
-def raw_records(aws: LocalAws, stream: str = RAW_STREAM) -> int:
-    """Records on the input stream, all shards from the start (moto keeps them all)."""
+def stream_records(aws: LocalAws, stream: str = RAW_STREAM) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every record on a stream, shard by shard from the start (moto keeps them all), with its shard id."""
     kinesis = aws.client("kinesis")
-    total = 0
     for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
         iterator = kinesis.get_shard_iterator(
             StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
@@ -259,9 +258,14 @@ def raw_records(aws: LocalAws, stream: str = RAW_STREAM) -> int:
             response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
             if not response["Records"]:
                 break
-            total += len(response["Records"])
+            for record in response["Records"]:
+                yield shard["ShardId"], record
             iterator = response.get("NextShardIterator")
-    return total
+
+
+def raw_records(aws: LocalAws, stream: str = RAW_STREAM) -> int:
+    """Records on the input stream, all shards from the start."""
+    return sum(1 for _ in stream_records(aws, stream))
 
 
 def write_lake(rows: dict[str, list[dict[str, Any]]], out: Path, config: Config, records: int) -> None:
