@@ -25,6 +25,7 @@ from sessionflow.runtimes.aws.local.resources import (
     dedupe,
     put_lines,
     read_output,
+    stream_records,
 )
 from sessionflow.runtimes.aws.redrive import FailedRange
 from sessionflow.synthetic import FeedShape, generate
@@ -44,20 +45,7 @@ def archived(aws: LocalAws) -> dict[tuple[str, int], Any]:
 
 
 def on_stream(aws: LocalAws, stream: str = "raw") -> dict[tuple[str, int], Any]:
-    kinesis = aws.client("kinesis")
-    records = {}
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            if not response["Records"]:
-                break
-            for r in response["Records"]:
-                records[(shard["ShardId"], int(r["SequenceNumber"]))] = r
-            iterator = response.get("NextShardIterator")
-    return records
+    return {(shard, int(r["SequenceNumber"])): r for shard, r in stream_records(aws, stream)}
 
 
 def test_the_raw_archive_holds_every_record_as_it_arrived(local_aws: LocalAws) -> None:
