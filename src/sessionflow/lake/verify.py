@@ -19,7 +19,10 @@ What is checked (docs/reliability.md says why):
 * the content: no event_id twice for a machine; a session id once in the sessions table; every
   non-late event in exactly one session whose summary (count, first and last timestamp, machine,
   event type counts, positions 1..n) matches its events, except the sessions still open in the
-  state, which the last ledger counts; late events in no session; a machine's sessions never overlap.
+  state, which the last ledger counts; late events in no session; a machine's sessions never overlap;
+* the event-id index (``sessionflow.lake.ids``), when the lake has one: each day it says is current
+  holds exactly the hashes of that day's events (a stale day is a note: the next incremental run,
+  or ``--repair``, rebuilds it).
 
 This module imports nothing heavy: DuckDB and pyarrow are imported when a lake is checked.
 """
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sessionflow.lake.layout import LEDGER_DIR, STAGING_DIR, TABLES
+from sessionflow.lake.layout import INDEX_DIR, LEDGER_DIR, STAGING_DIR, TABLES
 from sessionflow.lake.lock import LakeLock, shared_lock
 from sessionflow.lake.restatements import REASONS
 from sessionflow.lake.restatements import TABLE as RESTATEMENTS
@@ -91,11 +94,17 @@ class Verdict:
 
 
 def repair(lake: Path) -> list[int]:
-    """Roll forward the runs a killed process committed (with the lake lock, like a run)."""
+    """Roll forward the runs a killed process committed, then rebuild what is stale or wrong in the
+    event-id index (with the lake lock, like a run)."""
     from sessionflow.lake.commit import recover
 
     with LakeLock(lake):
-        return recover(lake)
+        finished = recover(lake)
+        if (lake / INDEX_DIR).is_dir():
+            from sessionflow.lake.ids import repair_index
+
+            repair_index(lake)
+        return finished
 
 
 def verify_lake(lake: Path) -> Verdict:
@@ -149,6 +158,13 @@ def _verify(lake: Path, verdict: Verdict) -> None:
     _check_rows(lake, ledgers, listed, verdict)
     # The content as a reader globbing the lake sees it: a stray copy of a file shows as doubled rows.
     _check_content(lake, ledgers, present, verdict)
+    if (lake / INDEX_DIR).is_dir():
+        from sessionflow.lake.ids import check_index
+
+        found = check_index(lake)
+        check = verdict.check("the event-id index holds the lake's events")
+        check.problems.extend(found.problems)
+        check.notes.extend(found.notes)
 
 
 def _check_files(lake: Path, ledgers: list[dict[str, Any]], verdict: Verdict) -> tuple[dict[str, int], set[str]]:

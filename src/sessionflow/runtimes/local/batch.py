@@ -29,7 +29,7 @@ from sessionflow.lake.writer import LakeWriter, sessions_table
 from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, LINE, Assembler, Block, Engine
 from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source
-from sessionflow.runtimes.local.spill import SOURCE, Spill, bucket_count, raw_lines, read_bucket
+from sessionflow.runtimes.local.spill import BUCKET_RAW_BYTES, SOURCE, Spill, bucket_count, raw_lines, read_bucket
 
 # Rows per block handed to the sessionizer: a block's session columns are built when its last row
 # is placed, which in time order is at most ``allowed_lateness`` after it.
@@ -56,12 +56,13 @@ class BatchRun:
     config: Config
     sources: list[Source]
     folder: Path
+    bucket_bytes: int = BUCKET_RAW_BYTES  # of raw input per bucket (see spill.bucket_count)
     spill: Spill = field(init=False)
     conflicts: list[Conflict] = field(default_factory=list)
     _copies: dict[int, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.spill = Spill(self.folder / "buckets", bucket_count(self.sources))
+        self.spill = Spill(self.folder / "buckets", bucket_count(self.sources, self.bucket_bytes))
 
     def copy_of(self, index: int) -> BinaryIO | None:
         """Where to keep the bytes of input ``index`` when it is a stream (read once): a conflicting
@@ -114,11 +115,11 @@ class BatchRun:
             )
         return rows
 
-    def sessionize_all(self, engine: Engine, run: int, lake: Path) -> BucketResult:
+    def sessionize_all(self, engine: Engine, run: int, lake: Path, span_ms: int | None = None) -> BucketResult:
         """Every bucket sorted, sessionized and written, in the engine's worker processes (a batch
-        run with nothing to place among: no ``--state`` lake to read)."""
+        run with nothing to place among: no ``--state`` lake to read). ``span_ms``: see LakeWriter."""
         total = BucketResult()
-        jobs = [(path, part, self.config, str(lake), run) for part, path in self.spill.files()]
+        jobs = [(path, part, self.config, str(lake), run, span_ms) for part, path in self.spill.files()]
         for result in engine.map(sessionize_bucket, jobs):
             total.add(result)
         self.conflicts.extend(total.conflicts)
@@ -282,13 +283,15 @@ class BucketResult:
         self.newest.update(other.newest)  # buckets hold whole machines: no machine twice
 
 
-def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int) -> BucketResult:
+def sessionize_bucket(
+    path: str, part: int, config: Config, lake: str, run: int, span_ms: int | None = None
+) -> BucketResult:
     """Runs in a worker: one spilled bucket -> its own Parquet files in the run's staging folder."""
     table = read_bucket(path)
     result = BucketResult()
     table = without_conflicts(table, result.conflicts)
     result.newest = newest_per_machine(table)
-    writer = LakeWriter(Path(lake), config, run, part=part + 1)
+    writer = LakeWriter(Path(lake), config, run, part=part + 1, span_ms=span_ms)
     assembler = Assembler(writer.events.add_table, writer.sessions.add_table)
     try:
         sessionize(table, config, assembler, sessionizing())

@@ -36,16 +36,17 @@ _HELD_ROWS = 64 * 1024
 _MIN_PIECE_ROWS = 2048
 
 
-def bucket_count(sources: Sequence[Source]) -> int:
-    """A power of two (buckets are chosen with a bit mask), from the inputs' sizes."""
+def bucket_count(sources: Sequence[Source], bucket_bytes: int = BUCKET_RAW_BYTES) -> int:
+    """A power of two (buckets are chosen with a bit mask), from the inputs' sizes: a bucket per
+    ``bucket_bytes`` of raw input."""
     total = 0
     for source in sources:
         size = source.size
         if size is None:
-            total = max(total, STREAM_BUCKETS * BUCKET_RAW_BYTES)
+            total = max(total, STREAM_BUCKETS * bucket_bytes)
             continue
         total += size * (_GZIP_RATIO if _is_gzip(source) else 1)
-    wanted = max(1, -(-total // BUCKET_RAW_BYTES))
+    wanted = max(1, -(-total // bucket_bytes))
     count = 1
     while count < wanted and count < MAX_BUCKETS:
         count *= 2
