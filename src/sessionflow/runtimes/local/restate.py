@@ -77,8 +77,8 @@ def partition_value(name: str) -> str:
 def with_origin(table: pa.Table, name: str, partition: str) -> pa.Table:
     """Rows read from lake file ``name``, with its partition value and its name."""
     rows = table.num_rows
-    table = table.append_column(partition, pa.array([partition_value(name)] * rows, pa.string()))
-    return table.append_column(FILE, pa.array([name] * rows, pa.string()))
+    table = table.append_column(partition, pa.repeat(pa.scalar(partition_value(name), pa.string()), rows))
+    return table.append_column(FILE, pa.repeat(pa.scalar(name, pa.string()), rows))
 
 
 def scan(
@@ -95,10 +95,19 @@ def scan(
     scanner = dataset.scanner(
         filter=expression, columns=columns, batch_size=_SCAN_ROWS, batch_readahead=2, fragment_readahead=2
     )
+    # Small files give small batches: they are handed on together, a block of about _SCAN_ROWS.
+    held: list[pa.Table] = []
+    rows = 0
     for tagged in scanner.scan_batches():
         batch = tagged.record_batch
         if batch.num_rows:
-            yield with_origin(pa.Table.from_batches([batch]), paths[tagged.fragment.path], partition)
+            held.append(with_origin(pa.Table.from_batches([batch]), paths[tagged.fragment.path], partition))
+            rows += batch.num_rows
+        if rows >= _SCAN_ROWS:
+            yield pa.concat_tables(held)
+            held, rows = [], 0
+    if held:
+        yield pa.concat_tables(held)
 
 
 def read_rows(
@@ -330,7 +339,8 @@ def rewrite(lake: Path, changes: Changes, writer: LakeWriter, ledgers: list[dict
                 rows = pa.Table.from_batches([batch])
                 rows = rows.filter(pc.invert(pc.is_in(key_of(rows), value_set=drop)))
                 if rows.num_rows:
-                    target.add_table(rows.append_column(partition, pa.array([partition_value(name)] * rows.num_rows)))
+                    value = pa.repeat(pa.scalar(partition_value(name), pa.string()), rows.num_rows)
+                    target.add_table(rows.append_column(partition, value))
                 carried[table_name] += rows.num_rows
             run = owner[name]
             entry = removed.setdefault(run, {"run": run, "files": [], "events": 0, "sessions": 0})
