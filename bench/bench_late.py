@@ -126,7 +126,7 @@ def _write(path: Path, lines: list[bytes]) -> None:
 
 def prepare_feeds(source: Path, share: float, seed: int, parts: int = PARTS) -> dict[str, Any]:
     """The late feed, its shuffle and its parts, cached next to the input."""
-    folder = source.parent / f"late-{source.stem}-p{share:g}-s{seed}" + ("" if parts == PARTS else f"-n{parts}")
+    folder = source.parent / (f"late-{source.stem}-p{share:g}-s{seed}" + ("" if parts == PARTS else f"-n{parts}"))
     reverse = folder / "reversed"
     feeds: dict[str, Any] = {
         "late": folder / "late.jsonl",
