@@ -1,6 +1,8 @@
 """An incremental run's files each hold one ``output.file_span`` of time, so a restatement rewrites
-only the files of the time it touches (issue 11's write amplification). Driven through the command
-line; the lake is compared with the plain reference of ``arrival_feeds`` after every run."""
+only the files of the time it touches (issue 11's write amplification). The first run on an empty
+lake writes a batch run's files (nothing to restate yet); the runs after it write files of one span.
+Driven through the command line; the lake is compared with the plain reference of ``arrival_feeds``
+after every run."""
 
 from __future__ import annotations
 
@@ -23,11 +25,12 @@ from tests.local.arrival_feeds import (
     write_lines,
 )
 
-# Six machines, an event every 10 minutes for 8 hours: every hour holds events of every machine.
-FIRST_RUN = [clean_line(f"m-{m}", f"m{m}-{i:03d}", T0 + i * 10 * MINUTE + m) for i in range(48) for m in range(6)]
-# Machine 0 again, 10 minutes after its last event: the session it extends started 7 h 50 min
-# after T0 (every gap is 10 minutes: one session per machine, from T0 to T0 + 7 h 50 min).
-LATE = [clean_line("m-0", "m0-late", T0 + 3 * HOUR + 5 * MINUTE, "view")]
+# Six machines, an event every 10 minutes for 8 hours (every hour holds events of every machine),
+# in two runs of 4 hours; every gap is 10 minutes: one session per machine, all 8 hours long.
+EVENTS = [clean_line(f"m-{m}", f"m{m}-{i:03d}", T0 + i * 10 * MINUTE + m) for i in range(48) for m in range(6)]
+RUNS = [EVENTS[: len(EVENTS) // 2], EVENTS[len(EVENTS) // 2 :]]
+# Then a late event of machine 0 in the second run's hours: its positions change from 5 h 5 min on.
+LATE = [clean_line("m-0", "m0-late", T0 + 5 * HOUR + 5 * MINUTE, "view")]
 
 
 def state_run(source: Path, lake: Path, state: Path, config: Path) -> dict:
@@ -56,30 +59,34 @@ def test_each_file_of_an_incremental_run_holds_one_span_of_time(tmp_path: Path, 
     config.write_text(f'[session]\ntimeout = "30m"\nopening_events = []\n[output]\nfile_span = "{span}"\n')
     span_ms = int(span[0]) * HOUR
     lake, state = tmp_path / "lake", tmp_path / "state.json"
-    state_run(write_lines(tmp_path / "run-1.jsonl", FIRST_RUN), lake, state, config)
+    for number, lines in enumerate(RUNS, 1):
+        state_run(write_lines(tmp_path / f"run-{number}.jsonl", lines), lake, state, config)
+        assert_lake_is(lake, reference([events_of_lines(lines) for lines in RUNS[:number]]))
+    first = set(ledger(lake, 1)["files"])
+    # Run 2 extends every session, which changes their summaries, not their events: run 1's event
+    # file stays; run 2's files each hold one span, as do the session files it wrote.
     events = spans(lake, "events", "timestamp", span_ms)
-    rows = {name: pq.read_metadata(lake / name).num_rows for name, _ in events}
-    assert len(events) == 8 * HOUR // span_ms
-    assert all(len(found) == 1 for _, found in events)
+    assert [found for name, found in events if name in first] == [set(range(T0 // span_ms, (T0 + 4 * HOUR) // span_ms))]
+    second = [(name, found) for name, found in events if name not in first]
+    assert sorted(min(found) for _, found in second) == list(
+        range((T0 + 4 * HOUR) // span_ms, (T0 + 8 * HOUR) // span_ms)
+    )
+    assert all(len(found) == 1 for _, found in second)
     assert all(len(found) == 1 for _, found in spans(lake, "sessions", "start_ts", span_ms))
-    # A late event inside machine 0's session: it changes that session's positions from 3 h 5 min
-    # on, so the files of the spans from there to the session's end are rewritten, not the others.
-    summary = state_run(write_lines(tmp_path / "run-2.jsonl", LATE), lake, state, config)
+    rows = {name: pq.read_metadata(lake / name).num_rows for name, _ in events}
+    summary = state_run(write_lines(tmp_path / "run-3.jsonl", LATE), lake, state, config)
     assert summary["tally"]["events"] == 1
-    assert_lake_is(lake, reference([events_of_lines(FIRST_RUN), events_of_lines(LATE)]))
+    assert_lake_is(lake, reference([*(events_of_lines(lines) for lines in RUNS), events_of_lines(LATE)]))
     assert_verifies(lake)
-    removed = {name for entry in ledger(lake, 2)["removed"] for name in entry["files"]}
-    # The spans from the one holding 3 h 5 min on: each file of them holds a changed row of m-0.
-    first = (T0 + 3 * HOUR + 5 * MINUTE) // span_ms
-    touched = {name for name, found in events if min(found) >= first}
+    # Run 3 rewrites the files of the spans from the one holding 5 h 5 min on (each holds a changed
+    # row of m-0), and carries what they held; the files before stay as they are.
+    start = (T0 + 5 * HOUR + 5 * MINUTE) // span_ms
+    touched = {name for name, found in events if min(found) >= start}
+    removed = {name for entry in ledger(lake, 3)["removed"] for name in entry["files"]}
     assert {name for name in removed if name.startswith("events/")} == touched
-    assert len(touched) < len(events)
-    # What the run wrote again is what those files held (six events a machine an hour, from the
-    # first touched span's start); the hours before it stay as they are.
-    carried = ledger(lake, 2)["carried"]["events"]
-    assert carried == sum(rows[name] for name in touched) == (T0 + 8 * HOUR - first * span_ms) // (10 * MINUTE) * 6
-    # The files the run wrote hold one span each too.
-    assert all(len(found) == 1 for _, found in spans(lake, "events", "timestamp", span_ms))
+    assert ledger(lake, 3)["carried"]["events"] == sum(rows[name] for name in touched)
+    assert sum(rows[name] for name in touched) == (T0 + 8 * HOUR - start * span_ms) // (10 * MINUTE) * 6
+    assert all(len(found) == 1 for name, found in spans(lake, "events", "timestamp", span_ms) if name not in first)
 
 
 def test_file_span_must_be_a_duration_of_at_most_a_day(tmp_path: Path) -> None:

@@ -115,11 +115,11 @@ class BatchRun:
             )
         return rows
 
-    def sessionize_all(self, engine: Engine, run: int, lake: Path, span_ms: int | None = None) -> BucketResult:
+    def sessionize_all(self, engine: Engine, run: int, lake: Path) -> BucketResult:
         """Every bucket sorted, sessionized and written, in the engine's worker processes (a batch
-        run with nothing to place among: no ``--state`` lake to read). ``span_ms``: see LakeWriter."""
+        run with nothing to place among: no ``--state`` lake to read)."""
         total = BucketResult()
-        jobs = [(path, part, self.config, str(lake), run, span_ms) for part, path in self.spill.files()]
+        jobs = [(path, part, self.config, str(lake), run) for part, path in self.spill.files()]
         for result in engine.map(sessionize_bucket, jobs):
             total.add(result)
         self.conflicts.extend(total.conflicts)
@@ -283,15 +283,13 @@ class BucketResult:
         self.newest.update(other.newest)  # buckets hold whole machines: no machine twice
 
 
-def sessionize_bucket(
-    path: str, part: int, config: Config, lake: str, run: int, span_ms: int | None = None
-) -> BucketResult:
+def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int) -> BucketResult:
     """Runs in a worker: one spilled bucket -> its own Parquet files in the run's staging folder."""
     table = read_bucket(path)
     result = BucketResult()
     table = without_conflicts(table, result.conflicts)
     result.newest = newest_per_machine(table)
-    writer = LakeWriter(Path(lake), config, run, part=part + 1, span_ms=span_ms)
+    writer = LakeWriter(Path(lake), config, run, part=part + 1)
     assembler = Assembler(writer.events.add_table, writer.sessions.add_table)
     try:
         sessionize(table, config, assembler, sessionizing())

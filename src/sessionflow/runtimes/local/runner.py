@@ -227,7 +227,8 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
     # A replacing run is run 1 of the new lake; the old lake stays whole until it commits.
     number = 1 if options.overwrite else next_run_number(lake)
     now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
-    # An incremental run's files each hold one span of time: a later restatement rewrites few.
+    # The files an incremental run writes through this writer (what it places and carries over, once
+    # the lake has events) each hold one span of time: a later restatement rewrites few of them.
     span = config.output.file_span_ms if state_path is not None else None
     writer = LakeWriter(lake, config, number, span_ms=span)
     assembler = Assembler(writer.events.add_table, writer.sessions.add_table)
@@ -262,7 +263,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             # events, bench/README.md).
             engine.close()
             engine = Engine(config, now, workers)
-            done = batch.sessionize_all(engine, number, lake, span)
+            done = batch.sessionize_all(engine, number, lake)
             crash_point("bucket")
             bucket_files, newest = done.files, done.newest
             tally.events += done.events
