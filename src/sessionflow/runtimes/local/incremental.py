@@ -90,10 +90,6 @@ class Plan:
     files: LakeFiles  # the lake's files before the run
     index: dict[str, str]  # event day -> its event-id index file
 
-    @property
-    def span_ms(self) -> int:
-        return self.config.output.file_span_ms
-
 
 @dataclass
 class Looked:
