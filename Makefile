@@ -6,12 +6,17 @@ STAMP  := $(VENV)/.installed-dev
 PYTEST_WORKERS ?= 2
 
 NODE_STAMP := node_modules/.installed
+# checkov, the template's security scan, in a virtualenv of its own (its pins clash with dev's: see
+# the `scan` extra in pyproject.toml, which says what to install).
+SCAN_VENV  := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed
+CHECKOV    := $(SCAN_VENV)/bin/checkov
 # Offline, credential-free packaging: the framework must never phone home or need an account.
 SLS_OFFLINE := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing \
 	AWS_REGION=us-east-1 SLS_TELEMETRY_DISABLED=1 SLS_NOTIFICATIONS_MODE=off
 
-.PHONY: help install demo test test-fast test-spark java-check lint format bench fuzz clean deploy-deps lambda-package \
-	deploy-package deploy-check
+.PHONY: help install demo test test-fast test-spark java-check chromium-check lint format bench fuzz clean deploy-deps \
+	lambda-package deploy-package deploy-check scan-deps
 
 help:
 	@echo "make demo       create the virtualenv, install, run the demo"
@@ -19,7 +24,7 @@ help:
 	@echo "make bench      benchmarks against DuckDB and Polars baselines (see bench/)"
 	@echo "make lint       ruff + mypy"
 	@echo "make fuzz       a long fuzz run of parse, validate and clean"
-	@echo "make deploy-package  build the Lambda artifact, serverless package, cfn-lint"
+	@echo "make deploy-package  build the Lambda artifact, serverless package, cfn-lint, checkov"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,15 +53,25 @@ $(NODE_STAMP): package.json package-lock.json
 
 deploy-deps: $(NODE_STAMP)
 
+$(SCAN_STAMP): pyproject.toml
+	test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install --quiet $$($(SCAN_VENV)/bin/python -c "import tomllib; \
+		print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['scan']))")
+	@touch $@
+
+scan-deps: $(SCAN_STAMP)
+
 lambda-package: $(STAMP)
 	$(BIN)/python deploy/build_lambda_package.py
 
-deploy-package: lambda-package $(NODE_STAMP)
+deploy-package: lambda-package $(NODE_STAMP) $(SCAN_STAMP)
 	$(SLS_OFFLINE) npx --no -- serverless package --stage dev --region us-east-1 --package build/serverless
 	$(BIN)/cfn-lint build/serverless/cloudformation-template-create-stack.json \
 		build/serverless/cloudformation-template-update-stack.json
+	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation \
+		-f build/serverless/cloudformation-template-update-stack.json
 
-deploy-check: $(STAMP) $(NODE_STAMP)
+deploy-check: $(STAMP) $(NODE_STAMP) $(SCAN_STAMP)
 	$(BIN)/pytest tests/deploy -q
 
 demo: $(VENV)/.installed-local
@@ -75,8 +90,14 @@ format: $(STAMP)
 java-check:
 	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
 
+# The report's test renders it in headless Chromium: Debian's package when the machine has none
+# (Playwright drives it; its own browser downloads are never used).
+CHROMIUM ?= /usr/bin/chromium
+chromium-check:
+	@test -x $(CHROMIUM) || (apt-get update -qq && apt-get install -y -qq chromium)
+
 # --dist loadgroup keeps the Spark tests in one worker, so they share one JVM.
-test: $(STAMP) $(NODE_STAMP) java-check lint
+test: $(STAMP) $(NODE_STAMP) $(SCAN_STAMP) java-check chromium-check lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: $(STAMP)
@@ -88,6 +109,8 @@ test-spark: $(STAMP) java-check
 bench: $(STAMP)
 	$(BIN)/python bench/bench_run.py --events 1000000 --all --json bench/out/results.json
 	$(BIN)/python bench/bench_late.py --events 1000000 --json bench/out/late.json
+	$(BIN)/python bench/bench_lake_formats.py --events 200000 --json bench/out/lake_formats.json
+	$(BIN)/python bench/bench_report.py --events 1000000 --json bench/out/report.json
 
 # A long fuzz run (about 20 minutes): hypothesis with many examples, then atheris on refine.
 fuzz: $(STAMP)
@@ -96,4 +119,4 @@ fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/atheris_refine.py -max_total_time=600 -rss_limit_mb=4096 -dict=tests/fuzz/json.dict .fuzz-corpus
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sessionflow-demo bench/out build node_modules .fuzz-corpus
+	rm -rf $(VENV) $(SCAN_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis sessionflow-demo bench/out build node_modules .fuzz-corpus

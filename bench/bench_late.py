@@ -52,10 +52,13 @@ PARTS = 3  # by default
 VALID_FROM_MS = 946_684_800_000
 VALID_UNTIL_MS = int(time.time() * 1000) + 86_400_000
 EVENT_COLUMNS = "event_id, machine_id, session_id, session_seq, ms_since_prev, late"
+# What depends on the order lines arrived in: the incremental lake (its parts in the feed's order) is
+# held to it too; the shuffled and reversed ones are not.
+ARRIVAL_COLUMNS = {"events": "arrived_late", "sessions": "late_placed"}
 # The per-type counts as one sorted text: two equal maps may list their keys in another order.
 SESSION_COLUMNS = (
     "session_id, machine_id, user_id, start_ts, end_ts, session_start, session_end, duration_ms, event_count, "
-    "first_event_type, last_event_type, app_version, session_date, "
+    "first_event_type, last_event_type, app_version, os, session_number, documents, close_reason, session_date, "
     "array_to_string(list_sort(list_transform(map_entries(event_type_counts), "
     "lambda e: e.key || '=' || CAST(e.value AS VARCHAR))), ',')"
 )
@@ -248,14 +251,17 @@ def one_shots(feeds: dict[str, Any], source: Path, config: Path, workdir: Path) 
 # -- the checks ---------------------------------------------------------------------------------------------
 
 
-def lake_difference(con: Any, left: Path, right: Path) -> tuple[int, int]:
-    """Rows in one lake and not in the other (both ways, as multisets): events, sessions."""
+def lake_difference(con: Any, left: Path, right: Path, arrival: bool = False) -> tuple[int, int]:
+    """Rows in one lake and not in the other (both ways, as multisets): events, sessions
+    (``arrival``: the columns of ``ARRIVAL_COLUMNS`` too)."""
 
     def glob(lake: Path, table: str) -> str:
         return str(lake / table / "*" / "*.parquet").replace("'", "''")
 
     counts = []
     for table, columns in (("events", EVENT_COLUMNS), ("sessions", SESSION_COLUMNS)):
+        if arrival:
+            columns = f"{columns}, {ARRIVAL_COLUMNS[table]}"
         a = f"SELECT {columns} FROM read_parquet('{glob(left, table)}')"
         b = f"SELECT {columns} FROM read_parquet('{glob(right, table)}')"
         row = con.execute(
@@ -285,7 +291,7 @@ def check_lakes(reference: Path, others: dict[str, Path]) -> list[dict[str, Any]
     con = duckdb.connect()
     checks = []
     for name, lake in others.items():
-        events, sessions = lake_difference(con, reference, lake)
+        events, sessions = lake_difference(con, reference, lake, arrival=name == "incremental")
         checks.append(
             _check(
                 events == 0 and sessions == 0,

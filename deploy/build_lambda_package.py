@@ -8,12 +8,15 @@ Lambda runtime), so the build needs no Docker and works on any OS that has pip:
 
 The zip is reproducible: entries are sorted and carry a fixed timestamp and mode, so the same
 sources and pins give the same bytes (and the same CodeSha256, so no needless Lambda update).
-serverless.yml points `package.artifact` at the zip.
+serverless.yml points `package.artifact` at the zip. Beside it the build writes `catalog.json`: the
+Glue tables and Athena views of the lake, generated from the same config and sessionflow.schema
+(`sessionflow.runtimes.aws.catalog`); serverless.yml reads their columns from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -27,10 +30,12 @@ DEFAULT_REQUIREMENTS = ROOT / "deploy" / "lambda-requirements.txt"
 DEFAULT_CONFIG = ROOT / "deploy" / "sessionflow.toml"
 SOURCE_PACKAGE = ROOT / "src" / "sessionflow"
 CONFIG_NAME_IN_ZIP = "sessionflow.toml"  # -> /var/task/sessionflow.toml, see serverless.yml
+CATALOG_NAME = "catalog.json"  # beside the zip; serverless.yml: ${file(...catalog.json):...}
 
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}
-# Provided by the Lambda Python runtime; a transitive pin must not drag a second copy in.
-RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
+# Provided by the Lambda Python runtime (the SDK and what it needs); a transitive dependency must
+# not drag a second copy in, to shadow the runtime's.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "python_dateutil", "six")
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold: reproducible builds
 
 
@@ -67,11 +72,23 @@ def check_config(config: Path) -> None:
     Config.load(config)
 
 
+def write_catalog(config: Path, out: Path) -> Path:
+    """The lake's Glue tables for this config (its declared columns, its validation range), as JSON."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from sessionflow.config import Config
+    from sessionflow.runtimes.aws.catalog import catalog_document
+
+    document = catalog_document(Config.load(config))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return out
+
+
 def prune(target: Path) -> None:
     """Drop what the runtime provides or never runs: console scripts, caches, tests of the deps."""
     shutil.rmtree(target / "bin", ignore_errors=True)
     for path in sorted(target.iterdir()):
-        name = path.name.split("-")[0].lower()
+        name = path.name.split("-")[0].removesuffix(".py").lower()
         if name in RUNTIME_PROVIDED:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     for cache in sorted(target.rglob("__pycache__"), reverse=True):
@@ -102,6 +119,7 @@ def build(out: Path, requirements: Path, config: Path, python_version: str, arch
         copy_source(staging)
         shutil.copyfile(config, staging / CONFIG_NAME_IN_ZIP)
         write_zip(staging, out)
+    write_catalog(config, out.with_name(CATALOG_NAME))
     return out
 
 

@@ -29,6 +29,8 @@ HEAVY = ("pyarrow", "boto3", "botocore", "pyspark", "duckdb", "polars", "rich")
         "sessionflow.lake.lock",
         "sessionflow.lake.commit",
         "sessionflow.lake.verify",
+        # The lake's Glue catalog: the Lambda build generates it with no extra installed.
+        "sessionflow.runtimes.aws.catalog",
     ],
 )
 def test_module_imports_nothing_heavy(module: str) -> None:
@@ -40,6 +42,20 @@ def test_module_imports_nothing_heavy(module: str) -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"{module} imported {done.stdout.strip()}"
+
+
+def test_a_config_without_mapping_actions_loads_neither_them_nor_the_zones() -> None:
+    """The example config's refiner runs without the mapping actions' module or the zone database."""
+    probe = (
+        "import sys, tomllib\n"
+        "from sessionflow.config import EXAMPLE_CONFIG, Config\n"
+        "from sessionflow.core import LineRefiner\n"
+        "LineRefiner(Config.from_dict(tomllib.loads(EXAMPLE_CONFIG)))\n"
+        "print(','.join(sorted(m for m in ('sessionflow.core.mapping', 'zoneinfo') if m in sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
 
 
 def test_building_the_cli_parser_imports_nothing_heavy() -> None:

@@ -21,6 +21,7 @@ from sessionflow.config import (
     ENV_CONFIG,
     EXAMPLE_CONFIG,
     ConfigError,
+    column_name,
     format_duration,
     resolve_config,
 )
@@ -37,6 +38,7 @@ from sessionflow.exitcodes import (
 
 # The environment variables the CLI reads (shown in --help); the config's own is in sessionflow.config.
 ENV_LOG_LEVEL = "SESSIONFLOW_LOG_LEVEL"
+DEFAULT_SAMPLE = 5000  # records `init --from` reads
 
 log = logging.getLogger("sessionflow")
 
@@ -116,6 +118,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    if args.sample is not None and args.sample_from is None:
+        raise UsageError("--sample is how many records --from reads; give --from SAMPLE too")
     path = Path(args.path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give the config file's name, e.g. {path / DEFAULT_CONFIG_FILE}")
@@ -123,6 +127,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} exists; pass --force to replace it")
     if not path.parent.is_dir():
         raise OutputError(f"{path}: cannot write: no folder {path.parent} (create it first)")
+    if args.sample_from is not None:
+        from sessionflow.propose.command import init_from
+
+        init_from(args.sample_from, path, args.sample or DEFAULT_SAMPLE)
+        return EXIT_OK
     try:
         path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
     except OSError as exc:
@@ -134,7 +143,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = resolve_config(args.config)
     session = config.session
-    columns = ", ".join(name if kind == "string" else f"{name} ({kind})" for name, kind in config.columns)
+    columns = ", ".join(
+        (column_name(name) if name == column_name(name) else f"{column_name(name)} (from {name})")
+        + ("" if kind == "string" else f" ({kind})")
+        for name, kind in config.columns
+    )
     print(f"config: {config.origin}")
     print(
         f"config ok: timeout {format_duration(session.timeout_ms)}, "
@@ -286,11 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--machines", type=_count(1), default=500, metavar="M", help="machines they come from")
     demo.set_defaults(handler=_cmd_demo)
 
-    init = commands.add_parser("init", help="write an example sessionflow.toml")
+    init = commands.add_parser(
+        "init", help="write an example sessionflow.toml, or one proposed for your feed (--from SAMPLE)"
+    )
     init.add_argument(
         "path", nargs="?", default=DEFAULT_CONFIG_FILE, metavar="PATH", help="default: ./" + DEFAULT_CONFIG_FILE
     )
     init.add_argument("--force", action="store_true", help="replace the file when it exists")
+    init.add_argument(
+        "--from",
+        dest="sample_from",
+        metavar="SAMPLE",
+        help="propose a config for this feed (JSON lines, .gz or - for stdin) from its first records, "
+        "and print what it does to them",
+    )
+    init.add_argument(
+        "--sample",
+        type=_count(1),
+        metavar="N",
+        help=f"with --from: how many records to read (default {DEFAULT_SAMPLE})",
+    )
     init.set_defaults(handler=_cmd_init)
 
     check = commands.add_parser("check-config", help="load and validate a config, run nothing")
@@ -316,10 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _runtime_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
-    """Subcommands of the optional runtimes; their modules import nothing heavy."""
+    """Subcommands of the readers (report, query) and of the optional runtimes; their modules import
+    nothing heavy."""
     registers = []
     for module_name in (
+        "sessionflow.report.commands",
         "sessionflow.runtimes.aws.commands",
+        "sessionflow.runtimes.aws.cloud",
         "sessionflow.runtimes.backfill.commands",
     ):
         try:

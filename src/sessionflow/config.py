@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sessionflow.config_mapping import EventIdRule, TimeFormat, as_path, check_path
 from sessionflow.config_rules import CleanFunction, CleanRule, check_rules, parse_rule
 from sessionflow.config_values import (
     DAY,
@@ -44,6 +45,8 @@ __all__ = [
     "CleanFunction",
     "CleanRule",
     "ConfigError",
+    "EventIdRule",
+    "TimeFormat",
     "format_duration",
     "parse_duration",
 ]
@@ -89,13 +92,20 @@ class FieldNames:
     app_version: str = "app_version"
 
     def __post_init__(self) -> None:
-        # Two roles read from one field would leave one of them missing in every record.
+        # Two roles read from one field would leave one of them missing in every record; so would a
+        # role read from inside another's object (machine_id = "context", event_id = "context.id").
         roles: dict[str, str] = {}
         for role in ("event_id", "machine_id", "event_type", "timestamp", "user_id", "app_version"):
-            name = getattr(self, role)
-            if name in roles:
-                raise ConfigError(f"fields.{role}", f"{name!r} is already the field of fields.{roles[name]}")
+            name = as_path(getattr(self, role), f"fields.{role}")
+            for other, other_role in roles.items():
+                if name == other or name.startswith(other + ".") or other.startswith(name + "."):
+                    problem = "is already" if name == other else "overlaps"
+                    raise ConfigError(f"fields.{role}", f"{name!r} {problem} the field of fields.{other_role}")
             roles[name] = role
+
+    def names(self) -> tuple[str, ...]:
+        """Every field (or dotted path) named here, the required four first."""
+        return (self.event_id, self.machine_id, self.event_type, self.timestamp, self.user_id, self.app_version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +192,13 @@ class OutputConfig:
 
 _REQUIRED_ROLES = ("event_id", "machine_id", "event_type", "timestamp")
 
+
+def column_name(field: str) -> str:
+    """The output column of a ``[columns]`` field: a dotted path joined with ``_`` (``properties.doc_id``
+    -> ``properties_doc_id``, as warehouses flatten nested fields)."""
+    return field.replace(".", "_")
+
+
 DEFAULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("user_id", "string"),
     ("app_version", "string"),
@@ -195,8 +212,9 @@ class Config:
     fields: FieldNames = field(default_factory=FieldNames)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
-    # Typed columns of the output; any other field goes to the `extra` JSON column. A config file's
-    # [columns] adds to the defaults (see _columns).
+    # Typed columns of the output, (field or dotted path, type); any other field goes to the `extra`
+    # JSON column. A config file's [columns] adds to the defaults (see _columns). The column's name
+    # is column_name(field).
     columns: tuple[tuple[str, str], ...] = DEFAULT_COLUMNS
     clean: tuple[CleanRule, ...] = ()
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -207,13 +225,24 @@ class Config:
         names = self.fields
         # Rules see raw names: the required fields, and the columns fed from renamed fields, by those.
         required = {getattr(names, role): role for role in _REQUIRED_ROLES}
+        named: dict[str, str] = {}  # column name -> its field
+        fields = [*required]
         for name, kind in self.columns:
             if not name.strip():
                 raise ConfigError(f"columns.{name}", "a column needs a name")
+            check_path(name, "columns")
             if kind not in COLUMN_TYPES:
                 raise ConfigError(f"columns.{name}", f"type must be one of {', '.join(COLUMN_TYPES)}, got {kind!r}")
-            if name in required or name in RESERVED_COLUMNS:
+            column = column_name(name)
+            if name in required or column in RESERVED_COLUMNS or column in _REQUIRED_ROLES:
                 raise ConfigError(f"columns.{name}", "is a column sessionflow writes itself")
+            if column in named:
+                raise ConfigError(f"columns.{name}", f"is the column {column!r} already, from {named[column]!r}")
+            for other in fields:
+                if other.startswith(name + ".") or name.startswith(other + "."):
+                    raise ConfigError(f"columns.{name}", f"overlaps the field {other!r} (one is inside the other)")
+            named[column] = name
+            fields.append(name)
         raw_names = {"user_id": names.user_id, "app_version": names.app_version}
         check_rules(self.clean, required, {raw_names.get(name, name): kind for name, kind in self.columns})
 
@@ -273,6 +302,7 @@ RESERVED_COLUMNS = frozenset(
         "session_seq",
         "ms_since_prev",
         "late",
+        "arrived_late",
     }
 )
 
@@ -280,7 +310,7 @@ RESERVED_COLUMNS = frozenset(
 def _fields(table: Mapping[str, Any]) -> FieldNames:
     allowed = set(FieldNames.__dataclass_fields__)
     only_keys(table, "fields.", allowed)
-    return FieldNames(**{k: as_name(v, f"fields.{k}") for k, v in table.items()})
+    return FieldNames(**{k: as_path(v, f"fields.{k}") for k, v in table.items()})
 
 
 def _validation(table: Mapping[str, Any]) -> ValidationConfig:

@@ -31,6 +31,11 @@ class ConfigError(ValueError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"{key}: {problem}")
         self.key = key
+        self.problem = problem
+
+    def under(self, old: str, new: str) -> ConfigError:
+        """The same error, its key moved from under ``old`` to under ``new`` (a value checked on its own)."""
+        return ConfigError(new + self.key.removeprefix(old), self.problem)
 
 
 def parse_duration(value: object, key: str) -> int:

@@ -430,10 +430,10 @@ def test_the_sweep_handler_sweeps_every_shard_and_skips_a_busy_one(config: Confi
     result = handlers.sweep_handler({"shards": ["clean/a", "clean/b"]}, None)
     assert result == {"shards": 2, "swept": 6, "sessions": 6, "busy": 0}
 
-    def conflict(shard: str, quiet_ms: int | None = None) -> Any:
+    def conflict(shard: str, **_: Any) -> Any:
         raise ShardConflict(shard)
 
-    setup.runtime.sessionize.sweep = conflict  # type: ignore[method-assign]
+    setup.runtime.sessionize.sweep = conflict  # type: ignore[method-assign,assignment]
     assert handlers.sweep_handler({"shards": ["clean/a"]}, None)["busy"] == 1
 
 
@@ -470,3 +470,34 @@ def test_items_written_before_snapshot_versions_still_go_on(config: Config) -> N
     assert placed == [("e-2", SESSION_BEFORE, 2), ("e-3", SESSION_BEFORE, 3)]
     [session] = sink.rows["sessions"]
     assert (session["session_id"], session["event_count"], session["user_id"]) == (SESSION_BEFORE, 3, "u-1")
+
+
+def test_a_forgotten_machine_numbers_its_sessions_on_from_its_tombstone() -> None:
+    """The core forgets a silent machine's state after the retention; the item it leaves (a
+    tombstone) keeps how many sessions the machine had started, so its next one is numbered on."""
+    from sessionflow.config import HOUR, SessionConfig
+    from sessionflow.runtimes.aws.sessionize import CleanRecord, ShardSessionizer, machine_key
+
+    config = SessionConfig(clock_quorum=1)
+    store, sink = MemoryStore(), MemorySink()
+    shard = ShardSessionizer(config, store, sink, write_threads=1, now=FakeClock())
+    later = T0 + config.retention_ms + 2 * HOUR
+    batches = [
+        [event("m-1", T0, "a", "app_open"), event("m-1", T0 + 1, "b", "app_open")],
+        [event("m-2", later, "c")],  # the clock passes m-1's retention: forgotten
+        [event("m-1", later + 1, "d")],
+    ]
+    sequence = 0
+    for number, batch in enumerate(batches):
+        records = []
+        for item in batch:
+            sequence += 1
+            records.append(CleanRecord(sequence, item))
+        shard.apply("clean/s1", records)
+        if number == 1:
+            tombstone = store.get(machine_key("m-1"))
+            assert tombstone is not None
+            assert tombstone.value["state"] is None and tombstone.value["sessions"] == 2
+    shard.flush("clean/s1")
+    numbers = sorted((s["machine_id"], s["start_ts"], s["session_number"]) for s in sink.rows["sessions"])
+    assert numbers == [("m-1", T0, 1), ("m-1", T0 + 1, 2), ("m-1", later + 1, 3), ("m-2", later, 1)]

@@ -102,6 +102,27 @@ def test_same_sessions_and_ids_as_the_embedded_runner(local_aws: LocalAws, confi
     tally = orjson.loads(ledger.read_bytes())["tally"]
     assert tally["records"] == sum(1 for line in lines if line.strip())
     assert tally["duplicates"] == len(reference.duplicates) > 0
+    _assert_the_report_reads_it_as_the_embedded_lake(tmp_path / "lake", tmp_path / "embedded", tmp_path)
+
+
+def _assert_the_report_reads_it_as_the_embedded_lake(fetched: Path, embedded: Path, tmp_path: Path) -> None:
+    """``sessionflow report`` on ``aws-local fetch``'s lake: the embedded lake's figures (but the
+    per-run figure: each runtime's ledger counts its own way)."""
+    from sessionflow.report import figures
+    from sessionflow.report.commands import write_report
+    from sessionflow.report.lake_db import open_lake
+
+    def built(lake: Path) -> figures.Report:
+        db, _ = open_lake(lake)
+        figures.select_days(db, None, None)
+        return figures.build(db, str(lake))
+
+    ours, theirs = built(fetched), built(embedded)
+    for mine, other in zip(ours.figures, theirs.figures, strict=True):
+        if mine.key != "runs":
+            assert mine.rows == other.rows, mine.key
+    page = write_report(fetched, tmp_path / "report.html").path.read_text(encoding="utf-8")
+    assert page.count('<svg class="chart"') >= 6
 
 
 def _assert_fetched_lake_verifies(lake: Path, embedded: Path) -> None:

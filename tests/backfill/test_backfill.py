@@ -299,3 +299,29 @@ def test_one_day_backfill_rebuilds_that_day_as_a_full_run_has_it(
     assert ledger["restatements"] == 0 and not (lake / "restatements").exists()
     assert not (day_dir / "part-stale.parquet").exists()
     assert not (lake / "_sessionflow" / "staging").exists() or not any((lake / "_sessionflow" / "staging").iterdir())
+
+
+def test_the_report_of_a_backfill_lake_is_the_runners(
+    spark_lake: tuple[Path, Any], runner_lake: Path, tmp_path: Path
+) -> None:
+    """``sessionflow report`` reads a Spark lake as it reads the runner's: the same figures, number
+    for number (but the per-run figure: each runtime's ledger counts its own way)."""
+    from sessionflow.report import figures
+    from sessionflow.report.commands import write_report
+    from sessionflow.report.lake_db import open_lake
+
+    def built(lake: Path) -> figures.Report:
+        db, _ = open_lake(lake)
+        figures.select_days(db, None, None)
+        return figures.build(db, str(lake))
+
+    spark, runner = built(spark_lake[0]), built(runner_lake)
+    assert [f.key for f in spark.figures] == [f.key for f in runner.figures]
+    for ours, theirs in zip(spark.figures, runner.figures, strict=True):
+        if ours.key != "runs":
+            assert ours.rows == theirs.rows, ours.key
+    assert [row for row in spark.headline if row[0] != "duplicates"] == [
+        row for row in runner.headline if row[0] != "duplicates"
+    ]
+    page = write_report(spark_lake[0], tmp_path / "report.html").path.read_text(encoding="utf-8")
+    assert page.count('<svg class="chart"') >= 6

@@ -188,8 +188,8 @@ def test_the_timeout_boundary_in_a_window_against_sessions_written_out_by_hand()
 
 def test_glue_arguments_are_dropped_with_their_values() -> None:
     pytest.importorskip("pyspark")
-    from sessionflow.runtimes.backfill.job import drop_foreign_options
     from sessionflow.runtimes.backfill.options import add_arguments, date_range_of, inputs_of
+    from sessionflow.runtimes.backfill.submit import drop_foreign_options
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

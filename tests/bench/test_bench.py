@@ -140,3 +140,46 @@ def test_measure_adds_up_the_memory_of_forked_workers(tmp_path: Path) -> None:
     sample = bench_run.measure([sys.executable, "-c", workers], tmp_path / "fork.log")
     assert sample.maxrss_mb < 250  # one process at a time never held both blocks
     assert sample.peak_rss_mb >= 300 and sample.processes >= 3
+
+
+def test_bench_report_times_the_report_against_a_scan(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    options = ["--events", "3000", "--machines", "30", "--repeat", "1", "--workdir", str(tmp_path), "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_report.py"), *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    (events,) = duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{tmp_path}/report-lake-*/events/*/*.parquet')"
+    ).fetchone() or (0,)
+    assert results["events"] == events > 0
+    assert results["charts"] >= 6 and results["report"]["seconds"] > 0 and results["ratio_report_to_scan"] > 0
+
+
+def test_bench_refine_counts_what_the_core_refines(tmp_path: Path) -> None:
+    """bench_refine.py refines the generated feed under a config; its counts are the core's own tally."""
+    from sessionflow.config import EXAMPLE_CONFIG, Config
+    from sessionflow.core import LineRefiner
+    from sessionflow.synthetic import generate
+
+    config = tmp_path / "sessionflow.toml"
+    config.write_text(EXAMPLE_CONFIG)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_refine.py"), "--events", "3000", "--repeat", "2", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [(line, "x", n) for n, line in enumerate(generate(FeedShape(3000)), 1)]
+    import time
+
+    refined = LineRefiner(Config.load(config)).refine_lines(lines, int(time.time() * 1000))
+    want = f"3,000 lines ({len(refined.events):,} events, {sum(refined.rejected.values()):,} rejected): best CPU"
+    assert done.stdout.startswith(want), done.stdout

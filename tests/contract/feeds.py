@@ -9,10 +9,13 @@ inside a feed the lines come in event-time order except where a feed is about di
 
 from __future__ import annotations
 
+import json
 import tomllib
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -41,6 +44,21 @@ clock_quorum = 3
 
 [validation]
 max_record_bytes = {MAX_RECORD_BYTES}
+
+[columns]          # a nested field's column, written by every runtime
+"properties.pages" = "int"
+
+[[clean]]          # feed mapped_shapes: track calls of a tracker with field names of its own, nested
+when = {{ "context.library.name" = "contract-tracker" }}
+rename = {{ messageId = "event_id", "context.device.id" = "machine_id", event = "event_type", userId = "user_id" }}
+cast = {{ user_id = "string", "properties.pages" = "int" }}
+drop = ["context.library"]
+
+[[clean]]          # feed mapped_shapes: a clickstream without event ids, its times local to Paris
+when = {{ source = "clickstream" }}
+rename = {{ ip = "machine_id", event_name = "event_type" }}
+event_id = {{ from = ["machine_id", "event_time", "event_type"] }}
+parse_time = {{ event_time = {{ format = "%d/%m/%Y %H:%M:%S.%f", timezone = "Europe/Paris" }} }}
 """
 
 
@@ -57,8 +75,13 @@ class Ev:
     # How the timestamp is written on the wire when not as epoch milliseconds (an ISO-8601 string).
     wire_ts: str | None = None
     extra: tuple[tuple[str, Any], ...] = ()
+    # The whole record on the wire, when the config's rules map it from another shape.
+    wire: bytes | None = None
+    pages: int | None = None  # its properties_pages column
 
     def line(self) -> bytes:
+        if self.wire is not None:
+            return self.wire
         record: dict[str, Any] = {
             "event_id": self.event_id,
             "machine_id": self.machine,
@@ -282,6 +305,93 @@ def _dirty_raw_bytes(t: int) -> Feed:
     )
 
 
+def _documents_and_os(t: int) -> Feed:
+    # What a session says of itself: its distinct documents (nulls not counted), its first os (a
+    # first event without one does not count), and its events that arrived after a later one.
+    m = "docs-m1"
+
+    def ev(ts: int, event_id: str, event_type: str = "view", **extra: Any) -> Ev:
+        return Ev(m, ts, event_id, event_type, extra=tuple(extra.items()))
+
+    return Feed(
+        "documents_and_os",
+        (
+            ev(t, "a", "app_open"),
+            ev(t + MINUTE, "b", "doc_open", document_id="doc-1", os="macos"),
+            ev(t + 4 * MINUTE, "d", "view", document_id="doc-2", os="linux"),
+            ev(t + 2 * MINUTE, "c", "edit", document_id="doc-1"),  # arrived after d, placed before it
+            ev(t + 3 * MINUTE, "c2", "save", document_id=None),  # after d too
+            ev(t + HOUR, "e", "app_open", document_id="doc-3"),  # a second session
+            ev(t + HOUR + MINUTE, "f", "view", document_id="doc-3", os="windows"),
+        ),
+    )
+
+
+def _mapped_shapes(t: int) -> Feed:
+    # Two shapes the config's when-scoped rules map with rename, cast, event_id and parse_time, on
+    # nested fields: every runtime calls the core's cleaning, so every runtime maps them alike.
+    device, address = "mapped-dev", "mapped-ip"
+
+    def track(message: str, event: str, ts: int, **more: Any) -> bytes:
+        record = {
+            "messageId": message,
+            "event": event,
+            "timestamp": ts,
+            "userId": 1234,
+            "context": {"device": {"id": device}, "library": {"name": "contract-tracker"}},
+            "properties": {"pages": "12"},
+        }
+        record.update(more)
+        return orjson.dumps(record)
+
+    def paris(ts: int) -> str:
+        return datetime.fromtimestamp(ts / 1000, tz=ZoneInfo("Europe/Paris")).strftime("%d/%m/%Y %H:%M:%S.%f")
+
+    def click(name: str, ts: int) -> Ev:
+        record = {"source": "clickstream", "ip": address, "event_name": name, "event_time": paris(ts)}
+        made = _made_event_id([address, paris(ts), name])
+        return Ev(address, ts, made, name, wire=orjson.dumps(record))
+
+    no_device = orjson.loads(track("t-x", "view", t))
+    del no_device["context"]["device"]
+    bad_pages = orjson.loads(track("t-y", "view", t))
+    bad_pages["properties"]["pages"] = "1e30"
+    again = click("Search", t + 4 * MINUTE)
+    return Feed(
+        "mapped_shapes",
+        (
+            Ev(device, t, "t-1", "app_open", wire=track("t-1", "app_open", t), pages=12),
+            click("Search", t + MINUTE),
+            Ev(device, t + 2 * MINUTE, "t-2", "view", wire=track("t-2", "view", t + 2 * MINUTE), pages=12),
+            again,
+            again,  # sent twice: the same record makes the same id, a duplicate
+            click("AddToCart", t + 5 * MINUTE + 1),
+            Dirty(orjson.dumps(no_device), "missing_field"),  # no context.device.id: no machine
+            Dirty(orjson.dumps(bad_pages), "wrong_type"),  # cast overflow
+            Dirty(
+                orjson.dumps(
+                    {"source": "clickstream", "ip": address, "event_name": "Search", "event_time": "31/02/2026"}
+                ),
+                "invalid_timestamp",
+            ),
+            Ev(
+                device,
+                t + 40 * MINUTE,
+                "t-3",
+                "edit",
+                wire=track("t-3", "edit", t + 40 * MINUTE, properties={}),
+                pages=None,
+            ),
+        ),
+    )
+
+
+def _made_event_id(values: list[Any]) -> str:
+    """The README's formula for an event_id rule: UUIDv5 of the values as compact JSON."""
+    text = json.dumps(values, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return str(uuid.uuid5(uuid.UUID("0b2f6c1e-7d3a-5e88-9f14-3c6a2d9e8b71"), text))
+
+
 _BUILDERS = (
     _gap_boundaries,
     _ties,
@@ -294,6 +404,8 @@ _BUILDERS = (
     _silent_machine,
     _dirty,
     _dirty_raw_bytes,
+    _documents_and_os,
+    _mapped_shapes,
 )
 FEEDS: dict[str, Feed] = {}
 for _index, _build in enumerate(_BUILDERS):

@@ -38,12 +38,14 @@ def result_of(events: Iterable[Row], sessions: Iterable[Row], rejections: Iterab
     """Rows as the runtimes write them (dicts: the events and sessions tables, rejected rows)."""
     result = Result(duplicates=duplicates)
     for e in events:
-        placed = (e["session_id"], e["session_seq"], e["ms_since_prev"], bool(e["late"]))
+        late, arrived_late, pages = bool(e["late"]), bool(e["arrived_late"]), e.get("properties_pages")
+        placed = (e["session_id"], e["session_seq"], e["ms_since_prev"], late, arrived_late, pages)
         result.add_event(e["event_id"], (e["machine_id"], e["timestamp"], e["event_type"], *placed))
     for s in sessions:
         counts = tuple(sorted((str(k), int(v)) for k, v in dict(s["event_type_counts"]).items()))
         span = (s["machine_id"], s["start_ts"], s["end_ts"], s["event_count"])
-        result.sessions[s["session_id"]] = (*span, counts, s["first_event_type"], s["last_event_type"])
+        own = (s["os"], s["session_number"], s["documents"], s["late_placed"], s["close_reason"])
+        result.sessions[s["session_id"]] = (*span, counts, s["first_event_type"], s["last_event_type"], *own)
     for r in rejections:
         result.rejections[(r["reason"], base64.b64decode(r["raw_base64"]))] += 1
     return result

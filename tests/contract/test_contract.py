@@ -19,7 +19,7 @@ from sessionflow.core import Sessionizer
 from sessionflow.core.native import compiled
 from tests.contract import runtimes
 from tests.contract.feeds import FEEDS, Feed, combined_lines, config
-from tests.contract.reference import Result, expected
+from tests.contract.reference import Result, end_clock, expected
 
 CONFIG = config()
 
@@ -31,6 +31,8 @@ class Runtime:
     sorts: bool = False  # a batch (embedded run, backfill): sorts everything, dedupe without horizon
     batches_of_one: bool = False  # each line its own batch: the stream clock closes silent machines early
     conflicts: bool = False  # a later copy of other content is a conflicting_duplicate rejection
+    combined: bool = False  # every feed in one input: the stream clock at its end is the whole input's
+    horizon: bool = True  # dedupe reaches dedupe_horizon back only (False: AWS's event-id index, any age)
 
 
 def _native(config: Config) -> Sessionizer:
@@ -87,7 +89,13 @@ def runtime(request: pytest.FixtureRequest) -> Runtime:
         return Runtime(name, lambda feed: runtimes.through_pipeline(feed, CONFIG, make, batch=1), batches_of_one=True)
     if name == "aws-memory":
         pytest.importorskip("aws_lambda_powertools", reason="the AWS handlers need sessionflow[aws]")
-        return Runtime(name, lambda feed: runtimes.through_aws_handlers(feed, CONFIG), batches_of_one=True)
+        return Runtime(
+            name,
+            lambda feed: runtimes.through_aws_handlers(feed, CONFIG),
+            batches_of_one=True,
+            conflicts=True,
+            horizon=False,
+        )
     fixture = {"embedded-cli": "embedded", "aws-local": "local_aws_result", "spark": "spark_result"}[name]
     if name == "spark":
         pytest.importorskip("pyspark", reason="the Spark tests need pip install 'sessionflow[spark]'")
@@ -100,7 +108,9 @@ def runtime(request: pytest.FixtureRequest) -> Runtime:
         name,
         lambda feed: runtimes.only(whole, feed),
         sorts=embedded or name == "spark",
-        conflicts=embedded or name == "spark",
+        conflicts=True,
+        combined=True,
+        horizon=name != "aws-local",  # a batch sorts: its dedupe has no horizon either
     )
 
 
@@ -141,12 +151,15 @@ def test_feed(runtime: Runtime, feed: Feed, request: pytest.FixtureRequest) -> N
     bug = KNOWN_BUGS.get((runtime.name, feed.name))
     if bug:
         request.applymarker(pytest.mark.xfail(strict=True, reason=bug))
+    clock = end_clock(FEEDS.values(), CONFIG.session, sorted_input=runtime.sorts) if runtime.combined else None
     want = expected(
         feed,
         CONFIG.session,
         sorted_input=runtime.sorts,
         batches_of_one=runtime.batches_of_one,
         conflicts=runtime.conflicts,
+        end_clock=clock,
+        horizon=runtime.horizon,
     )
     assert_same(want, runtime.run(feed))
 
@@ -173,8 +186,18 @@ def test_the_feeds_reach_what_they_are_about() -> None:
     assert results["silent_machine"].closed_early == {"silent-s"}
     assert len(results["bot_max_duration"].sessions) == 3
     assert len(results["dirty_records"].rejections) == 12
+    mapped = results["mapped_shapes"]
+    assert {reason for reason, _ in mapped.rejections} == {"missing_field", "wrong_type", "invalid_timestamp"}
+    assert mapped.duplicates == 1 and {m for m, _ in mapped.events} == {"mapped-dev", "mapped-ip"}
     gap = results["gap_boundaries"]
     assert sorted(s[3] for s in gap.sessions.values()) == [1, 1, 2, 3, 4], "3 + 1 + 2 on gap-m1, 4 + 1 on gap-m2"
+    # What sessions say of themselves: every close reason, numbers, documents, os, late arrivals.
+    sessions = [s for r in results.values() for s in r.sessions.values()]
+    assert {s[11] for s in sessions} == {"timeout", "opening_event", "max_duration", "end_of_input"}
+    assert max(s[8] for s in sessions) >= 3
+    docs = sorted(s[7:11] for s in results["documents_and_os"].sessions.values())
+    assert docs == [("macos", 1, 2, 2), ("windows", 2, 1, 0)]
+    assert sum(s[10] for s in results["late_within_lateness"].sessions.values()) == 3  # c, b, d2
 
 
 @pytest.mark.xdist_group("contract-embedded")
@@ -201,11 +224,8 @@ def test_embedded_lake_passes_verify(embedded: tuple[Result, dict[str, Any], Any
 
 @pytest.mark.aws
 @pytest.mark.xdist_group("contract-aws-local")
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a copy beyond dedupe_horizon is written again as a late event (feed duplicates_far), so "
-    "`aws-local fetch` finds two different rows for one (machine_id, event_id) and refuses the output",
-)
 def test_aws_local_fetch_writes_the_lake(local_aws_result: tuple[Result, str | None]) -> None:
+    """``aws-local fetch`` refuses two different rows for one (machine_id, event_id): there are none,
+    not even for a copy far beyond dedupe_horizon (feed duplicates_far)."""
     _, fetch_error = local_aws_result
     assert fetch_error is None

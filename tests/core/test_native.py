@@ -50,8 +50,10 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
-        self.calls.append(("release", _id(payload), session_id, seq, since))
+    def release(
+        self, payload: Any, session_id: str | None, seq: int | None, since: int | None, arrived_late: bool
+    ) -> None:
+        self.calls.append(("release", _id(payload), session_id, seq, since, arrived_late))
 
     def duplicate(self, payload: Any) -> None:
         self.calls.append(("duplicate", _id(payload)))
@@ -90,6 +92,8 @@ def streams(draw: st.DrawFn) -> tuple[SessionConfig, list[dict[str, Any]], list[
                     "timestamp": ts,
                     "user_id": draw(st.sampled_from([None, "u-1", "u-2"])),
                     "app_version": draw(st.sampled_from([None, "12.1.0"])),
+                    "os": draw(st.sampled_from([None, "linux", "macos"])),
+                    "document_id": draw(st.sampled_from([None, "d-1", "d-2", "d-3"])),
                 }
             )
     # Duplicates: the same record again, anywhere in the stream.
@@ -177,8 +181,8 @@ def test_collected_session_columns_make_the_table_the_summaries_make(stream: Any
 
 @needs_native
 def test_a_block_fed_snapshot_is_the_record_fed_one() -> None:
-    # The block feed keeps a row's user_id and app_version in the block, not in the buffered record:
-    # the snapshot must still hold them in the record, as the record feed's does.
+    # The block feed keeps a row's user_id, app_version, os and document in the block, not in the
+    # buffered record: the snapshot must still hold them in the record, as the record feed's does.
     pa = pytest.importorskip("pyarrow")
     from types import SimpleNamespace
 
@@ -193,6 +197,9 @@ def test_a_block_fed_snapshot_is_the_record_fed_one() -> None:
             "event_type": TYPES[i % 4],
             "user_id": ["u-1", None, "u-2"][i % 3],
             "app_version": [None, "12.1.0"][i % 2],
+            "os": [None, "linux", "macos"][i % 3],
+            "document_id": [None, "d-1", "d-2", "d-3"][i % 4],
+            "arrived_late": i % 5 == 0,
         }
         for i in range(20)
     ]
@@ -206,6 +213,9 @@ def test_a_block_fed_snapshot_is_the_record_fed_one() -> None:
         taken.append(sessionizer.snapshot(resolve=lambda payload: payload[0].batch.slice(payload[1], 1).to_pylist()[0]))
     pending = [record for machine in taken[1].machines for record in machine.pending]
     assert {record[4] for record in pending} == {"u-1", "u-2", None}  # the block's values, not None
+    assert {record[6] for record in pending} == {"linux", "macos", None}
+    assert {record[7] for record in pending} == {"d-1", "d-2", "d-3", None}
+    assert {record[8] for record in pending} == {True, False}
     assert taken[1] == taken[0]
     assert through_json(taken[1]) == taken[1]
 

@@ -106,8 +106,14 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 
 def reference(config: SessionConfig, events: list[dict[str, Any]]) -> Outputs:
-    """Everything sorted by (machine, timestamp, event_id), one batch, then the end of input."""
-    ordered = sorted(copy.deepcopy(events), key=lambda e: (e["machine_id"], e["timestamp"], e["event_id"]))
+    """Everything sorted by (machine, timestamp, event_id), one batch, then the end of input; each
+    event marked ``arrived_late`` first, as a runtime that sorts marks it: in arrival order, when an
+    event of its machine with a later timestamp arrived before it."""
+    marked = copy.deepcopy(events)
+    for index, e in enumerate(marked):
+        before = [o["timestamp"] for o in marked[:index] if o["machine_id"] == e["machine_id"]]
+        e["arrived_late"] = bool(before) and e["timestamp"] < max(before)
+    ordered = sorted(marked, key=lambda e: (e["machine_id"], e["timestamp"], e["event_id"]))
     out = Outputs()
     sessionizer = Sessionizer(config)
     sessionizer.process(ordered, out)
@@ -134,7 +140,10 @@ def streamed(
 
 def assignment(out: Outputs) -> dict[str, tuple[Any, ...]]:
     """event_id -> what the sessionizer decided about it."""
-    decided = {e["event_id"]: (e["session_id"], e["session_seq"], e["ms_since_prev"], e["late"]) for e in out.events}
+    decided = {
+        e["event_id"]: (e["session_id"], e["session_seq"], e["ms_since_prev"], e["late"], e["arrived_late"])
+        for e in out.events
+    }
     assert len(decided) == len(out.events), "an event came out twice"
     return decided
 

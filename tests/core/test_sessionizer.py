@@ -423,6 +423,11 @@ def test_session_summary() -> None:
             "last_event_type": "app_close",
             "event_type_counts": {"app_close": 1, "app_open": 1, "doc_open": 1, "view": 2},
             "app_version": "12.1.0",
+            "os": None,
+            "session_number": 1,
+            "documents": 0,
+            "late_placed": 0,
+            "close_reason": "end_of_input",
             "session_date": "2026-10-05",
         }
     ]
@@ -437,6 +442,129 @@ def test_single_event_session_and_session_date_is_the_start_date() -> None:
     out = batch([event("m", T0, "solo", "app_open")])
     assert out.sessions[0]["duration_ms"] == 0
     assert out.sessions[0]["first_event_type"] == out.sessions[0]["last_event_type"] == "app_open"
+
+
+# -- why a session ended, its number, documents, os, late arrivals ---------------------------------
+
+
+def _reasons(out: Outputs) -> list[tuple[int, str]]:
+    return [(s["event_count"], s["close_reason"]) for s in sorted(out.sessions, key=lambda s: s["start_ts"])]
+
+
+def test_the_next_event_says_why_a_session_ended() -> None:
+    config = SessionConfig(timeout_ms=TIMEOUT, allowed_lateness_ms=0, max_session_duration_ms=HOUR)
+    events = [
+        event("m", T0, "a", "app_open"),
+        event("m", T0 + TIMEOUT, "b"),  # a gap of exactly the timeout: the same session
+        event("m", T0 + 2 * TIMEOUT + 1, "c"),  # one ms more: timeout
+        event("m", T0 + 2 * TIMEOUT + 2, "d", "app_open"),  # an opening event
+        event("m", T0 + 3 * TIMEOUT + 2, "e"),  # a gap of exactly the timeout again
+        event("m", T0 + 4 * TIMEOUT + 2, "f"),  # the session started 1 h before: still in it
+        event("m", T0 + 4 * TIMEOUT + 3, "g"),  # 1 h + 1 ms after its start: max_duration
+        event("m", T0 + 6 * TIMEOUT + 4, "h", "app_open"),  # over the timeout *and* opening: timeout first
+    ]
+    out = batch(events, config)
+    assert _reasons(out) == [
+        (2, "timeout"),
+        (1, "opening_event"),
+        (3, "max_duration"),
+        (1, "timeout"),
+        (1, "end_of_input"),  # nothing came after it, and no stream clock says more
+    ]
+
+
+@pytest.mark.parametrize(("after", "reason"), [(TIMEOUT, "end_of_input"), (TIMEOUT + 1, "timeout")])
+def test_at_the_end_of_input_the_clock_says_whether_a_session_timed_out(after: int, reason: str) -> None:
+    sessionizer = Sessionizer(CONFIG)
+    out = Outputs()
+    sessionizer.process([event("m", T0, "a"), event("m", T0 + 5, "b")], out)
+    sessionizer.flush(out, clock=T0 + 5 + after)
+    assert _reasons(out) == [(2, reason)]
+
+
+def test_a_session_the_stream_clock_closes_timed_out() -> None:
+    sessionizer, out = _idle_setup([T0 + 1000 + CONFIG.idle_close_ms + 1] * 3)
+    assert _reasons(out) == [(2, "timeout")]
+    sessionizer.flush(out)
+    assert sorted(s["close_reason"] for s in out.sessions if s["machine_id"] != "m") == ["end_of_input"] * 3
+
+
+def test_sessions_are_numbered_per_machine_also_after_the_machine_is_forgotten() -> None:
+    config = SessionConfig(timeout_ms=TIMEOUT, allowed_lateness_ms=LATENESS, clock_quorum=1)
+    later = T0 + config.retention_ms + HOUR
+    sessionizer = Sessionizer(config)
+    out = Outputs()
+    first = [event("m", T0, "a", "app_open"), event("m", T0 + 1, "b", "app_open"), event("n", T0, "c")]
+    sessionizer.process(first, out)
+    sessionizer.end_batch(out)
+    sessionizer.process([event("n", later, "d")], out)  # the clock passes m's retention
+    sessionizer.end_batch(out)
+    assert "m" not in sessionizer.machines and sessionizer.forgotten["m"] == 2
+    restored = Sessionizer.restore(config, through_json(sessionizer.snapshot()))
+    restored.process([event("m", later + 1, "e")], out)
+    restored.flush(out)
+    numbers = sorted((s["machine_id"], s["start_ts"], s["session_number"]) for s in out.sessions)
+    assert numbers == [("m", T0, 1), ("m", T0 + 1, 2), ("m", later + 1, 3), ("n", T0, 1), ("n", later, 2)]
+
+
+def test_a_restored_sessionizer_numbers_on_from_what_it_is_told() -> None:
+    from sessionflow.core import Snapshot
+
+    sessionizer = Sessionizer.restore(CONFIG, Snapshot(forgotten={"m": 41}))
+    out = batch_into(sessionizer, [event("m", T0, "a"), event("m", T0 + HOUR, "b"), event("n", T0, "c")])
+    assert sorted((s["machine_id"], s["session_number"]) for s in out.sessions) == [("m", 42), ("m", 43), ("n", 1)]
+
+
+def batch_into(sessionizer: Sessionizer, events: list[dict[str, Any]]) -> Outputs:
+    out = Outputs()
+    sessionizer.process(events, out)
+    sessionizer.end_batch(out)
+    sessionizer.flush(out)
+    return out
+
+
+def test_documents_and_os() -> None:
+    events = [
+        event("m", T0, "a", "app_open"),
+        event("m", T0 + 1, "b", "doc_open", document_id="d-1", os=None),
+        event("m", T0 + 2, "c", "view", document_id="d-1", os="linux"),
+        event("m", T0 + 3, "d", "doc_open", document_id="d-2", os="macos"),
+        event("m", T0 + 4, "e", "view", document_id=None),
+    ]
+    (summary,) = batch(events).sessions
+    assert (summary["documents"], summary["os"]) == (2, "linux")
+    (summary,) = batch([event("m", T0, "a")]).sessions
+    assert (summary["documents"], summary["os"]) == (0, None)
+
+
+def test_events_that_arrive_after_a_later_one_are_counted_where_they_are_placed() -> None:
+    # b and c arrive after d, which is later: both are placed (within the lateness) and counted.
+    arrivals = [event("m", T0, "a"), event("m", T0 + 3000, "d"), event("m", T0 + 1000, "b"), event("m", T0 + 2000, "c")]
+    arrivals.append(event("m", T0 + 3000, "e"))  # as late as the newest: not after a *later* one
+    out = batch(arrivals)
+    assert {e["event_id"]: e["arrived_late"] for e in out.events} == {
+        "a": False,
+        "b": True,
+        "c": True,
+        "d": False,
+        "e": False,
+    }
+    assert [(s["event_count"], s["late_placed"]) for s in out.sessions] == [(5, 2)]
+    # A runtime that sorts first says so in the event, and the sessionizer counts it all the same.
+    (summary,) = batch([event("m", T0, "a"), event("m", T0 + 1, "b", arrived_late=True)]).sessions
+    assert summary["late_placed"] == 1
+
+
+def test_an_event_too_late_to_place_is_in_no_session_count() -> None:
+    sessionizer = Sessionizer(SessionConfig(timeout_ms=TIMEOUT, allowed_lateness_ms=0, clock_quorum=1))
+    # c releases b (no lateness); a sorts before b, already placed: late, in no session.
+    out = batch_into(sessionizer, [event("m", T0 + 2000, "b"), event("m", T0 + 3000, "c"), event("m", T0 + 1000, "a")])
+    assert sorted((e["event_id"], e["late"], e["arrived_late"]) for e in out.events) == [
+        ("a", True, True),
+        ("b", False, False),
+        ("c", False, False),
+    ]
+    assert [s["late_placed"] for s in out.sessions] == [0]
 
 
 # -- state ----------------------------------------------------------------------------------------

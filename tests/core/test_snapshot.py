@@ -39,11 +39,15 @@ def machine_states(draw: Any, machine_id: str) -> MachineState:
                 "event_type": draw(IDS),
                 "timestamp": ts,
                 "user_id": draw(st.none() | IDS),
-                **draw(st.dictionaries(st.sampled_from(["os", "extra", "pages"]), VALUES)),
+                **draw(st.dictionaries(st.sampled_from(["os", "document_id", "extra", "pages"]), VALUES)),
+                **draw(st.sampled_from([{}, {"arrived_late": True}])),
             }
         )
         for ts, event_id in sorted(keys)
     ]
+    # A pending event's mark lives in its record, as the sessionizer keeps it.
+    for record in pending:
+        record[-1].pop("arrived_late", None)
     session = draw(
         st.none()
         | st.builds(
@@ -58,6 +62,11 @@ def machine_states(draw: Any, machine_id: str) -> MachineState:
             user_id=st.none() | IDS,
             app_version=st.none() | IDS,
             closed=st.booleans(),
+            os=st.none() | IDS,
+            number=st.integers(1, 10**6),
+            documents=st.sets(IDS, max_size=3),
+            late_placed=st.integers(0, 10**6),
+            close_reason=st.none() | st.sampled_from(["timeout", "opening_event", "max_duration", "end_of_input"]),
         )
     )
     return MachineState(
@@ -68,6 +77,7 @@ def machine_states(draw: Any, machine_id: str) -> MachineState:
         last_key=draw(st.none() | st.tuples(TIMES, IDS)),
         session=session,
         seen=draw(st.dictionaries(IDS, TIMES, max_size=5)),
+        sessions=(session.number if session else 0) + draw(st.integers(0, 3)),
     )
 
 
@@ -75,7 +85,8 @@ def machine_states(draw: Any, machine_id: str) -> MachineState:
 def snapshots(draw: Any) -> Snapshot:
     machine_ids = draw(st.lists(IDS, unique=True, max_size=4))
     clock = StreamClock(draw(TIMES), draw(st.dictionaries(IDS, TIMES, max_size=3)))
-    return Snapshot(clock, tuple(draw(machine_states(machine_id)) for machine_id in machine_ids))
+    forgotten = draw(st.dictionaries(IDS, st.integers(0, 10**6), max_size=3))
+    return Snapshot(clock, tuple(draw(machine_states(machine_id)) for machine_id in machine_ids), forgotten)
 
 
 @settings(max_examples=200, deadline=None)
@@ -84,9 +95,10 @@ def test_any_snapshot_survives_json_unchanged(snapshot: Snapshot) -> None:
     assert through_json(snapshot) == snapshot
     # And what is written is the documented format, key for key.
     data = orjson.loads(orjson.dumps(snapshot.to_dict()))
-    assert sorted(data) == ["clock", "leaders", "machines", "version"]
+    assert sorted(data) == ["clock", "forgotten", "leaders", "machines", "version"]
     assert all(
-        sorted(machine) == ["arrival_clock", "last_key", "machine_id", "newest_ts", "pending", "seen", "session"]
+        sorted(machine)
+        == ["arrival_clock", "last_key", "machine_id", "newest_ts", "pending", "seen", "session", "sessions"]
         for machine in data["machines"]
     )
 
@@ -120,7 +132,7 @@ def _set(path: tuple[Any, ...], value: Any) -> Any:
 
 MACHINE = ("machines", 0)
 MALFORMED = {
-    "a newer version": (_set(("version",), 2), "format version 2, and this sessionflow reads version 1 only"),
+    "a newer version": (_set(("version",), 3), "format version 3, and this sessionflow reads versions 1, 2 only"),
     "no machines": (_set(("machines",), KeyError), "snapshot: 'machines' is missing"),
     "machines not a list": (_set(("machines",), {}), "'machines' must be a list, not dict"),
     "a clock that is text": (_set(("clock",), "5"), "stream clock: 'clock' must be an integer, not str"),
@@ -180,3 +192,17 @@ def test_a_snapshot_is_a_value() -> None:
     assert runs[0] == runs[1]
     assert [e["event_id"] for e in runs[0][0]] == ["b", "c", "d"]
     assert snapshot.to_dict() == written
+
+
+def test_a_version_1_snapshot_reads_with_one_session_started_per_open_session() -> None:
+    data = _valid()
+    data["version"] = 1
+    del data["forgotten"]
+    for machine in data["machines"]:
+        del machine["sessions"]
+        for key in ("os", "number", "documents", "late_placed", "close_reason"):
+            del machine["session"][key]
+    snapshot = Snapshot.from_dict(data)
+    (machine,) = snapshot.machines
+    assert machine.sessions == 1 and machine.session is not None and machine.session.number == 1
+    assert snapshot.forgotten == {} and snapshot.to_dict()["version"] == 2

@@ -10,6 +10,7 @@ deploy/build_lambda_package.py installs (pip's cache or the registry).
 
 from __future__ import annotations
 
+import argparse
 import ast
 import fcntl
 import importlib
@@ -55,6 +56,7 @@ _SHARD_CLOSER_ENV = {
     "SESSIONFLOW_STATE_TTL",
     "SESSIONFLOW_EVENTS_FIREHOSE",
     "SESSIONFLOW_SESSIONS_FIREHOSE",
+    "SESSIONFLOW_REJECTED_FIREHOSE",  # a recovery re-sends an outbox's conflicting copies' rejections
     "SESSIONFLOW_CONFIG",
 }
 FUNCTION_ENV = {
@@ -64,6 +66,7 @@ FUNCTION_ENV = {
         "SESSIONFLOW_STATE_TTL",
         "SESSIONFLOW_EVENTS_FIREHOSE",
         "SESSIONFLOW_SESSIONS_FIREHOSE",
+        "SESSIONFLOW_REJECTED_FIREHOSE",  # conflicting copies: conflicting_duplicate rejections
         "SESSIONFLOW_CONFIG",
     },
     # Invoked by hand at the end of a replay: lists the clean shards, then closes their sessions.
@@ -72,13 +75,20 @@ FUNCTION_ENV = {
     "sweep": _SHARD_CLOSER_ENV,
 }
 # What each function must be allowed to do with the resource each env var names.
-_STATE = ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem")
+_STATE = (
+    "dynamodb:BatchGetItem",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:PutItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:UpdateItem",
+)
 _DELIVER = ("firehose:PutRecordBatch",)
 _SHARD_CLOSER_GRANTS = {
     "SESSIONFLOW_CLEAN_STREAM": ("kinesis:ListShards",),
     "SESSIONFLOW_STATE_TABLE": _STATE,
     "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
     "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
+    "SESSIONFLOW_REJECTED_FIREHOSE": _DELIVER,
 }
 FUNCTION_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "process": {"SESSIONFLOW_CLEAN_STREAM": ("kinesis:PutRecords",), "SESSIONFLOW_REJECTED_FIREHOSE": _DELIVER},
@@ -86,6 +96,7 @@ FUNCTION_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "SESSIONFLOW_STATE_TABLE": _STATE,
         "SESSIONFLOW_EVENTS_FIREHOSE": _DELIVER,
         "SESSIONFLOW_SESSIONS_FIREHOSE": _DELIVER,
+        "SESSIONFLOW_REJECTED_FIREHOSE": _DELIVER,
     },
     "flush": _SHARD_CLOSER_GRANTS,
     "sweep": _SHARD_CLOSER_GRANTS,
@@ -122,7 +133,13 @@ def serverless_command() -> list[str]:
 
 
 def run_package(artifact: Path, out: Path, stage: str) -> None:
-    env = {**os.environ, **OFFLINE_ENV, "SESSIONFLOW_LAMBDA_ARTIFACT": str(artifact)}
+    # The build writes the lake's Glue catalog (catalog.json) beside the artifact.
+    env = {
+        **os.environ,
+        **OFFLINE_ENV,
+        "SESSIONFLOW_LAMBDA_ARTIFACT": str(artifact),
+        "SESSIONFLOW_LAKE_CATALOG": str(artifact.with_name("catalog.json")),
+    }
     env.pop("AWS_PROFILE", None)
     command = [*serverless_command(), "package", "--stage", stage, "--region", REGION, "--package", str(out)]
     result = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -290,6 +307,10 @@ def test_functions_run_the_artifacts_python(template: Template) -> None:
         assert function["Properties"]["Architectures"] == ["x86_64"]
 
 
+# Actions without resource-level permissions: "*" is the only resource IAM accepts for them.
+UNRESTRICTABLE = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+
 def test_each_function_has_its_own_role_with_no_wildcards(template: Template) -> None:
     assert "IamRoleLambdaExecution" not in template["Resources"], "the framework's shared role must not exist"
     roles = [
@@ -303,6 +324,8 @@ def test_each_function_has_its_own_role_with_no_wildcards(template: Template) ->
             for action in as_list(statement["Action"]):
                 assert "*" not in action, f"{name}: wildcard action {action}"
             for resource in as_list(statement["Resource"]):
+                if set(as_list(statement["Action"])) <= UNRESTRICTABLE:
+                    continue
                 assert resource != "*", f"{name}: {statement['Action']} on every resource"
 
 
@@ -348,7 +371,12 @@ def test_buckets_block_public_access_and_are_encrypted(template: Template) -> No
         assert rules[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms"), name
     for policy in of_type(template, "AWS::S3::BucketPolicy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-            assert statement["Effect"] == "Deny", "a bucket policy here only denies (plain-HTTP access)"
+            if statement["Effect"] == "Allow":  # only S3's own log delivery, into the access-log bucket
+                assert statement["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+                assert policy["Properties"]["Bucket"] == {"Ref": "AccessLogsBucket"}
+                assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+                continue
+            assert statement["Effect"] == "Deny", "a bucket policy here denies plain-HTTP access"
 
 
 def test_state_table_has_ttl_and_encryption(template: Template) -> None:
@@ -360,20 +388,54 @@ def test_state_table_has_ttl_and_encryption(template: Template) -> None:
     assert properties["SSESpecification"]["SSEEnabled"] is True
     assert properties["BillingMode"] == "PAY_PER_REQUEST"
     assert table["DeletionPolicy"] == "Delete", "non-prod stages are torn down whole"
+    assert properties["DeletionProtectionEnabled"] is False
 
 
-def test_queues_are_encrypted(template: Template) -> None:
+def test_queues_are_encrypted_and_keep_messages_as_long_as_the_streams_keep_records(template: Template) -> None:
+    """A failure-queue message points into a stream: kept longer, it points at nothing."""
     queues = of_type(template, "AWS::SQS::Queue")
-    assert len(queues) == 2
+    assert set(queues) == {"ProcessFailureQueue", "SessionizeFailureQueue", "SweepFailureQueue"}
+    (hours,) = {s["Properties"]["RetentionPeriodHours"] for s in of_type(template, "AWS::Kinesis::Stream").values()}
     for name, queue in queues.items():
         properties = queue["Properties"]
         assert properties.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in properties, name
-        assert properties["MessageRetentionPeriod"] == 14 * 24 * 3600, name
+        assert properties["MessageRetentionPeriod"] == hours * 3600, name
 
 
-def test_firehoses_write_gzip_into_one_bucket_under_their_prefix(template: Template) -> None:
-    streams = of_type(template, "AWS::KinesisFirehose::DeliveryStream")
-    assert set(streams) == {"RejectedDeliveryStream", "EventsDeliveryStream", "SessionsDeliveryStream"}
+def test_every_failure_queue_alarms_and_in_time_to_redrive(template: Template) -> None:
+    """The first message of any failure queue alarms; so does the oldest message of the stream queues
+    once it has waited half their retention, while its records can still be redriven."""
+    topics = of_type(template, "AWS::SNS::Topic")
+    by_queue: dict[str, dict[str, tuple[float, str]]] = {}
+    for alarm in of_type(template, "AWS::CloudWatch::Alarm").values():
+        properties = alarm["Properties"]
+        if properties.get("Namespace") != "AWS/SQS":
+            continue
+        assert [action["Ref"] for action in properties["AlarmActions"]] == list(topics)
+        (dimension,) = properties["Dimensions"]
+        queue = dimension["Value"]["Fn::GetAtt"][0]
+        threshold = (properties["Threshold"], properties["ComparisonOperator"])
+        by_queue.setdefault(queue, {})[properties["MetricName"]] = threshold
+    queues = of_type(template, "AWS::SQS::Queue")
+    assert set(by_queue) == set(queues)
+    first_message = {(0, "GreaterThanThreshold"), (1, "GreaterThanOrEqualToThreshold")}
+    for queue, metrics in by_queue.items():
+        assert metrics["ApproximateNumberOfMessagesVisible"] in first_message, queue
+    retention = queues["SessionizeFailureQueue"]["Properties"]["MessageRetentionPeriod"]
+    for queue in ("ProcessFailureQueue", "SessionizeFailureQueue"):
+        age, _ = by_queue[queue]["ApproximateAgeOfOldestMessage"]
+        assert 0 < age <= retention / 2, queue
+
+
+def test_firehoses_write_into_one_bucket_under_their_prefix(template: Template) -> None:
+    every = of_type(template, "AWS::KinesisFirehose::DeliveryStream")
+    assert set(every) == {
+        "RejectedDeliveryStream",
+        "EventsDeliveryStream",
+        "SessionsDeliveryStream",
+        "RawArchiveDeliveryStream",  # the raw archive: its own test below
+    }
+    streams = {name: s for name, s in every.items() if name != "RawArchiveDeliveryStream"}
     partition = {"rejected": "reason", "events": "event_date", "sessions": "session_date"}
     for name, stream in streams.items():
         table = name.removesuffix("DeliveryStream").lower()
@@ -385,7 +447,10 @@ def test_firehoses_write_gzip_into_one_bucket_under_their_prefix(template: Templ
         )
         s3 = properties["ExtendedS3DestinationConfiguration"]
         assert s3["BucketARN"] == getatt("DataBucket")
-        assert s3["CompressionFormat"] == "GZIP"
+        # Events and sessions are Parquet, compressed inside (tests/deploy/test_ops_template.py);
+        # rejected records stay JSON lines, as on disk, gzipped.
+        assert s3["CompressionFormat"] == ("GZIP" if table == "rejected" else "UNCOMPRESSED")
+        assert s3.get("DataFormatConversionConfiguration", {}).get("Enabled", False) is (table != "rejected")
         key = partition[table]
         assert s3["Prefix"] == f"{table}/{key}=!{{partitionKeyFromQuery:{key}}}/", name
         assert s3["ErrorOutputPrefix"].startswith(f"errors/{table}/!{{firehose:error-output-type}}/"), name
@@ -403,11 +468,87 @@ def test_firehoses_write_gzip_into_one_bucket_under_their_prefix(template: Templ
         assert resources == sorted([f"${{DataBucket.Arn}}/{table}/*", f"${{DataBucket.Arn}}/errors/{table}/*"]), name
 
 
+def test_the_raw_archive_reads_the_raw_stream_into_gzip_objects_by_arrival_hour(template: Template) -> None:
+    """The archive: Firehose reads ``raw`` itself, the ``archive`` function turns each record into
+    the line ``sessionflow.runtimes.aws.archive`` reads back, gzip objects under raw/<hour>/."""
+    archive = importlib.import_module("sessionflow.runtimes.aws.archive")
+    properties = template["Resources"]["RawArchiveDeliveryStream"]["Properties"]
+    assert properties["DeliveryStreamType"] == "KinesisStreamAsSource"
+    assert properties["KinesisStreamSourceConfiguration"]["KinesisStreamARN"] == getatt("RawStream")
+    s3 = properties["ExtendedS3DestinationConfiguration"]
+    assert s3["BucketARN"] == getatt("DataBucket") and s3["CompressionFormat"] == "GZIP"
+    # The hour folders the redrive and the backfill look in: raw/YYYY/MM/DD/HH/.
+    assert s3["Prefix"] == archive.PREFIX + "!{timestamp:yyyy/MM/dd/HH}/"
+    assert archive.hour_prefixes(0, 0) == [archive.PREFIX + "1970/01/01/00/"]
+    assert s3["ErrorOutputPrefix"].startswith("errors/raw/!{firehose:error-output-type}/")
+    (processor,) = s3["ProcessingConfiguration"]["Processors"]
+    parameters = {p["ParameterName"]: p["ParameterValue"] for p in processor["Parameters"]}
+    assert processor["Type"] == "Lambda" and parameters["LambdaArn"] == getatt("ArchiveLambdaFunction")
+    function = template["Resources"]["ArchiveLambdaFunction"]["Properties"]
+    assert function["Handler"] == "sessionflow.runtimes.aws.handlers.archive_handler"
+    role = template["Resources"][properties["KinesisStreamSourceConfiguration"]["RoleARN"]["Fn::GetAtt"][0]]
+    for action in ("GetRecords", "GetShardIterator", "DescribeStream", "ListShards"):
+        assert allows(role, f"kinesis:{action}", getatt("RawStream")), action
+    assert allows(role, "lambda:InvokeFunction", getatt("ArchiveLambdaFunction"))
+    object_grants = [s for s in statements(role) if "s3:PutObject" in as_list(s["Action"])]
+    resources = sorted(r["Fn::Sub"] for s in object_grants for r in as_list(s["Resource"]))
+    assert resources == ["${DataBucket.Arn}/errors/raw/*", "${DataBucket.Arn}/raw/*"]
+
+
+def test_the_sweep_runs_one_at_a_time_and_reports_a_failed_run(template: Template) -> None:
+    resources = template["Resources"]
+    assert resources["SweepLambdaFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
+    configs = [
+        r["Properties"]
+        for r in of_type(template, "AWS::Lambda::EventInvokeConfig").values()
+        if r["Properties"]["FunctionName"] == {"Ref": "SweepLambdaFunction"}
+    ]
+    assert len(configs) == 1
+    destination = configs[0]["DestinationConfig"]["OnFailure"]["Destination"]
+    assert destination == getatt("SweepFailureQueue")
+    assert 0 <= configs[0]["MaximumRetryAttempts"] <= 2
+    assert allows(role_of(template, functions(template)["sweep"]), "sqs:SendMessage", destination)
+
+
+def test_the_glue_job_rebuilds_the_last_days_from_the_archive_on_a_schedule(template: Template) -> None:
+    """The job's arguments are the backfill's own: parsed by its parser, they read the archive and
+    rebuild the last days of the lake; a daily trigger starts it."""
+    pytest.importorskip("pyspark", reason="the backfill's entry point imports Spark")
+    job_module = importlib.import_module("sessionflow.runtimes.backfill.job")
+    options = importlib.import_module("sessionflow.runtimes.backfill.options")
+    resources = template["Resources"]
+    job = resources["BackfillJob"]["Properties"]
+    assert job["Command"]["Name"] == "glueetl" and float(job["GlueVersion"]) >= 5.0  # Python 3.11
+    assert job["ExecutionProperty"]["MaxConcurrentRuns"] == 1
+
+    def value(given: Any) -> str:
+        return given["Fn::Sub"].replace("${DataBucket}", "bucket") if isinstance(given, dict) else str(given)
+
+    argv = [part for key, given in job["DefaultArguments"].items() for part in (key, value(given))]
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    ours, foreign = job_module.drop_foreign_options(argv, parser)
+    assert set(foreign) >= {"--additional-python-modules", "--job-language"}
+    args = parser.parse_args(ours)
+    assert args.archive is True and options.inputs_of(args) == ["s3://bucket/raw/"] and args.out == "s3://bucket/lake/"
+    days = options.date_range_of(args).days()
+    assert len(days) == args.last_days >= 1
+    (trigger,) = of_type(template, "AWS::Glue::Trigger").values()
+    assert trigger["Properties"]["Type"] == "SCHEDULED" and trigger["Properties"]["StartOnCreation"] is True
+    assert trigger["Properties"]["Actions"] == [{"JobName": {"Ref": "BackfillJob"}}]
+    role = template["Resources"][job["Role"]["Fn::GetAtt"][0]]
+    writes = sorted(
+        r["Fn::Sub"] for s in statements(role) if "s3:PutObject" in as_list(s["Action"]) for r in as_list(s["Resource"])
+    )
+    assert writes == ["${DataBucket.Arn}/lake/*"], "the job writes the lake, never the archive"
+
+
 def test_prod_keeps_the_data_when_the_stack_goes(artifact: Path, tmp_path: Path) -> None:
     run_package(artifact, tmp_path, "prod")
     prod: Template = json.loads((tmp_path / "cloudformation-template-update-stack.json").read_text())
-    for name in ("StateTable", "DataBucket"):
+    for name in ("StateTable", "DataBucket", "AccessLogsBucket"):
         assert prod["Resources"][name]["DeletionPolicy"] == "Retain", name
+    assert prod["Resources"]["StateTable"]["Properties"]["DeletionProtectionEnabled"] is True
     assert prod["Resources"]["RawStream"]["Properties"]["Name"] == "sessionflow-prod-raw"
 
 
@@ -426,6 +567,7 @@ def test_artifact_holds_the_code_config_and_platform_wheels(artifact: Path, temp
     # Compiled for the functions' runtime and architecture, from manylinux wheels.
     assert any(re.fullmatch(r"orjson/orjson\.cpython-312-x86_64-linux-gnu\.so", n) for n in names), sorted(names)[:20]
     assert any(n.startswith("aws_lambda_powertools/") for n in names)
+    assert "tzdata/zoneinfo/Europe/Paris" in names  # parse_time's zones, whatever the image has
     assert not any(n.startswith(("boto3/", "botocore/")) for n in names), "the runtime provides the SDK"
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     # Reproducible: sorted entries, fixed timestamps.
@@ -490,6 +632,7 @@ _SESSIONIZING_CALLS = [
     ("state/dynamodb.py", "DynamoDBStore", "dynamodb", "SESSIONFLOW_STATE_TABLE"),
     ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "SESSIONFLOW_EVENTS_FIREHOSE"),
     ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "SESSIONFLOW_SESSIONS_FIREHOSE"),
+    ("runtimes/aws/outputs.py", "FirehoseSink", "firehose", "SESSIONFLOW_REJECTED_FIREHOSE"),
 ]
 
 
@@ -579,8 +722,10 @@ import json, sys
 sys.path[:0] = sys.argv[1:3]
 from sessionflow.runtimes.aws import handlers
 from sessionflow.runtimes.aws.settings import Settings
+from sessionflow.runtimes.aws.telemetry import Telemetry
 settings = Settings.from_env()
 config = settings.load_config()
+Telemetry(settings)  # Powertools' Logger, Metrics and Tracer (X-Ray SDK) from the artifact
 print(json.dumps({
     "handlers": sorted(n for n in dir(handlers) if n.endswith("_handler")),
     "clean_rules": len(config.clean),

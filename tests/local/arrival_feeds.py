@@ -6,6 +6,13 @@ but the session id formula: every valid event deduplicated on (machine_id, event
 arrival kept; per machine sorted by (timestamp, event_id); a new session at a machine's first
 event, after a gap strictly longer than the timeout, at an opening event, or when the session
 would last longer than the maximum duration.
+
+And the sessions' own columns, as the README defines them: an event *arrived late* when an event of
+its machine with a later timestamp arrived before it (over all runs, in arrival order); a session
+counts those placed in it (``late_placed``), its distinct documents, its first ``os``, its number
+among its machine's sessions, and why it ended: the machine's next event (a gap over the timeout,
+then an opening event, else the maximum duration), or for a machine's last session the stream
+clock after the last run (more than the timeout past its end: ``timeout``, else ``end_of_input``).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class Event:
     event_id: str
     timestamp: int
     event_type: str
+    os: str | None = None
+    document_id: str | None = None
 
     @property
     def key(self) -> Key:
@@ -93,7 +102,15 @@ def parse_line(line: bytes) -> Event | None:
         return None
     if not MIN_TS <= ts <= time.time() * 1000 + 24 * HOUR:
         return None
-    return Event(str(machine_id), str(event_id), ts, str(event_type).lower())
+    os, document = record.get("os"), record.get("document_id")
+    return Event(
+        str(machine_id),
+        str(event_id),
+        ts,
+        str(event_type).lower(),
+        os if isinstance(os, str) else None,
+        document if isinstance(document, str) else None,
+    )
 
 
 def _text(value: Any) -> bool:
@@ -104,9 +121,20 @@ def events_of_lines(lines: Iterable[bytes]) -> list[Event]:
     return [event for event in map(parse_line, lines) if event is not None]
 
 
-def clean_line(machine_id: str, event_id: str, ts: int, event_type: str = "view") -> bytes:
+def clean_line(
+    machine_id: str,
+    event_id: str,
+    ts: int,
+    event_type: str = "view",
+    os: str | None = None,
+    document: str | None = None,
+) -> bytes:
     """A hand-built valid line (already clean: milliseconds, lower case)."""
-    record = {"event_id": event_id, "machine_id": machine_id, "event_type": event_type, "timestamp": ts}
+    record: dict[str, Any] = {"event_id": event_id, "machine_id": machine_id, "event_type": event_type, "timestamp": ts}
+    if os is not None:
+        record["os"] = os
+    if document is not None:
+        record["document_id"] = document
     return orjson.dumps(record)
 
 
@@ -115,7 +143,7 @@ def clean_line(machine_id: str, event_id: str, ts: int, event_type: str = "view"
 
 @dataclass
 class Reference:
-    """key -> (session_id, session_seq, ms_since_prev, late), and one summary per session."""
+    """key -> (session_id, session_seq, ms_since_prev, late, arrived_late), and one summary per session."""
 
     placements: dict[Key, tuple[Any, ...]]
     sessions: list[tuple[Any, ...]]
@@ -130,6 +158,8 @@ def reference(runs: Sequence[Sequence[Event]], rules: Rules = Rules()) -> Refere
     """
     kept: dict[Key, Event] = {}
     late: set[Key] = set()
+    arrived_late: set[Key] = set()
+    sent: dict[str, int] = {}  # machine -> its newest timestamp kept so far, in arrival order
     newest: dict[str, int] = {}
     clock = -1
     for events in runs:
@@ -137,6 +167,9 @@ def reference(runs: Sequence[Sequence[Event]], rules: Rules = Rules()) -> Refere
             if event.key in kept:
                 continue
             kept[event.key] = event
+            if event.timestamp < sent.get(event.machine_id, event.timestamp):
+                arrived_late.add(event.key)
+            sent[event.machine_id] = max(sent.get(event.machine_id, event.timestamp), event.timestamp)
             if clock >= 0 and event.timestamp < clock - rules.restate_horizon_ms:
                 late.add(event.key)
         for event in events:
@@ -144,7 +177,7 @@ def reference(runs: Sequence[Sequence[Event]], rules: Rules = Rules()) -> Refere
         leaders = sorted(newest.values(), reverse=True)
         if len(leaders) >= rules.clock_quorum:
             clock = max(clock, leaders[rules.clock_quorum - 1])
-    placements: dict[Key, tuple[Any, ...]] = {key: (None, None, None, True) for key in late}
+    placements: dict[Key, tuple[Any, ...]] = {key: (None, None, None, True, key in arrived_late) for key in late}
     by_machine: dict[str, list[Event]] = {}
     for event in kept.values():
         if event.key not in late:
@@ -152,22 +185,31 @@ def reference(runs: Sequence[Sequence[Event]], rules: Rules = Rules()) -> Refere
     summaries: list[tuple[Any, ...]] = []
     for machine_id, events in by_machine.items():
         events.sort(key=lambda e: (e.timestamp, e.event_id))
-        session: list[Event] = []
+        sessions: list[list[Event]] = []
         for event in events:
+            session = sessions[-1] if sessions else None
             if session and not _starts_session(session, event, rules):
                 placements[event.key] = (
                     placements[session[0].key][0],
                     len(session) + 1,
                     event.timestamp - session[-1].timestamp,
                     False,
+                    event.key in arrived_late,
                 )
                 session.append(event)
                 continue
-            if session:
-                summaries.append(_summary(session))
-            session = [event]
-            placements[event.key] = (session_id(machine_id, event.timestamp, event.event_id), 1, None, False)
-        summaries.append(_summary(session))
+            sessions.append([event])
+            placements[event.key] = (
+                session_id(machine_id, event.timestamp, event.event_id),
+                1,
+                None,
+                False,
+                event.key in arrived_late,
+            )
+        for number, session in enumerate(sessions, 1):
+            after = sessions[number][0] if number < len(sessions) else None
+            reason = _why_it_ended(session, after, clock, rules)
+            summaries.append(_summary(session, number, sum(e.key in arrived_late for e in session), reason))
     return Reference(placements, sorted(summaries), late)
 
 
@@ -180,7 +222,16 @@ def _starts_session(session: list[Event], event: Event, rules: Rules) -> bool:
     return limit is not None and event.timestamp - session[0].timestamp > limit
 
 
-def _summary(session: list[Event]) -> tuple[Any, ...]:
+def _why_it_ended(session: list[Event], after: Event | None, clock: int, rules: Rules) -> str:
+    end = session[-1].timestamp
+    if after is None:
+        return "timeout" if clock >= 0 and clock - end > rules.timeout_ms else "end_of_input"
+    if after.timestamp - end > rules.timeout_ms:
+        return "timeout"
+    return "opening_event" if after.event_type in rules.opening_events else "max_duration"
+
+
+def _summary(session: list[Event], number: int, late_placed: int, reason: str) -> tuple[Any, ...]:
     first, last = session[0], session[-1]
     counts: dict[str, int] = {}
     for event in session:
@@ -194,6 +245,11 @@ def _summary(session: list[Event]) -> tuple[Any, ...]:
         first.event_type,
         last.event_type,
         tuple(sorted(counts.items())),
+        next((e.os for e in session if e.os is not None), None),
+        number,
+        len({e.document_id for e in session if e.document_id is not None}),
+        late_placed,
+        reason,
     )
 
 
@@ -218,7 +274,8 @@ def lake_placements(lake: Path) -> dict[Key, tuple[Any, ...]]:
     if not has_files(lake, "events"):
         return {}
     rows = sql(
-        f"SELECT machine_id, event_id, session_id, session_seq, ms_since_prev, late FROM {table(lake, 'events')}"
+        "SELECT machine_id, event_id, session_id, session_seq, ms_since_prev, late, arrived_late "
+        f"FROM {table(lake, 'events')}"
     )
     placed = {(row[0], row[1]): row[2:] for row in rows}
     assert len(placed) == len(rows), f"{len(rows) - len(placed)} extra rows of events already in the lake"
@@ -230,17 +287,28 @@ def lake_sessions(lake: Path) -> list[tuple[Any, ...]]:
         return []
     rows = sql(
         "SELECT session_id, machine_id, start_ts, end_ts, event_count, first_event_type, last_event_type, "
-        f"event_type_counts FROM {table(lake, 'sessions')}"
+        "event_type_counts, os, session_number, documents, late_placed, close_reason "
+        f"FROM {table(lake, 'sessions')}"
     )
-    sessions = sorted((*row[:7], tuple(sorted(row[7].items()))) for row in rows)
+    sessions = sorted((*row[:7], tuple(sorted(row[7].items())), *row[8:]) for row in rows)
     assert len({row[0] for row in sessions}) == len(sessions), "a session id has two summary rows"
     return sessions
 
 
-def lake_content(lake: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Every column of every event and session row, in a fixed order: two lakes compare as values."""
-    events = sql(f"SELECT * FROM {table(lake, 'events')} ORDER BY machine_id, event_id")
-    sessions = sql(f"SELECT * FROM {table(lake, 'sessions')} ORDER BY session_id")
+# What records the order the events arrived in: two lakes of the same events read in another order
+# differ there, and only there.
+ARRIVAL_COLUMNS = {"events": "arrived_late", "sessions": "late_placed"}
+
+
+def lake_content(lake: Path, arrival: bool = True) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every column of every event and session row, in a fixed order: two lakes compare as values.
+    ``arrival=False``: but the columns that record the arrival order."""
+
+    def columns(name: str) -> str:
+        return "*" if arrival else f"* EXCLUDE ({ARRIVAL_COLUMNS[name]})"
+
+    events = sql(f"SELECT {columns('events')} FROM {table(lake, 'events')} ORDER BY machine_id, event_id")
+    sessions = sql(f"SELECT {columns('sessions')} FROM {table(lake, 'sessions')} ORDER BY session_id")
     return events, sessions
 
 

@@ -111,10 +111,14 @@ def test_one_shot_over_files_whose_names_sort_out_of_time_order(
     write_lines(folder / "day-10.jsonl", feed_lines[2 * third :])
     lake = workdir / "days-lake"
     summary, _ = run_json(folder, "--out", lake, "--config", config_file)
-    assert_lake_is(lake, reference([events_of_lines(feed_lines)]))
+    # The folder's files in name order: the newest third arrives first.
+    arrival = feed_lines[2 * third :] + feed_lines[:third] + feed_lines[third : 2 * third]
+    assert_lake_is(lake, reference([events_of_lines(arrival)]))
     assert summary["tally"]["late"] == 0
     no_event_late(lake)
-    assert lake_content(lake) == lake_content(in_order_lake)
+    # The same lake but for what records the arrival order (the reference checked that too).
+    assert lake_content(lake, arrival=False) == lake_content(in_order_lake, arrival=False)
+    assert lake_content(lake) != lake_content(in_order_lake)
     assert_verifies(lake)
 
 
@@ -127,7 +131,7 @@ def test_one_shot_over_shuffled_lines(
     assert_lake_is(lake, reference([events_of_lines(lines)]))
     assert summary["tally"]["late"] == 0
     no_event_late(lake)
-    assert lake_content(lake) == lake_content(in_order_lake)
+    assert lake_content(lake, arrival=False) == lake_content(in_order_lake, arrival=False)
     assert_verifies(lake)
 
 
@@ -320,8 +324,9 @@ def test_an_event_older_than_the_restate_horizon_is_late(workdir: Path) -> None:
     assert expected.late == {("m-1", "m1-late")}
     assert_lake_is(lake, expected)
     assert sql(
-        f"SELECT session_id, session_seq, ms_since_prev, late FROM {table(lake, 'events')} WHERE event_id = 'm1-late'"
-    ) == [(None, None, None, True)]
+        "SELECT session_id, session_seq, ms_since_prev, late, arrived_late "
+        f"FROM {table(lake, 'events')} WHERE event_id = 'm1-late'"
+    ) == [(None, None, None, True, True)]
     assert_verifies(lake)
 
 
@@ -340,6 +345,8 @@ def arrivals(draw: st.DrawFn) -> tuple[list[Event], list[int]]:
             # A 5-minute grid: equal timestamps and gaps of exactly the timeout happen.
             T0 + draw(st.integers(0, 48)) * 5 * MINUTE,
             draw(st.sampled_from(("view", "edit", "app_open"))),
+            draw(st.sampled_from((None, "linux", "windows"))),
+            draw(st.sampled_from((None, "d-1", "d-2"))),
         )
         for i in range(count)
     ]
@@ -359,7 +366,7 @@ def test_any_arrival_order_and_any_split_into_runs_give_the_batch(case: tuple[li
         root = Path(folder)
         lake, state = root / "lake", root / "state.json"
         for number, part in enumerate(parts, 1):
-            lines = [clean_line(e.machine_id, e.event_id, e.timestamp, e.event_type) for e in part]
+            lines = [clean_line(e.machine_id, e.event_id, e.timestamp, e.event_type, e.os, e.document_id) for e in part]
             source = write_lines(root / f"run-{number}.jsonl", lines)
             runner.run([str(source)], lake, Config(), state_path=state, now_ms=NOW, workers=0)
         assert_lake_is(lake, reference([order]))

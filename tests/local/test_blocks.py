@@ -36,17 +36,32 @@ def _sessionizer(config: SessionConfig) -> Any:
     return _native.NativeSessionizer(config)
 
 
-KEYS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
+KEYS = (
+    "timestamp",
+    "event_id",
+    "machine_id",
+    "event_type",
+    "user_id",
+    "app_version",
+    "os",
+    "document_id",
+    "arrived_late",
+)
 
 
 def _block(rows: list[dict[str, Any]]) -> tuple[Any, list[Any]]:
     """A block as the runner hands it over: an Arrow batch and its key columns."""
-    types = {"timestamp": pa.int64()}
+    types = {"timestamp": pa.int64(), "arrived_late": pa.bool_()}
+    defaults = {"arrived_late": False}
     batch = pa.RecordBatch.from_pydict(
-        {name: pa.array([row.get(name) for row in rows], types.get(name, pa.string())) for name in KEYS}
+        {
+            name: pa.array([row.get(name, defaults.get(name)) for row in rows], types.get(name, pa.string()))
+            for name in KEYS
+        }
     )
     columns = [batch.column(name) for name in KEYS]
-    return batch, [*columns[:2], *(column.dictionary_encode() for column in columns[2:4]), *columns[4:]]
+    encoded = {2, 3, 7}  # machine ids, event types, document ids
+    return batch, [column.dictionary_encode() if i in encoded else column for i, column in enumerate(columns)]
 
 
 @needs_blocks
@@ -72,8 +87,9 @@ def test_blocks_place_their_rows_as_the_pure_sessionizer_releases_them(stream: A
         blocks.append(placements)
     sessionizer.flush(pure)
     compiled_one.flush(out)
-    # Rows placed or late: the pure release calls, as (id, session, seq, since).
-    released = [call[1:] for call in pure.calls if call[0] == "release"]
+    # Rows placed or late: the pure release calls, as (id, session, seq, since). A block's
+    # arrived_late is its own column (the runner's, which sorts first): only sessions count it here.
+    released = [call[1:5] for call in pure.calls if call[0] == "release"]
     written = [
         (block.batch.column("event_id")[row].as_py(), *block.placed(row))
         for block in blocks
@@ -124,7 +140,7 @@ def test_a_block_reads_sliced_arrays_and_missing_columns() -> None:
     sessionizer = _sessionizer(SessionConfig())
     keys = [sliced.column(name) for name in KEYS[:2]]
     keys += [sliced.column(name).dictionary_encode().slice(0) for name in KEYS[2:4]]
-    reader.process_block(sessionizer, *keys, None, None, placements, Recorder())
+    reader.process_block(sessionizer, *keys, None, None, None, None, None, placements, Recorder())
     sessionizer.flush(Recorder())
     assert [placements.placed(row)[1] for row in range(5)] == [1, 1, 2, 2, 3]
     assert [placements.placed(row)[2] for row in range(5)] == [None, None, 2, 2, 2]

@@ -100,3 +100,37 @@ def test_file_span_must_be_a_duration_of_at_most_a_day(tmp_path: Path) -> None:
     path = tmp_path / "good.toml"
     path.write_text('[output]\nfile_span = "15m"\n')
     assert Config.load(path).output.file_span_ms == 15 * MINUTE
+
+
+def test_a_restatement_carries_rows_of_files_written_before_events_had_arrived_late(tmp_path: Path) -> None:
+    """A lake an older sessionflow wrote has event files without ``arrived_late``: a run that
+    restates its sessions reads them as no event arrived late and rewrites them with the column."""
+    import duckdb
+    import pyarrow as pa
+
+    config = tmp_path / "sessionflow.toml"
+    config.write_text('[session]\ntimeout = "30m"\nopening_events = []\n')
+    lake, state = tmp_path / "lake", tmp_path / "state.json"
+    state_run(write_lines(tmp_path / "run-1.jsonl", RUNS[0] + RUNS[1]), lake, state, config)
+    for path in (lake / "events").glob("*/*.parquet"):
+        table = pq.read_table(path)
+        assert table.column("arrived_late").to_pylist() == [False] * table.num_rows
+        pq.write_table(table.drop_columns(["arrived_late"]), path)
+    old = {path.relative_to(lake).as_posix() for path in (lake / "events").glob("*/*.parquet")}
+    summary = state_run(write_lines(tmp_path / "run-2.jsonl", LATE), lake, state, config)
+    assert summary["tally"]["events"] == 1
+    removed = {name for entry in ledger(lake, 2)["removed"] for name in entry["files"]}
+    assert removed & old, "the late event restated no file of the older run"
+    assert_lake_is(lake, reference([*(events_of_lines(lines) for lines in RUNS), events_of_lines(LATE)]))
+    assert_verifies(lake)
+    for path in (lake / "events").glob("*/*.parquet"):
+        if path.relative_to(lake).as_posix() not in old:
+            assert pq.read_schema(path).field("arrived_late").type == pa.bool_()
+    flags = duckdb.sql(
+        f"SELECT event_id, arrived_late FROM read_parquet('{lake}/events/*/*.parquet', union_by_name = true) "
+        "WHERE arrived_late IS NOT NULL"
+    ).fetchall()
+    # The carried rows arrived in time; the late one was sent after events hours newer than it.
+    assert dict(flags)["m0-late"] is True
+    assert {event for event, late in flags if late} == {"m0-late"}
+    assert len(flags) > 1

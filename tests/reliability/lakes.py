@@ -14,7 +14,7 @@ from sessionflow.synthetic import FeedShape, generate
 
 # Small files: a run publishes many of them, so kills land between many moves.
 CONFIG = EXAMPLE_CONFIG + "\n[output]\nrows_per_file = 400\n"
-_TIMING = ("seconds", "events_per_second")
+_TIMING = ("seconds", "records_per_second")
 
 
 def write_config(folder: Path) -> Path:

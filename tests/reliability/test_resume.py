@@ -128,11 +128,11 @@ def test_a_snapshot_of_another_version_is_refused(tmp_path: Path, capsys: pytest
     config = write_config(tmp_path)
     state = _legacy_state(tmp_path, config)
     data = orjson.loads(state.read_bytes())
-    data["sessionizer"]["version"] = 2
+    data["sessionizer"]["version"] = 3
     state.write_bytes(orjson.dumps(data))
     feed = tmp_path / "feed.jsonl"
     feed.write_bytes(b"")
     code = main(["run", str(feed), "--out", str(tmp_path / "lake"), "--state", str(state), "-c", str(config), "-q"])
     assert code == 4  # the exit code of an unusable state
-    assert "format version 2, and this sessionflow reads version 1 only" in capsys.readouterr().err
+    assert "format version 3, and this sessionflow reads versions 1, 2 only" in capsys.readouterr().err
     assert not (tmp_path / "lake").exists()

@@ -33,8 +33,9 @@ from sessionflow.core.ids import session_id as _session_id
 from sessionflow.core.rules import NO_LIMIT, SESSION_VALUES
 from sessionflow.core.snapshot import MachineState, OpenSession, Snapshot, StreamClock
 
-# take_sessions(): rules.session_values as columns, event_type_counts flattened in three lists.
-SESSION_COLUMN_NAMES = (*SESSION_VALUES[:9], "type_lengths", "type_keys", "type_counts", SESSION_VALUES[10])
+# take_sessions(): rules.session_values as columns, event_type_counts (the last) flattened in three lists.
+_SCALARS = len(SESSION_VALUES) - 1
+SESSION_COLUMN_NAMES = (*SESSION_VALUES[:_SCALARS], "type_lengths", "type_keys", "type_counts")
 
 
 cdef class Placer:
@@ -53,6 +54,12 @@ cdef class Placer:
     cdef object app_version(self, Py_ssize_t row):
         raise NotImplementedError
 
+    cdef object os(self, Py_ssize_t row):
+        raise NotImplementedError
+
+    cdef object document_id(self, Py_ssize_t row):
+        raise NotImplementedError
+
 
 cdef class NativeSessionizer:
     """:class:`~sessionflow.core.sessionizer.Sessionizer`, compiled. Same methods, same results."""
@@ -61,6 +68,7 @@ cdef class NativeSessionizer:
         self.config = config
         self.clock = clock
         self.machines = {}
+        self.forgotten = {}
         self._deadlines = Deadlines()
         self._leaders = {}
         self._touched = set()
@@ -79,26 +87,31 @@ cdef class NativeSessionizer:
         for event in events:
             self._process(
                 event["timestamp"], event["event_id"], event["machine_id"], event["event_type"],
-                event.get("user_id"), event.get("app_version"), event, -1, out,
+                event.get("user_id"), event.get("app_version"), event.get("os"), event.get("document_id"),
+                event.get("arrived_late") is True, event, -1, out,
             )
 
     def process_records(self, records, out):
         """Records as the pure sessionizer takes them; their payloads go to ``out.release``."""
         for record in records:
-            self._process(record[0], record[1], record[2], record[3], record[4], record[5], record[6], -1, out)
+            self._process(
+                record[0], record[1], record[2], record[3], record[4], record[5], record[6], record[7], record[8],
+                record[9], -1, out,
+            )
 
     cdef int _process(self, object ts_obj, object event_id, object machine_id, object event_type,
-                      object user_id, object app_version, object payload, Py_ssize_t row,
-                      object out) except -1:
+                      object user_id, object app_version, object os, object document_id, bint arrived_late,
+                      object payload, Py_ssize_t row, object out) except -1:
         cdef int64_t ts = ts_obj
         cdef NativeMachine state
         cdef NativeSession session
         cdef object found = self.machines.get(machine_id)
         cdef object twin
-        cdef int c
+        cdef int c = 1
         cdef Rec rec
         if found is None:
             state = NativeMachine(machine_id)
+            state.sessions = self.forgotten.pop(machine_id, 0)
             self.machines[machine_id] = state
         else:
             state = <NativeMachine>found
@@ -119,12 +132,15 @@ cdef class NativeSessionizer:
                     return 0
             else:
                 c = -1 if ts < state.last_ts else 1
+        if not arrived_late and rules.arrived_late(ts, state.newest_ts):
+            arrived_late = True
+        if state.has_last:
             session = state.session
             if rules.is_late(c < 0, session is not None and session.closed and self._joins(session, ts, event_type)):
                 if row >= 0:
                     (<Placer>payload).late(row)
                 else:
-                    out.release(payload, None, None, None)
+                    out.release(payload, None, None, None, arrived_late)
                 return 0
         if ts > state.newest_ts:
             state.newest_ts = ts
@@ -136,8 +152,11 @@ cdef class NativeSessionizer:
         rec.event_type = <PyObject*>event_type
         rec.user_id = <PyObject*>user_id
         rec.app_version = <PyObject*>app_version
+        rec.os = <PyObject*>os
+        rec.document_id = <PyObject*>document_id
         rec.payload = <PyObject*>payload
         rec.row = row
+        rec.arrived_late = arrived_late
         if state.size == 0 and rules.releasable(ts, state.newest_ts, self._lateness):
             # Already old enough: no need to buffer it (the references stay borrowed).
             self._release(state, &rec, out)
@@ -172,7 +191,12 @@ cdef class NativeSessionizer:
         cdef int64_t previous
         if session is None or session.closed or not self._joins(session, ts, event_type):
             if session is not None and not session.closed:
+                session.close_reason = rules.close_reason(
+                    ts - session.last_ts, ts - session.start_ts, event_type, self._opening, self._timeout,
+                    self._max_duration,
+                )
                 self._emit_session(state.machine_id, session, out)
+            state.sessions += 1
             session = NativeSession.__new__(NativeSession)
             session.session_id = _session_id(state.machine_id, <object>rec.ts_obj, <object>rec.event_id)
             session.start_ts = ts
@@ -184,6 +208,11 @@ cdef class NativeSessionizer:
             session.user_id = None
             session.app_version = None
             session.closed = False
+            session.os = None
+            session.number = state.sessions
+            session.documents = set()
+            session.late_placed = 0
+            session.close_reason = None
             state.session = session
             since = None
             previous = ts + 1  # no previous event: -1 for a Placer
@@ -201,13 +230,20 @@ cdef class NativeSessionizer:
             session.app_version = (
                 (<Placer>rec.payload).app_version(rec.row) if rec.row >= 0 else <object>rec.app_version
             )
+        if session.os is None:
+            session.os = (<Placer>rec.payload).os(rec.row) if rec.row >= 0 else <object>rec.os
+        document = (<Placer>rec.payload).document_id(rec.row) if rec.row >= 0 else <object>rec.document_id
+        if document is not None:
+            session.documents.add(document)
+        if rec.arrived_late:
+            session.late_placed += 1
         state.has_last = True
         state.last_ts = ts
         state.last_id = <object>rec.event_id
         if rec.row >= 0:
             (<Placer>rec.payload).place(rec.row, session.session_id, session.count, ts - previous)
         else:
-            out.release(<object>rec.payload, session.session_id, session.count, since)
+            out.release(<object>rec.payload, session.session_id, session.count, since, rec.arrived_late)
         return 0
 
     # -- closed sessions ------------------------------------------------------------------------------
@@ -236,18 +272,18 @@ cdef class NativeSessionizer:
         cdef tuple values = rules.session_values(
             machine_id, session.session_id, session.start_ts, session.last_ts, session.count,
             session.first_type, session.last_type, session.type_counts, session.user_id, session.app_version,
+            session.os, session.number, len(session.documents), session.late_placed, session.close_reason,
         )
         if columns is None:
             out.session(rules.summary(values))
             return 0
-        for i in range(9):
+        for i in range(_SCALARS):
             (<list>columns[i]).append(values[i])
-        pairs = values[9]
-        (<list>columns[9]).append(len(pairs))
+        pairs = values[_SCALARS]
+        (<list>columns[_SCALARS]).append(len(pairs))
         for key, value in pairs:
-            (<list>columns[10]).append(key)
-            (<list>columns[11]).append(value)
-        (<list>columns[12]).append(values[10])
+            (<list>columns[_SCALARS + 1]).append(key)
+            (<list>columns[_SCALARS + 2]).append(value)
         return 0
 
     # -- per batch: the stream clock, idle machines, dedupe horizon ---------------------------------
@@ -293,20 +329,22 @@ cdef class NativeSessionizer:
             anchor = rules.anchor(state.newest_ts, state.arrival_clock)
             if not rules.is_past(self.clock, rules.idle_deadline(anchor, idle)):
                 continue  # it spoke again since; a newer deadline is queued
-            self._drain(state, out)
+            self._drain(state, out, self.clock)
             forget_at = rules.retention_deadline(anchor, retention)
             if rules.is_past(self.clock, forget_at):
                 del self.machines[machine_id]
+                self.forgotten[machine_id] = state.sessions
                 self._leaders.pop(machine_id, None)
             else:
                 deadlines.push(forget_at, machine_id)
         return 0
 
-    cdef int _drain(self, NativeMachine state, object out) except -1:
+    cdef int _drain(self, NativeMachine state, object out, int64_t clock) except -1:
         while state.size:
             self._release_first(state, out)
         session = state.session
         if session is not None and not session.closed:
+            session.close_reason = rules.end_reason(clock, session.last_ts, self._timeout)
             self._emit_session(state.machine_id, session, out)
             session.closed = True
         return 0
@@ -319,10 +357,14 @@ cdef class NativeSessionizer:
         state.prune_at = max(PRUNE_FLOOR, 2 * len(state.seen))
         return 0
 
-    def flush(self, out):
-        """End of input: release every buffered event, close every session, forget every machine."""
+    def flush(self, out, clock=None):
+        """End of input: release every buffered event, close every session, forget every machine
+        (``clock``: see :meth:`sessionflow.core.sessionizer.Sessionizer.flush`)."""
+        cdef NativeMachine state
+        cdef int64_t end = self.clock if clock is None else clock
         for state in self.machines.values():
-            self._drain(state, out)
+            self._drain(state, out, end)
+            self.forgotten[state.machine_id] = state.sessions
         self.machines.clear()
         self._deadlines.clear()
         self._leaders.clear()
@@ -345,7 +387,7 @@ cdef class NativeSessionizer:
         cdef list machines = []
         for state in self.machines.values():
             machines.append(_machine_state(state, resolve))
-        return Snapshot(StreamClock(self.clock, dict(self._leaders)), tuple(machines))
+        return Snapshot(StreamClock(self.clock, dict(self._leaders)), tuple(machines), dict(self.forgotten))
 
     @classmethod
     def restore(cls, config, snapshot):
@@ -357,14 +399,16 @@ cdef class NativeSessionizer:
         snapshot = Snapshot.of(snapshot)
         sessionizer = cls(config, clock=snapshot.clock.time)
         sessionizer._leaders = dict(snapshot.clock.leaders)
+        sessionizer.forgotten = dict(snapshot.forgotten)
         idle = config.idle_close_ms
         for machine in snapshot.machines:
             state = NativeMachine(machine.machine_id)
             state.newest_ts = machine.newest_ts
             state.arrival_clock = machine.arrival_clock
+            state.sessions = machine.sessions
             # The records come sorted (MachineState keeps a sorted heap), so each push is O(1).
             for record in machine.pending:
-                ts_obj, event_id, _, event_type, user_id, app_version, event = record
+                ts_obj, event_id, _, event_type, user_id, app_version, os, document_id, arrived_late, event = record
                 event = dict(event)
                 rec.ts = ts_obj
                 rec.arrival = sessionizer._arrivals
@@ -374,6 +418,9 @@ cdef class NativeSessionizer:
                 rec.event_type = <PyObject*>event_type
                 rec.user_id = <PyObject*>user_id
                 rec.app_version = <PyObject*>app_version
+                rec.os = <PyObject*>os
+                rec.document_id = <PyObject*>document_id
+                rec.arrived_late = arrived_late
                 rec.payload = <PyObject*>event
                 rec.row = -1
                 rec_hold(&rec)
@@ -409,16 +456,24 @@ cdef object _machine_state(NativeMachine state, object resolve):
     machine_id = state.machine_id
     for _, _, _, i in order:
         r = &state.heap[i]
-        if r.row >= 0:  # a block's row: its user_id and app_version are the block's (see _process)
+        if r.row >= 0:  # a block's row: its user_id, app_version, os and document are the block's (see _process)
             payload = (<object>r.payload, r.row)
             user_id = (<Placer>r.payload).user_id(r.row)
             app_version = (<Placer>r.payload).app_version(r.row)
+            os = (<Placer>r.payload).os(r.row)
+            document_id = (<Placer>r.payload).document_id(r.row)
         else:
             payload = <object>r.payload
             user_id = <object>r.user_id
             app_version = <object>r.app_version
+            os = <object>r.os
+            document_id = <object>r.document_id
         event = dict(resolve(payload) if resolve is not None else payload)
-        record = (<object>r.ts_obj, <object>r.event_id, machine_id, <object>r.event_type, user_id, app_version, event)
+        event.pop("arrived_late", None)  # the record's (see snapshot._bare)
+        record = (
+            <object>r.ts_obj, <object>r.event_id, machine_id, <object>r.event_type, user_id, app_version, os,
+            document_id, r.arrived_late, event,
+        )
         pending.append(record)
     seen = dict(state.seen)
     return MachineState(
@@ -438,9 +493,15 @@ cdef object _machine_state(NativeMachine state, object resolve):
             user_id=session.user_id,
             app_version=session.app_version,
             closed=session.closed,
+            os=session.os,
+            number=session.number,
+            documents=set(session.documents),
+            late_placed=session.late_placed,
+            close_reason=session.close_reason,
         ),
         seen=seen,
         prune_at=max(PRUNE_FLOOR, 2 * len(seen)),
+        sessions=state.sessions,
     )
 
 
@@ -457,4 +518,9 @@ cdef NativeSession _native_session(object saved):
     session.user_id = saved.user_id
     session.app_version = saved.app_version
     session.closed = saved.closed
+    session.os = saved.os
+    session.number = saved.number
+    session.documents = set(saved.documents)
+    session.late_placed = saved.late_placed
+    session.close_reason = saved.close_reason
     return session

@@ -20,8 +20,11 @@ cdef struct Rec:
     PyObject* event_type
     PyObject* user_id  # None for a block's row: its Placer reads it, and only for a session's first
     PyObject* app_version
+    PyObject* os  # None for a block's row, as user_id
+    PyObject* document_id  # None for a block's row: its Placer reads it when the row is placed
     PyObject* payload  # a Placer (a block), or the record's opaque payload when row < 0
     Py_ssize_t row
+    bint arrived_late
 
 
 cdef inline bint rec_less(Rec* a, Rec* b) except -1:
@@ -41,6 +44,8 @@ cdef inline void rec_hold(Rec* r) noexcept:
     Py_INCREF(<object>r.event_type)
     Py_INCREF(<object>r.user_id)
     Py_INCREF(<object>r.app_version)
+    Py_INCREF(<object>r.os)
+    Py_INCREF(<object>r.document_id)
     Py_INCREF(<object>r.payload)
 
 
@@ -50,6 +55,8 @@ cdef inline void rec_clear(Rec* r) noexcept:
     Py_XDECREF(r.event_type)
     Py_XDECREF(r.user_id)
     Py_XDECREF(r.app_version)
+    Py_XDECREF(r.os)
+    Py_XDECREF(r.document_id)
     Py_XDECREF(r.payload)
 
 
@@ -64,6 +71,11 @@ cdef class NativeSession:
     cdef public object user_id
     cdef public object app_version
     cdef public bint closed
+    cdef public object os
+    cdef public int64_t number
+    cdef public set documents
+    cdef public int64_t late_placed
+    cdef public object close_reason
 
 
 cdef class NativeMachine:
@@ -79,6 +91,7 @@ cdef class NativeMachine:
     cdef public NativeSession session
     cdef public dict seen
     cdef Py_ssize_t prune_at
+    cdef public int64_t sessions  # sessions started: the last one's number
 
     cdef int push(self, Rec* rec) except -1
     cdef int pop(self, Rec* out) except -1

@@ -33,6 +33,7 @@ cdef class NativeMachine:
         self.session = None
         self.seen = {}
         self.prune_at = PRUNE_FLOOR
+        self.sessions = 0
 
     def __dealloc__(self):
         cdef Py_ssize_t i

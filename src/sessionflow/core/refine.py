@@ -14,9 +14,10 @@ from typing import Any
 
 import orjson
 
-from sessionflow.config import Config
+from sessionflow.config import Config, column_name
 from sessionflow.core.cleaning import compile_rules
 from sessionflow.core.enrich import Enricher
+from sessionflow.core.paths import Parts, is_path, parts_of, pop_path
 from sessionflow.core.rejections import Reason, Rejection, RejectRecord
 
 Event = dict[str, Any]
@@ -87,16 +88,19 @@ class Refiner:
         """``enrich=False`` leaves out the derived columns, for runtimes that compute them in bulk."""
         self.config = config
         columns = config.columns
-        self._string_columns = tuple(name for name, kind in columns if kind == "string")
-        self._typed_columns = tuple((name, _COLUMN_TYPES[kind], kind) for name, kind in columns if kind != "string")
+        # (column name, where refine() finds its value after lifting nested fields: see _lifted).
+        self._string_columns = tuple((column_name(name), _key(name)) for name, kind in columns if kind == "string")
+        self._typed_columns = tuple(
+            (column_name(name), _key(name), _COLUMN_TYPES[kind], kind) for name, kind in columns if kind != "string"
+        )
         # The keys of every event refine() returns, in order (before enrichment).
         self.event_fields: tuple[str, ...] = (
             "event_id",
             "machine_id",
             "event_type",
             "timestamp",
-            *self._string_columns,
-            *(name for name, _, _ in self._typed_columns),
+            *(name for name, _ in self._string_columns),
+            *(name for name, _, _, _ in self._typed_columns),
             "extra",
         )
         self.refine = self._compile(Enricher().enrich if enrich else None)
@@ -106,15 +110,17 @@ class Refiner:
         names = config.fields
         id_name, machine_name, type_name, ts_name = names.event_id, names.machine_id, names.event_type, names.timestamp
         required = (id_name, machine_name, type_name)
+        id_key, machine_key, type_key, ts_key = _key(id_name), _key(machine_name), _key(type_name), _key(ts_name)
         # Raw names of the optional fields that have canonical output names.
         renames = tuple(
-            (raw, canonical)
+            (_key(raw), canonical)
             for raw, canonical in ((names.user_id, "user_id"), (names.app_version, "app_version"))
             if raw != canonical
         )
         string_columns = self._string_columns
         typed_columns = self._typed_columns
-        clean = compile_rules(config.clean)
+        lift = _lifted((*names.names(), *(name for name, _ in config.columns)))
+        clean = compile_rules(config.clean, names)
         max_bytes = config.validation.max_record_bytes
         min_ts = config.validation.min_timestamp_ms
         skew = config.validation.max_future_skew_ms
@@ -139,17 +145,19 @@ class Refiner:
                 try:
                     record = clean(record)
                 except RejectRecord as exc:
-                    return Rejection(Reason.REJECTED_BY_RULE, exc.message, raw)
+                    return Rejection(exc.reason, exc.message, raw)
                 except Exception as exc:  # a user's function must not stop the stream
                     return Rejection(Reason.CLEANING_FAILED, f"cleaning failed: {type(exc).__name__}: {exc}", raw)
                 if type(record) is not dict:
                     return Rejection(Reason.CLEANING_FAILED, "a cleaning function returned a non-dict", raw)
+            if lift is not None:
+                lift(record)
             for raw_name, canonical in renames:
                 if raw_name in record:
                     record[canonical] = record.pop(raw_name)
-            event_id = record.pop(id_name, None)
-            machine_id = record.pop(machine_name, None)
-            event_type = record.pop(type_name, None)
+            event_id = record.pop(id_key, None)
+            machine_id = record.pop(machine_key, None)
+            event_type = record.pop(type_key, None)
             # One test for the common case (three non-blank strings); the loop says what is wrong.
             if not (
                 str is type(event_id) is type(machine_id) is type(event_type)
@@ -164,7 +172,7 @@ class Refiner:
                     if not value or value.isspace():
                         return Rejection(Reason.EMPTY_FIELD, f"field {name!r} is empty", raw)
                 raise AssertionError("unreachable: the fields passed the loop but not the test")
-            ts = record.pop(ts_name, None)
+            ts = record.pop(ts_key, None)
             if type(ts) is not int:
                 if ts is None:  # null is missing, as for the other required fields
                     return Rejection(Reason.MISSING_FIELD, f"field {ts_name!r} is missing or null", raw)
@@ -181,28 +189,28 @@ class Refiner:
                     raw,
                 )
             event: Event = {"event_id": event_id, "machine_id": machine_id, "event_type": event_type, "timestamp": ts}
-            for name in string_columns:
-                value = record.pop(name, None)
+            for name, key in string_columns:
+                value = record.pop(key, None)
                 if value is not None and type(value) is not str:
                     if _holds_wide_float(value) and _wide_integer_in(raw):
                         return Rejection(Reason.MALFORMED_JSON, _WIDE, raw)
                     return Rejection(
-                        Reason.WRONG_TYPE, f"field {name!r} must be a string, got {_json_kind(value)}", raw
+                        Reason.WRONG_TYPE, f"field {_label(key)!r} must be a string, got {_json_kind(value)}", raw
                     )
                 event[name] = value
-            for name, types, kind in typed_columns:
-                value = record.pop(name, None)
+            for name, key, types, kind in typed_columns:
+                value = record.pop(key, None)
                 if value is not None:
                     if type(value) not in types:
                         if _holds_wide_float(value) and _wide_integer_in(raw):
                             return Rejection(Reason.MALFORMED_JSON, _WIDE, raw)
                         return Rejection(
                             Reason.WRONG_TYPE,
-                            f"field {name!r} must be {_COLUMN_KIND_NAMES[kind]}, got {_json_kind(value)}",
+                            f"field {_label(key)!r} must be {_COLUMN_KIND_NAMES[kind]}, got {_json_kind(value)}",
                             raw,
                         )
                     if kind == "int" and not _INT64_MIN <= value <= _INT64_MAX:
-                        return Rejection(Reason.WRONG_TYPE, f"field {name!r} does not fit a 64-bit integer", raw)
+                        return Rejection(Reason.WRONG_TYPE, f"field {_label(key)!r} does not fit a 64-bit integer", raw)
                     if kind == "float" and type(value) is int:
                         value = float(value)  # a float column takes whole numbers too, even past 64 bits
                 event[name] = value
@@ -219,6 +227,37 @@ class Refiner:
             return event if enrich is None else enrich(event)
 
         return refine
+
+
+_MISSING = object()
+
+
+def _key(name: str) -> str | Parts:
+    """Where refine() finds a configured field once nested ones are lifted: its name, or its path's parts."""
+    return parts_of(name) if is_path(name) else name
+
+
+def _label(key: str | Parts) -> str:
+    return key if isinstance(key, str) else ".".join(key)
+
+
+def _lifted(names: tuple[str, ...]) -> Callable[[dict[Any, Any]], None] | None:
+    """A step moving every configured nested field to the top of the record, under its path's parts.
+
+    The key is a tuple, which no JSON object has: a field the record has at its top level under
+    the dotted name itself stays what it is. None when no configured field is nested.
+    """
+    paths = tuple(dict.fromkeys(parts_of(name) for name in names if is_path(name)))
+    if not paths:
+        return None
+
+    def lift(record: dict[Any, Any]) -> None:
+        for parts in paths:
+            value = pop_path(record, parts, _MISSING)
+            if value is not _MISSING:
+                record[parts] = value
+
+    return lift
 
 
 def _undecodable(raw: bytes, exc: Exception) -> Rejection:

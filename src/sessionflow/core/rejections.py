@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Reason(StrEnum):
@@ -23,11 +24,17 @@ class Reason(StrEnum):
 
 
 class RejectRecord(Exception):
-    """Raised by a cleaning function to turn a record away with a reason of its own."""
+    """Raised by a cleaning function to turn a record away with a message of its own.
 
-    def __init__(self, message: str) -> None:
+    A user's function raises it with a message only (``rejected_by_rule``); the declarative actions
+    give the reason a validation failure would (``wrong_type`` for a value ``cast`` cannot convert,
+    ``invalid_timestamp`` for a time ``parse_time`` cannot read).
+    """
+
+    def __init__(self, message: str, reason: Reason = Reason.REJECTED_BY_RULE) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +42,16 @@ class Rejection:
     reason: Reason
     message: str
     raw: bytes
+
+
+def differing_fields(copy: dict[str, Any], first: dict[str, Any]) -> list[str]:
+    """The fields of a later copy whose values differ from its first arrival's (among those both have)."""
+    return [name for name in copy if name in first and copy[name] != first[name]]
+
+
+def conflict_message(machine_id: str, event_id: str, fields: list[str]) -> str:
+    """The message of a ``conflicting_duplicate`` rejection: every runtime writes this one."""
+    return (
+        f"event {event_id!r} of machine {machine_id!r} arrived before with other "
+        f"{', '.join(fields)}; the first arrival is kept"
+    )

@@ -17,6 +17,13 @@ from sessionflow.core.enrich import iso_time
 
 NO_LIMIT = -1
 
+# Why a session ended (the sessions table's ``close_reason``): see close_reason() and end_reason().
+TIMEOUT = "timeout"
+OPENING_EVENT = "opening_event"
+MAX_DURATION = "max_duration"
+END_OF_INPUT = "end_of_input"
+CLOSE_REASONS = (TIMEOUT, OPENING_EVENT, MAX_DURATION, END_OF_INPUT)
+
 
 def gap_splits(gap_ms: int, timeout_ms: int) -> bool:
     """A gap *strictly* longer than the timeout ends a session; a gap equal to it does not."""
@@ -81,6 +88,47 @@ def is_past(clock: int, deadline: int) -> bool:
     return clock > deadline
 
 
+def close_reason(
+    gap_ms: int, span_ms: int, event_type: object, opening: Any, timeout_ms: int, max_duration_ms: int
+) -> str:
+    """Why a session ended, told by the event that starts the next one (:func:`starts_session` said
+    it does): a gap over the timeout first, whatever the event is; then an opening event; else the
+    session would have lasted longer than ``max_duration_ms``."""
+    if gap_splits(gap_ms, timeout_ms):
+        return TIMEOUT
+    if event_type in opening:
+        return OPENING_EVENT
+    return MAX_DURATION
+
+
+def end_reason(clock: int, last_ts: int, timeout_ms: int) -> str:
+    """Why a session with no next event ended, at stream time ``clock`` (the input's end, or when
+    the stream clock closed it): the clock is more than the timeout past its last event, so any
+    event still to come would start a new session; else the input ended while it could go on."""
+    return TIMEOUT if clock >= 0 and gap_splits(clock - last_ts, timeout_ms) else END_OF_INPUT
+
+
+def arrived_late(ts: int, newest_ts: int) -> bool:
+    """An event arrived late when its machine had already sent an event with a later timestamp
+    (``newest_ts``: the newest of the machine's events that arrived before it, -1 for none)."""
+    return ts < newest_ts
+
+
+def arrival_flags(machines: list[Any], timestamps: list[int], newest: dict[Any, int]) -> list[bool]:
+    """:func:`arrived_late` for events in arrival order (``machines[i]`` sent ``timestamps[i]``), for
+    a runtime that sorts before it sessionizes; ``newest`` holds each machine's newest timestamp
+    before the first of them (what earlier runs placed) and is brought up to date."""
+    flags = []
+    for i in range(len(timestamps)):
+        machine = machines[i]
+        ts = timestamps[i]
+        before = newest.get(machine, -1)
+        flags.append(arrived_late(ts, before))
+        if ts > before:
+            newest[machine] = ts
+    return flags
+
+
 def session_values(
     machine_id: str,
     session_id: str,
@@ -92,10 +140,15 @@ def session_values(
     type_counts: dict[str, int],
     user_id: str | None,
     app_version: str | None,
+    os: str | None,
+    number: int,
+    documents: int,
+    late_placed: int,
+    reason: str,
 ) -> tuple[Any, ...]:
     """A closed session's values, in ``SESSION_VALUES`` order: the summary's fields but the ISO
     times and date, which are functions of ``start_ts``/``end_ts`` (a columnar runtime computes them
-    on whole columns). ``event_type_counts`` is the sorted list of ``(type, count)`` pairs."""
+    on whole columns). ``event_type_counts`` (last) is the sorted list of ``(type, count)`` pairs."""
     return (
         session_id,
         machine_id,
@@ -106,8 +159,13 @@ def session_values(
         count,
         first_type,
         last_type,
-        sorted(type_counts.items()),
         app_version,
+        os,
+        number,
+        documents,
+        late_placed,
+        reason,
+        sorted(type_counts.items()),
     )
 
 
@@ -121,30 +179,22 @@ SESSION_VALUES = (
     "event_count",
     "first_event_type",
     "last_event_type",
-    "event_type_counts",
     "app_version",
+    "os",
+    "session_number",
+    "documents",
+    "late_placed",
+    "close_reason",
+    "event_type_counts",
 )
 
 
 def summary(values: tuple[Any, ...]) -> dict[str, Any]:
     """The sessions table's row for a closed session: its :func:`session_values` and the ISO times."""
-    session_id, machine_id, user_id, start_ts, end_ts, duration_ms, count, first_type, last_type, pairs, version = (
-        values
-    )
-    start = iso_time(start_ts)
-    return {
-        "session_id": session_id,
-        "machine_id": machine_id,
-        "user_id": user_id,
-        "start_ts": start_ts,
-        "end_ts": end_ts,
-        "session_start": start,
-        "session_end": iso_time(end_ts),
-        "duration_ms": duration_ms,
-        "event_count": count,
-        "first_event_type": first_type,
-        "last_event_type": last_type,
-        "event_type_counts": dict(pairs),
-        "app_version": version,
-        "session_date": start[:10],
-    }
+    row = dict(zip(SESSION_VALUES, values, strict=True))
+    row["event_type_counts"] = dict(row["event_type_counts"])
+    start = iso_time(row["start_ts"])
+    row["session_start"] = start
+    row["session_end"] = iso_time(row["end_ts"])
+    row["session_date"] = start[:10]
+    return row

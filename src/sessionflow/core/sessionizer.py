@@ -12,6 +12,13 @@ event_id). The session logic itself is one comparison per event:
   extend a session already closed) is *late*: written with ``late = True`` and no session, so
   sessions already written never change.
 
+Each session also says why it ended (``close_reason``: ``rules.close_reason`` when the machine's
+next event starts a new one, ``rules.end_reason`` against the stream clock when the clock closes it
+or the input ends), its place among its machine's sessions (``session_number``, counted on when a
+forgotten machine comes back: :attr:`Sessionizer.forgotten`), its first ``os``, its distinct
+``document_id`` values, and how many of its events *arrived late* (``rules.arrived_late``: after an
+event of their machine with a later timestamp) and were placed in it all the same.
+
 Silent machines: the *stream clock* is the newest timestamp reached by at least ``clock_quorum``
 machines (one machine with a clock in the future cannot close everyone's sessions). A machine
 silent for ``timeout + allowed_lateness`` of stream time has its session closed; its state is
@@ -36,8 +43,12 @@ from sessionflow.core.ids import session_id
 # The state's values live with their format; imported here by name for the modules that use them.
 from sessionflow.core.snapshot import (
     APP_VERSION,
+    ARRIVED_LATE,
+    ARRIVED_LATE_FIELD,
+    DOCUMENT_ID,
     EVENT_ID,
     EVENT_TYPE,
+    OS,
     PAYLOAD,
     PRUNE_FLOOR,
     TS,
@@ -71,8 +82,11 @@ Summary = dict[str, Any]
 class Emitter(Protocol):
     """Where the sessionizer's results go. ``payload`` is the record's opaque last element."""
 
-    def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
-        """An event placed in its session; a late event has session_id, seq and since None."""
+    def release(
+        self, payload: Any, session_id: str | None, seq: int | None, since: int | None, arrived_late: bool
+    ) -> None:
+        """An event placed in its session; a late event has session_id, seq and since None.
+        ``arrived_late``: the event arrived after one of its machine with a later timestamp."""
 
     def duplicate(self, payload: Any) -> None: ...
 
@@ -89,11 +103,14 @@ class Outputs:
     rejections: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0
 
-    def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
+    def release(
+        self, payload: Any, session_id: str | None, seq: int | None, since: int | None, arrived_late: bool
+    ) -> None:
         payload["session_id"] = session_id
         payload["session_seq"] = seq
         payload["ms_since_prev"] = since
         payload["late"] = session_id is None
+        payload[ARRIVED_LATE_FIELD] = arrived_late
         if session_id is None:
             self.late += 1
         self.events.append(payload)
@@ -118,6 +135,10 @@ class Sessionizer:
     def __init__(self, config: SessionConfig, clock: int = -1) -> None:
         self.config = config
         self.machines: dict[str, MachineState] = {}
+        # Machines whose state was dropped -> the sessions each had started: one that comes back
+        # numbers its next session on from there. A runtime that sessionizes part of a machine's
+        # history puts in the sessions before that part (:meth:`restore`).
+        self.forgotten: dict[str, int] = {}
         self.stream_clock = StreamClock(clock)
         # (deadline, machine_id): when to look at a machine for idleness again.
         self._deadlines: list[tuple[int, str]] = []
@@ -157,7 +178,7 @@ class Sessionizer:
             ts, event_id, machine_id = record[0], record[1], record[2]
             state = machines.get(machine_id)
             if state is None:
-                state = machines[machine_id] = MachineState(machine_id)
+                state = machines[machine_id] = MachineState(machine_id, sessions=self.forgotten.pop(machine_id, 0))
             seen = state.seen
             # The horizon is checked here, not only when pruning, so when pruning runs changes nothing.
             twin_ts = seen.get(event_id)
@@ -168,14 +189,17 @@ class Sessionizer:
             touched.add(machine_id)
             state.arrival_clock = clock
             last_key = state.last_key
+            if last_key is not None and (ts, event_id) == last_key:
+                out.duplicate(record[PAYLOAD])  # the very event placed last, whatever the horizon says
+                continue
+            if not record[ARRIVED_LATE] and rules.arrived_late(ts, state.newest_ts):
+                record = (*record[:ARRIVED_LATE], True, record[PAYLOAD])
             if last_key is not None:
-                key = (ts, event_id)
-                if key == last_key:  # the very event placed last, whatever the horizon says
-                    out.duplicate(record[PAYLOAD])
-                    continue
                 session = state.session
-                if rules.is_late(key < last_key, session is not None and session.closed and joins(session, record)):
-                    out.release(record[PAYLOAD], None, None, None)
+                if rules.is_late(
+                    (ts, event_id) < last_key, session is not None and session.closed and joins(session, record)
+                ):
+                    out.release(record[PAYLOAD], None, None, None, record[ARRIVED_LATE])
                     continue
             pending = state.pending
             state.newest_ts = newest = max(state.newest_ts, ts)
@@ -204,13 +228,23 @@ class Sessionizer:
         session = state.session
         if session is None or session.closed or not self._joins(session, record):
             if session is not None and not session.closed:
+                session.close_reason = rules.close_reason(
+                    ts - session.last_ts,
+                    ts - session.start_ts,
+                    event_type,
+                    self._opening,
+                    self._timeout,
+                    self._max_duration,
+                )
                 out.session(self._summary(state.machine_id, session))
+            state.sessions += 1
             session = state.session = OpenSession(
                 session_id=session_id(state.machine_id, ts, record[EVENT_ID]),
                 start_ts=ts,
                 last_ts=ts,
                 first_type=event_type,
                 last_type=event_type,
+                number=state.sessions,
             )
             since = None
         else:
@@ -224,8 +258,16 @@ class Sessionizer:
             session.user_id = record[USER_ID]
         if session.app_version is None:
             session.app_version = record[APP_VERSION]
+        if session.os is None:
+            session.os = record[OS]
+        document = record[DOCUMENT_ID]
+        if document is not None:
+            session.documents.add(document)
+        arrived_late = record[ARRIVED_LATE]
+        if arrived_late:
+            session.late_placed += 1
         state.last_key = (ts, record[EVENT_ID])
-        out.release(record[PAYLOAD], session.session_id, session.count, since)
+        out.release(record[PAYLOAD], session.session_id, session.count, since, arrived_late)
 
     # -- per batch: the stream clock, idle machines, dedupe horizon ---------------------------------
 
@@ -256,20 +298,23 @@ class Sessionizer:
             anchor = state.anchor
             if not rules.is_past(clock, rules.idle_deadline(anchor, idle)):
                 continue  # it spoke again since; a newer deadline is queued
-            self._drain(state, out)
+            self._drain(state, out, clock)
             forget_at = rules.retention_deadline(anchor, retention)
             if rules.is_past(clock, forget_at):
                 del self.machines[machine_id]
+                self.forgotten[machine_id] = state.sessions
                 self.stream_clock = self.stream_clock.without(machine_id)
             else:
                 heapq.heappush(deadlines, (forget_at, machine_id))
 
-    def _drain(self, state: MachineState, out: Emitter) -> None:
+    def _drain(self, state: MachineState, out: Emitter, clock: int) -> None:
+        """Releases every buffered event and closes the open session, at stream time ``clock``."""
         pending = state.pending
         while pending:
             self._release(state, heapq.heappop(pending), out)
         session = state.session
         if session is not None and not session.closed:
+            session.close_reason = rules.end_reason(clock, session.last_ts, self._timeout)
             out.session(self._summary(state.machine_id, session))
             session.closed = True
 
@@ -278,10 +323,17 @@ class Sessionizer:
         state.seen = {event_id: ts for event_id, ts in state.seen.items() if rules.is_duplicate(ts, newest, horizon)}
         state.prune_at = max(PRUNE_FLOOR, 2 * len(state.seen))
 
-    def flush(self, out: Emitter) -> None:
-        """End of input: release every buffered event, close every session, forget every machine."""
+    def flush(self, out: Emitter, clock: int | None = None) -> None:
+        """End of input: release every buffered event, close every session, forget every machine.
+
+        ``clock``: the stream time the input ended at, when the runtime knows it better than this
+        sessionizer's stream clock (a runtime that sessionizes part of the stream at a time: see
+        ``rules.end_reason``).
+        """
+        end = self.stream_clock.time if clock is None else clock
         for state in self.machines.values():
-            self._drain(state, out)
+            self._drain(state, out, end)
+            self.forgotten[state.machine_id] = state.sessions
         self.machines.clear()
         self._deadlines.clear()
         self.stream_clock = StreamClock(self.stream_clock.time)
@@ -295,6 +347,7 @@ class Sessionizer:
 
     @staticmethod
     def _summary(machine_id: str, session: OpenSession) -> Summary:
+        assert session.close_reason is not None
         return rules.summary(
             rules.session_values(
                 machine_id,
@@ -307,12 +360,19 @@ class Sessionizer:
                 session.type_counts,
                 session.user_id,
                 session.app_version,
+                session.os,
+                session.number,
+                len(session.documents),
+                session.late_placed,
+                session.close_reason,
             )
         )
 
     def snapshot(self, resolve: Callable[[Any], Event] | None = None) -> Snapshot:
         """All state, as copies (``resolve``: see :meth:`MachineState.copy`)."""
-        return Snapshot(self.stream_clock, tuple(state.copy(resolve) for state in self.machines.values()))
+        return Snapshot(
+            self.stream_clock, tuple(state.copy(resolve) for state in self.machines.values()), dict(self.forgotten)
+        )
 
     @classmethod
     def restore(cls, config: SessionConfig, snapshot: Snapshot | Mapping[str, Any]) -> Sessionizer:
@@ -320,6 +380,7 @@ class Sessionizer:
         snapshot = Snapshot.of(snapshot)
         sessionizer = cls(config)
         sessionizer.stream_clock = snapshot.clock
+        sessionizer.forgotten = dict(snapshot.forgotten)
         idle = config.idle_close_ms
         for saved in snapshot.machines:
             state = saved.copy()  # the snapshot stays as it was, whatever comes next

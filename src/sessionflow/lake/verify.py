@@ -20,6 +20,8 @@ What is checked (docs/reliability.md says why):
   non-late event in exactly one session whose summary (count, first and last timestamp, machine,
   event type counts, positions 1..n) matches its events, except the sessions still open in the
   state, which the last ledger counts; late events in no session; a machine's sessions never overlap;
+* what a session says of itself: a known ``close_reason``; ``documents``, ``late_placed`` and
+  ``os`` what its events say; each machine's sessions numbered 1, 2, ... in time order;
 * the event-id index (``sessionflow.lake.ids``), when the lake has one: each day it says is current
   holds exactly the hashes of that day's events (a stale day is a note: the next incremental run,
   or ``--repair``, rebuilds it).
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sessionflow.core.rules import CLOSE_REASONS
 from sessionflow.lake.layout import INDEX_DIR, LEDGER_DIR, STAGING_DIR, TABLES
 from sessionflow.lake.lock import LakeLock, shared_lock
 from sessionflow.lake.restatements import REASONS
@@ -384,6 +387,8 @@ def _check_content(lake: Path, ledgers: list[dict[str, Any]], present: set[str],
             f"session {session}: summary counts {summary_count} {event_type!r} events, its events {event_count}"
         )
 
+    _check_session_columns(db, examples, verdict)
+
     restatement_files = sorted(str(lake / name) for name in present if name.startswith(f"{RESTATEMENTS}/"))
     if restatement_files:
         _check_restated_ids(db, restatement_files, verdict)
@@ -398,6 +403,43 @@ def _check_content(lake: Path, ledgers: list[dict[str, Any]], present: set[str],
         check.problems.append(
             f"machine {machine}: session {session} starts at {start}, before session {previous} ends at {previous_end}"
         )
+
+
+def _check_session_columns(db: Any, examples: Any, verdict: Verdict) -> None:
+    """What a session says of itself (core/rules.py): why it ended, its documents, its first os, its
+    events that arrived late; and each machine's sessions numbered 1, 2, ... in time order."""
+    columns = {
+        table: {row[0] for row in db.execute(f"DESCRIBE {table}").fetchall()} for table in ("events", "sessions")
+    }
+    if "close_reason" not in columns["sessions"] or "arrived_late" not in columns["events"]:
+        return  # a lake written before sessions had these columns
+    check = verdict.check("every session says why it ended, and what its events say of its documents, os, late ones")
+    reasons = ", ".join(f"'{reason}'" for reason in CLOSE_REASONS)
+    for session, reason in examples(
+        f"SELECT session_id, close_reason FROM sessions WHERE close_reason IS NULL OR close_reason NOT IN ({reasons}) "
+        "ORDER BY 1"
+    ):
+        check.problems.append(f"session {session}: close_reason {reason!r} is not one of {reasons}")
+    documents = "count(DISTINCT document_id)" if "document_id" in columns["events"] else "0"
+    first_os = (
+        "arg_min(os, (timestamp, event_id)) FILTER (WHERE os IS NOT NULL)" if "os" in columns["events"] else "NULL"
+    )
+    for session, summary, found in examples(
+        f"WITH agg AS (SELECT session_id, {documents} AS documents, "
+        f"count(*) FILTER (WHERE arrived_late) AS late_placed, {first_os} AS os "
+        "FROM events WHERE NOT late GROUP BY session_id) "
+        "SELECT s.session_id, (s.documents, s.late_placed, s.os), (a.documents, a.late_placed, a.os) "
+        "FROM sessions s JOIN agg a USING (session_id) "
+        "WHERE s.documents != a.documents OR s.late_placed != a.late_placed OR s.os IS DISTINCT FROM a.os ORDER BY 1"
+    ):
+        check.problems.append(f"session {session}: (documents, late_placed, os) say {summary}, its events {found}")
+    check = verdict.check("each machine's sessions are numbered 1, 2, ... in time order")
+    for machine, session, number, position in examples(
+        "SELECT machine_id, session_id, session_number, position FROM (SELECT machine_id, session_id, session_number, "
+        "row_number() OVER (PARTITION BY machine_id ORDER BY start_ts, end_ts) AS position FROM sessions) "
+        "WHERE session_number IS DISTINCT FROM position ORDER BY ALL"
+    ):
+        check.problems.append(f"machine {machine}: session {session} is its session {position}, numbered {number}")
 
 
 def _net_events(ledger: dict[str, Any]) -> int:
@@ -445,15 +487,16 @@ def _views(db: Any, event_files: list[str], session_files: list[str]) -> None:
         "CREATE VIEW events AS SELECT * FROM "
         + source(
             event_files,
-            "(''::VARCHAR, ''::VARCHAR, ''::VARCHAR, 0::BIGINT, ''::VARCHAR, 0::INT, 0::BIGINT, FALSE)) "
-            "t(event_id, machine_id, event_type, timestamp, session_id, session_seq, ms_since_prev, late",
+            "(''::VARCHAR, ''::VARCHAR, ''::VARCHAR, 0::BIGINT, ''::VARCHAR, 0::INT, 0::BIGINT, FALSE, FALSE)) "
+            "t(event_id, machine_id, event_type, timestamp, session_id, session_seq, ms_since_prev, late, arrived_late",
         )
     )
     db.execute(
         "CREATE VIEW sessions AS SELECT * FROM "
         + source(
             session_files,
-            "(''::VARCHAR, ''::VARCHAR, 0::BIGINT, 0::BIGINT, 0::BIGINT, MAP {'': 0::BIGINT})) "
-            "t(session_id, machine_id, start_ts, end_ts, event_count, event_type_counts",
+            "(''::VARCHAR, ''::VARCHAR, 0::BIGINT, 0::BIGINT, 0::BIGINT, MAP {'': 0::BIGINT}, ''::VARCHAR, 0::BIGINT, "
+            "0::BIGINT, 0::BIGINT, ''::VARCHAR)) t(session_id, machine_id, start_ts, end_ts, event_count, "
+            "event_type_counts, os, session_number, documents, late_placed, close_reason",
         )
     )

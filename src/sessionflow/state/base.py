@@ -59,6 +59,8 @@ class StoreStats:
     conflicts: int = 0
     set_adds: int = 0
     parts_written: int = 0  # items of large values, besides their pointer (counted in writes)
+    bytes_read: int = 0  # compressed value bytes of the items read, parts included
+    bytes_written: int = 0  # compressed value bytes written, parts included (what DynamoDB bills by)
 
 
 # DynamoDB's item limit is 400 KB, attribute names and the other attributes included.
@@ -95,6 +97,7 @@ class StateStore(ABC):
             now = int(self._now())
             records = self._read(wanted)
             self.stats.items_read += len(records)
+            self.stats.bytes_read += sum(len(r.blob) for r in records.values() if r.blob is not None)
             live = {key: r for key, r in records.items() if r.blob is not None and not _expired(r, now)}
             blobs = self._join_parts(live)
             for key, record in live.items():
@@ -123,6 +126,9 @@ class StateStore(ABC):
             parts, blob = self._write_parts(key, blob, expires_at, now)
         ok = self._write(key, blob, version, expires_at, expected_version, now)
         self.stats.writes += 1
+        self.stats.bytes_written += len(blob)
+        if not ok and self._landed(key, blob, version):
+            ok = True  # our own write, retried after an answer that was lost: it did land
         if not ok:
             self.stats.conflicts += 1
             self._remove_parts(parts)  # nobody points at them
@@ -133,6 +139,29 @@ class StateStore(ABC):
         if parts:
             self._parts[key] = (version, parts)
         return version
+
+    def _landed(self, key: str, blob: bytes, version: int) -> bool:
+        """Is the item exactly what we meant to write? A write whose answer was lost (a timeout, a
+        5xx) is retried, by the SDK or by us, and then fails its own condition: it is ours, not a
+        lost race, and treating it as lost would forget that it landed."""
+        record = self._read([key]).get(key)
+        return record is not None and record.version == version and record.blob == blob
+
+    def put_many(self, values: dict[str, dict[str, Any]]) -> None:
+        """Write each value whatever is there (idempotent: for values that never change once written)."""
+        now = int(self._now())
+        expires_at = self._expires_at(now)
+        small: list[tuple[str, bytes]] = []
+        for key, value in values.items():
+            blob = encode(value)
+            if len(blob) > MAX_INLINE_BYTES:
+                self.put(key, value, None)  # in parts; an item already there is the same value
+            else:
+                small.append((key, blob))
+        if small:
+            self._write_many(small, expires_at)
+            self.stats.writes += len(small)
+            self.stats.bytes_written += sum(len(blob) for _, blob in small)
 
     def delete(self, key: str, expected_version: int | None) -> bool:
         """Delete the key if still at ``expected_version``; ``None`` deletes whatever is there."""
@@ -157,6 +186,7 @@ class StateStore(ABC):
             if not self._write(part_key, part, 1, expires_at, None, now):  # pragma: no cover - a fresh token
                 raise RuntimeError(f"{part_key}: a part key with a fresh token already exists")
             self.stats.parts_written += 1
+            self.stats.bytes_written += len(part)
         pointer = {"parts": keys, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
         return keys, _POINTER + orjson.dumps(pointer)
 
@@ -174,6 +204,7 @@ class StateStore(ABC):
             return blobs
         parts = self._read([part for pointer in pointers.values() for part in pointer["parts"]])
         self.stats.items_read += len(parts)
+        self.stats.bytes_read += sum(len(r.blob) for r in parts.values() if r.blob is not None)
         for key, pointer in pointers.items():
             found = [parts.get(part) for part in pointer["parts"]]
             if any(part is None or part.blob is None for part in found):
@@ -223,6 +254,10 @@ class StateStore(ABC):
         self, key: str, blob: bytes, version: int, expires_at: int | None, expected_version: int | None, now: int
     ) -> bool:
         """Replace the blob if the current version is ``expected_version`` (None: absent or expired)."""
+
+    @abstractmethod
+    def _write_many(self, blobs: list[tuple[str, bytes]], expires_at: int | None) -> None:
+        """Write each (key, blob) at version 1, unconditionally."""
 
     @abstractmethod
     def _remove(self, key: str, expected_version: int | None) -> bool:

@@ -3,7 +3,9 @@
 Attributes: ``v`` version (N), ``b`` the compressed JSON value (B), ``m`` a string set (SS),
 ``ttl`` epoch seconds (N, the table's TTL attribute; a reserved word, hence ``#ttl`` in expressions).
 Reads are strongly consistent BatchGetItem calls (100 keys each); writes are conditional
-PutItem/DeleteItem on ``v``; timer sets are UpdateItem ADD.
+PutItem/DeleteItem on ``v``; timer sets are UpdateItem ADD; values that never change once written
+(the event-id index) go 25 at a time in BatchWriteItem. Throttled calls are retried
+(:mod:`.throttling`), and so are keys and items DynamoDB leaves unprocessed.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from sessionflow.state.base import Record, StateStore
+from sessionflow.state.throttling import backoff, retrying
 
 TTL_ATTRIBUTE = "ttl"
 _BATCH_GET_LIMIT = 100
+_BATCH_WRITE_LIMIT = 25
 _MAX_UNPROCESSED_ROUNDS = 8
 
 
@@ -36,13 +40,13 @@ class DynamoDBStore(StateStore):
             }
             for attempt in range(_MAX_UNPROCESSED_ROUNDS):
                 self.stats.reads += 1
-                response = self.client.batch_get_item(RequestItems=request)
+                response = retrying(self.client.batch_get_item, RequestItems=request)
                 for raw in response.get("Responses", {}).get(self.table, []):
                     records[raw["pk"]["S"]] = _record(raw)
                 request = response.get("UnprocessedKeys") or {}
                 if not request:
                     break
-                time.sleep(min(1.0, 0.05 * 2**attempt))  # throttled: back off as the SDK advises
+                time.sleep(backoff(attempt))  # throttled: back off as the SDK advises
             else:
                 raise RuntimeError(f"DynamoDB left keys unprocessed after {_MAX_UNPROCESSED_ROUNDS} rounds")
         return records
@@ -71,6 +75,24 @@ class DynamoDBStore(StateStore):
             ExpressionAttributeValues={":expected": {"N": str(expected_version)}},
         )
 
+    def _write_many(self, blobs: list[tuple[str, bytes]], expires_at: int | None) -> None:
+        for start in range(0, len(blobs), _BATCH_WRITE_LIMIT):
+            requests = []
+            for key, blob in blobs[start : start + _BATCH_WRITE_LIMIT]:
+                item: dict[str, Any] = {"pk": {"S": key}, "v": {"N": "1"}, "b": {"B": blob}}
+                if expires_at is not None:
+                    item[TTL_ATTRIBUTE] = {"N": str(expires_at)}
+                requests.append({"PutRequest": {"Item": item}})
+            pending: dict[str, Any] = {self.table: requests}
+            for attempt in range(_MAX_UNPROCESSED_ROUNDS):
+                response = retrying(self.client.batch_write_item, RequestItems=pending)
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                time.sleep(backoff(attempt))
+            else:
+                raise RuntimeError(f"DynamoDB left items unprocessed after {_MAX_UNPROCESSED_ROUNDS} rounds")
+
     def _remove(self, key: str, expected_version: int | None) -> bool:
         kwargs: dict[str, Any] = {"TableName": self.table, "Key": {"pk": {"S": key}}}
         if expected_version is not None:
@@ -85,11 +107,13 @@ class DynamoDBStore(StateStore):
             expression += " SET #ttl = :e"
             kwargs["ExpressionAttributeValues"][":e"] = {"N": str(expires_at)}
             kwargs["ExpressionAttributeNames"] = {"#ttl": TTL_ATTRIBUTE}
-        self.client.update_item(TableName=self.table, Key={"pk": {"S": key}}, UpdateExpression=expression, **kwargs)
+        retrying(
+            self.client.update_item, TableName=self.table, Key={"pk": {"S": key}}, UpdateExpression=expression, **kwargs
+        )
 
     def _conditional(self, call: Callable[..., Any], **kwargs: Any) -> bool:
         try:
-            call(**kwargs)
+            retrying(call, **kwargs)
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
         return True

@@ -41,6 +41,14 @@ class MemoryStore(StateStore):
             self._records[key] = Record(blob, version, expires_at)
             return True
 
+    def _write_many(self, blobs: list[tuple[str, bytes]], expires_at: int | None) -> None:
+        for key, blob in blobs:
+            if len(key) + len(blob) + 64 > ITEM_LIMIT_BYTES:
+                raise ItemTooLargeError(f"{key}: item size has exceeded the maximum allowed size")
+        with self._lock:
+            for key, blob in blobs:
+                self._records[key] = Record(blob, 1, expires_at)
+
     def _remove(self, key: str, expected_version: int | None) -> bool:
         with self._lock:
             current = self._records.get(key)

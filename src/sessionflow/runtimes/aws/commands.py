@@ -7,6 +7,7 @@ Import-light: boto3 and moto are imported by the subcommands when they run.
     sessionflow aws-local run --flush        # the Lambda-like poller: raw -> process -> clean -> sessionize
     sessionflow aws-local sweep              # what the scheduled sweep does: close idle sessions of quiet shards
     sessionflow aws-local fetch out/         # the S3 output as the lake `run` writes, exact copies dropped
+    sessionflow aws-local redrive            # replay the on-failure queue's ranges from the raw archive
     sessionflow aws-local replay events.jsonl --out out/   # all of the above in one process
 """
 
@@ -81,6 +82,16 @@ def register(subparsers: Any) -> None:
     _poller_options(run)
     run.add_argument("--follow", action="store_true", help="keep polling (Ctrl-C to stop)")
     run.add_argument(
+        "--chaos",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="inject faults: throttles, partial failures and errors after the write on this share of the "
+        "handlers' Kinesis, Firehose and DynamoDB calls, and crashes between their steps in about this "
+        "share of invocations (docs/aws.md)",
+    )
+    run.add_argument("--chaos-seed", type=int, metavar="N", help="the seed of --chaos (default: a random one)")
+    run.add_argument(
         "--sweep-every",
         type=float,
         default=300.0,
@@ -104,6 +115,15 @@ def register(subparsers: Any) -> None:
     fetch.add_argument("out", metavar="DIR")
     fetch.add_argument("--keep-duplicates", action="store_true", help="keep exact re-deliveries (see docs/aws.md)")
     fetch.set_defaults(handler=_needs_extra(_fetch))
+
+    redrive = commands.add_parser(
+        "redrive",
+        help="replay what the on-failure queue names (raw ranges from the raw archive, clean ones from the "
+        "stream); `run` then takes them through",
+    )
+    common(redrive)
+    redrive.add_argument("--keep", action="store_true", help="leave the messages in the queue")
+    redrive.set_defaults(handler=_needs_extra(_redrive))
 
     replay = commands.add_parser("replay", help="up + put + run + flush + fetch, in one process")
     replay.add_argument("files", nargs="+", metavar="FILE")
@@ -179,15 +199,64 @@ def _put(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from sessionflow.runtimes.aws import handlers
     from sessionflow.runtimes.aws.local.poller import pipeline_poller
+    from sessionflow.state.dynamodb import DynamoDBStore
 
     aws = _connect(args)
-    poller = pipeline_poller(aws, batch_size=args.batch_size, window_s=args.window, max_retries=args.max_retries)
+    chaos = None
+    if args.chaos:
+        from sessionflow.runtimes.aws.local.chaos import Chaos
+
+        chaos = Chaos(args.chaos, args.chaos_seed)
+        handlers.use_runtime(handlers.Runtime.from_env(aws.settings, prepare=chaos.register, faults=chaos.crash))
+    # Lambda's side (checkpoints) on a client of its own: it is the service, never the chaos.
+    checkpoints = DynamoDBStore(aws.client("dynamodb"), aws.settings.state_table, aws.settings.state_ttl_ms // 1000)
+    poller = pipeline_poller(
+        aws, checkpoints, batch_size=args.batch_size, window_s=args.window, max_retries=args.max_retries
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        poller.run(follow=args.follow, scheduled=lambda: handlers.sweep_handler({}, None), every_s=args.sweep_every)
+        poller.run(follow=args.follow, scheduled=_scheduled(handlers.sweep_handler), every_s=args.sweep_every)
     if args.flush:
-        handlers.flush_handler({}, None)
+        _until_done(handlers.flush_handler)
     _print_stats(poller)
+    if chaos is not None:
+        injected = ", ".join(f"{count} {what}" for what, count in sorted(chaos.injected.items()))
+        print(f"chaos {args.chaos}: {injected or 'nothing injected'}")
     return EXIT_OK
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate from 0 to below 1, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a rate from 0 to below 1, got {text!r}")
+    return value
+
+
+def _scheduled(function: Callable[[dict[str, Any], Any], Any]) -> Callable[[], None]:
+    """An EventBridge-scheduled function: a failed run is logged, and the schedule goes on."""
+
+    def invoke() -> None:
+        try:
+            function({}, None)
+        except Exception:
+            log.exception("the scheduled %s failed; the next run retries it", function.__name__)
+
+    return invoke
+
+
+def _until_done(function: Callable[[dict[str, Any], Any], Any], attempts: int = 20) -> Any:
+    """An asynchronous invocation, retried as Lambda retries one that failed (faults: ``--chaos``)."""
+    for attempt in range(attempts):
+        try:
+            return function({}, None)
+        except Exception:
+            if attempt + 1 == attempts:
+                raise
+            log.warning("%s failed; retrying", function.__name__, exc_info=True)
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+    return None
 
 
 def _print_stats(poller: Any) -> None:
@@ -227,6 +296,43 @@ def _fetch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _redrive(args: argparse.Namespace) -> int:
+    from sessionflow.errors import InputError
+    from sessionflow.runtimes.aws import handlers
+    from sessionflow.runtimes.aws.local.resources import BUCKET, ON_FAILURE_QUEUE, RAW_STREAM
+    from sessionflow.runtimes.aws.redrive import FailedRange, RedriveReport, drain_queue, redrive
+
+    aws = _connect(args)
+    step = handlers.runtime().process
+    report = RedriveReport()
+    sqs = aws.client("sqs")
+
+    def replay(failed: FailedRange) -> None:
+        redrive(
+            failed,
+            raw_stream=RAW_STREAM,
+            clean_stream=aws.settings.clean_stream,
+            s3=aws.client("s3"),
+            bucket=BUCKET,
+            kinesis=aws.client("kinesis"),
+            step=lambda: step,
+            clean=step.clean,
+            report=report,
+        )
+
+    outcome = drain_queue(sqs, sqs.get_queue_url(QueueName=ON_FAILURE_QUEUE)["QueueUrl"], replay, keep=args.keep)
+    for described in report.ranges:
+        print(f"redriven: {described}")
+    print(
+        f"{outcome.redriven} messages: {report.records} records replayed, {report.events} events put on "
+        f"{aws.settings.clean_stream}, {report.rejected} rejected rows sent; `sessionflow aws-local run` "
+        "sessionizes them"
+    )
+    if outcome.failed:
+        raise InputError("some messages could not be redriven (left in the queue):\n" + "\n".join(outcome.failed))
+    return EXIT_OK
+
+
 def _replay(args: argparse.Namespace) -> int:
     from sessionflow.runtimes.aws import handlers
     from sessionflow.runtimes.aws.local.poller import pipeline_poller
@@ -261,6 +367,10 @@ def _use(endpoint: str) -> None:
     from sessionflow.runtimes.aws.local.resources import local_environment
 
     os.environ.update(local_environment(endpoint))
+    # The handlers' per-batch JSON lines and metrics are for CloudWatch; on a terminal, warnings
+    # only (set POWERTOOLS_LOG_LEVEL=INFO, POWERTOOLS_METRICS_DISABLED=false to see them).
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
 def _config(args: argparse.Namespace) -> Any:

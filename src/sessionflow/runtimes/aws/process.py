@@ -3,12 +3,19 @@
 Pure core underneath (the core's raw-line step, :class:`~sessionflow.core.pipeline.LineRefiner`, the
 same as the embedded runner's and the backfill's); this only decides what a record's processing time
 and its source are, and where each result goes.
+
+Lambda redelivers a raw batch from its lowest failed record, whatever the handler did with the
+records after it. So nothing after the first record that cannot be delivered is sent anywhere
+(it would only be sent again), and each event put on ``clean`` names its machine's previous record
+of the batch (:class:`~sessionflow.runtimes.aws.positions.RawPosition`): when ``clean`` refuses one
+record and takes a later one of the same machine, ``sessionize`` waits for the retry to put them
+again in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -27,21 +34,39 @@ class RawRecord:
     source: str  # "stream/shardId-..."
     partition_key: str = ""
     batch_first: str = ""  # the sequence number of the first record of the batch it came in
+    redrive: bool = False  # replayed from the raw archive (``sessionflow aws redrive``)
 
 
 @dataclass(slots=True)
 class Refined:
     """One record's fate: an event for ``clean``, a rejected row, or nothing (a blank record)."""
 
-    entry: StreamEntry | None = None
+    event: dict[str, Any] | None = None
+    position: RawPosition | None = None
     rejected: Row | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What became of a batch's results: the index of the first event ``clean`` refused (None: every
+    one went in; Lambda redelivers from it), and how many it refused."""
+
+    first_refused: int | None
+    refused: int
+
+
+def _no_fault(_step: str) -> None:
+    return None
+
+
 class ProcessStep:
-    def __init__(self, config: Config, clean: StreamWriter, sink: Sink) -> None:
+    def __init__(
+        self, config: Config, clean: StreamWriter, sink: Sink, faults: Callable[[str], None] = _no_fault
+    ) -> None:
         self.lines = LineRefiner(config)
         self.clean = clean
         self.sink = sink
+        self.faults = faults  # called between the steps: a test or ``--chaos`` makes it raise
 
     def refine(self, record: RawRecord) -> Refined:
         # A Kinesis record has no line number; its shard and sequence number say where it was.
@@ -51,32 +76,52 @@ class ProcessStep:
             return Refined(rejected=refined.rejections[0])
         if refined.events:
             event = refined.events[0]
-            machine_id = event["machine_id"]
-            # The raw position goes with the event, so a copy put again by a retry is applied once.
             position = RawPosition(
-                lane(record.source, record.partition_key, machine_id),
+                lane(record.source, record.partition_key, event["machine_id"]),
                 int(record.sequence_number),
                 int(record.batch_first or record.sequence_number),
+                redrive=record.redrive,
+                data=record.data,
             )
-            # Partition by machine so each machine's events stay in order on `clean`.
-            return Refined(entry=StreamEntry(machine_id, orjson.dumps({**event, RAW_FIELD: position.to_list()})))
+            return Refined(event=event, position=position)
         return Refined()
 
-    def deliver(self, refined: Sequence[Refined]) -> list[bool]:
-        """Send a batch's results; True per record delivered (events to ``clean``, rejections to S3)."""
-        entries = [(i, r.entry) for i, r in enumerate(refined) if r.entry is not None]
-        delivered = [True] * len(refined)
-        if entries:
-            for (i, _), accepted in zip(entries, self.clean.put([e for _, e in entries]), strict=True):
-                delivered[i] = accepted
-        rejected = [r.rejected for r in refined if r.rejected is not None]
+    def deliver(self, refined: Sequence[Refined]) -> Delivery:
+        """Send a batch's results in order: events to ``clean``, then the rejected rows before the
+        first event ``clean`` refused (what comes after it comes again)."""
+        entries = _entries(refined)
+        accepted = self.clean.put([entry for _, entry in entries]) if entries else []
+        self.faults("process:clean")
+        refused = [i for (i, _), ok in zip(entries, accepted, strict=True) if not ok]
+        first = refused[0] if refused else None
+        end = len(refined) if first is None else first
+        rejected = [r.rejected for r in refined[:end] if r.rejected is not None]
         if rejected:
             # Firehose retries inside the sink; what it still refuses raises and fails the batch.
             self.sink.send({"rejected": rejected})
-        return delivered
+        self.faults("process:rejected")
+        return Delivery(first, len(refused))
 
 
-def raw_record(record: dict[str, Any], data: bytes, batch_first: str = "") -> RawRecord:
+def _entries(refined: Sequence[Refined]) -> list[tuple[int, StreamEntry]]:
+    """The events for ``clean`` (partitioned by machine, so each machine's stay in order), each
+    naming its machine's previous event of the batch in the same lane."""
+    previous: dict[tuple[str, str], int] = {}
+    entries: list[tuple[int, StreamEntry]] = []
+    for index, result in enumerate(refined):
+        if result.event is None or result.position is None:
+            continue
+        machine_id = result.event["machine_id"]
+        position = result.position
+        key = (machine_id, position.lane)
+        position = replace(position, prev=previous.get(key))
+        previous[key] = position.seq
+        data = orjson.dumps({**result.event, RAW_FIELD: position.to_value()})
+        entries.append((index, StreamEntry(machine_id, data)))
+    return entries
+
+
+def raw_record(record: dict[str, Any], data: bytes, batch_first: str = "", redrive: bool = False) -> RawRecord:
     """From a Lambda Kinesis event record (the dict), its decoded data and its batch's first sequence number."""
     kinesis = record["kinesis"]
     stream = record["eventSourceARN"].rsplit("/", 1)[-1]
@@ -88,4 +133,5 @@ def raw_record(record: dict[str, Any], data: bytes, batch_first: str = "") -> Ra
         source=f"{stream}/{shard}",
         partition_key=kinesis.get("partitionKey", ""),
         batch_first=batch_first,
+        redrive=redrive,
     )

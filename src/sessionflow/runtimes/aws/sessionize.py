@@ -3,157 +3,92 @@
 One call handles one batch of one shard of ``clean`` (Lambda never runs two batches of a shard at
 once, but a timed-out invocation can still be running while its retry starts). Keys in the store:
 
-* ``m#<machine_id>``: ``{"state": MachineState dict | None, "shard", "seq", "outbox"}``. ``seq`` is
-  the highest sequence number of ``shard`` applied to the machine, so a redelivered record is
-  skipped, never applied twice. ``state`` None is a tombstone (the core forgot the machine); it keeps
-  ``seq`` and the outbox. ``outbox`` holds the rows the last write produced, tagged with its token.
+* ``m#<machine_id>``: ``{"state": MachineState dict | None, "shard", "seq", "raw", "outbox"}``.
+  ``seq`` is the highest sequence number of ``shard`` applied to the machine and ``raw`` its raw
+  positions (:mod:`.positions`), so a redelivered or re-put record is skipped, never applied twice.
+  ``state`` None is a tombstone (the core forgot the machine); it keeps ``seq``, the outbox and
+  ``sessions``, how many sessions the machine had started (the core's ``Snapshot.forgotten``), so its
+  next session is numbered on. ``outbox`` holds the rows the last write produced, tagged with its token.
 * ``s#<stream/shard>``: the shard's :class:`StreamClock` (the core's cross-machine state, kept per
   shard, under its own ``clock`` and ``leaders`` keys), the timer buckets in use, and ``inflight``
-  (see below). A batch restores a :class:`Snapshot` of that clock and the machines it reads.
+  (:mod:`.commit`). A batch restores a :class:`Snapshot` of that clock and the machines it reads.
 * ``t#<stream/shard>#<bucket>``: a set of machine ids whose idle deadline (stream time) falls in that
   minute. Idle machines are found here at the end of each batch of their shard, as the core's
   deadline heap finds them at each ``end_batch``. A busy shard writes tens of thousands of machines
   a minute, more than one 400 KB item holds: the shard item counts the bytes added to each bucket's
   set and rolls over to ``t#<stream/shard>#<bucket>#<n>`` before the limit.
+* ``i#<digest>``: the event-id index (:mod:`.admission`); ``l#sweep/<stream/shard>``: a sweep's lease.
 
-A batch: (1) read the shard item and the batch's machines in one BatchGetItem; (2) run the core,
-then read the due timer buckets and let the core close those idle machines; (3) write the shard
-item with ``inflight = {token, machines}`` (conditional on its version: only one invocation of a
-shard commits), (4) add the timers, (5) write each changed machine conditionally on its version,
-its outbox tagged with the token, (6) send the rows to Firehose, (7) write the shard item again
-with ``inflight`` cleared. A crash anywhere leaves ``inflight`` set; the next invocation of the
-shard first re-sends the outboxes carrying that token. So no row is lost; a row is sent twice only
-if a crash falls between (6) and (7), and then as an exact copy (same event_id / session_id).
+A batch: (1) read the shard item and the batch's machines in one BatchGetItem, recovering what an
+earlier attempt left in flight (:mod:`.commit`); (2) admit its records (:mod:`.admission`): skip what
+was applied, drop copies, reject conflicting copies; (3) run the core, then read the due timer
+buckets and let the core close those idle machines; (4) commit (:mod:`.commit`). No row is lost; a
+row is sent twice only if a crash falls between its delivery and the end of the commit, and then as
+an exact copy (same event_id / session_id / source).
 """
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sessionflow.config import MINUTE, SessionConfig
-from sessionflow.core import MachineState, Outputs, Sessionizer, Snapshot, StreamClock, rules
+from sessionflow.config import SessionConfig
+from sessionflow.core import MachineState, Outputs, Sessionizer, Snapshot, StreamClock
+from sessionflow.runtimes.aws.admission import Admitted, CleanRecord, admit, machine_states
+from sessionflow.runtimes.aws.commit import (
+    TABLES,
+    TIMER_BUCKET_MS,
+    Change,
+    CommitReport,
+    Committer,
+    Faults,
+    ShardConflict,
+    machine_key,
+    shard_key,
+    timer_keys,
+)
 from sessionflow.runtimes.aws.outputs import Row, Sink
-from sessionflow.runtimes.aws.positions import RAW_FIELD, RawMarks, RawPosition
+from sessionflow.runtimes.aws.positions import RawMarks
 from sessionflow.state.base import Item, StateStore
 
-TIMER_BUCKET_MS = MINUTE
-# Bytes of machine ids in one timer set item before the next one is started (DynamoDB: 400 KB).
-TIMER_SET_BYTES = 300_000
-# What one member may cost beyond its UTF-8 bytes: an over-estimate keeps the sets under the limit.
-_MEMBER_OVERHEAD = 8
+__all__ = ["BatchReport", "CleanRecord", "ShardConflict", "ShardSessionizer", "machine_key", "shard_key"]
 
-
-# Rounds of reading and fencing an earlier attempt's machines before giving the shard up for now.
-_FENCE_ROUNDS = 8
-
-
-def _fence_value(shard: str) -> dict[str, Any]:
-    """A machine an earlier attempt meant to create: a tombstone, so that attempt's create fails."""
-    return {"state": None, "shard": shard, "seq": "0", "outbox": None}
-
-
-class ShardConflict(RuntimeError):
-    """Another invocation committed this shard since we read it: the whole batch is retried."""
-
-
-@dataclass(frozen=True, slots=True)
-class CleanRecord:
-    sequence_number: int
-    event: dict[str, Any]
-    raw: RawPosition | None = None  # where ``process`` read it on ``raw`` (None: put by an older version)
-
-    @classmethod
-    def decode(cls, sequence_number: int, value: dict[str, Any]) -> CleanRecord:
-        """From a ``clean`` record's JSON: the event, and its raw position taken out of it."""
-        raw = value.pop(RAW_FIELD, None)
-        return cls(sequence_number, value, RawPosition.from_list(raw) if raw else None)
+# How long a sweep holds a shard when the caller does not say (a Lambda's timeout, with room).
+SWEEP_LEASE_MS = 6 * 60 * 1000
 
 
 @dataclass
-class BatchReport:
+class BatchReport(CommitReport):
     records: int = 0
     applied: int = 0
     skipped: int = 0  # redelivered records already applied
     repeated: int = 0  # records ``process`` put on ``clean`` again (a raw retry): copies, dropped
-    fenced: int = 0  # machines a crashed attempt had claimed but not written, fenced off by recovery
+    early: int = 0  # records ahead of their machine's previous raw record: they come again, after it
+    conflicts: int = 0  # copies of other content: rejected as conflicting_duplicate
     events: int = 0
     sessions: int = 0
     duplicates: int = 0
     late: int = 0
-    resent: int = 0  # rows re-sent from a previous attempt's outbox
     swept: int = 0  # idle machines looked at through the timers
-    failed_machines: set[str] = field(default_factory=set)
+    leased: bool = True  # False: another sweep held the shard
 
     def failed_sequence_numbers(self, records: Sequence[CleanRecord]) -> list[int]:
         return [r.sequence_number for r in records if r.event["machine_id"] in self.failed_machines]
 
 
-def machine_key(machine_id: str) -> str:
-    return f"m#{machine_id}"
+def _no_fault(_step: str) -> None:
+    return None
 
 
-def shard_key(shard: str) -> str:
-    return f"s#{shard}"
-
-
-def timer_key(shard: str, bucket: int, part: int = 0) -> str:
-    return f"t#{shard}#{bucket}" if part == 0 else f"t#{shard}#{bucket}#{part}"
-
-
-def _timer_keys(shard: str, buckets: Iterable[int], fill: dict[str, list[int]]) -> list[str]:
-    """Every set item of these buckets; ``fill``: bucket -> [set items, bytes in the last one]."""
-    return [timer_key(shard, b, part) for b in buckets for part in range(fill.get(str(b), [1, 0])[0])]
-
-
-@dataclass
-class _Change:
-    machine_id: str
-    version: int | None
-    value: dict[str, Any]
-    state: MachineState | None  # the machine's state after the batch: ``value["state"]`` is its dict
-
-
-@dataclass
-class _ShardState:
-    """The value of a shard item."""
-
-    clock: StreamClock = field(default_factory=StreamClock)
-    buckets: list[int] = field(default_factory=list)
-    timer_fill: dict[str, list[int]] = field(default_factory=dict)
-    wall: int | None = None  # wall-clock ms of the last commit of a batch
-    inflight: dict[str, Any] | None = None
-
-    @classmethod
-    def from_value(cls, value: dict[str, Any]) -> _ShardState:
-        # timer_fill and wall came later than the others: an item written before has neither.
-        return cls(
-            clock=StreamClock.from_dict(value),
-            buckets=list(value.get("buckets", [])),
-            timer_fill=dict(value.get("timer_fill", {})),
-            wall=value.get("wall"),
-            inflight=value.get("inflight"),
-        )
-
-    def to_value(self) -> dict[str, Any]:
-        return {
-            **self.clock.to_dict(),
-            "buckets": self.buckets,
-            "timer_fill": self.timer_fill,
-            "wall": self.wall,
-            "inflight": self.inflight,
-        }
-
-
-def _snapshot(clock: StreamClock, items: Iterable[Item]) -> Snapshot:
-    """The core's state for a batch: the shard's clock and the machines read (tombstones left out)."""
-    states = [item.value["state"] for item in items]
-    return Snapshot(clock, tuple(MachineState.from_dict(state) for state in states if state is not None))
+def _snapshot(clock: StreamClock, items: dict[str, Item], states: dict[str, MachineState] | None = None) -> Snapshot:
+    """The core's state for a batch: the shard's clock and the machines read (a tombstone: the
+    sessions its machine had started, as forgotten). ``states``: the machines' states, if parsed."""
+    if states is None:
+        states = machine_states(items)
+    forgotten = {m: int(item.value.get("sessions", 0)) for m, item in items.items() if item.value["state"] is None}
+    return Snapshot(clock, tuple(states.values()), forgotten)
 
 
 class ShardSessionizer:
@@ -166,65 +101,64 @@ class ShardSessionizer:
         sink: Sink,
         write_threads: int = 8,
         now: Callable[[], float] = time.time,
+        faults: Faults = _no_fault,
     ) -> None:
         self.config = config
         self.store = store
         self.sink = sink
         self.write_threads = write_threads
+        self.faults = faults  # called between the commit's steps: tests and ``--chaos`` make it raise
         self._now = now  # wall-clock seconds: when a shard last committed a batch, for the sweep
+
+    @property
+    def committer(self) -> Committer:
+        return Committer(self.config, self.store, self.sink, self.write_threads, self.faults)
 
     # -- one batch ----------------------------------------------------------------------------------
 
     def apply(self, shard: str, records: Sequence[CleanRecord]) -> BatchReport:
         report = BatchReport(records=len(records))
+        committer = self.committer
         machine_ids = list(dict.fromkeys(r.event["machine_id"] for r in records))
         items = self.store.get_many([shard_key(shard), *(machine_key(m) for m in machine_ids)])
         shard_item = items.pop(shard_key(shard), None)
-        shard_state = self._recover(shard, shard_item, report)
+        shard_state = committer.recover(shard, shard_item, report)
         if shard_state.inflight:
             # Recovery may have fenced or re-read some of these machines: read them as they are now.
             items = self.store.get_many(machine_key(m) for m in machine_ids)
         loaded = {key[2:]: item for key, item in items.items()}
 
-        fresh: list[dict[str, Any]] = []
-        newest_seq: dict[str, int] = {}
-        marks: dict[str, RawMarks] = {}
-        for record in records:
-            machine_id = record.event["machine_id"]
-            item = loaded.get(machine_id)
-            if item is not None and item.value["shard"] == shard and record.sequence_number <= int(item.value["seq"]):
-                report.skipped += 1
-                continue
-            newest_seq[machine_id] = record.sequence_number
-            if record.raw is not None:
-                if machine_id not in marks:
-                    marks[machine_id] = RawMarks.from_value(item.value.get("raw") if item else None)
-                if not marks[machine_id].admit(record.raw):
-                    report.repeated += 1
-                    continue
-            fresh.append(record.event)
-        report.applied = len(fresh)
+        states = machine_states(loaded)
+        admitted = admit(self.store, shard, records, loaded, states=states)
+        report.applied = len(admitted.fresh)
+        report.skipped, report.repeated, report.early = admitted.skipped, admitted.repeated, admitted.early
+        report.conflicts = sum(len(rows) for rows in admitted.conflicts.values())
 
-        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
+        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded, states))
         out = Outputs()
-        sessionizer.process(fresh, out)
+        sessionizer.process(admitted.fresh, out)
         sessionizer.end_batch(out)
         after = sessionizer.snapshot()
         states = {state.machine_id: state for state in after.machines}
+        forgotten = dict(after.forgotten)
 
         # Idle machines of this shard that the batch did not touch: the due timer buckets.
         fill = shard_state.timer_fill
         due = [b for b in shard_state.buckets if b * TIMER_BUCKET_MS < after.clock.time]
-        swept, clock = self._close_timed_out(shard, due, fill, after.clock, set(machine_ids), states, out, report)
+        swept, clock = self._close_timed_out(
+            shard, due, fill, after.clock, set(machine_ids), states, forgotten, out, report
+        )
         report.events, report.sessions = len(out.events), len(out.sessions)
-        report.duplicates, report.late = len(out.duplicates) + report.repeated, out.late
+        report.duplicates = admitted.duplicates + len(out.duplicates) + admitted.repeated
+        report.late = out.late
 
-        changes = _changes(shard, [*machine_ids, *swept], {**swept, **loaded}, states, newest_seq, out, marks)
+        rows = _rows_by_machine(out, admitted.conflicts)
+        changes = _changes(shard, [*machine_ids, *swept], {**swept, **loaded}, states, forgotten, rows, admitted)
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock.time]
         if not changes and not fully_due and clock == shard_state.clock and not shard_state.inflight:
             return report  # a redelivered batch already applied: not even the shard item is rewritten
         new_state = replace(shard_state, clock=clock, timer_fill=fill, wall=self._wall_ms())
-        self._commit(shard, shard_item, new_state, changes, fully_due, report)
+        committer.commit(shard, shard_item, new_state, changes, fully_due, report)
         return report
 
     def _close_timed_out(
@@ -235,18 +169,19 @@ class ShardSessionizer:
         clock: StreamClock,
         exclude: set[str],
         states: dict[str, MachineState],
+        forgotten: dict[str, int],
         out: Outputs,
         report: BatchReport,
     ) -> tuple[dict[str, Item], StreamClock]:
         """Load the machines of the due timer sets (but ``exclude``) and let the core close the idle ones.
 
-        Their states after that go into ``states``; returns the machines loaded and the clock
-        (machines the core forgot have left its leaders).
+        Their states after that go into ``states`` (those the core forgot into ``forgotten``);
+        returns the machines loaded and the clock (machines the core forgot have left its leaders).
         """
         swept: dict[str, Item] = {}
         if not due:
             return swept, clock
-        members = self.store.members_many(_timer_keys(shard, due, fill))
+        members = self.store.members_many(timer_keys(shard, due, fill))
         candidates = set().union(*members.values()) - exclude if members else set()
         for key, item in self.store.get_many(machine_key(m) for m in sorted(candidates)).items():
             if item.value["shard"] == shard and item.value["state"] is not None:
@@ -254,10 +189,11 @@ class ShardSessionizer:
         report.swept = len(swept)
         if not swept:
             return swept, clock
-        idle = Sessionizer.restore(self.config, _snapshot(clock, swept.values()))
+        idle = Sessionizer.restore(self.config, _snapshot(clock, swept))
         idle.end_batch(out)
         after = idle.snapshot()
         states.update((state.machine_id, state) for state in after.machines)
+        forgotten.update(after.forgotten)
         return swept, after.clock
 
     def _wall_ms(self) -> int:
@@ -265,7 +201,7 @@ class ShardSessionizer:
 
     # -- a quiet shard ------------------------------------------------------------------------------
 
-    def sweep(self, shard: str, quiet_ms: int | None = None) -> BatchReport:
+    def sweep(self, shard: str, quiet_ms: int | None = None, lease_ms: int = SWEEP_LEASE_MS) -> BatchReport:
         """Close the idle sessions of a shard that has received nothing for ``quiet_ms`` of wall time.
 
         A shard's stream clock moves only with its records: when traffic stops, its open sessions
@@ -274,60 +210,98 @@ class ShardSessionizer:
         machines idle by that clock are closed exactly as a batch would close them. The stored clock
         is not moved (the next batch goes on from the real one). Default ``quiet_ms``: the idle
         close time (``timeout + allowed_lateness``), so a shard still receiving records is never
-        swept. Run on a schedule (``sweep_handler``).
+        swept. Run on a schedule (``sweep_handler``). Two sweeps never work on one shard at once:
+        each holds the shard's lease for ``lease_ms`` (its remaining run time), or leaves the shard.
         """
         report = BatchReport()
         shard_item = self.store.get(shard_key(shard))
         if shard_item is None:
             return report
-        shard_state = self._recover(shard, shard_item, report)
+        lease = self._lease(shard, lease_ms)
+        if lease is None:
+            report.leased = False
+            return report
+        try:
+            self._sweep(shard, shard_item, quiet_ms, report)
+        finally:
+            self.store.delete(_lease_key(shard), lease)
+        return report
+
+    def _sweep(self, shard: str, shard_item: Item, quiet_ms: int | None, report: BatchReport) -> None:
+        committer = self.committer
+        shard_state = committer.recover(shard, shard_item, report)
         wall = shard_state.wall
         now_ms = self._wall_ms()
         quiet = self.config.idle_close_ms if quiet_ms is None else quiet_ms
         stored = shard_state.clock
         base = stored.time if stored.time >= 0 else max(stored.leaders.values(), default=-1)
         if wall is None or now_ms - wall < quiet or base < 0:
-            return report
+            return
         clock = StreamClock(base + (now_ms - wall), stored.leaders)
         fill = shard_state.timer_fill
         due = [b for b in shard_state.buckets if b * TIMER_BUCKET_MS < clock.time]
         out = Outputs()
         states: dict[str, MachineState] = {}
-        swept, clock = self._close_timed_out(shard, due, fill, clock, set(), states, out, report)
+        forgotten: dict[str, int] = {}
+        swept, clock = self._close_timed_out(shard, due, fill, clock, set(), states, forgotten, out, report)
         report.events, report.sessions = len(out.events), len(out.sessions)
-        changes = _changes(shard, list(swept), swept, states, {}, out)
+        changes = _changes(shard, list(swept), swept, states, forgotten, _rows_by_machine(out, {}), Admitted())
         fully_due = [b for b in due if (b + 1) * TIMER_BUCKET_MS <= clock.time]
         if not changes and not fully_due:
-            return report
+            return
         # The stored clock and wall time stay; machines the core forgot leave the leaders.
         new_state = replace(shard_state, clock=StreamClock(stored.time, clock.leaders), timer_fill=fill)
-        self._commit(shard, shard_item, new_state, changes, fully_due, report)
-        return report
+        committer.commit(shard, shard_item, new_state, changes, fully_due, report)
+
+    def _lease(self, shard: str, lease_ms: int) -> int | None:
+        """Take the shard's sweep lease (free, or past its time); its version, or None if held."""
+        key = _lease_key(shard)
+        now_ms = self._wall_ms()
+        held = self.store.get(key)
+        if held is not None and held.value["until"] > now_ms:
+            return None
+        return self.store.put(key, {"until": now_ms + lease_ms}, held.version if held else None)
 
     # -- end of stream --------------------------------------------------------------------------------
 
-    def flush(self, shard: str) -> BatchReport:
-        """Close every session of the shard and forget its machines (the embedded runner's ``--flush``)."""
+    def stream_clock(self, shards: Iterable[str]) -> int:
+        """The stream clock of these shards together (``StreamClock.merged``): what a flush of all
+        of them closes the open sessions against, as a batch run over the whole stream would."""
+        items = self.store.get_many(shard_key(shard) for shard in shards)
+        clocks = [StreamClock.from_dict(item.value) for item in items.values()]
+        return StreamClock.merged(clocks, self.config.clock_quorum).time
+
+    def flush(self, shard: str, end_clock: int | None = None) -> BatchReport:
+        """Close every session of the shard and forget its machines (the embedded runner's ``--flush``).
+
+        ``end_clock``: the stream's clock (``stream_clock`` of every shard) the sessions still open are
+        closed against; None: the shard's own."""
         report = BatchReport()
         shard_item = self.store.get(shard_key(shard))
         if shard_item is None:
             return report
-        shard_state = self._recover(shard, shard_item, report)
+        committer = self.committer
+        shard_state = committer.recover(shard, shard_item, report)
         fill = shard_state.timer_fill
-        members = self.store.members_many(_timer_keys(shard, shard_state.buckets, fill))
+        members = self.store.members_many(timer_keys(shard, shard_state.buckets, fill))
         machine_ids = sorted(set().union(*members.values())) if members else []
         loaded = {
             key[2:]: item
             for key, item in self.store.get_many(machine_key(m) for m in machine_ids).items()
             if item.value["shard"] == shard and item.value["state"] is not None
         }
-        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded.values()))
+        # Records still waiting for their previous raw record go in now, in their order: the stream ends.
+        states = machine_states(loaded)
+        admitted = admit(self.store, shard, [], loaded, release_parked=True, states=states)
+        sessionizer = Sessionizer.restore(self.config, _snapshot(shard_state.clock, loaded, states))
         out = Outputs()
-        sessionizer.flush(out)
+        sessionizer.process(admitted.fresh, out)
+        sessionizer.flush(out, end_clock)
+        forgotten = sessionizer.snapshot().forgotten
         report.swept, report.events, report.sessions = len(loaded), len(out.events), len(out.sessions)
-        rows = _rows_by_machine(out)
+        rows = _rows_by_machine(out, admitted.conflicts)
         changes = [
-            _Change(
+            Change(
                 m,
                 item.version,
                 {
@@ -335,7 +309,8 @@ class ShardSessionizer:
                     "shard": shard,
                     "seq": item.value["seq"],
                     "outbox": rows.get(m),
-                    "raw": _raw_marks(item),
+                    "raw": admitted.marks[m].to_value() if m in admitted.marks else _raw(item),
+                    "sessions": forgotten[m],
                 },
                 None,
             )
@@ -344,139 +319,12 @@ class ShardSessionizer:
         # Every machine forgotten: the clock keeps its time, and has no leaders left.
         clock = StreamClock(shard_state.clock.time)
         new_state = replace(shard_state, clock=clock, timer_fill=fill, wall=self._wall_ms())
-        self._commit(shard, shard_item, new_state, changes, list(shard_state.buckets), report)
+        committer.commit(shard, shard_item, new_state, changes, list(shard_state.buckets), report)
         return report
 
-    # -- the commit protocol ------------------------------------------------------------------------------
 
-    def _recover(self, shard: str, shard_item: Item | None, report: BatchReport) -> _ShardState:
-        """The shard's state; first re-send what an earlier attempt committed but may not have sent.
-
-        That attempt (crashed, timed out, or still running: a sweep racing a batch) may not have
-        written all its machines yet. Each machine of its intent that does not carry its token is
-        fenced: rewritten as it is, so its version moves and that attempt's conditional write of it
-        can no longer land; the machine keeps its previous state and a later batch, sweep or flush
-        closes it. The machines that do carry the token have their outboxes re-sent. Only then may
-        this invocation replace ``inflight`` with its own intent, so no outbox is ever orphaned.
-        """
-        if shard_item is None:
-            return _ShardState()
-        state = _ShardState.from_value(shard_item.value)
-        inflight = state.inflight
-        if not inflight:
-            return state
-        token = inflight["token"]
-        rows: dict[str, list[Row]] = {"events": [], "sessions": []}
-        pending = list(inflight["machines"])
-        for _ in range(_FENCE_ROUNDS):
-            current = self.store.get_many(machine_key(m) for m in pending)
-            raced: list[str] = []
-            for machine_id in pending:
-                item = current.get(machine_key(machine_id))
-                outbox = item.value.get("outbox") if item is not None else None
-                if outbox and outbox.get("token") == token:
-                    for table in ("events", "sessions"):
-                        rows[table].extend(outbox.get(table, ()))
-                    continue
-                value = item.value if item is not None else _fence_value(shard)
-                if self.store.put(machine_key(machine_id), value, item.version if item else None) is None:
-                    raced.append(machine_id)  # written in between: read it again
-                else:
-                    report.fenced += 1
-            pending = raced
-            if not pending:
-                break
-        else:
-            raise ShardConflict(f"shard {shard}: machines of an earlier attempt kept changing during recovery")
-        report.resent = sum(len(v) for v in rows.values())
-        self.sink.send(rows)
-        return state
-
-    def _commit(
-        self,
-        shard: str,
-        shard_item: Item | None,
-        new_state: _ShardState,
-        changes: list[_Change],
-        drop_buckets: Iterable[int],
-        report: BatchReport,
-    ) -> None:
-        config = self.config
-        token = uuid.uuid4().hex
-        timers: dict[int, set[str]] = defaultdict(set)
-        for change in changes:
-            if change.state is not None:
-                timers[_next_deadline(change.state, config) // TIMER_BUCKET_MS].add(change.machine_id)
-            if change.value["outbox"]:
-                change.value["outbox"]["token"] = token
-        buckets = sorted(set(new_state.buckets) | set(timers))
-        fill = {key: list(value) for key, value in new_state.timer_fill.items()}
-        additions = _fill_timer_sets(shard, timers, fill)
-
-        inflight = {"token": token, "machines": [c.machine_id for c in changes]}
-        intent = replace(new_state, buckets=buckets, timer_fill=fill, inflight=inflight)
-        version = self.store.put(shard_key(shard), intent.to_value(), shard_item.version if shard_item else None)
-        if version is None:
-            raise ShardConflict(f"shard {shard} was committed by another invocation; retrying the batch")
-        for key, machine_ids in additions:
-            self.store.add_members(key, machine_ids)
-
-        def write(change: _Change) -> bool:
-            return self.store.put(machine_key(change.machine_id), change.value, change.version) is not None
-
-        if self.write_threads > 1 and len(changes) > 1:
-            with ThreadPoolExecutor(min(self.write_threads, len(changes))) as pool:
-                written = list(pool.map(write, changes))
-        else:
-            written = [write(change) for change in changes]
-
-        rows: dict[str, list[Row]] = {"events": [], "sessions": []}
-        for change, ok in zip(changes, written, strict=True):
-            if not ok:
-                # A racing writer (e.g. across a reshard): its records are redelivered and re-read.
-                report.failed_machines.add(change.machine_id)
-                continue
-            outbox = change.value["outbox"]
-            if outbox:
-                rows["events"].extend(outbox["events"])
-                rows["sessions"].extend(outbox["sessions"])
-        self.sink.send(rows)
-
-        dropped = [] if report.failed_machines else list(drop_buckets)
-        for key in _timer_keys(shard, dropped, fill):
-            self.store.delete(key, None)
-        for bucket in dropped:
-            fill.pop(str(bucket), None)
-        done = replace(intent, buckets=sorted(set(buckets) - set(dropped)), timer_fill=fill, inflight=None)
-        if self.store.put(shard_key(shard), done.to_value(), version) is None:
-            raise ShardConflict(f"shard {shard} changed while this invocation held it")
-
-
-def _fill_timer_sets(
-    shard: str, timers: dict[int, set[str]], fill: dict[str, list[int]]
-) -> list[tuple[str, list[str]]]:
-    """(set item, machine ids to add) per bucket, starting a new item of a bucket before one is full.
-
-    ``fill`` is updated in place. It counts every addition, repeats included: it can only
-    over-estimate a set's size, so an item may be rolled over early, never too late.
-    """
-    additions: list[tuple[str, list[str]]] = []
-    for bucket, machine_ids in sorted(timers.items()):
-        parts, size = fill.get(str(bucket), [1, 0])
-        chunk: list[str] = []
-        for machine_id in sorted(machine_ids):
-            cost = len(machine_id.encode()) + _MEMBER_OVERHEAD
-            if size + cost > TIMER_SET_BYTES and size > 0:
-                if chunk:
-                    additions.append((timer_key(shard, bucket, parts - 1), chunk))
-                    chunk = []
-                parts, size = parts + 1, 0
-            chunk.append(machine_id)
-            size += cost
-        if chunk:
-            additions.append((timer_key(shard, bucket, parts - 1), chunk))
-        fill[str(bucket)] = [parts, size]
-    return additions
+def _lease_key(shard: str) -> str:
+    return f"l#sweep/{shard}"
 
 
 def _changes(
@@ -484,51 +332,57 @@ def _changes(
     machine_ids: Iterable[str],
     items: dict[str, Item],
     states: dict[str, MachineState],
-    newest_seq: dict[str, int],
-    out: Outputs,
-    marks: dict[str, RawMarks] | None = None,
-) -> list[_Change]:
-    """The machine items to write: each machine read, swept or new, whose state, seq or rows changed."""
-    rows = _rows_by_machine(out)
-    changes: list[_Change] = []
+    forgotten: dict[str, int],
+    rows: dict[str, dict[str, list[Row]]],
+    admitted: Admitted,
+) -> list[Change]:
+    """The machine items to write: each machine read, swept or new, whose state, seq or rows changed
+    (a machine the core forgot: a tombstone that keeps its ``forgotten`` session count)."""
+    changes: list[Change] = []
     for machine_id in dict.fromkeys(machine_ids):
         item = items.get(machine_id)
         state = states.get(machine_id)
         stored = state.to_dict() if state is not None else None
-        seq = newest_seq.get(machine_id)
+        seq = admitted.newest_seq.get(machine_id)
         machine_rows = rows.get(machine_id)
+        parked = admitted.parked.get(machine_id, _parked(item))
         if item is not None and seq is None and not machine_rows and item.value["state"] == stored:
             continue
         if item is None and state is None and seq is None:
             continue
+        marks: RawMarks | None = admitted.marks.get(machine_id)
         value = {
             "state": stored,
             "shard": shard,
             "seq": str(seq) if seq is not None else (item.value["seq"] if item else "0"),
             "outbox": machine_rows,
-            "raw": marks[machine_id].to_value() if marks and machine_id in marks else _raw_marks(item),
+            "raw": marks.to_value() if marks is not None else _raw(item),
+            "parked": parked or None,
         }
-        changes.append(_Change(machine_id, item.version if item else None, value, state))
+        if state is None:
+            value["sessions"] = forgotten.get(machine_id, item.value.get("sessions", 0) if item else 0)
+        changes.append(Change(machine_id, item.version if item else None, value, state))
     return changes
 
 
-def _raw_marks(item: Item | None) -> dict[str, Any] | None:
+def _raw(item: Item | None) -> dict[str, Any] | None:
     return item.value.get("raw") if item is not None else None
 
 
-def _rows_by_machine(out: Outputs) -> dict[str, dict[str, list[Row]]]:
+def _parked(item: Item | None) -> list[dict[str, Any]]:
+    return list(item.value.get("parked") or ()) if item is not None else []
+
+
+def _rows_by_machine(out: Outputs, rejected: dict[str, list[Row]]) -> dict[str, dict[str, list[Row]]]:
     rows: dict[str, dict[str, list[Row]]] = {}
+
+    def of(machine_id: str) -> dict[str, list[Row]]:
+        return rows.setdefault(machine_id, {table: [] for table in TABLES})
+
     for event in out.events:
-        rows.setdefault(event["machine_id"], {"events": [], "sessions": []})["events"].append(event)
+        of(event["machine_id"])["events"].append(event)
     for summary in out.sessions:
-        rows.setdefault(summary["machine_id"], {"events": [], "sessions": []})["sessions"].append(summary)
+        of(summary["machine_id"])["sessions"].append(summary)
+    for machine_id, machine_rejected in rejected.items():
+        of(machine_id)["rejected"].extend(machine_rejected)
     return rows
-
-
-def _next_deadline(machine: MachineState, config: SessionConfig) -> int:
-    """When the core will next look at this machine: idle close, or dropping its state."""
-    session = machine.session
-    anchor = machine.anchor  # rules.anchor
-    if machine.pending or (session is not None and not session.closed):
-        return rules.idle_deadline(anchor, config.idle_close_ms)
-    return rules.retention_deadline(anchor, config.retention_ms)

@@ -36,6 +36,7 @@ from typing import Any
 
 from sessionflow.config import DAY, Config
 from sessionflow.core.rejections import Reason
+from sessionflow.core.snapshot import StreamClock
 from sessionflow.errors import InputError, OutputError, UsageError
 from sessionflow.exitcodes import EXIT_OK
 from sessionflow.lake.layout import META_DIR, TABLES
@@ -51,12 +52,15 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from sessionflow.runtimes.arrow import TIMESTAMP_SOURCES
 from sessionflow.runtimes.backfill import publish, rawlines, stages
+from sessionflow.runtimes.backfill.archive import archive_files, packed_files
 from sessionflow.runtimes.backfill.lakefs import HadoopFs, InputFile, expand_inputs
 from sessionflow.runtimes.backfill.options import DateRange, add_arguments, date_range_of, inputs_of
+from sessionflow.runtimes.backfill.ranges import RangeContext, lake_sessions, renumbered, with_machine_context
 from sessionflow.runtimes.backfill.stages import (
     CONFLICT,
     DUPLICATES,
     EVENT,
+    MACHINE_NEWEST,
     REJECTION,
     SESSION,
     SESSION_PREFIX,
@@ -64,6 +68,7 @@ from sessionflow.runtimes.backfill.stages import (
     UNRESOLVED,
     Window,
 )
+from sessionflow.runtimes.backfill.submit import drop_foreign_options, load_config
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,9 @@ class BackfillReport:
     sessions: int = 0  # written
     duplicates: int | None = None  # full backfills only
     rerun_machines: int = 0  # range backfills: machines read again over all their history
+    # Range backfills: machines whose number of sessions in the range changed and that have sessions
+    # after it, whose session_number is then off by the difference (a full backfill renumbers).
+    renumber_after_range: int = 0
     partitions: dict[str, list[str]] = field(default_factory=dict)  # replaced, per table
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, where the time went
@@ -114,6 +122,7 @@ class BackfillReport:
             "sessions": self.sessions,
             "duplicates": self.duplicates,
             "rerun_machines": self.rerun_machines,
+            "renumber_after_range": self.renumber_after_range,
             "partitions": self.partitions,
             "seconds": round(self.seconds, 3),
             "phases": {name: round(seconds, 3) for name, seconds in self.phases.items()},
@@ -159,12 +168,18 @@ def backfill(
     now_ms: int | None = None,
     margin_ms: int = DAY,
     overwrite: bool = False,
+    archive: bool = False,
 ) -> BackfillReport:
-    """Re-sessionize ``inputs`` into the lake ``out``: all of it, or only the days of ``date_range``."""
+    """Re-sessionize ``inputs`` into the lake ``out``: all of it, or only the days of ``date_range``.
+    ``archive``: the inputs are the AWS runtime's raw archive (:mod:`.archive`)."""
     started = time.perf_counter()
     configure(spark)
     fs = HadoopFs(spark)
-    files = expand_inputs(fs, inputs)
+    files = everything = expand_inputs(fs, inputs)
+    if archive:
+        lo = date_range.lo - margin_ms if date_range is not None else None
+        everything = archive_files(files, None, 0, 0)
+        files = archive_files(files, lo, now_ms or int(time.time() * 1000), config.validation.max_future_skew_ms)
     if not files:
         raise InputError("no input files found")
     out_uri = fs.qualify(out).rstrip("/")
@@ -183,21 +198,35 @@ def backfill(
     phase = partial(_phase, report)
     in_range: int | None = None
     # The splits stay as they are while the job runs: a line's arrival key names it on every read.
-    with rawlines.pinned_splits(spark):
+    with rawlines.pinned_splits(spark), packed_files(spark, archive):
         try:
             refined = _refine(spark, files, config, now).persist(StorageLevel.MEMORY_AND_DISK)
             persisted.append(refined)
             with phase("read+refine"):
                 offsets = _split_offsets(spark, refined, report)
-            valid = refined.filter(F.col("kind") == EVENT).select(
-                *(name for name, _ in stages.ARRIVAL), *(name for name, _ in stages.refined_event_columns(config))
-            )
+            valid = _events(refined, config)
+            # A narrowed archive: the machines the margin does not settle are read over all of it.
+            history = _events(_refine(spark, everything, config, now), config) if everything != files else None
             with phase("sessionize"):
+                newest = valid.groupBy("machine_id").agg(F.max("timestamp").alias(MACHINE_NEWEST))
+                clock = _end_clock(newest, config)
                 if date_range is None:
-                    sessionized = _sessionize(valid, config, None).persist(StorageLevel.MEMORY_AND_DISK)
+                    sessionized = _sessionize(valid, config, None, clock).persist(StorageLevel.MEMORY_AND_DISK)
                     persisted.append(sessionized)
                 else:
-                    sessionized = _sessionize_range(spark, valid, config, date_range, margin_ms, report, persisted)
+                    sessions_before = lake_sessions(spark, fs, out_uri)
+                    context = RangeContext(newest, sessions_before, clock)
+                    sessionized = _sessionize_range(
+                        spark, valid, config, date_range, margin_ms, report, persisted, context, history
+                    )
+                    report.renumber_after_range = renumbered(sessionized, sessions_before, date_range)
+                    if report.renumber_after_range:
+                        log.warning(
+                            "%d machine(s) have another number of sessions in the range than before, and sessions "
+                            "after it: their session_number after the range is off by the difference until a "
+                            "full backfill (or a range over those days) numbers them again",
+                            report.renumber_after_range,
+                        )
                     # The range run's records: the valid ones dated in the range (its events and their copies).
                     timestamp = F.col("timestamp")
                     in_range = valid.filter((timestamp >= date_range.lo) & (timestamp < date_range.hi)).count()
@@ -253,6 +282,12 @@ def _refine(spark: SparkSession, files: list[InputFile], config: Config, now_ms:
     return rawlines.read_raw(spark, files).mapInArrow(refine, spark_schema(stages.refine_columns(config)))
 
 
+def _events(refined: DataFrame, config: Config) -> DataFrame:
+    return refined.filter(F.col("kind") == EVENT).select(
+        *(name for name, _ in stages.ARRIVAL), *(name for name, _ in stages.refined_event_columns(config))
+    )
+
+
 def _split_offsets(spark: SparkSession, refined: DataFrame, report: BackfillReport) -> DataFrame:
     """(file_index, block_start) -> lines before that split in its file: line = offset + idx + 1."""
     # One small action for both: a row per split, and a count per rejection reason.
@@ -286,11 +321,19 @@ def _split_offsets(spark: SparkSession, refined: DataFrame, report: BackfillRepo
 # -- sessionizing -----------------------------------------------------------------------------------------
 
 
-def _sessionize(valid: DataFrame, config: Config, window: Window | None) -> DataFrame:
+def _end_clock(newest: DataFrame, config: Config) -> int:
+    """The stream clock at the end of the input (the core's ``StreamClock``): the newest time the
+    ``clock_quorum`` most advanced machines reached, over every valid event read."""
+    quorum = config.session.clock_quorum
+    top = newest.orderBy(F.col(MACHINE_NEWEST).desc()).limit(quorum).collect()
+    return StreamClock().advanced(((row["machine_id"], row[MACHINE_NEWEST]) for row in top), quorum).time
+
+
+def _sessionize(valid: DataFrame, config: Config, window: Window | None, clock: int) -> DataFrame:
     # Not groupBy().applyInArrow (Spark 4 only; Glue 5.x and EMR 7.x run Spark 3.5): clustering each
     # machine's rows in a partition does the same, streams one machine at a time, and spills if it must.
     clustered = valid.repartition("machine_id").sortWithinPartitions("machine_id", *(n for n, _ in stages.ARRIVAL))
-    function = partial(stages.sessionize_partition, config=config, window=window)
+    function = partial(stages.sessionize_partition, config=config, window=window, clock=clock)
     return clustered.mapInArrow(function, spark_schema(stages.sessionize_columns(config)))
 
 
@@ -302,8 +345,11 @@ def _sessionize_range(
     margin_ms: int,
     report: BackfillReport,
     persisted: list[DataFrame],
+    context: RangeContext,
+    history: DataFrame | None = None,
 ) -> DataFrame:
-    """Each machine over the range plus a margin; the few the margin does not decide, over all history.
+    """Each machine over the range plus a margin; the few the margin does not decide, over all history
+    (``history``: every event, when ``valid`` holds only those read for the range).
 
     A session crossing into the range may have started long before it (a machine that never pauses
     for ``timeout``), and one starting on the range's last day may run past it: the margin settles
@@ -312,7 +358,8 @@ def _sessionize_range(
     read_lo, read_hi = date_range.lo - margin_ms, date_range.hi + margin_ms
     window = Window(date_range.lo, date_range.hi, read_lo, read_hi)
     near = valid.filter((F.col("timestamp") >= read_lo) & (F.col("timestamp") < read_hi))
-    first = _sessionize(near, config, window).persist(StorageLevel.MEMORY_AND_DISK)
+    near = with_machine_context(near, context, date_range.lo)
+    first = _sessionize(near, config, window, context.clock).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(first)
     unresolved = [row["machine_id"] for row in first.filter(F.col("kind") == UNRESOLVED).select("machine_id").collect()]
     report.rerun_machines = len(unresolved)
@@ -321,9 +368,10 @@ def _sessionize_range(
         return settled
     log.info("%d machines need their whole history to settle the range", len(unresolved))
     machines = spark.createDataFrame([(m,) for m in unresolved], "machine_id string")
-    history = valid.join(F.broadcast(machines), "machine_id")
+    source = history if history is not None else valid
+    history = with_machine_context(source.join(F.broadcast(machines), "machine_id"), context, date_range.lo)
     whole = Window(date_range.lo, date_range.hi, None, None)
-    second = _sessionize(history.select(*valid.columns), config, whole).persist(StorageLevel.MEMORY_AND_DISK)
+    second = _sessionize(history, config, whole, context.clock).persist(StorageLevel.MEMORY_AND_DISK)
     persisted.append(second)
     return settled.unionByName(second)
 
@@ -416,6 +464,7 @@ def run_job(args: argparse.Namespace, config: Config, spark: SparkSession) -> Ba
         now_ms=args.now,
         margin_ms=args.margin,
         overwrite=args.overwrite,
+        archive=args.archive,
     )
 
 
@@ -432,46 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if foreign:
         log.info("ignoring arguments: %s", " ".join(foreign))
     args = parser.parse_args(ours)
-    config = _load_config(args.config)
+    config = load_config(args.config)
     spark = SparkSession.builder.appName("sessionflow-backfill").getOrCreate()
     report = run_job(args, config, spark)
     sys.stdout.write(orjson.dumps(report.to_dict()).decode() + "\n")
     return EXIT_OK
-
-
-def drop_foreign_options(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
-    """Split ``argv`` into what ``parser`` knows and ``--unknown [value]`` pairs."""
-    known = set(parser._option_string_actions)
-    ours: list[str] = []
-    foreign: list[str] = []
-    tokens = iter(range(len(argv)))
-    for i in tokens:
-        token = argv[i]
-        if token.startswith("--") and token.split("=", 1)[0] not in known:
-            foreign.append(token)
-            if "=" not in token and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                foreign.append(argv[i + 1])
-                next(tokens, None)
-            continue
-        ours.append(token)
-    return ours, foreign
-
-
-def _load_config(path: str | None) -> Config:
-    """A local file, or an s3:// URI (Glue and EMR Serverless hand the job an S3 location)."""
-    if path is None:
-        return Config()
-    if "://" not in path:
-        return Config.load(path)
-    import tempfile
-    from pathlib import Path
-
-    spark = SparkSession.builder.getOrCreate()
-    text = spark.read.text(path, wholetext=True).collect()[0].value
-    with tempfile.TemporaryDirectory() as folder:
-        local = Path(folder) / "sessionflow.toml"
-        local.write_text(text, encoding="utf-8")
-        return Config.load(local)
 
 
 if __name__ == "__main__":

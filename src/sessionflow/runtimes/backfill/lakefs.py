@@ -19,6 +19,7 @@ from sessionflow.runtimes.backfill.stages import path_key
 class InputFile:
     source: str  # what rejections name as their source: the same string the embedded runner uses
     uri: str  # what Spark reads
+    archive: bool = False  # an object of the AWS runtime's raw archive (one JSON line per record)
 
 
 def has_scheme(path: str) -> bool:

@@ -98,10 +98,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ISO-8601",
         help="processing time for the future-timestamp check (default: when the job starts)",
     )
+    parser.add_argument(
+        "--last-days",
+        type=_days,
+        metavar="N",
+        help="rebuild the N days before today (UTC, by --now): what a daily scheduled job runs (0: not a range)",
+    )
+    parser.add_argument(
+        "--archive",
+        nargs="?",
+        const=True,
+        default=False,
+        type=parse_flag,
+        metavar="true|false",
+        help="the inputs are the AWS runtime's raw archive (s3://BUCKET/raw/): one JSON line per record; "
+        "with a date range only the arrival hours that can hold those days are read",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days, got {text!r}")
+    return value
+
+
 def date_range_of(args: argparse.Namespace) -> DateRange | None:
+    last_days = getattr(args, "last_days", None)
+    if last_days:
+        if args.date_from is not None or args.date_to is not None:
+            raise UsageError("--last-days goes without --from and --to")
+        now = args.now if args.now is not None else int(datetime.now(UTC).timestamp() * 1000)
+        today = datetime.fromtimestamp(now / 1000, UTC).date()
+        return DateRange(today - timedelta(days=last_days), today - timedelta(days=1))
     if args.date_from is None and args.date_to is None:
         return None
     if args.date_from is None or args.date_to is None:

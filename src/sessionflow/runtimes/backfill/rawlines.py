@@ -21,6 +21,7 @@ from pyspark.sql import functions as F  # noqa: N812 - the Spark convention
 
 from sessionflow.core.rejections import Reason
 from sessionflow.runtimes.backfill import stages
+from sessionflow.runtimes.backfill.archive import unwrap
 from sessionflow.runtimes.backfill.lakefs import InputFile
 
 _MIN_PARTITIONS = "spark.sql.files.minPartitionNum"
@@ -29,12 +30,14 @@ _MIN_PARTITIONS = "spark.sql.files.minPartitionNum"
 def read_raw(spark: SparkSession, files: list[InputFile]) -> DataFrame:
     """Every line's bytes with the file and split it came from (``raw``, ``file_path``, ``block_start``)."""
     # Split on "\n" only (Spark's default also splits on a lone "\r"), as the embedded runner does; the
-    # value stays the line's bytes once cast to binary, before anything decodes it.
+    # value stays the line's bytes once cast to binary, before anything decodes it. An archive line
+    # holds a record's bytes in base64 (``--archive``).
+    value = unwrap(F.col("value")) if any(f.archive for f in files) else F.col("value").cast("binary")
     return (
         spark.read.option("lineSep", "\n")
         .text([_glob_escape(f.uri) for f in files])
         .select(
-            F.col("value").cast("binary").alias("raw"),
+            value.alias("raw"),
             F.col("_metadata.file_path").alias("file_path"),
             F.col("_metadata.file_block_start").alias("block_start"),
         )

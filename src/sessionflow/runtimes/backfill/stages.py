@@ -9,10 +9,12 @@ Three stages, each a plain function over Arrow data so it can be tested without 
 * :func:`sessionize_partition` (``mapInArrow`` over rows hash-partitioned and sorted by machine_id,
   which also runs on Spark 3.5, unlike ``applyInArrow``): per machine, the core's dedupe (first
   arrival wins for each event_id, no horizon; a later copy of other content is a conflicting
-  duplicate, reported by its arrival key), then the core ``Sessionizer`` over its events sorted by
-  (timestamp, event_id), flushed.
+  duplicate, reported by its arrival key), each first arrival marked ``arrived_late`` in arrival
+  order (the core's ``rules.arrival_flags``), then the core ``Sessionizer`` over its events sorted
+  by (timestamp, event_id), flushed against the stream clock at the end of the input.
   For a date range it works out whether the window it was given decides the range; when it does
-  not, it says so and the driver runs that machine again over all of its history.
+  not, it says so and the driver runs that machine again over all of its history. A range's
+  sessions are numbered on from the machine's sessions in the lake before the range.
 * :func:`wanted_lines` (``mapInArrow`` over the raw lines read again, only when there are
   conflicting duplicates): the bytes of the lines with the arrival keys asked for.
 * :func:`rejection_lines` (``mapInArrow``): the core's ``rejection_row`` as one JSON line.
@@ -30,7 +32,7 @@ import orjson
 from sessionflow.config import Config, SessionConfig
 from sessionflow.core import rules
 from sessionflow.core.pipeline import LineRefiner, rejection_row
-from sessionflow.core.rejections import Reason, Rejection
+from sessionflow.core.rejections import Reason, Rejection, conflict_message
 from sessionflow.core.sessionizer import Outputs, Sessionizer
 from sessionflow.runtimes.arrow import arrow_schema
 from sessionflow.schema import SESSION_COLUMNS, Column, event_columns
@@ -56,13 +58,18 @@ ARRIVAL: tuple[Column, ...] = (("file_index", "int32"), ("block_start", "int64")
 SESSION_PREFIX = "s_"
 # A CONFLICT row's arrival key and message, apart from the events' columns (null on other rows).
 CONFLICT_COLUMNS: tuple[Column, ...] = tuple(("c_" + name, kind) for name, kind in (*ARRIVAL, ("message", "string")))
+# What the driver adds to each row of a date-range run, per machine: its newest timestamp in the
+# whole input, and how many sessions it has in the lake before the range.
+MACHINE_NEWEST = "m_newest"
+SESSIONS_BEFORE = "m_sessions_before"
+RANGE_COLUMNS: tuple[Column, ...] = ((MACHINE_NEWEST, "int64"), (SESSIONS_BEFORE, "int64"))
 # Columns that say where an event came from or are derived from another: not its content.
-_NOT_CONTENT = frozenset({*(name for name, _ in ARRIVAL), "event_date"})
+_NOT_CONTENT = frozenset({*(name for name, _ in ARRIVAL), "event_date", MACHINE_NEWEST, SESSIONS_BEFORE})
 
 
 def refined_event_columns(config: Config) -> tuple[Column, ...]:
     """What a refined event carries across the shuffle: the events table before sessionization."""
-    derived = {"event_time", "session_id", "session_seq", "ms_since_prev", "late"}
+    derived = {"event_time", "session_id", "session_seq", "ms_since_prev", "late", "arrived_late"}
     return (*(c for c in event_columns(config) if c[0] not in derived), ("event_date", "string"))
 
 
@@ -196,7 +203,7 @@ class Window:
 
 
 def sessionize_partition(
-    batches: Iterator[pa.RecordBatch], *, config: Config, window: Window | None = None
+    batches: Iterator[pa.RecordBatch], *, config: Config, window: Window | None = None, clock: int = -1
 ) -> Iterator[pa.RecordBatch]:
     """Rows clustered by machine_id (each machine's rows together, in any order) -> sessionized rows.
 
@@ -213,14 +220,14 @@ def sessionize_partition(
             machine_id = event["machine_id"]
             if machine_id != current:
                 if events:
-                    ready.extend(sessionize_machine(events, config=config, window=window))
+                    ready.extend(sessionize_machine(events, config=config, window=window, clock=clock))
                 current, events = machine_id, []
             events.append(event)
         if len(ready) >= _OUTPUT_BATCH_ROWS:
             yield _batch(ready, schema, names)
             ready = []
     if events:
-        ready.extend(sessionize_machine(events, config=config, window=window))
+        ready.extend(sessionize_machine(events, config=config, window=window, clock=clock))
     if ready:
         yield _batch(ready, schema, names)
 
@@ -229,7 +236,7 @@ _OUTPUT_BATCH_ROWS = 10_000
 
 
 def sessionize_machine(
-    events: list[dict[str, Any]], *, config: Config, window: Window | None = None
+    events: list[dict[str, Any]], *, config: Config, window: Window | None = None, clock: int = -1
 ) -> list[dict[str, Any]]:
     """All of one machine's refined events (any order) -> its events and sessions, as the core decides.
 
@@ -238,11 +245,21 @@ def sessionize_machine(
     whole-history run adds one DUPLICATES row for a machine whose identical copies it dropped, with
     their number, and a CONFLICT row per copy of other content (a range run writes no rejections:
     its conflicting copies are among the copies it drops).
+
+    ``clock``: the stream clock at the end of the whole input, what the sessions still open at the
+    end are closed against. A range run's rows carry ``RANGE_COLUMNS``: a machine with events after
+    what was read has a next event for its last session (its newest timestamp stands in for the
+    clock when later), and its sessions are numbered on from its sessions before the range.
     """
     if not events:
         return []
     unique, conflicts = _first_arrivals(events)
+    flags = rules.arrival_flags([e["machine_id"] for e in unique], [e["timestamp"] for e in unique], {})
+    for event, flag in zip(unique, flags, strict=True):
+        event["arrived_late"] = flag
     unique.sort(key=lambda e: (e["timestamp"], e["event_id"]))
+    newest = unique[0].get(MACHINE_NEWEST)
+    end = clock if newest is None else max(clock, newest)
     start = 0
     machine_id = unique[0]["machine_id"]
     if window is not None:
@@ -257,14 +274,20 @@ def sessionize_machine(
     out = Outputs()
     sessionizer = Sessionizer(config.session)
     sessionizer.process(unique[start:], out)
-    sessionizer.flush(out)
+    sessionizer.flush(out, end)
     sessions = out.sessions
     released = out.events
     if window is not None:
-        if not _range_sessions_complete(sessions, window, config.session):
+        later = newest is not None and window.read_hi is not None and newest >= window.read_hi
+        if not _range_sessions_complete(sessions, window, config.session, later):
             return [{"kind": UNRESOLVED, "machine_id": machine_id}]
         released = [e for e in released if window.lo <= e["timestamp"] < window.hi]
+        before = sum(1 for s in sessions if s["start_ts"] < window.lo)
         sessions = [s for s in sessions if window.lo <= s["start_ts"] < window.hi]
+        # Numbered on from the lake's sessions before the range, which the run leaves as they are.
+        shift = int(unique[0].get(SESSIONS_BEFORE) or 0) - before
+        for summary in sessions:
+            summary["session_number"] += shift
     rows: list[dict[str, Any]] = []
     for event in released:
         event["kind"] = EVENT
@@ -283,11 +306,8 @@ def sessionize_machine(
 
 
 def _conflict_row(copy: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    # The embedded runner's message (runtimes/local/batch.py), so both lakes say the same.
-    message = (
-        f"event {copy['event_id']!r} of machine {copy['machine_id']!r} arrived before with other "
-        f"{', '.join(fields)}; the first arrival is kept"
-    )
+    # The embedded runner's message, so both lakes say the same.
+    message = conflict_message(copy["machine_id"], copy["event_id"], fields)
     row = {"kind": CONFLICT, "machine_id": copy["machine_id"], "event_id": copy["event_id"], "c_message": message}
     row.update({"c_" + name: copy[name] for name, _ in ARRIVAL})
     return row
@@ -354,12 +374,15 @@ def _last_certain_start(
     return None
 
 
-def _range_sessions_complete(sessions: list[dict[str, Any]], window: Window, config: SessionConfig) -> bool:
+def _range_sessions_complete(
+    sessions: list[dict[str, Any]], window: Window, config: SessionConfig, later: bool = False
+) -> bool:
     """Are the summaries of the sessions starting before ``window.hi`` final?
 
     The last one is final if a later session started inside what was read, or if no event after
     what was read could still join it (``rules.gap_splits`` or ``rules.duration_splits`` already
-    at the earliest such event).
+    at the earliest such event). ``later``: the machine has events after what was read; then its
+    next one says why the last session ended, which only a gap over the timeout settles unread.
     """
     last_in = None
     for position, summary in enumerate(sessions):
@@ -371,6 +394,8 @@ def _range_sessions_complete(sessions: list[dict[str, Any]], window: Window, con
     # An event not read is at ``read_hi`` at the earliest: the smallest gap and span it could make.
     if rules.gap_splits(window.read_hi - last["end_ts"], config.timeout_ms):
         return True
+    if later:
+        return False
     limit = config.max_session_duration_ms
     return rules.duration_splits(window.read_hi - last["start_ts"], rules.NO_LIMIT if limit is None else limit)
 

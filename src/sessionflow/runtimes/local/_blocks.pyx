@@ -153,10 +153,13 @@ cdef class Placements(Placer):
     cdef public object batch
     cdef public Py_ssize_t remaining
     cdef Py_ssize_t rows
-    # The block's user_id and app_version (None: a column the events do not have): read only for a
-    # session's first values, so decoded only then, not for every row.
+    # The block's user_id, app_version and os (None: a column the events do not have): read only
+    # for a session's first values, so decoded only then, not for every row; document ids, read for
+    # every row placed, dictionary-encoded (one str per distinct value).
     cdef _Strings users
     cdef _Strings versions
+    cdef _Strings systems
+    cdef _Repeating documents
     cdef int32_t* seqs  # 0: not placed (a duplicate, or still buffered); -1: late
     cdef int64_t* sinces  # -1: none (first event of its session)
     # Session ids are copied as UTF-8 when a row is placed, while the string is in the CPU's cache:
@@ -219,6 +222,12 @@ cdef class Placements(Placer):
 
     cdef object app_version(self, Py_ssize_t row):
         return self.versions.get(row) if self.versions is not None else None
+
+    cdef object os(self, Py_ssize_t row):
+        return self.systems.get(row) if self.systems is not None else None
+
+    cdef object document_id(self, Py_ssize_t row):
+        return self.documents.get(row) if self.documents is not None else None
 
     def placed(self, Py_ssize_t row):
         """``(session_id, seq, since)`` of a row; seq 0: not placed, None: late (for tests)."""
@@ -302,16 +311,23 @@ cdef class Placements(Placer):
 
 
 def process_block(NativeSessionizer sessionizer, timestamps, event_ids, machine_ids, event_types, user_ids,
-              app_versions, Placements placements, out):
+              app_versions, systems, documents, arrived_late, Placements placements, out):
     """One block's key columns as Arrow arrays, in arrival order: timestamps int64; event ids,
-    user ids and app versions strings; machine ids and event types dictionary-encoded strings
-    (user ids and app versions may be None: a column the events do not have).
+    user ids, app versions and os strings; machine ids, event types and document ids
+    dictionary-encoded strings; ``arrived_late`` booleans, what the runtime found in arrival order
+    (user ids, app versions, os, document ids and ``arrived_late`` may be None: a column the events
+    do not have).
 
     Row ``i`` is placed (or marked late) in ``placements`` by ``sessionizer``; a duplicate goes to
     ``out.duplicate`` as ``(placements, i)``.
     """
-    cdef Py_ssize_t i, n = len(timestamps)
+    cdef Py_ssize_t i, j, n = len(timestamps)
     cdef Py_buffer ts_view
+    cdef Py_buffer late_view
+    cdef bint has_late = False
+    cdef const unsigned char* late_bits = NULL
+    cdef Py_ssize_t late_offset = 0
+    cdef bint late
     cdef const int64_t* ts
     cdef Py_ssize_t ts_offset = timestamps.offset
     cdef _Strings ids = _Strings(event_ids)
@@ -319,9 +335,13 @@ def process_block(NativeSessionizer sessionizer, timestamps, event_ids, machine_
     cdef _Repeating types = _Repeating(event_types)
     placements.users = _Strings(user_ids) if user_ids is not None else None
     placements.versions = _Strings(app_versions) if app_versions is not None else None
-    for column in (event_ids, machine_ids, event_types, user_ids, app_versions):
+    placements.systems = _Strings(systems) if systems is not None else None
+    placements.documents = _Repeating(documents) if documents is not None else None
+    for column in (event_ids, machine_ids, event_types, user_ids, app_versions, systems, documents, arrived_late):
         if column is not None and len(column) != n:
             raise ValueError("the key columns of a block differ in length")
+    if arrived_late is not None and (str(arrived_late.type) != "bool" or arrived_late.null_count):
+        raise TypeError("arrived_late must be a boolean column without nulls")
     if placements.rows != n:
         raise ValueError("the placements are not the block's")
     if str(timestamps.type) != "int64":
@@ -332,15 +352,29 @@ def process_block(NativeSessionizer sessionizer, timestamps, event_ids, machine_
         return
     PyObject_GetBuffer(timestamps.buffers()[1], &ts_view, PyBUF_SIMPLE)
     try:
+        if arrived_late is not None:
+            PyObject_GetBuffer(arrived_late.buffers()[1], &late_view, PyBUF_SIMPLE)
+            has_late = True
+            late_offset = arrived_late.offset
+            if late_view.len < (late_offset + n + 7) // 8:
+                raise ValueError("the arrived_late buffer is shorter than the array")
+            late_bits = <const unsigned char*>late_view.buf
         if ts_view.len < 8 * (ts_offset + n):
             raise ValueError("the timestamp buffer is shorter than the array")
         ts = (<const int64_t*>ts_view.buf) + ts_offset
         for i in range(n):
+            late = False
+            if has_late:
+                j = i + late_offset
+                late = (late_bits[j >> 3] >> (j & 7)) & 1
             sessionizer._process(
-                PyLong_FromLongLong(ts[i]), ids.get(i), mids.get(i), types.get(i), None, None, placements, i, out
+                PyLong_FromLongLong(ts[i]), ids.get(i), mids.get(i), types.get(i), None, None, None, None, late,
+                placements, i, out,
             )
     finally:
         PyBuffer_Release(&ts_view)
+        if has_late:
+            PyBuffer_Release(&late_view)
 
 
 # -- refined events to columns ----------------------------------------------------------------------

@@ -8,6 +8,12 @@ sort puts it; it runs the same rules (``core/rules.py``) as every other runtime.
 Dedupe: the first arrival of an ``(machine_id, event_id)`` wins. Later copies with the same content
 sort next to it (same timestamp, same key) and the sessionizer drops them as duplicates; a later
 copy whose content differs is rejected as ``conflicting_duplicate``, with its raw bytes.
+
+Sorting loses the arrival order, so before it each event gets ``arrived_late`` in arrival order
+(:func:`with_arrival`, the core's ``rules.arrival_flags``), which the sessionizer counts in each
+session's ``late_placed``. The sessions still open at the end are closed against the stream clock
+at the end of the run's input (``clock``, from every block's leaders: ``engine.block_leaders``),
+not against a bucket's own clock, so a session's ``close_reason`` does not depend on its bucket.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sessionflow.config import Config
-from sessionflow.core import Reason, Rejection, rejection_row
-from sessionflow.core.native import new_sessionizer
+from sessionflow.core import Reason, Rejection, Snapshot, rejection_row, rules
+from sessionflow.core.native import sessionizer_class
+from sessionflow.core.rejections import conflict_message
 from sessionflow.lake.writer import LakeWriter, sessions_table
+from sessionflow.runtimes.local.columnar import ARRIVED_LATE
 from sessionflow.runtimes.local.engine import INTERNAL_COLUMNS, LINE, Assembler, Block, Engine
 from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source
@@ -105,21 +113,19 @@ class BatchRun:
         rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for conflict in self.conflicts:
             source = self.sources[conflict.source]
-            message = (
-                f"event {conflict.event_id!r} of machine {conflict.machine_id!r} arrived before with other "
-                f"{', '.join(conflict.fields)}; the first arrival is kept"
-            )
+            message = conflict_message(conflict.machine_id, conflict.event_id, conflict.fields)
             data = raw[conflict.source].get(conflict.line, b"")
             rows[conflict.source].append(
                 rejection_row(Rejection(Reason.CONFLICTING_DUPLICATE, message, data), source.name, conflict.line)
             )
         return rows
 
-    def sessionize_all(self, engine: Engine, run: int, lake: Path) -> BucketResult:
+    def sessionize_all(self, engine: Engine, run: int, lake: Path, clock: int | None) -> BucketResult:
         """Every bucket sorted, sessionized and written, in the engine's worker processes (a batch
-        run with nothing to place among: no ``--state`` lake to read)."""
+        run with nothing to place among: no ``--state`` lake to read). ``clock``: the stream clock
+        at the end of the input (None: none yet)."""
         total = BucketResult()
-        jobs = [(path, part, self.config, str(lake), run) for part, path in self.spill.files()]
+        jobs = [(path, part, self.config, str(lake), run, clock) for part, path in self.spill.files()]
         for result in engine.map(sessionize_bucket, jobs):
             total.add(result)
         self.conflicts.extend(total.conflicts)
@@ -202,9 +208,32 @@ def in_order(table: pa.Table) -> Iterator[pa.RecordBatch]:
         yield from block.to_batches()
 
 
-def sessionize(table: pa.Table, config: Config, assembler: Assembler, feed: Feed) -> None:
-    """Events of whole machines, in time order, through a fresh sessionizer, flushed at the end."""
-    sessionizer = new_sessionizer(config.session)
+def with_arrival(table: pa.Table, newest: dict[str, int] | None = None) -> pa.Table:
+    """Events in arrival order, with ``arrived_late`` (``rules.arrival_flags``); ``newest``: each
+    machine's newest timestamp before them (the lake's, for an incremental run)."""
+    # Machines by their dictionary index: small integers are cheaper to hand over than strings.
+    machines = pc.dictionary_encode(table.column("machine_id")).combine_chunks()
+    names = machines.dictionary.to_pylist()
+    position = {name: index for index, name in enumerate(names)}
+    seed = {position[name]: ts for name, ts in (newest or {}).items() if name in position}
+    flags = rules.arrival_flags(machines.indices.to_pylist(), table.column("timestamp").to_pylist(), seed)
+    return table.append_column(pa.field(ARRIVED_LATE, pa.bool_()), pa.array(flags, pa.bool_()))
+
+
+def sessionize(
+    table: pa.Table,
+    config: Config,
+    assembler: Assembler,
+    feed: Feed,
+    *,
+    clock: int | None = None,
+    before: dict[str, int] | None = None,
+) -> None:
+    """Events of whole machines (with ``arrived_late``), in time order, through a fresh sessionizer,
+    flushed at the end: the sessions still open are closed against ``clock``, the stream clock at
+    the end of the input (None: none yet). ``before``: how many sessions each machine has before
+    these events (its next one is numbered from there)."""
+    sessionizer = sessionizer_class().restore(config.session, Snapshot(forgotten=before or {}))
     names = [name for name in table.schema.names if name not in _DROPPED]
     for batch in in_order(table):
         keys = None
@@ -212,7 +241,7 @@ def sessionize(table: pa.Table, config: Config, assembler: Assembler, feed: Feed
             rows = batch.num_rows
             keys = [batch.column(name).to_pylist() if name in names else [None] * rows for name in KEY_COLUMNS]
         assembler.feed(Block("", 0, 0, 0, 0, Counter(), [], batch, keys), sessionizer)
-    sessionizer.flush(assembler)
+    sessionizer.flush(assembler, -1 if clock is None else clock)
     assembler.finish(sessionizer)
 
 
@@ -271,7 +300,6 @@ class BucketResult:
     duplicates: int = 0
     sessions: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
-    newest: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: BucketResult) -> None:
         self.files.extend(other.files)
@@ -280,19 +308,17 @@ class BucketResult:
         self.duplicates += other.duplicates
         self.sessions += other.sessions
         self.conflicts.extend(other.conflicts)
-        self.newest.update(other.newest)  # buckets hold whole machines: no machine twice
 
 
-def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int) -> BucketResult:
+def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int, clock: int | None) -> BucketResult:
     """Runs in a worker: one spilled bucket -> its own Parquet files in the run's staging folder."""
     table = read_bucket(path)
     result = BucketResult()
-    table = without_conflicts(table, result.conflicts)
-    result.newest = newest_per_machine(table)
+    table = with_arrival(without_conflicts(table, result.conflicts))
     writer = LakeWriter(Path(lake), config, run, part=part + 1)
     assembler = Assembler(writer.events.add_table, writer.sessions.add_table)
     try:
-        sessionize(table, config, assembler, sessionizing())
+        sessionize(table, config, assembler, sessionizing(), clock=clock)
         writer.write([], assembler.sessions, [])
         result.files = writer.close()
     except BaseException:
@@ -307,9 +333,3 @@ def sessionize_bucket(path: str, part: int, config: Config, lake: str, run: int)
         tally.sessions,
     )
     return result
-
-
-def newest_per_machine(table: pa.Table) -> dict[str, int]:
-    """Each machine's newest timestamp (for the stream clock)."""
-    newest = table.group_by("machine_id").aggregate([("timestamp", "max")])
-    return dict(zip(newest.column("machine_id").to_pylist(), newest.column("timestamp_max").to_pylist(), strict=True))

@@ -24,12 +24,13 @@ from sessionflow.runtimes.arrow import arrow_schema
 from sessionflow.schema import EVENT_PARTITION, SESSION_COLUMNS, SESSION_PARTITION, event_columns
 
 SESSION_FIELDS = ("session_id", "session_seq", "ms_since_prev", "late")
+ARRIVED_LATE = "arrived_late"  # the batch run's column: what arrival order said (runtimes/local/batch.py)
 
 
 def refined_schema(config: Config) -> pa.Schema:
-    """The events schema without the sessionizer's columns, plus the partition column."""
+    """The events schema without the sessionizer's columns and ``arrived_late``, plus the partition column."""
     schema = arrow_schema(event_columns(config))
-    for name in SESSION_FIELDS:
+    for name in (*SESSION_FIELDS, ARRIVED_LATE):
         schema = schema.remove(schema.get_field_index(name))
     return schema.append(pa.field(EVENT_PARTITION, pa.string()))
 

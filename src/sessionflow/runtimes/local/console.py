@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -119,18 +120,19 @@ def summary_table(report: RunReport, lake: Path, config: Config | None = None) -
     if pending:
         table.add_row("buffered in state", f"{pending:,}")
     table.add_row("seconds", f"{report.seconds:.2f}")
-    table.add_row("records/s", f"{report.events_per_second:,.0f}")
+    table.add_row("records/s", f"{report.records_per_second:,.0f}")
     return table
 
 
 # What the demo writes in its folder; an existing one is replaced only with --force.
-DEMO_FILES = ("sessionflow.toml", "events.jsonl.gz", "lake")
+DEMO_FILES = ("sessionflow.toml", "events.jsonl.gz", "lake", "report.html")
 
 
 def demo(folder: Path, *, events: int, machines: int, force: bool = False) -> int:
-    """The first command a newcomer runs: a config, a feed, a lake, and what is in it."""
+    """The first command a newcomer runs: a config, a feed, a lake, what is in it, and its report."""
     from sessionflow.config import EXAMPLE_CONFIG
     from sessionflow.errors import OutputError, UsageError
+    from sessionflow.report.commands import write_report
     from sessionflow.synthetic import FeedShape, write_feed
 
     console = Console(stderr=True)
@@ -154,37 +156,39 @@ def demo(folder: Path, *, events: int, machines: int, force: bool = False) -> in
     lake = folder / "lake"
     report = run([str(feed)], lake, Config.load(config_path), overwrite=True)
     console.print(summary_table(report, lake))
-    console.print(_lake_tour(lake))
-    console.print(
-        "\nExplore it with DuckDB, for example:\n"
-        f"  duckdb -c \"SELECT event_type, count(*) FROM read_parquet('{lake}/events/*/*.parquet', "
-        'hive_partitioning=true) GROUP BY ALL ORDER BY 2 DESC"\n'
-        f"Run it yourself:  sessionflow run {feed} --out {lake} --config {config_path} --overwrite"
-    )
+    page = write_report(lake, folder / "report.html", command=shlex.join(["sessionflow", "report", str(lake)])).path
+    console.print(lake_tour(lake))
+    # Commands as they are typed: whole lines, never wrapped to the terminal's width (a log keeps them so).
+    lines = [
+        "",
+        "Explore it with SQL (DuckDB, installed with sessionflow), for example:",
+        "  " + shlex.join(["sessionflow", "query", str(lake), QUERY_EXAMPLE]),
+        "Run it yourself:",
+        "  "
+        + shlex.join(
+            ["sessionflow", "run", str(feed), "--out", str(lake), "--config", str(config_path), "--overwrite"]
+        ),
+        "The report (charts of what is in the lake; open it in a browser):",
+        f"  {page}",
+    ]
+    sys.stderr.write("\n".join(lines) + "\n")
     return EXIT_OK
 
 
-def _lake_tour(lake: Path) -> Table:
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+QUERY_EXAMPLE = "SELECT event_type, count(*) AS events FROM events GROUP BY ALL ORDER BY 2 DESC"
 
-    sessions = ds.dataset(lake / "sessions", format="parquet", partitioning="hive").to_table(
-        columns=["duration_ms", "event_count", "first_event_type"]
-    )
-    events = ds.dataset(lake / "events", format="parquet", partitioning="hive").to_table(
-        columns=["event_type", "event_date"]
-    )
+
+def lake_tour(lake: Path) -> Table:
+    """What is in a lake, as the report's headline says it (any lake: ``sessionflow report`` prints it too)."""
+    from sessionflow.report import figures
+    from sessionflow.report.lake_db import open_lake
+
+    db, _ = open_lake(lake)
+    figures.select_days(db, None, None)
     table = Table(title="what is in the lake", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("days", f"{len(pc.unique(events['event_date'])):,}")
-    table.add_row("sessions", f"{sessions.num_rows:,}")
-    if sessions.num_rows:
-        table.add_row("median session minutes", f"{pc.approximate_median(sessions['duration_ms']).as_py() / 60000:.1f}")
-        table.add_row("mean events per session", f"{pc.mean(sessions['event_count']).as_py():.1f}")
-    counts = (
-        events.group_by("event_type").aggregate([("event_type", "count")]).sort_by([("event_type_count", "descending")])
-    )
-    for row in counts.slice(0, 6).to_pylist():
-        table.add_row(f"  {row['event_type']}", f"{row['event_type_count']:,}")
+    table.add_column()
+    for label, value, detail in figures.headline(db):
+        table.add_row(label, value, detail)
     return table

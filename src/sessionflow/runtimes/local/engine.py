@@ -62,17 +62,35 @@ class Block:
     keys: list[list[Any]] | None  # KEY_COLUMNS as Python lists, for the record feed only (feeds.py)
     # Rows per spill bucket, the rows ordered by bucket (refine_block); None: one bucket.
     bucket_rows: list[int] | None = None
+    # The block's most advanced machines, (machine_id, newest timestamp), at most clock_quorum of
+    # them: all a run needs of a block for the stream clock at its end (see block_leaders).
+    leaders: list[tuple[str, int]] | None = None
 
 
 # -- worker side ---------------------------------------------------------------------------------
 
-_worker: tuple[Pipeline, pa.Schema, Feed] | None = None
+_worker: tuple[Pipeline, pa.Schema, Feed, int] | None = None
 
 
 def _init_worker(config: Config, now_ms: int, feed: Feed) -> None:
     global _worker  # noqa: PLW0603 - one pipeline per worker process, built once
     gc.disable()  # refining allocates millions of short-lived containers and no cycles
-    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), feed)
+    _worker = (Pipeline(config, now_ms, enrich=False), refined_schema(config), feed, config.session.clock_quorum)
+
+
+def block_leaders(batch: pa.RecordBatch, quorum: int) -> list[tuple[str, int]]:
+    """The ``quorum`` machines of ``batch`` with the newest timestamps, with them.
+
+    The stream clock is the ``quorum``-th newest of the machines' newest timestamps: a machine
+    among the ``quorum`` newest over a whole input is among the ``quorum`` newest of the block that
+    holds its newest event, so the blocks' leaders are all the clock needs.
+    """
+    if batch.num_rows == 0:
+        return []
+    newest = pa.table([batch.column("machine_id"), batch.column("timestamp")], names=["machine_id", "timestamp"])
+    newest = newest.group_by("machine_id").aggregate([("timestamp", "max")])
+    top = newest.take(pc.select_k_unstable(newest, quorum, [("timestamp_max", "descending")]))
+    return list(zip(top.column("machine_id").to_pylist(), top.column("timestamp_max").to_pylist(), strict=True))
 
 
 def _init_pool_worker(config: Config, now_ms: int, feed: Feed, run_pid: int) -> None:
@@ -167,7 +185,7 @@ def refine_block(chunk: bytes, source: str, first_line: int, buckets: int = 1) -
     arrival order kept within each), and the parts say how many fall in each: the run's process
     only slices them (runtimes/local/spill.py)."""
     assert _worker is not None
-    pipeline, schema, feed = _worker
+    pipeline, schema, feed, quorum = _worker
     lines = chunk.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
@@ -195,10 +213,11 @@ def refine_block(chunk: bytes, source: str, first_line: int, buckets: int = 1) -
         found = pc.value_counts(bucket)
         sizes = dict(zip(found.field("values").to_pylist(), found.field("counts").to_pylist(), strict=True))
         counts = [sizes.get(number, 0) for number in range(buckets)]
+    leaders = block_leaders(batch, quorum)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as stream:
         stream.write_batch(batch)
-    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), counts
+    return len(lines), refined.blank, refined.rejected, refined.rejections, sink.getvalue(), counts, leaders
 
 
 def _call(work: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
@@ -208,12 +227,12 @@ def _call(work: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
 
 def _block(parts: tuple[Any, ...], source: str, first_line: int) -> Block:
     """``parts`` of a block a worker numbered from line 1, renumbered from ``first_line``."""
-    lines, blank, rejected, rejections, ipc, counts = parts
+    lines, blank, rejected, rejections, ipc, counts, leaders = parts
     if first_line != 1:
         for row in rejections:
             row["line"] += first_line - 1
     batch = pa.ipc.open_stream(ipc).read_next_batch()
-    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, None, counts)
+    return Block(source, first_line, lines, lines - blank, blank, rejected, rejections, batch, None, counts, leaders)
 
 
 # -- main side -----------------------------------------------------------------------------------
@@ -355,7 +374,10 @@ class Assembler:
         sessionizer.end_batch(self)
         self._finish_ready(sessionizer)
 
-    def release(self, payload: Any, session_id: str | None, seq: int | None, since: int | None) -> None:
+    def release(
+        self, payload: Any, session_id: str | None, seq: int | None, since: int | None, arrived_late: bool
+    ) -> None:
+        # ``arrived_late`` is the block's own column already (the batch run's, runtimes/local/batch.py).
         holder, row = payload  # a row of a block (the record feed's handle)
         holder.session_ids[row] = session_id
         holder.seqs[row] = seq

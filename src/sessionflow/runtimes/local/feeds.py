@@ -27,7 +27,19 @@ from sessionflow.core.native import compiled
 if TYPE_CHECKING:
     from sessionflow.runtimes.local.engine import Assembler, Block
 
-KEY_COLUMNS = ("timestamp", "event_id", "machine_id", "event_type", "user_id", "app_version")
+# What the sessionizer reads of a block (the core's Record fields); ``arrived_late`` is the batch
+# run's own column (runtimes/local/batch.py: what arrival order said, the block being sorted).
+KEY_COLUMNS = (
+    "timestamp",
+    "event_id",
+    "machine_id",
+    "event_type",
+    "user_id",
+    "app_version",
+    "os",
+    "document_id",
+    "arrived_late",
+)
 
 
 class Feed(Protocol):
@@ -103,9 +115,12 @@ class _BlockFeed:
         batch = block.batch
         names = batch.schema.names
         columns: list[Any] = [batch.column(name) if name in names else None for name in KEY_COLUMNS]
-        # Machine ids and event types, read for every row: one object per value (in C++), each
-        # hashed once per block. User ids and app versions are read only for a session's first.
+        # Machine ids, event types and document ids, read for every row: one object per value (in
+        # C++), each hashed once per block. User ids, app versions and os are read only for a
+        # session's first.
         columns[2:4] = [pc.dictionary_encode(column) for column in columns[2:4]]
+        if columns[7] is not None:
+            columns[7] = pc.dictionary_encode(columns[7])
         holder = blocks.Placements(batch)
         blocks.process_block(sessionizer, *columns, holder, out)
         return holder

@@ -13,13 +13,16 @@ the run, in the run's process, its rows handed to the buckets in files:
    clock less ``restate_horizon`` is set apart, to be written late. Each machine's earliest event
    to place.
 4. **The region** (the run): the lake's sessions and events from each machine's cut on
-   (:func:`.restate.cuts`), read a block at a time.
-5. **Place** (workers): the new events and the bucket's region sessionized together: the rows that
-   changed, and the new ones, into Arrow files, which the run's process writes to the lake's
-   files (each file one ``output.file_span`` of time of every bucket: a later restatement
-   rewrites few files).
-6. The lake files holding changed rows are rewritten without them, a block at a time
-   (:func:`.restate.rewrite`), and the index gets the run's events: both in the run's commit.
+   (:func:`.restate.cuts`), read a block at a time; each machine's newest event in the lake (for
+   ``arrived_late``) and how many sessions it has before its cut (for their numbers).
+5. **Place** (workers): the bucket's events flagged ``arrived_late`` in arrival order, then the
+   new events and the bucket's region sessionized together (open sessions closed against the
+   stream clock at the end of the run's input): the rows that changed, and the new ones, into
+   Arrow files, which the run's process writes to the lake's files (each file one
+   ``output.file_span`` of time of every bucket: a later restatement rewrites few files).
+6. The lake's sessions left ``end_of_input`` that the run did not sessionize again are settled
+   (:mod:`.open_ends`); the lake files holding changed rows are rewritten without them, a block at
+   a time (:func:`.restate.rewrite`), and the index gets the run's events: both in the run's commit.
 
 Memory follows one bucket per worker, and a block of rows in the run's process.
 """
@@ -44,15 +47,16 @@ from sessionflow.runtimes.local.batch import (
     BatchRun,
     Captured,
     Conflict,
-    newest_per_machine,
     sessionize,
     sort_events,
     split_copies,
+    with_arrival,
     without_conflicts,
 )
-from sessionflow.runtimes.local.columnar import refined_schema
+from sessionflow.runtimes.local.columnar import ARRIVED_LATE, refined_schema
 from sessionflow.runtimes.local.engine import Engine
 from sessionflow.runtimes.local.feeds import sessionizing
+from sessionflow.runtimes.local.open_ends import settle_open_ends
 from sessionflow.runtimes.local.parts import PartFiles, by_bucket, dump, read_all
 from sessionflow.runtimes.local.restate import (
     FILE,
@@ -87,6 +91,7 @@ class Plan:
     config: Config
     run: int
     placed_from: int | None  # events before this are written late (None: no clock yet)
+    end_clock: int | None  # the stream clock at the end of the run's input: open sessions close against it
     files: LakeFiles  # the lake's files before the run
     index: dict[str, str]  # event day -> its event-id index file
 
@@ -110,7 +115,9 @@ class Screened:
     path: str | None  # the events to place and to write late; None: nothing left
     machines: list[str] = field(default_factory=list)  # with events to place, and the earliest of each
     firsts: list[int] = field(default_factory=list)
-    newest: dict[str, int] = field(default_factory=dict)
+    # With events too old to place, and the earliest of each: their lake's newest event is read.
+    old_machines: list[str] = field(default_factory=list)
+    old_firsts: list[int] = field(default_factory=list)
     duplicates: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
     ids: pa.Table | None = None  # hash, part, day of every event the bucket writes
@@ -186,17 +193,16 @@ def screen(path: str, hashes: pa.Array, copies: list[str], number: int, plan: Pl
     # The lake's copy is the first arrival: new events are held to it first, then to each other.
     table, result.duplicates = split_copies(table, read_all(copies), result.conflicts)
     table = without_conflicts(table, result.conflicts)
-    result.newest = newest_per_machine(table)
+    # In arrival order still (arrived_late is judged in it, once the lake's newest are known).
     late = pa.array([False] * table.num_rows, pa.bool_())
     if plan.placed_from is not None:
         too_old = pc.less(table.column("timestamp"), plan.placed_from)
         if pc.any(too_old).as_py():
-            old, duplicates = first_copies(table.filter(too_old))
-            result.duplicates += duplicates
-            table = pa.concat_tables([table.filter(pc.invert(too_old)), old])
-            late = pa.concat_arrays(
-                [pa.array([False] * (table.num_rows - old.num_rows), pa.bool_()), pa.array([True] * old.num_rows)]
-            )
+            keep, result.duplicates = first_copies(table, too_old)
+            table, late = table.filter(keep), too_old.filter(keep)
+            old = table.filter(late).group_by("machine_id").aggregate([("timestamp", "min")])
+            result.old_machines = old.column("machine_id").to_pylist()
+            result.old_firsts = old.column("timestamp_min").to_pylist()
     result.ids = pa.table(
         {
             "hash": table.column(_HASH),
@@ -219,12 +225,35 @@ def screen(path: str, hashes: pa.Array, copies: list[str], number: int, plan: Pl
 # -- 4. the region (the run) -------------------------------------------------------------------------------
 
 
-def read_region(plan: Plan, screened: list[Screened]) -> dict[int, tuple[list[str], list[str]]]:
+@dataclass
+class Region:
+    """A bucket's share of the lake, read by the run for its worker."""
+
+    events: list[str] = field(default_factory=list)  # Arrow files of its events from the cuts on
+    sessions: list[str] = field(default_factory=list)  # and of its sessions
+    newest: dict[str, int] = field(default_factory=dict)  # each machine's newest event in the lake
+    before: dict[str, int] = field(default_factory=dict)  # how many sessions each has before its cut
+
+
+@dataclass
+class Regions:
+    """Every bucket's region, and what :func:`.open_ends.settle_open_ends` must know."""
+
+    buckets: dict[int, Region] = field(default_factory=dict)
+    placed_machines: set[str] = field(default_factory=set)  # machines with events placed
+    region_sessions: set[str] = field(default_factory=set)  # lake sessions sessionized again
+
+
+def read_region(plan: Plan, screened: list[Screened]) -> Regions:
     """For each bucket, files of the lake's events and sessions from its machines' cuts on (each
-    row with its file), read once for the run: bucket -> (event files, session files)."""
+    row with its file), each machine's newest event in the lake and its sessions before the cut,
+    read once for the run."""
+    found = Regions({s.number: Region() for s in screened if s.path is not None})
+    _newest_of_old(plan, screened, found)
     machines = pa.array([m for s in screened for m in s.machines], pa.string())
     if len(machines) == 0:
-        return {}
+        return found
+    found.placed_machines.update(machines.to_pylist())
     numbers = pa.array([s.number for s in screened for _ in s.machines], pa.int64())
     firsts = pa.table({"machine_id": machines, "first": pa.array([f for s in screened for f in s.firsts], pa.int64())})
     lake = Path(plan.lake)
@@ -249,6 +278,7 @@ def read_region(plan: Plan, screened: list[Screened]) -> dict[int, tuple[list[st
             sessions = sessions.filter(
                 pc.greater_equal(sessions.column("start_ts"), per_machine(sessions, machines, cut))
             )
+            found.region_sessions.update(sessions.column("session_id").to_pylist())
             for number, part in by_bucket(sessions, machines, numbers):
                 sessions_out.write(number, part)
         expression = pc.field("machine_id").isin(machines) & (pc.field("timestamp") >= lowest) & ~pc.field("late")
@@ -256,22 +286,69 @@ def read_region(plan: Plan, screened: list[Screened]) -> dict[int, tuple[list[st
             rows = rows.filter(pc.greater_equal(rows.column("timestamp"), per_machine(rows, machines, cut)))
             for number, part in by_bucket(rows, machines, numbers):
                 events_out.write(number, part)
+                _take_newest(found.buckets[number].newest, part)
     finally:
         event_files, session_files = events_out.close(), sessions_out.close()
-    return {
-        s.number: (event_files.get(s.number, []), session_files.get(s.number, []))
-        for s in screened
-        if s.path is not None
-    }
+    for number, region in found.buckets.items():
+        region.events, region.sessions = event_files.get(number, []), session_files.get(number, [])
+    for number, counts in _sessions_before(plan, machines, numbers, cut).items():
+        found.buckets[number].before = counts
+    return found
+
+
+def _take_newest(newest: dict[str, int], rows: pa.Table) -> None:
+    """Each machine's newest timestamp in ``rows`` taken into ``newest``."""
+    found = rows.group_by("machine_id").aggregate([("timestamp", "max")])
+    for machine, ts in zip(
+        found.column("machine_id").to_pylist(), found.column("timestamp_max").to_pylist(), strict=True
+    ):
+        if ts > newest.get(machine, ts - 1):
+            newest[machine] = ts
+
+
+def _newest_of_old(plan: Plan, screened: list[Screened], found: Regions) -> None:
+    """The lake's newest event of each machine with events too old to place (the region, if any,
+    may not hold it): read from the earliest of them on (a newest before a machine's earliest new
+    event changes none of its flags)."""
+    machines = pa.array([m for s in screened for m in s.old_machines], pa.string())
+    if len(machines) == 0:
+        return
+    numbers = pa.array([s.number for s in screened for _ in s.old_machines], pa.int64())
+    earliest = min(f for s in screened for f in s.old_firsts)
+    expression = pc.field("machine_id").isin(machines) & (pc.field("timestamp") >= earliest)
+    names = plan.files.event_files(day_of(earliest))
+    for rows in scan(Path(plan.lake), names, EVENT_PARTITION, expression, ["machine_id", "timestamp"]):
+        for number, part in by_bucket(rows, machines, numbers):
+            _take_newest(found.buckets[number].newest, part)
+
+
+def _sessions_before(plan: Plan, machines: pa.Array, numbers: pa.Array, cut: pa.Array) -> dict[int, dict[str, int]]:
+    """For each bucket, how many of its sessions in the lake start before each machine's cut (none
+    of them changes: the machine's next session is numbered from there)."""
+    expression = pc.field("machine_id").isin(machines) & (pc.field("start_ts") < pc.max(cut).as_py())
+    counts: dict[str, int] = {}
+    for rows in scan(Path(plan.lake), plan.files.sessions, SESSION_PARTITION, expression, ["machine_id", "start_ts"]):
+        rows = rows.filter(pc.less(rows.column("start_ts"), per_machine(rows, machines, cut)))
+        found = rows.group_by("machine_id").aggregate([("start_ts", "count")])
+        for machine, count in zip(
+            found.column("machine_id").to_pylist(), found.column("start_ts_count").to_pylist(), strict=True
+        ):
+            counts[machine] = counts.get(machine, 0) + count
+    bucket_of = dict(zip(machines.to_pylist(), numbers.to_pylist(), strict=True))
+    out: dict[int, dict[str, int]] = {}
+    for machine, count in counts.items():
+        out.setdefault(bucket_of[machine], {})[machine] = count
+    return out
 
 
 # -- 5. place (a worker) ----------------------------------------------------------------------------------------
 
 
-def place(path: str, region: tuple[list[str], list[str]], number: int, plan: Plan) -> Placed:
+def place(path: str, region: Region, number: int, plan: Plan) -> Placed:
     """The bucket's events sessionized with its region: what to write, into Arrow files."""
     config = plan.config
-    table = read_bucket(path)  # mapped: its pages are the file's
+    # In arrival order: arrived_late judged against each machine's newest event in the lake.
+    table = with_arrival(read_bucket(path), region.newest)
     is_late = table.column(LATE)
     if pc.any(is_late).as_py():
         late, new = table.filter(is_late), table.filter(pc.invert(is_late))
@@ -279,7 +356,7 @@ def place(path: str, region: tuple[list[str], list[str]], number: int, plan: Pla
         late, new = table.slice(0, 0), table
     late, new = late.drop_columns([LATE]), new.drop_columns([LATE])
     del table
-    old_events, old_sessions = read_all(region[0]), read_all(region[1])
+    old_events, old_sessions = read_all(region.events), read_all(region.sessions)
     changes = Changes()
     events: list[str] = []
     sessions: list[str] = []
@@ -287,14 +364,14 @@ def place(path: str, region: tuple[list[str], list[str]], number: int, plan: Pla
         events.append(dump(f"{plan.folder}/late-{number:06d}.arrow", as_late(sort_events(late))))
     duplicates = written = 0
     if new.num_rows:
-        names = refined_schema(config).names
+        names = [*refined_schema(config).names, ARRIVED_LATE]
         merged = new.select(names)
         if old_events is not None:
             merged = pa.concat_tables([merged, old_events.select(names).cast(merged.schema)])
         captured = Captured()
         feed = sessionizing()
         assembler = captured.assembler(feed)
-        sessionize(merged, config, assembler, feed)
+        sessionize(merged, config, assembler, feed, clock=plan.end_clock, before=region.before)
         out_events, out_sessions = captured.tables(assembler, merged.schema)
         del captured, merged
         duplicates = assembler.tally.duplicates
@@ -302,7 +379,7 @@ def place(path: str, region: tuple[list[str], list[str]], number: int, plan: Pla
         events.append(dump(f"{plan.folder}/placed-events-{number:06d}.arrow", out_events))
         sessions.append(dump(f"{plan.folder}/placed-sessions-{number:06d}.arrow", out_sessions))
         written = out_sessions.num_rows
-    for name in [path, *region[0], *region[1]]:
+    for name in [path, *region.events, *region.sessions]:
         Path(name).unlink()
     return Placed(
         events, sessions, late.num_rows + new.num_rows - duplicates, late.num_rows, duplicates, written, changes
@@ -314,7 +391,6 @@ def place(path: str, region: tuple[list[str], list[str]], number: int, plan: Pla
 
 @dataclass
 class Outcome:
-    newest: dict[str, int]  # each machine's newest timestamp written (for the stream clock)
     ledger: dict[str, Any]  # removed, carried, restated, restatements
     removed: list[str]  # lake files the run takes out
 
@@ -339,18 +415,16 @@ def restate_run(
         del looked
         screened: list[Screened] = list(engine.map(screen, screening))
     del screening
-    newest: dict[str, int] = {}
     for result in screened:
         if result.ids is not None:
             index.add(result.ids)
             result.ids = None
         batch.conflicts.extend(result.conflicts)
         tally.duplicates += result.duplicates
-        newest.update(result.newest)  # buckets hold whole machines
     changes = Changes()
     with _pool(workers) as engine:
         regions = read_region(plan, screened)
-        placing = [(s.path, regions.get(s.number, ([], [])), s.number, plan) for s in screened if s.path is not None]
+        placing = [(s.path, regions.buckets[s.number], s.number, plan) for s in screened if s.path is not None]
         for placed in engine.map(place, placing):
             # Written here, not by the workers: a file then holds one span of time of every bucket.
             for name in placed.events_files:
@@ -363,9 +437,10 @@ def restate_run(
             tally.sessions += placed.sessions
             changes.add(placed.changes)
             crash_point("bucket")
+    settle_open_ends(plan, regions.placed_machines, regions.region_sessions, changes, writer)
     ledger = rewrite(Path(plan.lake), changes, writer, ledgers)
     removed = [name for entry in ledger["removed"] for name in entry["files"]]
-    return Outcome(newest, ledger, removed)
+    return Outcome(ledger, removed)
 
 
 @contextlib.contextmanager

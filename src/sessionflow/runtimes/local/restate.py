@@ -9,6 +9,13 @@ so it cannot change. The old events from the cut on and the new ones are session
 old row whose session columns come out the same stays where it is, a changed one is written again,
 and the lake files that held changed rows are rewritten without them (copy-on-write), in the
 run's commit. How the work is spread over processes: :mod:`.incremental`.
+
+What one batch run over all input gives, the sessions' own columns included: a new event's
+``arrived_late`` is judged against its machine's newest event in the lake (the region holds it, or
+it is older than every new event); a machine's sessions are numbered on from its sessions before
+the cut (a split renumbers the later ones, which are all in the region); the sessions still open at
+the end are closed against the stream clock at the end of the run, and a session the lake holds as
+``end_of_input`` that the run does not sessionize again is settled by :mod:`.open_ends`.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import pyarrow.parquet as pq
 from sessionflow.core.enrich import hour_fields
 from sessionflow.lake.restatements import restatement_log
 from sessionflow.lake.writer import LakeWriter
-from sessionflow.runtimes.local.columnar import SESSION_FIELDS, session_schema_fields
+from sessionflow.runtimes.local.columnar import ARRIVED_LATE, SESSION_FIELDS, session_schema_fields
 from sessionflow.schema import EVENT_PARTITION
 
 FILE = "_file"  # the lake file an old row was read from (relative to the lake)
@@ -85,11 +92,17 @@ def scan(
     lake: Path, names: list[str], partition: str, expression: Any, columns: list[str] | None = None
 ) -> Iterator[pa.Table]:
     """Rows of the named lake files that match, as tables a block at a time, each row with its file
-    and its partition value: one scan over all the files (threads read them side by side)."""
+    and its partition value: one scan over all the files (threads read them side by side). An event
+    file written before events had ``arrived_late`` reads as none arrived late; a sessions file of
+    then, with its newer columns null."""
     if not names:
         return
     paths = {str(lake / name): name for name in names}
-    dataset = ds.dataset(list(paths), format="parquet")
+    schema = pa.unify_schemas([pq.read_schema(path) for path in paths])
+    fill = partition == EVENT_PARTITION and (columns is None or ARRIVED_LATE in columns)
+    if fill and ARRIVED_LATE not in schema.names:
+        schema = schema.append(pa.field(ARRIVED_LATE, pa.bool_()))
+    dataset = ds.dataset(list(paths), schema=schema, format="parquet")
     # A little read ahead (the defaults hold 16 blocks of 4 files at once: ~150 MB of a lake's
     # events), the files side by side on Arrow's threads.
     scanner = dataset.scanner(
@@ -101,7 +114,13 @@ def scan(
     for tagged in scanner.scan_batches():
         batch = tagged.record_batch
         if batch.num_rows:
-            held.append(with_origin(pa.Table.from_batches([batch]), paths[tagged.fragment.path], partition))
+            table = pa.Table.from_batches([batch])
+            if fill and table.column(ARRIVED_LATE).null_count:
+                position = table.schema.get_field_index(ARRIVED_LATE)
+                table = table.set_column(
+                    position, ARRIVED_LATE, pc.fill_null(table.column(ARRIVED_LATE), pa.scalar(False))
+                )
+            held.append(with_origin(table, paths[tagged.fragment.path], partition))
             rows += batch.num_rows
         if rows >= _SCAN_ROWS:
             yield pa.concat_tables(held)
@@ -162,6 +181,7 @@ class Changes:
     log: list[pa.Table] = field(default_factory=list)
     events: int = 0  # old events whose session columns changed
     sessions: int = 0  # old sessions replaced
+    settled: int = 0  # of them, those only settle_open_ends changed (written again by it)
 
     def add(self, other: Changes) -> None:
         for mine, theirs in (
@@ -173,6 +193,7 @@ class Changes:
         self.log.extend(other.log)
         self.events += other.events
         self.sessions += other.sessions
+        self.settled += other.settled
 
 
 def compare(
@@ -295,16 +316,24 @@ def session_keys(table: pa.Table) -> pa.Array:
     return table.column("session_id")
 
 
-def first_copies(table: pa.Table) -> tuple[pa.Table, int]:
-    """The first arrival of each (machine_id, event_id): the sessionizer, which drops later copies
-    elsewhere, never sees events written late."""
+def first_copies(table: pa.Table, among: pa.Array) -> tuple[pa.Array, int]:
+    """Which rows to keep: every row but the later copies of an (machine_id, event_id) among the
+    rows ``among`` marks (the events written late: the sessionizer, which drops later copies
+    elsewhere, never sees them); and how many copies are dropped."""
+    rows = pc.indices_nonzero(among).to_pylist()
+    picked = table.select(["machine_id", "event_id"]).take(pa.array(rows, pa.int64()))
     seen: set[tuple[str, str]] = set()
-    keep = []
-    for key in zip(table.column("machine_id").to_pylist(), table.column("event_id").to_pylist(), strict=True):
-        keep.append(key not in seen)
+    dropped = []
+    for row, key in zip(
+        rows,
+        zip(picked.column("machine_id").to_pylist(), picked.column("event_id").to_pylist(), strict=True),
+        strict=True,
+    ):
+        if key in seen:
+            dropped.append(row)
         seen.add(key)
-    mask = pa.array(keep, pa.bool_())
-    return table.filter(mask), len(keep) - sum(keep)
+    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(dropped, pa.int64())))
+    return keep, len(dropped)
 
 
 def as_late(table: pa.Table) -> pa.Table:
@@ -336,7 +365,7 @@ def rewrite(lake: Path, changes: Changes, writer: LakeWriter, ledgers: list[dict
             partition = name.split("/")[1].split("=", 1)[0]
             drop = pa.array(sorted(changed[name]), pa.string())
             for batch in reader.iter_batches(batch_size=_REWRITE_ROWS):
-                rows = pa.Table.from_batches([batch])
+                rows = _written_since(pa.Table.from_batches([batch]), target.schema)
                 rows = rows.filter(pc.invert(pc.is_in(key_of(rows), value_set=drop)))
                 if rows.num_rows:
                     value = pa.repeat(pa.scalar(partition_value(name), pa.string()), rows.num_rows)
@@ -347,8 +376,10 @@ def rewrite(lake: Path, changes: Changes, writer: LakeWriter, ledgers: list[dict
             entry["files"].append(name)
             entry[table_name] += reader.metadata.num_rows
             reader.close()
-    # The old events whose session columns changed were written again with the buckets' output.
+    # The old events whose session columns changed were written again with the buckets' output;
+    # the sessions settle_open_ends changed, by it.
     carried["events"] += changes.events
+    carried["sessions"] += changes.settled
     log_rows = 0
     if changes.log:
         log = pa.concat_tables(changes.log)
@@ -360,6 +391,16 @@ def rewrite(lake: Path, changes: Changes, writer: LakeWriter, ledgers: list[dict
         "restated": {"sessions": changes.sessions, "events": changes.events},
         "restatements": log_rows,
     }
+
+
+def _written_since(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows of a file an older sessionflow wrote, with the columns added since: no event of it
+    arrived late (``arrived_late`` false), the others null."""
+    for fld in schema:
+        if fld.name not in rows.schema.names:
+            value = False if fld.name == ARRIVED_LATE else None
+            rows = rows.append_column(fld, pa.array([value] * rows.num_rows, fld.type))
+    return rows
 
 
 def _earliest(metadata: pq.FileMetaData, column: str) -> int:

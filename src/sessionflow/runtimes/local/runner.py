@@ -65,9 +65,20 @@ class RunReport:
     nothing_new: bool = False
     # The lake's event-id index after the run, in bytes (--state runs on a lake with events; else None).
     dedupe_memory_bytes: int | None = None
+    # Events buffered in the state before and after the run, and sessions left open (with their
+    # events) for a later run to summarise: what the ledger says too, so that records = events +
+    # rejected + duplicates + pending_in_state - pending_before holds from --json alone. A run
+    # sessionizes all it reads and closes every session (README: every run writes every session),
+    # so it leaves none, and starts from none (a state an older sessionflow left holding buffered
+    # events or open sessions is refused: runtimes/local/state_file.py).
+    pending_before: int = 0
+    pending_in_state: int = 0
+    open_sessions: int = 0
+    events_in_open_sessions: int = 0
 
     @property
-    def events_per_second(self) -> float:
+    def records_per_second(self) -> float:
+        """Input records read per second of the run (blank lines not counted): valid or not."""
         return self.tally.records / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,7 +86,12 @@ class RunReport:
             "run": self.run,
             "tally": self.tally.to_dict(),
             "seconds": round(self.seconds, 3),
-            "events_per_second": round(self.events_per_second),
+            # Named events_per_second before: it always counted records read (README, --json).
+            "records_per_second": round(self.records_per_second),
+            "pending_before": self.pending_before,
+            "pending_in_state": self.pending_in_state,
+            "open_sessions": self.open_sessions,
+            "events_in_open_sessions": self.events_in_open_sessions,
             "flushed": self.flushed,
             "files": self.files,
             "inputs": self.inputs,
@@ -252,9 +268,13 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             seconds = time.perf_counter() - options.started
             log.warning("every input was read by earlier runs: nothing new to publish")
             return RunReport(number - 1, tally, seconds, True, 0, read.inputs, nothing_new=True)
+        quorum = config.session.clock_quorum
+        # The stream clock at the end of this run's input: the sessions still open then are closed
+        # against it (their close_reason), in every bucket alike.
+        end_clock = RunState(newest=dict(state.newest))
+        end_clock.advance(read.leaders, quorum)
         index: RunIndex | None = None
         bucket_files: list[Path] = []
-        newest: dict[str, int] = {}
         restated: dict[str, Any] = {}
         removed: list[str] = []
         if not placing:
@@ -263,9 +283,9 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             # events, bench/README.md).
             engine.close()
             engine = Engine(config, now, workers)
-            done = batch.sessionize_all(engine, number, lake)
+            done = batch.sessionize_all(engine, number, lake, end_clock.clock(quorum))
             crash_point("bucket")
-            bucket_files, newest = done.files, done.newest
+            bucket_files = done.files
             tally.events += done.events
             tally.late += done.late
             tally.duplicates += done.duplicates
@@ -275,20 +295,21 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             assert before is not None
             engine.close()  # the refining workers' memory goes before the buckets are read
             index = RunIndex(lake, writer.staging)
-            clock = state.clock(config.session.clock_quorum)
+            clock = state.clock(quorum)
             plan = Plan(
                 str(lake),
                 str(batch.spill.folder),
                 config,
                 number,
                 None if clock is None else clock - config.session.restate_horizon_ms,
+                end_clock.clock(quorum),
                 before,
                 index.days,
             )
             outcome = restate_run(
                 batch, plan, lambda: Engine(config, now, workers), writer, tally, index, _ledgers(lake)
             )
-            newest, restated, removed = outcome.newest, outcome.ledger, outcome.removed
+            restated, removed = outcome.ledger, outcome.removed
         for rows in batch.rejections().values():
             tally.rejected[Reason.CONFLICTING_DUPLICATE.value] += len(rows)
             writer.write([], [], rows)
@@ -300,7 +321,13 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
                 _sources_after(index, writer.staging, files, removed)
             )
         ledger = ledger_record(
-            report_.to_dict(), files, replace=options.overwrite, config_fingerprint=session_fingerprint(config)
+            report_.to_dict(),
+            files,
+            replace=options.overwrite,
+            config_fingerprint=session_fingerprint(config),
+            pending_before=report_.pending_before,
+            pending_in_state=report_.pending_in_state,
+            open_sessions=(report_.open_sessions, report_.events_in_open_sessions),
         )
         ledger["inputs"] = read.positions
         ledger.update(restated)
@@ -309,7 +336,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
                 state.inputs.pop(key, None)  # re-inserted last: the newest inputs are kept longest
                 state.inputs[key] = {**position.to_dict(), "run": number}
             state.runs += 1
-            state.advance(newest, config.session.clock_quorum)
+            state.advance(read.leaders, quorum)
             stage_state(writer.staging, state_payload(config, state, options.lake))
         commit_run(
             writer.staging,
@@ -346,6 +373,9 @@ class _Read:
     positions: list[dict[str, Any]] = field(default_factory=list)  # where each input started and ended
     new_positions: dict[str, Position] = field(default_factory=dict)
     all_seen: bool = True  # every input had been read whole by earlier runs
+    # The newest timestamp of the blocks' most advanced machines (engine.block_leaders): the stream
+    # clock's part of this run's input, over every valid event read (copies included).
+    leaders: dict[str, int] = field(default_factory=dict)
 
 
 def _read_inputs(
@@ -375,6 +405,9 @@ def _read_inputs(
                 tally.records += block.records
                 tally.blank += block.blank
                 tally.rejected.update(block.rejected)
+                for machine, newest in block.leaders or ():
+                    if newest > read.leaders.get(machine, newest - 1):
+                        read.leaders[machine] = newest
                 batch.add(block, index)
                 writer.write([], [], block.rejections)
                 crash_point("batch")

@@ -39,6 +39,11 @@ class Mapping:
     max_retries: int = 3
     bisect_on_error: bool = True
     on_failure_queue_url: str | None = None
+    name: str = ""  # a second reader of a stream (the raw archive's Firehose) keeps checkpoints of its own
+
+    @property
+    def key(self) -> str:
+        return self.name or self.stream
 
 
 @dataclass
@@ -85,8 +90,8 @@ class Poller:
         self.store = store
         self.mappings = mappings
         self.sqs = sqs
-        self.stats = {m.stream: MappingStats() for m in mappings}
-        self._shards: dict[str, dict[str, _Shard]] = {m.stream: {} for m in mappings}
+        self.stats = {m.key: MappingStats() for m in mappings}
+        self._shards: dict[str, dict[str, _Shard]] = {m.key: {} for m in mappings}
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -121,7 +126,7 @@ class Poller:
     def poll_once(self, mapping: Mapping) -> int:
         """One round over the stream's shards; the number of records delivered."""
         delivered = 0
-        for shard in self._discover(mapping.stream).values():
+        for shard in self._discover(mapping).values():
             if shard.closed and not shard.buffer:
                 continue
             self._fill(mapping, shard)
@@ -136,13 +141,14 @@ class Poller:
             delivered += len(batch)
         return delivered
 
-    def _discover(self, stream: str) -> dict[str, _Shard]:
-        shards = self._shards[stream]
+    def _discover(self, mapping: Mapping) -> dict[str, _Shard]:
+        stream = mapping.stream
+        shards = self._shards[mapping.key]
         for description in self.kinesis.list_shards(StreamName=stream)["Shards"]:
             shard_id = description["ShardId"]
             if shard_id in shards:
                 continue
-            checkpoint = self.store.get(_checkpoint_key(stream, shard_id))
+            checkpoint = self.store.get(_checkpoint_key(mapping.key, shard_id))
             if checkpoint is None:
                 kwargs: dict[str, Any] = {"ShardIteratorType": "TRIM_HORIZON"}
             else:
@@ -170,7 +176,7 @@ class Poller:
     # -- one batch, the way Lambda retries it -----------------------------------------------------------
 
     def _deliver(self, mapping: Mapping, shard_id: str, batch: list[dict[str, Any]], attempts: int) -> None:
-        stats = self.stats[mapping.stream]
+        stats = self.stats[mapping.key]
         while batch:
             stats.invocations += 1
             stats.iterator_ages_ms.append(
@@ -181,18 +187,20 @@ class Poller:
                 response = mapping.handler(self._event(mapping.stream, shard_id, batch), _Context(mapping.stream))
                 failed_at = _lowest_failure(response, batch)
                 error = False
-            except Exception:
-                logger.exception("handler of %s failed on %d records", mapping.stream, len(batch))
+            except Exception as exc:
+                # One line each (a chaos run fails hundreds of invocations); the trace at debug level.
+                logger.error("handler of %s failed on %d records: %r", mapping.stream, len(batch), exc)
+                logger.debug("the handler's trace", exc_info=True)
                 failed_at, error = 0, True
                 stats.errors += 1
             stats.latencies_ms.append((time.perf_counter() - started) * 1000)
             if failed_at is None:
                 stats.records += len(batch)
-                self._checkpoint(mapping.stream, shard_id, batch[-1])
+                self._checkpoint(mapping.key, shard_id, batch[-1])
                 return
             if failed_at > 0:
                 stats.records += failed_at
-                self._checkpoint(mapping.stream, shard_id, batch[failed_at - 1])
+                self._checkpoint(mapping.key, shard_id, batch[failed_at - 1])
                 batch = batch[failed_at:]
             if not error:
                 stats.partial_failures += 1
@@ -206,7 +214,7 @@ class Poller:
             attempts += 1
             if attempts > mapping.max_retries:
                 self._on_failure(mapping, shard_id, batch, attempts)
-                self._checkpoint(mapping.stream, shard_id, batch[-1])
+                self._checkpoint(mapping.key, shard_id, batch[-1])
                 return
 
     def _checkpoint(self, stream: str, shard_id: str, record: dict[str, Any]) -> None:
@@ -215,7 +223,7 @@ class Poller:
         self.store.put(key, {"seq": record["SequenceNumber"]}, current.version if current else None)
 
     def _on_failure(self, mapping: Mapping, shard_id: str, batch: list[dict[str, Any]], attempts: int) -> None:
-        stats = self.stats[mapping.stream]
+        stats = self.stats[mapping.key]
         stats.sent_to_on_failure += len(batch)
         message = {
             "requestContext": {
@@ -309,7 +317,7 @@ def pipeline_poller(
     ``store`` (default: the handlers' state table). ``handler_wrapper`` lets a test inject faults.
     """
     from sessionflow.runtimes.aws import handlers
-    from sessionflow.runtimes.aws.local.resources import ON_FAILURE_QUEUE, RAW_STREAM
+    from sessionflow.runtimes.aws.local.resources import ARCHIVE_FIREHOSE, ON_FAILURE_QUEUE, RAW_STREAM
 
     sqs = aws.client("sqs")
     queue_url = sqs.get_queue_url(QueueName=ON_FAILURE_QUEUE)["QueueUrl"]
@@ -331,5 +339,43 @@ def pipeline_poller(
             max_retries,
             on_failure_queue_url=queue_url,
         ),
+        # The raw archive's Firehose reading ``raw`` (in AWS the service does it): never failing a batch.
+        Mapping(RAW_STREAM, archiver(aws.client("firehose"), ARCHIVE_FIREHOSE), 500, 0.0, 1000, name="raw-archive"),
     ]
     return Poller(aws.client("kinesis"), store or handlers.runtime().store, mappings, sqs=sqs)
+
+
+def archiver(firehose: Any, delivery_stream: str) -> Handler:
+    """What a Firehose with ``raw`` as its Kinesis source does: the records through the archive's
+    record transformation (the ``archive`` Lambda's code), then into S3."""
+    from sessionflow.runtimes.aws.archive import transform
+
+    def archive(event: dict[str, Any], context: Any) -> None:
+        records = [
+            {
+                "recordId": r["eventID"],
+                "approximateArrivalTimestamp": int(r["kinesis"]["approximateArrivalTimestamp"] * 1000),
+                "data": r["kinesis"]["data"],
+                "kinesisRecordMetadata": {
+                    "shardId": r["eventID"].split(":", 1)[0],
+                    "partitionKey": r["kinesis"]["partitionKey"],
+                    "sequenceNumber": r["kinesis"]["sequenceNumber"],
+                    "approximateArrivalTimestamp": int(r["kinesis"]["approximateArrivalTimestamp"] * 1000),
+                },
+            }
+            for r in event["Records"]
+        ]
+        lines = [{"Data": base64.b64decode(out["data"])} for out in transform({"records": records})["records"]]
+        while lines:
+            chunk: list[dict[str, bytes]] = []
+            size = 0  # PutRecordBatch: up to 500 records and 4 MiB
+            while lines and len(chunk) < 500 and (not chunk or size + len(lines[0]["Data"]) < 3_500_000):
+                size += len(lines[0]["Data"])
+                chunk.append(lines.pop(0))
+            while chunk:
+                response = firehose.put_record_batch(DeliveryStreamName=delivery_stream, Records=chunk)
+                chunk = [
+                    c for c, result in zip(chunk, response["RequestResponses"], strict=True) if "ErrorCode" in result
+                ]
+
+    return archive

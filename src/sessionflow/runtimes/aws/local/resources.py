@@ -19,18 +19,23 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
+from sessionflow.runtimes.aws.archive import PREFIX as ARCHIVE_PREFIX
+from sessionflow.runtimes.aws.catalog import ROW_KEYS
 from sessionflow.runtimes.aws.settings import Settings
 
 REGION = "us-east-1"
 BUCKET = "sessionflow-lake"
 ON_FAILURE_QUEUE = "sessionflow-on-failure"
 RAW_STREAM = "raw"
+# The raw archive (docs/aws.md): in AWS a Firehose reads ``raw`` itself; here the poller plays its
+# Kinesis source and puts the transformed records on this DirectPut Firehose.
+ARCHIVE_FIREHOSE = "raw-archive"
 # The Firehoses deliver each table under its name in the lake: events/, sessions/, rejected/.
 # (Not the lake's restatements: the streaming path restates nothing.)
 PREFIXES = {table: f"{table}/" for table in ("events", "sessions", "rejected")}
-# What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md).
-# What identifies a row: event ids are unique per machine (two machines may share one).
-IDS = {"events": ("machine_id", "event_id"), "sessions": ("session_id",), "rejected": ("source",)}
+# What identifies a row, to drop the exact copies at-least-once delivery can leave (docs/aws.md):
+# the keys the deployed Athena views keep one row of.
+IDS = ROW_KEYS
 
 
 def local_environment(endpoint: str) -> dict[str, str]:
@@ -137,6 +142,16 @@ def create_resources(aws: LocalAws, raw_shards: int = 2, clean_shards: int = 2) 
                     "Prefix": PREFIXES[table],
                 },
             )
+    if ARCHIVE_FIREHOSE not in existing:
+        firehose.create_delivery_stream(
+            DeliveryStreamName=ARCHIVE_FIREHOSE,
+            DeliveryStreamType="DirectPut",
+            ExtendedS3DestinationConfiguration={
+                "RoleARN": "arn:aws:iam::123456789012:role/sessionflow-firehose",
+                "BucketARN": f"arn:aws:s3:::{BUCKET}",
+                "Prefix": ARCHIVE_PREFIX,  # moto adds YYYY/MM/DD/HH/, as the deployed prefix does
+            },
+        )
     dynamodb = aws.client("dynamodb")
     if settings.state_table not in dynamodb.list_tables().get("TableNames", []):
         create_table(dynamodb, settings.state_table)
