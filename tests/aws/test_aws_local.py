@@ -26,6 +26,7 @@ from sessionflow.runtimes.aws.local.resources import (
     LocalAws,
     dedupe,
     fetch,
+    partition_key,
     put_lines,
     read_output,
 )
@@ -331,3 +332,26 @@ def test_a_poller_process_killed_with_sigkill_resumes(local_aws: LocalAws, confi
     second = subprocess.run([*command, "--flush"], check=False, env=env, cwd=tmp_path, capture_output=True, timeout=300)
     assert second.returncode == 0, second.stderr.decode()
     _assert_same_as_reference(read_output(local_aws), reference)
+
+
+@pytest.mark.parametrize(
+    ("field", "record", "key"),
+    [
+        ("machine_id", {"machine_id": "m-1"}, "m-1"),
+        ("context.device.id", {"context": {"device": {"id": "dev-7"}}, "machine_id": "not-this"}, "dev-7"),
+        ("user_id", {"user_id": 4021}, "4021"),  # a numeric id keys by its text, as `cast` makes it
+    ],
+)
+def test_a_machines_records_share_a_partition_key_whatever_its_field(
+    field: str, record: dict[str, Any], key: str
+) -> None:
+    """Records of one machine must land on one shard: the key reads the configured field, nested or not."""
+    assert partition_key(orjson.dumps(record), field) == key
+    assert partition_key(orjson.dumps({**record, "event_type": "save"}), field) == key
+
+
+@pytest.mark.parametrize("line", [b"not json", b"[1, 2]", b'{"machine_id": true}', b'{"context": "flat"}'])
+def test_a_record_without_a_machine_keys_by_its_digest(line: bytes) -> None:
+    """No machine to read: a digest of the bytes, so such records spread over the shards."""
+    assert partition_key(line, "context.device.id") == partition_key(line, "context.device.id")
+    assert len(partition_key(line, "context.device.id")) == 40

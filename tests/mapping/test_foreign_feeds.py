@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import tomllib
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +140,12 @@ def test_init_from_a_segment_feed_proposes_a_config_that_rejects_nothing_valid(
     assert sorted(tomllib.loads(text)["session"]["opening_events"]) == ["Application Opened", "application_opened"]
     raw_rules = Rules(opening_events=frozenset({"Application Opened", "application_opened"}))
 
-    # It names no field os or document_id, so the sessions have neither (the README's config renames them).
+    # It moves context.os.name and properties.doc_id into os and document_id, as the README's config
+    # does by hand: the sessions get their os and documents.
+    assert tomllib.loads(text)["clean"][0]["rename"] == {"context.os.name": "os", "properties.doc_id": "document_id"}
+
     def as_proposed(line: bytes) -> Event | None:
-        event = segment_event(line, map_names=False)
-        return None if event is None else replace(event, os=None, document_id=None)
+        return segment_event(line, map_names=False)
 
     assert_lake_is(lake, expected(segment_lines, as_proposed, raw_rules))
     # What it printed is what the run gives on the sample.

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sessionflow.config import Config
+from sessionflow.core.pipeline import LineRefiner
 from sessionflow.propose.command import records_of
 from sessionflow.propose.preview import preview
 from sessionflow.propose.proposal import Proposal, propose
@@ -181,6 +182,32 @@ def test_the_device_is_the_machine_before_the_anonymous_id() -> None:
     assert "os" in proposal.removed_columns  # an object where the default column wants a string
     assert all(name != "os" for name, _ in config.columns)
     assert ("context.os.name", "string") in config.columns and ("anonymousId", "string") in config.columns
+    assert "os" not in proposal.renames.values()  # a rename would write over the records' own `os`
+
+
+def test_the_os_and_the_document_are_moved_into_their_default_columns() -> None:
+    """Where a feed keeps them nested (Segment's context.os.name, an editor's properties.doc_id), a
+    rename moves them into `os` and `document_id`, so the sessions get their os and documents; a
+    numeric document id is cast after the move, by the column's name."""
+    records = [
+        {
+            "messageId": f"m-{i}",
+            "anonymousId": f"a-{i % 4}",
+            "event": ["Document Opened", "Document Saved", "Document Signed"][i % 3],
+            "timestamp": (START + timedelta(minutes=i)).isoformat(),
+            "context": {"os": {"name": ["macOS", "Windows"][i % 2], "version": "14.1"}},
+            "properties": {"doc_id": 1000 + i % 5},
+        }
+        for i in range(40)
+    ]
+    proposal, config, text = proposed(records)
+    assert proposal.renames == {"context.os.name": "os", "properties.doc_id": "document_id"}
+    assert proposal.casts == {"document_id": "string"}
+    assert "app_version" not in proposal.fields  # context.os.version is the os's version, not the app's
+    assert "os" not in proposal.removed_columns and "document_id" not in proposal.removed_columns
+    event = LineRefiner(config).refine_line(orjson.dumps(records[3]), NOW)  # the config as written
+    assert isinstance(event, dict), event
+    assert (event["os"], event["document_id"]) == ("Windows", "1003"), text
 
 
 def test_a_web_log_without_an_event_type_gets_one_set() -> None:

@@ -118,6 +118,8 @@ def summary(proposal: Proposal) -> list[str]:
     columns = [f"{path} ({kind})" for path, kind in proposal.columns.items()]
     if columns:
         rows.append(("columns", ", ".join(columns)))
+    if proposal.renames:
+        rows.append(("rename", ", ".join(f"{path} to {name}" for path, name in proposal.renames.items())))
     if proposal.casts:
         rows.append(("cast", ", ".join(f"{path} to {kind}" for path, kind in proposal.casts.items())))
     return [f"  {label:<11} {text}" for label, text in rows]

@@ -38,6 +38,7 @@ class Proposal:
     id_collisions: int = 0  # records whose made id another record of other content shares
     event_id_into: str = "event_id"
     casts: dict[str, str] = field(default_factory=dict)
+    renames: dict[str, str] = field(default_factory=dict)  # path -> the default column it fills
     columns: dict[str, str] = field(default_factory=dict)  # path -> type, added to the defaults
     removed_columns: list[str] = field(default_factory=list)  # default columns set to false
     opening_events: list[str] = field(default_factory=list)
@@ -91,8 +92,10 @@ def propose(records: list[dict[str, Any]], source: str, now_ms: int, unreadable:
         taken.append(time_leaf.path)
     else:
         proposal.missing.append("timestamp")
-    for role, hints in (("user_id", roles.USER_HINTS), ("app_version", roles.VERSION_HINTS)):
-        leaf = roles.pick_optional(sample, hints, taken)
+    for role, leaf in (
+        ("user_id", roles.pick_optional(sample, roles.USER_HINTS, taken)),
+        ("app_version", roles.pick_app_version(sample, taken)),
+    ):
         if leaf is not None:
             take(role, leaf, f"in {_share(sample, leaf)} of the records")
     if event_id is None and machine is not None and proposal.time is not None:
@@ -108,6 +111,7 @@ def propose(records: list[dict[str, Any]], source: str, now_ms: int, unreadable:
     elif event_id is None:
         proposal.missing.append("event_id")
     _unclash(proposal)
+    _renames(proposal, taken)
     _default_columns(proposal)
     _columns(proposal, taken)
     return proposal
@@ -171,6 +175,24 @@ def _values_note(sample: Sample, leaf: Leaf | None, what: str) -> str:
     return f"{leaf.distinct:,} {what} in the sample (e.g. {common})"
 
 
+def _renames(proposal: Proposal, taken: list[str]) -> None:
+    """A default column the feed keeps under another name (``context.os.name``) is moved there.
+
+    Only when no record has a field of the column's own name (a rename would write over it), and the
+    field holds strings or whole numbers, as the column wants.
+    """
+    sample = proposal.sample
+    required = [proposal.fields.get(role, role) for role in REQUIRED]
+    for name, hints in (("os", roles.OS_HINTS), ("document_id", roles.DOCUMENT_HINTS)):
+        if any(name in record for record in sample.records) or any(overlap(name, path) for path in required):
+            continue
+        leaf = roles.pick_optional(sample, hints, [*taken, *proposal.renames])
+        if leaf is None or any(overlap(leaf.path, path) for path in [*required, *taken]):
+            continue
+        proposal.renames[leaf.path] = name
+        proposal.notes[name] = f"from {leaf.path!r}, in {_share(sample, leaf)} of the records"
+
+
 def _default_columns(proposal: Proposal) -> None:
     """A default column (user_id, app_version, os, document_id) must take what the feed has there."""
     sample = proposal.sample
@@ -179,6 +201,11 @@ def _default_columns(proposal: Proposal) -> None:
         if any(overlap(name, path) for path in required):
             proposal.removed_columns.append(name)
             proposal.notes[name] = f"{name!r} is a required field here"
+            continue
+        moved = [path for path, into in proposal.renames.items() if into == name]
+        if moved:
+            if _mostly_not_text(sample.leaves[moved[0]]):
+                proposal.casts[name] = "string"  # the rename runs first: the cast names the column
             continue
         path = proposal.fields.get(name, name)
         top = [record.get(path) for record in sample.records if "." not in path]
@@ -193,11 +220,11 @@ def _default_columns(proposal: Proposal) -> None:
 
 def _columns(proposal: Proposal, taken: list[str]) -> None:
     sample = proposal.sample
-    used = set(taken) | set(proposal.casts) | {proposal.event_id_into}
+    used = set(taken) | set(proposal.casts) | set(proposal.renames) | {proposal.event_id_into}
     names = set(_OUTPUT_NAMES)
     # Fields a column may not be inside of, or hold: the roles' and the default columns'.
     kept = [name for name, _ in DEFAULT_COLUMNS if name not in proposal.removed_columns]
-    fixed = [*(proposal.fields.get(role, role) for role in ROLES), *kept]
+    fixed = [*(proposal.fields.get(role, role) for role in ROLES), *kept, *proposal.renames]
     common = [
         leaf
         for leaf in sorted(sample.leaves.values(), key=lambda leaf: (-leaf.count, leaf.path))

@@ -103,8 +103,11 @@ def render(proposal: Proposal) -> str:
 
 
 def _rule(proposal: Proposal) -> list[str]:
-    """The mapping rule: casts, the event id, the time. Empty when the feed needs none."""
+    """The mapping rule: renames, casts, the event id, the time. Empty when the feed needs none."""
     lines = []
+    if proposal.renames:
+        moved = ", ".join(f"{name}: {proposal.notes.get(name, '')}" for name in proposal.renames.values())
+        lines.append(line(f"rename = {value(proposal.renames)}", f"into the default columns ({moved})"))
     if proposal.casts:
         lines.append(line(f"cast = {value(proposal.casts)}", "numbers (or mixed values) where a string is wanted"))
     if proposal.event_id_from:

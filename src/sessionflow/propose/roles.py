@@ -78,6 +78,19 @@ VERSION_HINTS = (
     "client_version",
     "application_version",
 )
+# Where a feed keeps what the default columns `os` and `document_id` hold (Segment's context, GA4's
+# device, an editor's properties): a rename moves it there, so sessions get their os and documents.
+OS_HINTS = ("os", "os_name", "context.os.name", "device.operating_system", "operating_system", "os_family")
+DOCUMENT_HINTS = (
+    "document_id",
+    "doc_id",
+    "properties.document_id",
+    "properties.doc_id",
+    "file_id",
+    "properties.file_id",
+)
+# Objects whose `version` is not the app's.
+NOT_APP = frozenset({"os", "browser", "device", "library", "sdk", "tracker"})
 # Never the machine: an id per session or per event changes under it.
 NOT_MACHINE = frozenset({"sessionid", "session", "eventid", "messageid", "id", "uuid"})
 
@@ -144,6 +157,19 @@ def pick_optional(sample: Sample, hints: tuple[str, ...], exclude: Iterable[str]
         if leaf.only("str", "int"):
             return leaf
     return None
+
+
+def pick_app_version(sample: Sample, exclude: Iterable[str] = ()) -> Leaf | None:
+    """The app's version: a ``version`` inside the os, the browser, the device or the tracking
+    library (``context.os.version``, ``context.library.version``) is theirs, not the app's."""
+    theirs = [leaf.path for leaf in sample.leaves.values() if _owner(leaf.path) in NOT_APP]
+    return pick_optional(sample, VERSION_HINTS, [*exclude, *theirs])
+
+
+def _owner(path: str) -> str:
+    """The object a field is in (``context.os.version`` -> ``os``), or "" at the top."""
+    parts = path.split(".")
+    return normalise(parts[-2]) if len(parts) > 1 else ""
 
 
 def _identity(record: dict[str, Any]) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from sessionflow.config import Config
+from sessionflow.core.paths import get_path, parts_of
 from sessionflow.runtimes.aws.archive import PREFIX as ARCHIVE_PREFIX
 from sessionflow.runtimes.aws.catalog import ROW_KEYS
 from sessionflow.runtimes.aws.settings import Settings
@@ -159,11 +160,19 @@ def create_resources(aws: LocalAws, raw_shards: int = 2, clean_shards: int = 2) 
 
 
 def partition_key(line: bytes, machine_field: str = "machine_id") -> str:
-    """The machine id when the line has one (so a machine's events share a shard), else a digest."""
+    """The machine id when the line has one (so a machine's events share a shard), else a digest.
+
+    ``machine_field`` is the configured field, a dotted path into nested objects as everywhere
+    (``context.device.id``); a whole-number id (a numeric ``user_id``) keys by its text, as a
+    ``cast`` rule would make it.
+    """
     try:
-        value = orjson.loads(line).get(machine_field)
-    except (orjson.JSONDecodeError, AttributeError):
-        value = None
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        record = None
+    value = get_path(record, parts_of(machine_field)) if isinstance(record, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
     if isinstance(value, str) and 0 < len(value.encode()) <= 256:
         return value
     import hashlib
