@@ -434,9 +434,14 @@ def _check_session_columns(db: Any, examples: Any, verdict: Verdict) -> None:
     ):
         check.problems.append(f"session {session}: (documents, late_placed, os) say {summary}, its events {found}")
     check = verdict.check("each machine's sessions are numbered 1, 2, ... in time order")
+    # Sessions of one instant (an opening event and another event at the same millisecond) are in
+    # the order their first events are sessionized: by timestamp, then event_id.
     for machine, session, number, position in examples(
+        "WITH firsts AS (SELECT session_id, arg_min(event_id, (timestamp, event_id)) AS first_id FROM events "
+        "WHERE NOT late GROUP BY session_id) "
         "SELECT machine_id, session_id, session_number, position FROM (SELECT machine_id, session_id, session_number, "
-        "row_number() OVER (PARTITION BY machine_id ORDER BY start_ts, end_ts) AS position FROM sessions) "
+        "row_number() OVER (PARTITION BY machine_id ORDER BY start_ts, end_ts, first_id) AS position "
+        "FROM sessions LEFT JOIN firsts USING (session_id)) "
         "WHERE session_number IS DISTINCT FROM position ORDER BY ALL"
     ):
         check.problems.append(f"machine {machine}: session {session} is its session {position}, numbered {number}")
