@@ -126,10 +126,14 @@ def test_a_restatement_carries_rows_of_files_written_before_events_had_arrived_l
     for path in (lake / "events").glob("*/*.parquet"):
         if path.relative_to(lake).as_posix() not in old:
             assert pq.read_schema(path).field("arrived_late").type == pa.bool_()
-    flags = duckdb.sql(
-        f"SELECT event_id, arrived_late FROM read_parquet('{lake}/events/*/*.parquet', union_by_name = true) "
-        "WHERE arrived_late IS NOT NULL"
-    ).fetchall()
+    flags = (
+        duckdb.connect()
+        .execute(
+            f"SELECT event_id, arrived_late FROM read_parquet('{lake}/events/*/*.parquet', union_by_name = true) "
+            "WHERE arrived_late IS NOT NULL"
+        )
+        .fetchall()
+    )
     # The carried rows arrived in time; the late one was sent after events hours newer than it.
     assert dict(flags)["m0-late"] is True
     assert {event for event, late in flags if late} == {"m0-late"}
