@@ -1,13 +1,13 @@
 """Late and out-of-order input: incremental runs that restate sessions, and order-free one-shot runs.
 
     python bench/bench_late.py [--events 1000000] [--machines 10000] [--seed 1] [--late-share 0.01]
-                               [--json results.json]
+                               [--parts 3] [--json results.json]
 
 From the generated feed (cached as bench_run.py caches it) this builds a copy where a share of the
-valid lines is moved 10 min to 12 h of event time later in the file, and splits it in three parts.
-It times three incremental ``sessionflow run PART --state S`` runs and a ``--flush`` run on an empty
-folder, then one-shot runs over the in-order feed, the late feed, its lines shuffled, and its three
-parts given in reverse order. It checks that the incremental, shuffled and reversed lakes equal the
+valid lines is moved 10 min to 12 h of event time later in the file, and splits it in ``--parts``
+parts. It times an incremental ``sessionflow run PART --state S`` run per part and a ``--flush`` run
+on an empty folder, then one-shot runs over the in-order feed, the late feed, its lines shuffled,
+and its parts given in reverse order. It checks that the incremental, shuffled and reversed lakes equal the
 one-shot lake of the late feed (DuckDB over the Parquet files) and that ``sessionflow verify`` passes.
 
 Exit status: 1 when a run failed or a check failed, else 0.
@@ -44,17 +44,21 @@ from bench_run import (  # the harness next to this file
     warm_page_cache,
 )
 
+TABLES = ("events", "sessions", "rejected", "restatements")
 MIN_DELAY_MS = 10 * 60 * 1000
 MAX_DELAY_MS = 12 * 3600 * 1000
-PARTS = 3
+PARTS = 3  # by default
 # The validation range of the example config: [2000-01-01, now + 1 day].
 VALID_FROM_MS = 946_684_800_000
 VALID_UNTIL_MS = int(time.time() * 1000) + 86_400_000
 EVENT_COLUMNS = "event_id, machine_id, session_id, session_seq, ms_since_prev, late"
+# What depends on the order lines arrived in: the incremental lake (its parts in the feed's order) is
+# held to it too; the shuffled and reversed ones are not.
+ARRIVAL_COLUMNS = {"events": "arrived_late", "sessions": "late_placed"}
 # The per-type counts as one sorted text: two equal maps may list their keys in another order.
 SESSION_COLUMNS = (
     "session_id, machine_id, user_id, start_ts, end_ts, session_start, session_end, duration_ms, event_count, "
-    "first_event_type, last_event_type, app_version, session_date, "
+    "first_event_type, last_event_type, app_version, os, session_number, documents, close_reason, session_date, "
     "array_to_string(list_sort(list_transform(map_entries(event_type_counts), "
     "lambda e: e.key || '=' || CAST(e.value AS VARCHAR))), ',')"
 )
@@ -123,14 +127,14 @@ def _write(path: Path, lines: list[bytes]) -> None:
     partial.rename(path)
 
 
-def prepare_feeds(source: Path, share: float, seed: int) -> dict[str, Any]:
+def prepare_feeds(source: Path, share: float, seed: int, parts: int = PARTS) -> dict[str, Any]:
     """The late feed, its shuffle and its parts, cached next to the input."""
-    folder = source.parent / f"late-{source.stem}-p{share:g}-s{seed}"
+    folder = source.parent / (f"late-{source.stem}-p{share:g}-s{seed}" + ("" if parts == PARTS else f"-n{parts}"))
     reverse = folder / "reversed"
     feeds: dict[str, Any] = {
         "late": folder / "late.jsonl",
         "shuffled": folder / "shuffled.jsonl",
-        "parts": [folder / f"part-{number}.jsonl" for number in range(1, PARTS + 1)],
+        "parts": [folder / f"part-{number}.jsonl" for number in range(1, parts + 1)],
         "reversed": reverse,
         "empty": folder / "empty",
         "info": folder / "info.json",
@@ -146,10 +150,10 @@ def prepare_feeds(source: Path, share: float, seed: int) -> dict[str, Any]:
     late, moved = make_late(lines, share, seed)
     del lines
     _write(feeds["late"], late)
-    size = -(-len(late) // PARTS)
+    size = -(-len(late) // parts)
     for number, path in enumerate(feeds["parts"]):
         _write(path, late[number * size : (number + 1) * size])
-    # Names that sort in reverse time order: a folder of them is read part 3 first.
+    # Names that sort in reverse time order: a folder of them is read from the last part on.
     reverse.mkdir()
     for letter, path in enumerate(reversed(feeds["parts"])):
         os.link(path, reverse / f"{chr(ord('a') + letter)}.jsonl")
@@ -195,6 +199,9 @@ def run_once(name: str, inputs: list[Path], lake: Path, config: Path, workdir: P
         "restatements": ledger.get("restatements") or 0,
         "dedupe_memory_bytes": summary.get("dedupe_memory_bytes"),
         "lake_bytes": _size(lake),
+        # The tables alone (the lake less its _sessionflow folder: ledgers, the event-id index).
+        "tables_bytes": sum(_size(lake / table) for table in TABLES if (lake / table).exists()),
+        "files": sum(1 for table in ("events", "sessions") for _ in (lake / table).glob("*/*.parquet")),
     }
 
 
@@ -205,7 +212,7 @@ def incremental(feeds: dict[str, Any], config: Path, workdir: Path) -> tuple[Pat
     runs = []
     steps = [([part], ()) for part in feeds["parts"]] + [([feeds["empty"]], ("--flush", "--allow-empty"))]
     for number, (inputs, extra) in enumerate(steps, start=1):
-        name = f"part {number}" if number <= PARTS else "--flush"
+        name = f"part {number}" if number <= len(feeds["parts"]) else "--flush"
         result = run_once(f"incremental-{number}", inputs, lake, config, workdir, "--state", str(state), *extra)
         result["name"] = name
         result["state_bytes"] = _size(state) if state.exists() else 0
@@ -216,6 +223,7 @@ def incremental(feeds: dict[str, Any], config: Path, workdir: Path) -> tuple[Pat
             f" {result['restated_events']:,} events  carried {result['carried_events']:,} events /"
             f" {result['carried_sessions']:,} sessions  dedupe {result['dedupe_memory_bytes'] or 0:,} B"
             f"  state {result['state_bytes']:,} B  lake {result['lake_bytes'] / 1e6:.1f} MB"
+            f" (tables {result['tables_bytes'] / 1e6:.1f} MB, {result['files']:,} Parquet files)"
         )
     return lake, runs
 
@@ -243,14 +251,17 @@ def one_shots(feeds: dict[str, Any], source: Path, config: Path, workdir: Path) 
 # -- the checks ---------------------------------------------------------------------------------------------
 
 
-def lake_difference(con: Any, left: Path, right: Path) -> tuple[int, int]:
-    """Rows in one lake and not in the other (both ways, as multisets): events, sessions."""
+def lake_difference(con: Any, left: Path, right: Path, arrival: bool = False) -> tuple[int, int]:
+    """Rows in one lake and not in the other (both ways, as multisets): events, sessions
+    (``arrival``: the columns of ``ARRIVAL_COLUMNS`` too)."""
 
     def glob(lake: Path, table: str) -> str:
         return str(lake / table / "*" / "*.parquet").replace("'", "''")
 
     counts = []
     for table, columns in (("events", EVENT_COLUMNS), ("sessions", SESSION_COLUMNS)):
+        if arrival:
+            columns = f"{columns}, {ARRIVAL_COLUMNS[table]}"
         a = f"SELECT {columns} FROM read_parquet('{glob(left, table)}')"
         b = f"SELECT {columns} FROM read_parquet('{glob(right, table)}')"
         row = con.execute(
@@ -280,7 +291,7 @@ def check_lakes(reference: Path, others: dict[str, Path]) -> list[dict[str, Any]
     con = duckdb.connect()
     checks = []
     for name, lake in others.items():
-        events, sessions = lake_difference(con, reference, lake)
+        events, sessions = lake_difference(con, reference, lake, arrival=name == "incremental")
         checks.append(
             _check(
                 events == 0 and sessions == 0,
@@ -300,6 +311,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     feed_arguments(parser)
     parser.add_argument("--late-share", type=float, default=0.01, help="share of valid lines moved (default 0.01)")
+    parser.add_argument(
+        "--parts", type=int, default=PARTS, help=f"incremental runs over the late feed (default {PARTS})"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
     return parser.parse_args(argv)
 
@@ -313,10 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = prepare_input(workdir, args.events, args.machines, args.seed)
         config = prepare_config(workdir)
-        feeds = prepare_feeds(source, args.late_share, args.seed)
+        feeds = prepare_feeds(source, args.late_share, args.seed, args.parts)
         for path in (source, feeds["late"], feeds["shuffled"], *feeds["parts"]):
             warm_page_cache(path)
-        _log(f"incremental: {PARTS} parts of the late feed with --state, then --flush on an empty folder")
+        _log(f"incremental: {args.parts} parts of the late feed with --state, then --flush on an empty folder")
         lake, runs = incremental(feeds, config, workdir)
         shots = one_shots(feeds, source, config, workdir)
     except (BenchError, json.JSONDecodeError, OSError) as exc:

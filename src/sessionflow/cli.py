@@ -54,7 +54,18 @@ def _configure_logging(level: str) -> None:
 # -- run ------------------------------------------------------------------------------------------
 
 
+def _arrow_internals_on_jemalloc() -> None:
+    """Arrow's C++ internals (joins, group-bys, dataset scans) allocate from the pool named by
+    $ARROW_DEFAULT_MEMORY_POOL, read once when pyarrow loads; the run's own choice of pool
+    (runtimes/local/engine.py) reaches only what pyarrow asks for. Left to mimalloc, an
+    incremental run's joins and scans kept ~300 MB more at its peak (bench/README.md). Linux's
+    wheels of pyarrow carry jemalloc; a value the user set is kept."""
+    if sys.platform.startswith("linux") and "pyarrow" not in sys.modules:
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    _arrow_internals_on_jemalloc()
     from sessionflow.runtimes.local.console import run_with_console
     from sessionflow.runtimes.local.quality import QualityThresholds
 

@@ -175,10 +175,17 @@ class SessionConfig:
 class OutputConfig:
     rows_per_file: int = 1_000_000
     compression: str = "zstd"
+    # Incremental (--state) runs: an event file holds events of one such span of event time, a
+    # session file sessions starting in one, so that restating a session rewrites only the files of
+    # the time it touches (README, "Incremental runs").
+    file_span_ms: int = HOUR
 
     def __post_init__(self) -> None:
         if self.rows_per_file <= 0:
             raise ConfigError("output.rows_per_file", "must be positive")
+        if not 0 < self.file_span_ms <= DAY:
+            raise ConfigError("output.file_span", "must be longer than 0 and at most a day")
+        check_duration(self.file_span_ms, "output.file_span")
         if self.compression not in ("zstd", "snappy", "gzip", "none"):
             raise ConfigError("output.compression", "must be one of zstd, snappy, gzip, none")
 
@@ -380,8 +387,10 @@ def _columns(table: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _output(table: Mapping[str, Any]) -> OutputConfig:
-    only_keys(table, "output.", {"rows_per_file", "compression"})
+    only_keys(table, "output.", {"rows_per_file", "compression", "file_span"})
     kwargs: dict[str, Any] = {}
+    if "file_span" in table:
+        kwargs["file_span_ms"] = parse_duration(table["file_span"], "output.file_span")
     if "rows_per_file" in table:
         kwargs["rows_per_file"] = as_int(table["rows_per_file"], "output.rows_per_file", 1, MAX_ROWS_PER_FILE)
     if "compression" in table:

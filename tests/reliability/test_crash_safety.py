@@ -91,8 +91,10 @@ CASES += [
     ("replace", 1, ("committed", "replaced")),
     ("replace", 1, ("moved:3", "moved:1")),
 ]
-# Runs 2 and 3 restate sessions of the runs before: killed while the files they rewrote are removed.
+# Runs 2 and 3 restate sessions of the runs before: killed while the files they rewrote are removed,
+# and while the event-id index they wrote is put in place.
 CASES += [("hourly", 1, ("removed",)), ("hourly", 2, ("removed",)), ("hourly", 2, ("removed", "removed"))]
+CASES += [("hourly", 1, ("index",)), ("hourly", 2, ("index:2",)), ("hourly", 2, ("index", "index"))]
 
 
 @pytest.mark.parametrize(("sequence", "target", "steps"), CASES, ids=str)

@@ -4,8 +4,9 @@
 2. Commit point: staging/run-N/COMMIT.json (files, files it rewrote, ledger, where the state goes) appears by an
    atomic rename. Before it, the run never happened; after it, the run has happened.
 3. Roll forward (idempotent, so it may be interrupted and redone any number of times): with
-   ``replace``, remove the files the old ledgers list; move each staged file into place; remove
-   the files it rewrote (an incremental run restating sessions); write the
+   ``replace``, remove the files the old ledgers list, and the event-id index; move each staged
+   file into place; remove the files it rewrote (an incremental run restating sessions); move the
+   event-id index files it wrote into place (``lake/ids.py``), its manifest last; write the
    state; write the ledger; drop COMMIT.json; remove the staging folder.
 4. Every start recovers first: a staging folder with COMMIT.json is rolled forward, one without
    is deleted.
@@ -25,7 +26,7 @@ import orjson
 from sessionflow.errors import OutputError
 from sessionflow.lake import durable
 from sessionflow.lake.durable import fsync_dir
-from sessionflow.lake.layout import TABLES, ledger_dir, ledger_path, staging_root
+from sessionflow.lake.layout import INDEX_DIR, TABLES, ledger_dir, ledger_path, staging_root
 
 MANIFEST = "COMMIT.json"
 STAGED_STATE = "state.json"
@@ -66,11 +67,13 @@ def commit_run(
     state_path: Path | None,
     replace: bool,
     remove: list[str] | None = None,
+    index: list[str] | None = None,
 ) -> None:
     """The commit point: COMMIT.json appears atomically in the staging folder.
 
     ``remove``: files of earlier runs this run rewrote (an incremental run restating sessions):
-    they go when the run is put in place, after its own files are in."""
+    they go when the run is put in place, after its own files are in. ``index``: the event-id
+    index files it staged (under ``_sessionflow/ids/``), put in place in this order after that."""
     crash_point("staged")
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -78,6 +81,7 @@ def commit_run(
         "replace": replace,
         "files": [path.as_posix() for path in files],
         "remove": list(remove or []),
+        "index": list(index or []),
         "state": str(state_path.resolve()) if state_path is not None else None,
         "ledger": ledger,
     }
@@ -92,6 +96,7 @@ def roll_forward(lake: Path, staging: Path) -> int:
     files = [Path(name) for name in manifest["files"]]
     if manifest["replace"]:
         _remove_all_but(lake, {path.as_posix() for path in files}, keep_ledger=run)
+        shutil.rmtree(lake / INDEX_DIR, ignore_errors=True)  # the replaced lake's: a later run builds one
         crash_point("replaced")
     folders: set[Path] = set()
     for relative in files:
@@ -107,6 +112,16 @@ def roll_forward(lake: Path, staging: Path) -> int:
             (lake / relative_name).unlink(missing_ok=True)
             folders.add((lake / relative_name).parent)
             crash_point("removed")
+    for relative_name in manifest.get("index", []):
+        if not relative_name.startswith(f"{INDEX_DIR}/"):
+            continue  # never anything else
+        staged = staging / relative_name
+        if staged.exists():
+            final = lake / relative_name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+            folders.add(final.parent)
+            crash_point("index")
     for folder in folders:
         if folder.is_dir():
             fsync_dir(folder)

@@ -16,6 +16,9 @@ STAGING_DIR = f"{META_DIR}/staging"
 LOCK_FILE = f"{META_DIR}/lock"
 # {"id": ...}: written when the lake is made; a --state file records it and refuses another lake.
 IDENTITY_FILE = f"{META_DIR}/lake.json"
+# The event-id index (sessionflow.lake.ids): a file of hashes per event day, and what they were taken from.
+INDEX_DIR = f"{META_DIR}/ids"
+INDEX_MANIFEST = f"{INDEX_DIR}/index.json"
 
 
 def ledger_name(run: int) -> str:

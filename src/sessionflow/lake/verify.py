@@ -21,7 +21,10 @@ What is checked (docs/reliability.md says why):
   event type counts, positions 1..n) matches its events, except the sessions still open in the
   state, which the last ledger counts; late events in no session; a machine's sessions never overlap;
 * what a session says of itself: a known ``close_reason``; ``documents``, ``late_placed`` and
-  ``os`` what its events say; each machine's sessions numbered 1, 2, ... in time order.
+  ``os`` what its events say; each machine's sessions numbered 1, 2, ... in time order;
+* the event-id index (``sessionflow.lake.ids``), when the lake has one: each day it says is current
+  holds exactly the hashes of that day's events (a stale day is a note: the next incremental run,
+  or ``--repair``, rebuilds it).
 
 This module imports nothing heavy: DuckDB and pyarrow are imported when a lake is checked.
 """
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sessionflow.core.rules import CLOSE_REASONS
-from sessionflow.lake.layout import LEDGER_DIR, STAGING_DIR, TABLES
+from sessionflow.lake.layout import INDEX_DIR, LEDGER_DIR, STAGING_DIR, TABLES
 from sessionflow.lake.lock import LakeLock, shared_lock
 from sessionflow.lake.restatements import REASONS
 from sessionflow.lake.restatements import TABLE as RESTATEMENTS
@@ -94,11 +97,17 @@ class Verdict:
 
 
 def repair(lake: Path) -> list[int]:
-    """Roll forward the runs a killed process committed (with the lake lock, like a run)."""
+    """Roll forward the runs a killed process committed, then rebuild what is stale or wrong in the
+    event-id index (with the lake lock, like a run)."""
     from sessionflow.lake.commit import recover
 
     with LakeLock(lake):
-        return recover(lake)
+        finished = recover(lake)
+        if (lake / INDEX_DIR).is_dir():
+            from sessionflow.lake.ids import repair_index
+
+            repair_index(lake)
+        return finished
 
 
 def verify_lake(lake: Path) -> Verdict:
@@ -152,6 +161,13 @@ def _verify(lake: Path, verdict: Verdict) -> None:
     _check_rows(lake, ledgers, listed, verdict)
     # The content as a reader globbing the lake sees it: a stray copy of a file shows as doubled rows.
     _check_content(lake, ledgers, present, verdict)
+    if (lake / INDEX_DIR).is_dir():
+        from sessionflow.lake.ids import check_index
+
+        found = check_index(lake)
+        check = verdict.check("the event-id index holds the lake's events")
+        check.problems.extend(found.problems)
+        check.notes.extend(found.notes)
 
 
 def _check_files(lake: Path, ledgers: list[dict[str, Any]], verdict: Verdict) -> tuple[dict[str, int], set[str]]:
@@ -418,9 +434,14 @@ def _check_session_columns(db: Any, examples: Any, verdict: Verdict) -> None:
     ):
         check.problems.append(f"session {session}: (documents, late_placed, os) say {summary}, its events {found}")
     check = verdict.check("each machine's sessions are numbered 1, 2, ... in time order")
+    # Sessions of one instant (an opening event and another event at the same millisecond) are in
+    # the order their first events are sessionized: by timestamp, then event_id.
     for machine, session, number, position in examples(
+        "WITH firsts AS (SELECT session_id, arg_min(event_id, (timestamp, event_id)) AS first_id FROM events "
+        "WHERE NOT late GROUP BY session_id) "
         "SELECT machine_id, session_id, session_number, position FROM (SELECT machine_id, session_id, session_number, "
-        "row_number() OVER (PARTITION BY machine_id ORDER BY start_ts, end_ts) AS position FROM sessions) "
+        "row_number() OVER (PARTITION BY machine_id ORDER BY start_ts, end_ts, first_id) AS position "
+        "FROM sessions LEFT JOIN firsts USING (session_id)) "
         "WHERE session_number IS DISTINCT FROM position ORDER BY ALL"
     ):
         check.problems.append(f"machine {machine}: session {session} is its session {position}, numbered {number}")

@@ -51,6 +51,9 @@ _UNIQUE_EVENT_VALUES = frozenset({"event_id", "extra", "timestamp", "event_time"
 _UNIQUE_SESSION_VALUES = frozenset({"session_id", "start_ts", "end_ts", "session_start", "session_end", "duration_ms"})
 # Files open at once per table: an input spanning months must not keep one writer per day open.
 _MAX_OPEN_FILES = 16
+# ... but a writer of spans keeps each span's file open while rows may come (an incremental run's
+# buckets and the rows it carries over all write to the spans it touches).
+_MAX_OPEN_SPANS = 256
 
 
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -102,9 +105,14 @@ class _PartitionedParquet:
         config: Config,
         executor: Executor,
         unique: frozenset[str] = frozenset(),
+        span: tuple[str, int] | None = None,
     ) -> None:
-        """``unique``: columns written without dictionary encoding."""
+        """``unique``: columns written without dictionary encoding. ``span``: (a time column in epoch
+        ms, a length in ms): a file holds rows of one such span of time only (an incremental run's
+        files, so that restating a session rewrites only the files of the time it touches)."""
         self.root = root
+        self.span = span
+        self.max_open = _MAX_OPEN_FILES if span is None else _MAX_OPEN_SPANS
         self.partition = partition
         self.schema = schema
         self.dictionary = [name for name in schema.names if name not in unique]
@@ -116,8 +124,9 @@ class _PartitionedParquet:
         self.pending_rows = 0
         self.pending_bytes = 0
         self.buffer_bytes = _BUFFER_BYTES
-        # Least recently written first: the one closed when too many are open.
-        self.writers: dict[str, tuple[pq.ParquetWriter, int]] = {}
+        # By (partition value, span number or None), least recently written first: the one closed
+        # when too many are open.
+        self.writers: dict[tuple[str, int | None], tuple[pq.ParquetWriter, int]] = {}
         self.files: list[Path] = []
         self.sequence = 0
         self.rows = 0
@@ -166,10 +175,10 @@ class _PartitionedParquet:
             in_flight.result()
 
     def _write_all(self, pending: list[tuple[str | None, pa.Table, pa.Array | None]]) -> None:
-        groups: dict[str, list[pa.Table]] = defaultdict(list)
+        groups: dict[tuple[str, int | None], list[pa.Table]] = defaultdict(list)
         for value, table, keep in pending:
             if value is not None:  # from add(): one partition already, nothing to drop
-                groups[value].append(table)
+                self._group(groups, value, table)
                 continue
             if keep is not None:
                 table = table.filter(keep)
@@ -177,20 +186,34 @@ class _PartitionedParquet:
             data = table.drop_columns([self.partition]).select(self.schema.names)
             unique = pc.unique(values).to_pylist()
             if len(unique) == 1:
-                groups[unique[0]].append(data)
+                self._group(groups, unique[0], data)
                 continue
             for one in unique:
-                groups[one].append(data.filter(pc.equal(values, one)))
-        for value, tables in groups.items():
-            self._write(value, pa.concat_tables(tables).cast(self.schema))
+                self._group(groups, one, data.filter(pc.equal(values, one)))
+        for key, tables in groups.items():
+            self._write(key, pa.concat_tables(tables).cast(self.schema))
 
-    def _write(self, value: str, table: pa.Table) -> None:
+    def _group(self, groups: dict[tuple[str, int | None], list[pa.Table]], value: str, table: pa.Table) -> None:
+        """``table``'s rows (of one partition value) by the span of time each falls in."""
+        if self.span is None or table.num_rows == 0:
+            groups[value, None].append(table)
+            return
+        column, length = self.span
+        spans = pc.divide(table.column(column), length)  # integers: floor division for times >= 0
+        unique = pc.unique(spans).to_pylist()
+        if len(unique) == 1:
+            groups[value, unique[0]].append(table)
+            return
+        for one in unique:
+            groups[value, one].append(table.filter(pc.equal(spans, one)))
+
+    def _write(self, key: tuple[str, int | None], table: pa.Table) -> None:
         while table.num_rows:
-            current = self.writers.pop(value, None)
-            if current is None and len(self.writers) >= _MAX_OPEN_FILES:
+            current = self.writers.pop(key, None)
+            if current is None and len(self.writers) >= self.max_open:
                 oldest = next(iter(self.writers))
                 _close(self.writers.pop(oldest)[0])
-            writer, written = current or (self._open(value), 0)
+            writer, written = current or (self._open(key[0]), 0)
             room = self.rows_per_file - written
             part = table.slice(0, room)
             try:
@@ -206,7 +229,7 @@ class _PartitionedParquet:
             if written >= self.rows_per_file:
                 _close(writer)
             else:
-                self.writers[value] = (writer, written)
+                self.writers[key] = (writer, written)
 
     def _open(self, value: str) -> pq.ParquetWriter:
         folder = self.root / f"{self.partition}={value}"
@@ -277,10 +300,12 @@ class _PartitionedJsonLines:
 class LakeWriter:
     """Writes one run's files into staging; :func:`sessionflow.lake.commit.commit_run` publishes them at once."""
 
-    def __init__(self, lake: Path, config: Config, run: int, *, part: int = 0) -> None:
+    def __init__(self, lake: Path, config: Config, run: int, *, part: int = 0, span_ms: int | None = None) -> None:
         """``part``: a writer of its own for one part of a run (the run's buckets, written in worker
         processes into the same staging folder): its files are numbered from ``part << 16`` (file
-        names need only be unique within a run), and it leaves the staging folder as it is."""
+        names need only be unique within a run), and it leaves the staging folder as it is.
+        ``span_ms``: an event file holds events of one such span of ``timestamp`` only, a session
+        file sessions of one span of ``start_ts`` (incremental runs: ``output.file_span``)."""
         self.lake = lake
         self.run = run
         self.staging = staging_root(lake) / staging_name(run)
@@ -296,6 +321,7 @@ class LakeWriter:
             config,
             self._executor,
             _UNIQUE_EVENT_VALUES,
+            None if span_ms is None else ("timestamp", span_ms),
         )
         self.sessions = _PartitionedParquet(
             self.staging / "sessions",
@@ -305,6 +331,7 @@ class LakeWriter:
             config,
             self._executor,
             _UNIQUE_SESSION_VALUES,
+            None if span_ms is None else ("start_ts", span_ms),
         )
         self.rejected = _PartitionedJsonLines(self.staging / "rejected", REJECTED_PARTITION, prefix)
         self.extra_files: list[Path] = []

@@ -39,6 +39,7 @@ from sessionflow.runtimes.local.feeds import KEY_COLUMNS, Feed, sessionizing
 from sessionflow.runtimes.local.reader import Source
 from sessionflow.runtimes.local.spill import (
     ARRIVAL,
+    BUCKET_RAW_BYTES,
     INTERNAL_COLUMNS,
     LINE,
     SOURCE,
@@ -74,12 +75,13 @@ class BatchRun:
     config: Config
     sources: list[Source]
     folder: Path
+    bucket_bytes: int = BUCKET_RAW_BYTES  # of raw input per bucket (see spill.bucket_count)
     spill: Spill = field(init=False)
     conflicts: list[Conflict] = field(default_factory=list)
     _copies: dict[int, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.spill = Spill(self.folder / "buckets", bucket_count(self.sources))
+        self.spill = Spill(self.folder / "buckets", bucket_count(self.sources, self.bucket_bytes))
 
     def copy_of(self, index: int) -> BinaryIO | None:
         """Where to keep the bytes of input ``index`` when it is a stream (read once): a conflicting

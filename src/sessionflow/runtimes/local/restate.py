@@ -1,4 +1,5 @@
-"""Incremental runs: new events placed among the lake's, the sessions they touch restated.
+"""Restating sessions: where each machine's lake history starts to matter, what changed, and the
+lake files rewritten without the rows that changed.
 
 After every ``--state`` run the lake holds what one batch run over all input so far gives. For
 each machine of the run, the lake is read from its *cut*: the start of the first session that a
@@ -7,12 +8,7 @@ or that event itself. Every session before the cut ends more than ``timeout`` be
 so it cannot change. The old events from the cut on and the new ones are sessionized together; an
 old row whose session columns come out the same stays where it is, a changed one is written again,
 and the lake files that held changed rows are rewritten without them (copy-on-write), in the
-run's commit.
-
-Dedupe against the lake: a new event whose ``(machine_id, event_id)`` is already in the lake (in the
-partitions of the last ``restate_horizon`` of stream time, or its own day) is a duplicate, or a
-conflicting one. An event older than the stream clock (before the run) less ``restate_horizon`` is
-not placed: it is written late, in no session.
+run's commit. How the work is spread over processes: :mod:`.incremental`.
 
 What one batch run over all input gives, the sessions' own columns included: a new event's
 ``arrived_late`` is judged against its machine's newest event in the lake (the region holds it, or
@@ -25,7 +21,7 @@ the end are closed against the stream clock at the end of the run, and a session
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,28 +30,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sessionflow.config import Config
-from sessionflow.core import Tally
 from sessionflow.core.enrich import hour_fields
 from sessionflow.lake.restatements import restatement_log
 from sessionflow.lake.writer import LakeWriter
-from sessionflow.runtimes.local.batch import (
-    BatchRun,
-    Captured,
-    sessionize,
-    sort_events,
-    split_copies,
-    with_arrival,
-)
-from sessionflow.runtimes.local.columnar import ARRIVED_LATE, SESSION_FIELDS, refined_schema, session_schema_fields
-from sessionflow.runtimes.local.feeds import Feed
-from sessionflow.schema import EVENT_PARTITION, SESSION_PARTITION
+from sessionflow.runtimes.local.columnar import ARRIVED_LATE, SESSION_FIELDS, session_schema_fields
+from sessionflow.schema import EVENT_PARTITION
 
-DAY_MS = 24 * 3600 * 1000
 FILE = "_file"  # the lake file an old row was read from (relative to the lake)
+_ROW = "_row"
+_REWRITE_ROWS = 64 * 1024  # rows of a rewritten file held at once
+_SCAN_ROWS = 64 * 1024  # rows of a scan of lake files, a block
 
 
-def _day(ms: int) -> str:
+def day_of(ms: int) -> str:
     return hour_fields(ms // 3_600_000)[0]
 
 
@@ -63,18 +50,20 @@ def _day(ms: int) -> str:
 class LakeFiles:
     """The lake's event files by day and its session files, as they stand before the run."""
 
-    lake: Path
     events: dict[str, list[str]] = field(default_factory=dict)
     sessions: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, lake: Path) -> LakeFiles:
-        found = cls(lake)
+        found = cls()
         for folder in sorted((lake / "events").glob(f"{EVENT_PARTITION}=*")):
             day = folder.name.split("=", 1)[1]
             found.events[day] = sorted(p.relative_to(lake).as_posix() for p in folder.glob("*.parquet"))
         found.sessions = sorted(p.relative_to(lake).as_posix() for p in (lake / "sessions").glob("*/*.parquet"))
         return found
+
+    def is_empty(self) -> bool:
+        return not self.events and not self.sessions
 
     def event_files(self, from_day: str | None, days: Iterable[str] = ()) -> list[str]:
         wanted = set(days)
@@ -86,216 +75,74 @@ class LakeFiles:
         ]
 
 
-def read_rows(
-    lake: Path,
-    names: list[str],
-    partition: str,
-    expression: pc.Expression | None,
-    columns: list[str] | None = None,
-) -> pa.Table | None:
-    """Rows of the named files that match, each with its file and its partition value. An event
+def partition_value(name: str) -> str:
+    """``events/event_date=2026-10-05/part-1.parquet`` -> ``2026-10-05``."""
+    return name.split("/")[1].split("=", 1)[1]
+
+
+def with_origin(table: pa.Table, name: str, partition: str) -> pa.Table:
+    """Rows read from lake file ``name``, with its partition value and its name."""
+    rows = table.num_rows
+    table = table.append_column(partition, pa.repeat(pa.scalar(partition_value(name), pa.string()), rows))
+    return table.append_column(FILE, pa.repeat(pa.scalar(name, pa.string()), rows))
+
+
+def scan(
+    lake: Path, names: list[str], partition: str, expression: Any, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """Rows of the named lake files that match, as tables a block at a time, each row with its file
+    and its partition value: one scan over all the files (threads read them side by side). An event
     file written before events had ``arrived_late`` reads as none arrived late; a sessions file of
     then, with its newer columns null."""
-    tables = []
-    for name in names:
-        table = pq.read_table(lake / name, filters=expression, columns=columns)
-        if table.num_rows == 0:
-            continue
-        if partition == EVENT_PARTITION and columns is None and ARRIVED_LATE not in table.schema.names:
-            table = table.append_column(pa.field(ARRIVED_LATE, pa.bool_()), pa.array([False] * table.num_rows))
-        value = name.split("/")[1].split("=", 1)[1]
-        table = table.append_column(partition, pa.array([value] * table.num_rows, pa.string()))
-        tables.append(table.append_column(FILE, pa.array([name] * table.num_rows, pa.string())))
-    return pa.concat_tables(tables, promote_options="default") if tables else None
+    if not names:
+        return
+    paths = {str(lake / name): name for name in names}
+    schema = pa.unify_schemas([pq.read_schema(path) for path in paths])
+    fill = partition == EVENT_PARTITION and (columns is None or ARRIVED_LATE in columns)
+    if fill and ARRIVED_LATE not in schema.names:
+        schema = schema.append(pa.field(ARRIVED_LATE, pa.bool_()))
+    # Imported here, not with the module: its import makes pyarrow look for pandas (engine._warm_pyarrow).
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(list(paths), schema=schema, format="parquet")
+    # A little read ahead (the defaults hold 16 blocks of 4 files at once: ~150 MB of a lake's
+    # events), the files side by side on Arrow's threads.
+    scanner = dataset.scanner(
+        filter=expression, columns=columns, batch_size=_SCAN_ROWS, batch_readahead=2, fragment_readahead=2
+    )
+    # Small files give small batches: they are handed on together, a block of about _SCAN_ROWS.
+    held: list[pa.Table] = []
+    rows = 0
+    for tagged in scanner.scan_batches():
+        batch = tagged.record_batch
+        if batch.num_rows:
+            table = pa.Table.from_batches([batch])
+            if fill and table.column(ARRIVED_LATE).null_count:
+                position = table.schema.get_field_index(ARRIVED_LATE)
+                table = table.set_column(
+                    position, ARRIVED_LATE, pc.fill_null(table.column(ARRIVED_LATE), pa.scalar(False))
+                )
+            held.append(with_origin(table, paths[tagged.fragment.path], partition))
+            rows += batch.num_rows
+        if rows >= _SCAN_ROWS:
+            yield pa.concat_tables(held)
+            held, rows = [], 0
+    if held:
+        yield pa.concat_tables(held)
 
 
-@dataclass
-class Restatement:
-    """What a run changes in the lake, over all its buckets."""
-
-    removed_events: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # file -> event keys
-    removed_sessions: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # file -> ids
-    log: list[pa.Table] = field(default_factory=list)
-    events: int = 0  # old events whose session columns changed
-    sessions: int = 0  # old sessions replaced
-    settled: int = 0  # of them, those only settle_open_ends changed (written again by it)
+def read_rows(
+    lake: Path, names: list[str], partition: str, expression: Any, columns: list[str] | None = None
+) -> pa.Table | None:
+    """:func:`scan`, as one table (None: no row matches)."""
+    tables = list(scan(lake, names, partition, expression, columns))
+    return pa.concat_tables(tables) if tables else None
 
 
-class History:
-    """The lake before the run, read for the machines of one bucket at a time."""
-
-    def __init__(self, lake: Path, config: Config, clock: int | None, run: int, end_clock: int | None) -> None:
-        self.lake = lake
-        self.config = config
-        self.files = LakeFiles.of(lake)
-        self.run = run
-        horizon = config.session.restate_horizon_ms
-        # Before this, an event is not placed any more: it is written late (see the module's doc).
-        self.placed_from = None if clock is None else clock - horizon
-        # The stream clock at the end of the run's input: sessions still open then close against it.
-        self.end_clock = end_clock
-        self.restatement = Restatement()
-        # Every machine that had events placed, and every lake session sessionized again: what
-        # settle_open_ends must leave alone or settle by the machine's next event.
-        self.placed_machines: set[str] = set()
-        self.region_sessions: set[str] = set()
-        # The event-id memory this run consulted: the lake's (machine_id, event_id) columns, as
-        # stored (compressed), in the event files of the horizon (README, Dedupe).
-        self.id_bytes = 0
-        self._measured: set[str] = set()
-
-    def is_empty(self) -> bool:
-        return not self.files.events and not self.files.sessions
-
-    # -- dedupe -------------------------------------------------------------------------------
-
-    def earlier_copies(self, new: pa.Table) -> pa.Table | None:
-        """Lake rows with the (machine_id, event_id) of a new event."""
-        days = set(pc.unique(new.column(EVENT_PARTITION)).to_pylist())
-        from_day = None if self.placed_from is None else _day(self.placed_from)
-        names = self.files.event_files(from_day, days)
-        if not names:
-            return None
-        for name in names:
-            if name not in self._measured:
-                self._measured.add(name)
-                self.id_bytes += _id_column_bytes(self.lake / name)
-        machines = pc.unique(new.column("machine_id"))
-        ids = pc.unique(new.column("event_id"))
-        expression = pc.field("machine_id").isin(machines) & pc.field("event_id").isin(ids)
-        return read_rows(self.lake, names, EVENT_PARTITION, expression)
-
-    # -- placing ------------------------------------------------------------------------------
-
-    def newest(self, machines: pa.Array) -> dict[str, int]:
-        """Each machine's newest timestamp in the lake (every event file read: only for machines
-        with events too old to place, rare, whose newest the region may not hold)."""
-        table = read_rows(
-            self.lake,
-            self.files.event_files(None),
-            EVENT_PARTITION,
-            pc.field("machine_id").isin(machines),
-            columns=["machine_id", "timestamp"],
-        )
-        return {} if table is None else _newest(table)
-
-    def region(self, new: pa.Table) -> tuple[pa.Table | None, pa.Table | None, dict[str, int]]:
-        """(old events from each machine's cut on, not late; old sessions from the cut on), each row
-        with its file; and how many sessions each machine has before its cut. ``new``: the events
-        to place (the bucket's, less duplicates and late ones)."""
-        firsts = new.group_by("machine_id").aggregate([("timestamp", "min")]).rename_columns(["machine_id", "first"])
-        machines = firsts.column("machine_id")
-        earliest = pc.min(firsts.column("first")).as_py()
-        timeout = self.config.session.timeout_ms
-        bound = earliest - timeout
-        while True:
-            sessions = read_rows(
-                self.lake,
-                self.files.sessions,
-                SESSION_PARTITION,
-                pc.field("machine_id").isin(machines) & (pc.field("end_ts") >= bound),
-            )
-            cut = _cuts(sessions, firsts, timeout)
-            lowest = pc.min(cut).as_py()
-            if lowest >= bound:
-                break
-            bound = lowest  # a session ends at the cut of one that ends within reach: read from there
-        if sessions is not None:
-            mine = _per_machine(sessions, machines, cut)
-            sessions = sessions.filter(pc.greater_equal(sessions.column("start_ts"), mine))
-            sessions = sessions if sessions.num_rows else None
-        self.placed_machines.update(machines.to_pylist())
-        if sessions is not None:
-            self.region_sessions.update(sessions.column("session_id").to_pylist())
-        before = self._sessions_before(machines, cut)
-        lowest = pc.min(cut).as_py()
-        names = self.files.event_files(_day(lowest))
-        events = read_rows(
-            self.lake,
-            names,
-            EVENT_PARTITION,
-            pc.field("machine_id").isin(machines) & (pc.field("timestamp") >= lowest) & ~pc.field("late"),
-        )
-        if events is not None:
-            events = events.filter(pc.greater_equal(events.column("timestamp"), _per_machine(events, machines, cut)))
-            events = events if events.num_rows else None
-        return events, sessions, before
-
-    def _sessions_before(self, machines: pa.Array, cut: pa.Array) -> dict[str, int]:
-        """How many of its sessions in the lake start before each machine's cut (none changes)."""
-        starts = read_rows(
-            self.lake,
-            self.files.sessions,
-            SESSION_PARTITION,
-            pc.field("machine_id").isin(machines) & (pc.field("start_ts") < pc.max(cut).as_py()),
-            columns=["machine_id", "start_ts"],
-        )
-        if starts is None:
-            return {}
-        starts = starts.filter(pc.less(starts.column("start_ts"), _per_machine(starts, machines, cut)))
-        counts = starts.group_by("machine_id").aggregate([("start_ts", "count")])
-        return dict(
-            zip(counts.column("machine_id").to_pylist(), counts.column("start_ts_count").to_pylist(), strict=True)
-        )
-
-    def restate(
-        self, old_events: pa.Table | None, old_sessions: pa.Table | None, out_events: pa.Table, out_sessions: pa.Table
-    ) -> tuple[pa.Table, pa.Table]:
-        """The rows to write, of the bucket's sessionized output: new events, old ones whose session
-        columns changed, sessions that are new or changed. Notes what to take out of the lake."""
-        restatement = self.restatement
-        if old_events is not None:
-            old = old_events.select(["machine_id", "event_id", *SESSION_FIELDS, FILE])
-            old = old.rename_columns(["machine_id", "event_id", *(f"old_{n}" for n in SESSION_FIELDS), FILE])
-            paired = out_events.join(old, ["machine_id", "event_id"], join_type="left outer")
-            was_old = pc.is_valid(paired.column(FILE))
-            same = pc.fill_null(
-                pc.and_(
-                    pc.and_(
-                        pc.equal(paired.column("session_id"), paired.column("old_session_id")),
-                        pc.equal(paired.column("session_seq"), paired.column("old_session_seq")),
-                    ),
-                    _equal_or_both_null(paired.column("ms_since_prev"), paired.column("old_ms_since_prev")),
-                ),
-                False,
-            )
-            unchanged = pc.and_(was_old, same)
-            changed = paired.filter(pc.and_(was_old, pc.invert(same)))
-            for name, key in zip(
-                changed.column(FILE).to_pylist(),
-                _keys(changed.column("machine_id"), changed.column("event_id")),
-                strict=True,
-            ):
-                restatement.removed_events[name].add(key)
-            restatement.events += changed.num_rows
-            out_events = paired.filter(pc.invert(unchanged)).select(out_events.schema.names)
-            mapping = old_events.select(["machine_id", "event_id", "session_id"])
-            new_ids = paired.filter(was_old).select(["machine_id", "event_id", "session_id"])
-        else:
-            mapping = new_ids = None
-        if old_sessions is not None and old_sessions.num_rows:
-            columns = [name for name in out_sessions.schema.names if name in old_sessions.schema.names]
-            old_rows = {_session_key(row): row for row in old_sessions.select([*columns, FILE]).to_pylist()}
-            keep_new = []
-            for row in out_sessions.select(columns).to_pylist():
-                match = old_rows.get(_session_key(row))
-                keep_new.append(match is None or any(match[name] != row[name] for name in columns))
-                if match is not None and not keep_new[-1]:
-                    del old_rows[_session_key(row)]
-            out_sessions = out_sessions.filter(pa.array(keep_new, pa.bool_()))
-            changed_ids = set()
-            for row in old_rows.values():
-                restatement.removed_sessions[row[FILE]].add(row["session_id"])
-                changed_ids.add(row["session_id"])
-            restatement.sessions += len(changed_ids)
-            if mapping is not None and new_ids is not None and changed_ids:
-                log = restatement_log(self.run, mapping, new_ids, changed_ids)
-                if log.num_rows:
-                    restatement.log.append(log)
-        return out_events, out_sessions
+# -- where to start: each machine's cut ---------------------------------------------------------------
 
 
-def _cuts(sessions: pa.Table | None, firsts: pa.Table, timeout: int) -> pa.Array:
+def cuts(sessions: pa.Table | None, firsts: pa.Table, timeout: int) -> pa.Array:
     """Each machine's cut (``firsts``: machine_id, first): its earliest new event, or the start of
     the first session one can reach (ending no more than ``timeout`` before it), or earlier still
     while a session ends at or after the cut (sessions of equal timestamps share an instant: the
@@ -304,40 +151,154 @@ def _cuts(sessions: pa.Table | None, firsts: pa.Table, timeout: int) -> pa.Array
     cut = firsts.column("first")
     if sessions is None:
         return cut
-    first = _per_machine(sessions, machines, cut)
+    first = per_machine(sessions, machines, cut)
     reach = pc.greater_equal(sessions.column("end_ts"), pc.subtract(first, timeout))
     while True:
         touching = sessions.filter(
-            pc.and_(reach, pc.less(sessions.column("start_ts"), _per_machine(sessions, machines, cut)))
+            pc.and_(reach, pc.less(sessions.column("start_ts"), per_machine(sessions, machines, cut)))
         )
         if touching.num_rows == 0:
             return cut
         starts = touching.group_by("machine_id").aggregate([("start_ts", "min")])
         cut = pc.min_element_wise(
-            cut, _per_machine(firsts, starts.column("machine_id"), starts.column("start_ts_min")), skip_nulls=True
+            cut, per_machine(firsts, starts.column("machine_id"), starts.column("start_ts_min")), skip_nulls=True
         )
-        reach = pc.greater_equal(sessions.column("end_ts"), _per_machine(sessions, machines, cut))
+        reach = pc.greater_equal(sessions.column("end_ts"), per_machine(sessions, machines, cut))
 
 
-def _id_column_bytes(path: Path) -> int:
-    metadata = pq.read_metadata(path)
-    total = 0
-    for group in range(metadata.num_row_groups):
-        row_group = metadata.row_group(group)
-        for column in range(row_group.num_columns):
-            chunk = row_group.column(column)
-            if chunk.path_in_schema in ("machine_id", "event_id"):
-                total += chunk.total_compressed_size
-    return total
-
-
-def _per_machine(table: pa.Table, machines: pa.Array, values: pa.Array) -> pa.Array:
+def per_machine(table: pa.Table, machines: pa.Array, values: pa.Array) -> pa.Array:
     """``values[i]`` belongs to ``machines[i]``: the value of each row's machine (null for others)."""
     return pc.take(values, pc.index_in(table.column("machine_id"), value_set=machines))
 
 
-def _session_key(row: dict[str, Any]) -> str:
-    return str(row["session_id"])
+# -- what changed ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Changes:
+    """What placing new events changes among the lake's rows (of one bucket, or of a whole run)."""
+
+    removed_events: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # file -> event keys
+    removed_sessions: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # file -> ids
+    log: list[pa.Table] = field(default_factory=list)
+    events: int = 0  # old events whose session columns changed
+    sessions: int = 0  # old sessions replaced
+    settled: int = 0  # of them, those only settle_open_ends changed (written again by it)
+
+    def add(self, other: Changes) -> None:
+        for mine, theirs in (
+            (self.removed_events, other.removed_events),
+            (self.removed_sessions, other.removed_sessions),
+        ):
+            for name, keys in theirs.items():
+                mine[name] |= keys
+        self.log.extend(other.log)
+        self.events += other.events
+        self.sessions += other.sessions
+        self.settled += other.settled
+
+
+def compare(
+    run: int,
+    old_events: pa.Table | None,
+    old_sessions: pa.Table | None,
+    out_events: pa.Table,
+    out_sessions: pa.Table,
+    changes: Changes,
+) -> tuple[pa.Table, pa.Table]:
+    """The rows to write, of a bucket's sessionized output: new events, old ones whose session
+    columns changed, sessions that are new or changed. Notes in ``changes`` what to take out of the lake."""
+    if old_events is not None:
+        # Joined on the keys and the session columns only, each output row by its position: the
+        # events' other columns are not copied (a bucket's output, with its region, is the bulk of
+        # a worker's memory).
+        narrow = out_events.select(["machine_id", "event_id", *SESSION_FIELDS])
+        narrow = narrow.append_column(_ROW, pa.array(range(out_events.num_rows), pa.int64()))
+        old = old_events.select(["machine_id", "event_id", *SESSION_FIELDS, FILE])
+        old = old.rename_columns(["machine_id", "event_id", *(f"old_{n}" for n in SESSION_FIELDS), FILE])
+        paired = narrow.join(old, ["machine_id", "event_id"], join_type="left outer")
+        was_old = pc.is_valid(paired.column(FILE))
+        same = pc.fill_null(
+            pc.and_(
+                pc.and_(
+                    pc.equal(paired.column("session_id"), paired.column("old_session_id")),
+                    pc.equal(paired.column("session_seq"), paired.column("old_session_seq")),
+                ),
+                _equal_or_both_null(paired.column("ms_since_prev"), paired.column("old_ms_since_prev")),
+            ),
+            False,
+        )
+        unchanged = pc.and_(was_old, same)
+        changed = paired.filter(pc.and_(was_old, pc.invert(same)))
+        for name, key in zip(
+            changed.column(FILE).to_pylist(),
+            _keys(changed.column("machine_id"), changed.column("event_id")),
+            strict=True,
+        ):
+            changes.removed_events[name].add(key)
+        changes.events += changed.num_rows
+        keep = pc.filter(paired.column(_ROW), pc.invert(unchanged))
+        out_events = out_events.take(pc.take(keep, pc.sort_indices(keep)))  # in the output's order
+        mapping = old_events.select(["machine_id", "event_id", "session_id"])
+        new_ids = paired.filter(was_old).select(["machine_id", "event_id", "session_id"])
+    else:
+        mapping = new_ids = None
+    if old_sessions is not None and old_sessions.num_rows:
+        kept_new, kept_old = _same_sessions(out_sessions, old_sessions)
+        out_sessions = out_sessions.filter(pc.invert(kept_new))
+        gone = old_sessions.filter(pc.invert(kept_old)).select(["session_id", FILE])
+        changed_ids = set()
+        for session, name in zip(gone.column("session_id").to_pylist(), gone.column(FILE).to_pylist(), strict=True):
+            changes.removed_sessions[name].add(session)
+            changed_ids.add(session)
+        changes.sessions += len(changed_ids)
+        if mapping is not None and new_ids is not None and changed_ids:
+            log = restatement_log(run, mapping, new_ids, changed_ids)
+            if log.num_rows:
+                changes.log.append(log)
+    return out_events, out_sessions
+
+
+def _same_sessions(new: pa.Table, old: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """(for each new row, for each old row): whether the other table has the same session, every
+    column equal (a session that comes out the same stays where it is)."""
+    pairs = pa.table({"session_id": new.column("session_id"), _ROW: pa.array(range(new.num_rows), pa.int64())}).join(
+        pa.table({"session_id": old.column("session_id"), "_old": pa.array(range(old.num_rows), pa.int64())}),
+        "session_id",
+        join_type="inner",
+    )
+    new_rows, old_rows = pairs.column(_ROW), pairs.column("_old")
+    same = pa.array([True] * pairs.num_rows, pa.bool_())
+    maps = []
+    for name in new.schema.names:
+        if name not in old.schema.names:
+            continue
+        left, right = new.column(name).take(new_rows), old.column(name).take(old_rows)
+        if pa.types.is_map(left.type):
+            maps.append((left, right))
+            continue
+        same = pc.and_(same, _equal_or_both_null(left, right))
+    for left, right in maps:
+        # Maps as text, in their order; the few that differ only so are compared as dicts.
+        equal = _equal_or_both_null(_map_texts(left), _map_texts(right))
+        recheck = pc.indices_nonzero(pc.and_(same, pc.invert(equal))).to_pylist()
+        if recheck:
+            equal = equal.to_pylist()
+            for row in recheck:
+                equal[row] = dict(left[row].as_py() or []) == dict(right[row].as_py() or [])
+            equal = pa.array(equal, pa.bool_())
+        same = pc.and_(same, equal)
+    kept_new = pc.is_in(pa.array(range(new.num_rows), pa.int64()), value_set=new_rows.filter(same))
+    kept_old = pc.is_in(pa.array(range(old.num_rows), pa.int64()), value_set=old_rows.filter(same))
+    return kept_new, kept_old
+
+
+def _map_texts(column: Any) -> pa.Array:
+    """Each map as one text, ``key=value`` joined in its order (null: a null map)."""
+    maps = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    pairs = pc.binary_join_element_wise(maps.keys, pc.cast(maps.items, pa.string()), "=")
+    lists = pa.ListArray.from_arrays(maps.offsets, pairs, mask=maps.is_null())
+    return pc.binary_join(lists, ",")
 
 
 def _keys(machines: pa.Array, ids: pa.Array) -> list[str]:
@@ -349,15 +310,6 @@ def _equal_or_both_null(left: Any, right: Any) -> Any:
     return pc.or_(both_null, pc.fill_null(pc.equal(left, right), False))
 
 
-def without(lake: Path, name: str, keys: set[str], key_of: Any) -> pa.Table:
-    """The rows of lake file ``name`` but those whose key is in ``keys``, with its partition column."""
-    table = pq.read_table(lake / name)
-    partition, value = name.split("/")[1].split("=", 1)
-    keep = pc.invert(pc.is_in(key_of(table), value_set=pa.array(sorted(keys), pa.string())))
-    table = table.filter(keep)
-    return table.append_column(partition, pa.array([value] * table.num_rows, pa.string()))
-
-
 def event_keys(table: pa.Table) -> pa.Array:
     return pc.binary_join_element_wise(table.column("machine_id"), table.column("event_id"), "\x1f")
 
@@ -366,110 +318,101 @@ def session_keys(table: pa.Table) -> pa.Array:
     return table.column("session_id")
 
 
-def place(history: History, table: pa.Table, run: BatchRun, feed: Feed, writer: LakeWriter, tally: Tally) -> None:
-    """One bucket of an incremental run: dedupe against the lake, write what is too old late,
-    sessionize the rest with the lake's events from each machine's cut, write what changed."""
-    config = history.config
-    new, duplicates = split_copies(table, history.earlier_copies(table), run.conflicts)
-    tally.duplicates += duplicates
-    too_old = None
-    if history.placed_from is not None:
-        too_old = pc.less(new.column("timestamp"), history.placed_from)
-        if not pc.any(too_old).as_py():
-            too_old = None
-    placing = new if too_old is None else new.filter(pc.invert(too_old))
-    old_events = old_sessions = None
-    before: dict[str, int] = {}
-    if placing.num_rows:
-        old_events, old_sessions, before = history.region(placing)
-    # Each machine's newest event in the lake: in the region when it is not older than every new
-    # event (and then it changes nothing), read for the machines with events too old to place.
-    newest = {} if old_events is None else _newest(old_events)
-    if too_old is not None:
-        newest.update(history.newest(pc.unique(new.filter(too_old).column("machine_id"))))
-    new = with_arrival(new, newest)
-    if too_old is not None:
-        late, duplicates = _first_copies(new.filter(too_old))
-        tally.duplicates += duplicates
-        writer.events.add_table(_as_late(sort_events(late)))
-        tally.events += late.num_rows
-        tally.late += late.num_rows
-        new = new.filter(pc.invert(too_old))
-    if new.num_rows == 0:
-        return
-    names = [*refined_schema(config).names, ARRIVED_LATE]
-    merged = new.select(names)
-    if old_events is not None:
-        merged = pa.concat_tables([merged, old_events.select(names).cast(merged.schema)])
-    captured = Captured()
-    assembler = captured.assembler(feed)
-    sessionize(merged, config, assembler, feed, clock=history.end_clock, before=before)
-    events, sessions = captured.tables(assembler, merged.schema)
-    tally.duplicates += assembler.tally.duplicates
-    tally.events += new.num_rows - assembler.tally.duplicates
-    events, sessions = history.restate(old_events, old_sessions, events, sessions)
-    writer.events.add_table(events)
-    writer.sessions.add_table(sessions)
-    tally.sessions += sessions.num_rows
-
-
-def _newest(events: pa.Table) -> dict[str, int]:
-    newest = events.group_by("machine_id").aggregate([("timestamp", "max")])
-    return dict(zip(newest.column("machine_id").to_pylist(), newest.column("timestamp_max").to_pylist(), strict=True))
-
-
-def _first_copies(table: pa.Table) -> tuple[pa.Table, int]:
-    """The first arrival of each (machine_id, event_id): the sessionizer, which drops later copies
-    elsewhere, never sees events written late."""
+def first_copies(table: pa.Table, among: pa.Array) -> tuple[pa.Array, int]:
+    """Which rows to keep: every row but the later copies of an (machine_id, event_id) among the
+    rows ``among`` marks (the events written late: the sessionizer, which drops later copies
+    elsewhere, never sees them); and how many copies are dropped."""
+    rows = pc.indices_nonzero(among).to_pylist()
+    picked = table.select(["machine_id", "event_id"]).take(pa.array(rows, pa.int64()))
     seen: set[tuple[str, str]] = set()
-    keep = []
-    for key in zip(table.column("machine_id").to_pylist(), table.column("event_id").to_pylist(), strict=True):
-        keep.append(key not in seen)
+    dropped = []
+    for row, key in zip(
+        rows,
+        zip(picked.column("machine_id").to_pylist(), picked.column("event_id").to_pylist(), strict=True),
+        strict=True,
+    ):
+        if key in seen:
+            dropped.append(row)
         seen.add(key)
-    mask = pa.array(keep, pa.bool_())
-    return table.filter(mask), len(keep) - sum(keep)
+    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=pa.array(dropped, pa.int64())))
+    return keep, len(dropped)
 
 
-def _as_late(table: pa.Table) -> pa.Table:
+def as_late(table: pa.Table) -> pa.Table:
+    """Events with their session columns for a late event: no session, ``late`` true."""
     rows = table.num_rows
     for fld, value in zip(session_schema_fields(), (None, None, None, True), strict=True):
         table = table.append_column(fld, pa.array([value] * rows, fld.type))
     return table
 
 
-def rewrite(history: History, writer: LakeWriter, ledgers: list[dict[str, Any]]) -> dict[str, Any]:
-    """The lake files holding rows that changed, rewritten without them into the run's files; the
-    restatement log. Returns the ledger's ``removed``, ``carried``, ``restated`` and ``restatements``."""
-    restatement = history.restatement
+# -- copy-on-write -----------------------------------------------------------------------------------------
+
+
+def rewrite(lake: Path, changes: Changes, writer: LakeWriter, ledgers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lake files holding rows that changed, rewritten without them into the run's files, a
+    block of rows at a time, oldest first (a file's rows go to the files of their own span of
+    time); the restatement log. Returns the ledger's ``removed``, ``carried``, ``restated`` and
+    ``restatements``."""
     owner = {name: ledger["run"] for ledger in ledgers for name in ledger.get("files", [])}
     removed: dict[int, dict[str, Any]] = {}
     carried = {"events": 0, "sessions": 0}
-    for table_name, changed, key_of, target in (
-        ("events", restatement.removed_events, event_keys, writer.events),
-        ("sessions", restatement.removed_sessions, session_keys, writer.sessions),
+    for table_name, changed, key_of, target, time_column in (
+        ("events", changes.removed_events, event_keys, writer.events, "timestamp"),
+        ("sessions", changes.removed_sessions, session_keys, writer.sessions, "start_ts"),
     ):
-        for name in sorted(changed):
-            before = pq.read_metadata(history.lake / name).num_rows
-            rest = without(history.lake, name, changed[name], key_of)
-            if rest.num_rows:
-                target.add_table(rest)
-            carried[table_name] += rest.num_rows
+        order = sorted(changed, key=lambda name: (_earliest(pq.read_metadata(lake / name), time_column), name))
+        for name in order:
+            reader = pq.ParquetFile(lake / name)
+            partition = name.split("/")[1].split("=", 1)[0]
+            drop = pa.array(sorted(changed[name]), pa.string())
+            for batch in reader.iter_batches(batch_size=_REWRITE_ROWS):
+                rows = _written_since(pa.Table.from_batches([batch]), target.schema)
+                rows = rows.filter(pc.invert(pc.is_in(key_of(rows), value_set=drop)))
+                if rows.num_rows:
+                    value = pa.repeat(pa.scalar(partition_value(name), pa.string()), rows.num_rows)
+                    target.add_table(rows.append_column(partition, value))
+                carried[table_name] += rows.num_rows
             run = owner[name]
             entry = removed.setdefault(run, {"run": run, "files": [], "events": 0, "sessions": 0})
             entry["files"].append(name)
-            entry[table_name] += before
-    # The old events whose session columns changed were written again with the bucket's output;
+            entry[table_name] += reader.metadata.num_rows
+            reader.close()
+    # The old events whose session columns changed were written again with the buckets' output;
     # the sessions settle_open_ends changed, by it.
-    carried["events"] += restatement.events
-    carried["sessions"] += restatement.settled
+    carried["events"] += changes.events
+    carried["sessions"] += changes.settled
     log_rows = 0
-    if restatement.log:
-        log = pa.concat_tables(restatement.log)
+    if changes.log:
+        log = pa.concat_tables(changes.log)
         log_rows = log.num_rows
         writer.add_restatements(log)
     return {
         "removed": [removed[run] for run in sorted(removed)],
         "carried": carried,
-        "restated": {"sessions": restatement.sessions, "events": restatement.events},
+        "restated": {"sessions": changes.sessions, "events": changes.events},
         "restatements": log_rows,
     }
+
+
+def _written_since(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows of a file an older sessionflow wrote, with the columns added since: no event of it
+    arrived late (``arrived_late`` false), the others null."""
+    for fld in schema:
+        if fld.name not in rows.schema.names:
+            value = False if fld.name == ARRIVED_LATE else None
+            rows = rows.append_column(fld, pa.array([value] * rows.num_rows, fld.type))
+    return rows
+
+
+def _earliest(metadata: pq.FileMetaData, column: str) -> int:
+    """The smallest value of ``column`` in a file, by its row groups' statistics (0 when unknown)."""
+    values = []
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        chunks = [row_group.column(i) for i in range(row_group.num_columns)]
+        statistics = next((chunk.statistics for chunk in chunks if chunk.path_in_schema == column), None)
+        if statistics is None or not statistics.has_min_max:
+            return 0
+        values.append(statistics.min)
+    return min(values, default=0)

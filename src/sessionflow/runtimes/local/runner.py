@@ -28,15 +28,17 @@ from sessionflow.core.native import implementation
 from sessionflow.errors import InputError, OutputError, UsageError
 from sessionflow.inputs import why_no_files
 from sessionflow.lake.commit import commit_run, crash_point, pending_commits, publish, recover, stage_state
+from sessionflow.lake.ids import RunIndex, Sources
 from sessionflow.lake.layout import META_DIR, is_lake, lake_exists
 from sessionflow.lake.ledger import ledger_files, ledger_record, next_run_number
 from sessionflow.lake.lock import LakeLock
 from sessionflow.lake.writer import LakeWriter
 from sessionflow.runtimes.local.batch import BatchRun
 from sessionflow.runtimes.local.engine import Assembler, Block, Engine
-from sessionflow.runtimes.local.open_ends import settle_open_ends
+from sessionflow.runtimes.local.incremental import PLACING_BUCKET_BYTES, Plan, restate_run
 from sessionflow.runtimes.local.reader import LINE_SLACK, STDIN, Position, Source, bounded, expand_inputs
-from sessionflow.runtimes.local.restate import History, place, rewrite
+from sessionflow.runtimes.local.restate import LakeFiles, partition_value
+from sessionflow.runtimes.local.spill import BUCKET_RAW_BYTES
 from sessionflow.runtimes.local.state_file import (
     LakeIdentity,
     RunState,
@@ -61,7 +63,7 @@ class RunReport:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     # True when every input had been read by earlier runs and there was nothing to publish.
     nothing_new: bool = False
-    # The bytes of event ids this run checked its events against (--state runs; None: none).
+    # The lake's event-id index after the run, in bytes (--state runs on a lake with events; else None).
     dedupe_memory_bytes: int | None = None
     # Events buffered in the state before and after the run, and sessions left open (with their
     # events) for a later run to summarise: what the ledger says too, so that records = events +
@@ -241,7 +243,10 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
     # A replacing run is run 1 of the new lake; the old lake stays whole until it commits.
     number = 1 if options.overwrite else next_run_number(lake)
     now = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
-    writer = LakeWriter(lake, config, number)
+    # The files an incremental run writes through this writer (what it places and carries over, once
+    # the lake has events) each hold one span of time: a later restatement rewrites few of them.
+    span = config.output.file_span_ms if state_path is not None else None
+    writer = LakeWriter(lake, config, number, span_ms=span)
     assembler = Assembler(writer.events.add_table, writer.sessions.add_table)
     tally = assembler.tally
     engine = None
@@ -251,7 +256,10 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
     try:
         workers = default_workers() if options.workers is None else options.workers
         engine = Engine(config, now, workers)
-        batch = BatchRun(config, sources, writer.staging / SPILL_DIR)
+        before = LakeFiles.of(lake) if state_path is not None else None
+        placing = before is not None and not before.is_empty()
+        bucket_bytes = PLACING_BUCKET_BYTES if placing else BUCKET_RAW_BYTES
+        batch = BatchRun(config, sources, writer.staging / SPILL_DIR, bucket_bytes)
         read = _read_inputs(sources, config, state, engine, batch, writer, tally, options)
         if state_path is not None and read.all_seen and not tally.records:
             # The same command again after its run was published: publishing an empty run would
@@ -265,15 +273,14 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
         # against it (their close_reason), in every bucket alike.
         end_clock = RunState(newest=dict(state.newest))
         end_clock.advance(read.leaders, quorum)
-        history = None
-        if state_path is not None:
-            history = History(lake, config, state.clock(quorum), number, end_clock.clock(quorum))
-            if history.is_empty():
-                history = None  # nothing to place among: the run is a plain batch
+        index: RunIndex | None = None
         bucket_files: list[Path] = []
-        if history is None:
-            # Fresh workers for the buckets: forked from this process, they share its pages, and
-            # not the refining workers' heaps (~140 MB each on 1M events, bench/README.md).
+        restated: dict[str, Any] = {}
+        removed: list[str] = []
+        if not placing:
+            # Nothing to place among: a plain batch. Fresh workers for the buckets: forked from this
+            # process, they share its pages, and not the refining workers' heaps (~140 MB each on 1M
+            # events, bench/README.md).
             engine.close()
             engine = Engine(config, now, workers)
             done = batch.sessionize_all(engine, number, lake, end_clock.clock(quorum))
@@ -285,19 +292,34 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             tally.sessions += done.sessions
             engine.close()
         else:
-            engine.close()  # the workers' memory goes before the buckets are read
-            for table in batch.buckets():
-                place(history, table, batch, engine.feed, writer, tally)
-                crash_point("bucket")
-            settle_open_ends(history, writer)
-        restated = rewrite(history, writer, _ledgers(lake)) if history is not None else {}
+            assert before is not None
+            engine.close()  # the refining workers' memory goes before the buckets are read
+            index = RunIndex(lake, writer.staging)
+            clock = state.clock(quorum)
+            plan = Plan(
+                str(lake),
+                str(batch.spill.folder),
+                config,
+                number,
+                None if clock is None else clock - config.session.restate_horizon_ms,
+                end_clock.clock(quorum),
+                before,
+                index.days,
+            )
+            outcome = restate_run(
+                batch, plan, lambda: Engine(config, now, workers), writer, tally, index, _ledgers(lake)
+            )
+            restated, removed = outcome.ledger, outcome.removed
         for rows in batch.rejections().values():
             tally.rejected[Reason.CONFLICTING_DUPLICATE.value] += len(rows)
             writer.write([], [], rows)
         files = [*writer.close(), *bucket_files]
         report_ = RunReport(number, tally, time.perf_counter() - options.started, True, len(files), read.inputs)
-        if history is not None:
-            report_.dedupe_memory_bytes = history.id_bytes
+        staged_index: list[str] = []
+        if index is not None:
+            staged_index, report_.dedupe_memory_bytes = index.stage(
+                _sources_after(index, writer.staging, files, removed)
+            )
         ledger = ledger_record(
             report_.to_dict(),
             files,
@@ -316,7 +338,6 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             state.runs += 1
             state.advance(read.leaders, quorum)
             stage_state(writer.staging, state_payload(config, state, options.lake))
-        removed = [name for entry in restated.get("removed", []) for name in entry["files"]]
         commit_run(
             writer.staging,
             run=number,
@@ -325,6 +346,7 @@ def _run_locked(sources: list[Source], lake: Path, config: Config, state: RunSta
             state_path=state_path,
             replace=options.overwrite,
             remove=removed,
+            index=staged_index,
         )
     except OSError as exc:
         writer.abort()
@@ -409,6 +431,19 @@ def _read_inputs(
             }
         )
     return read
+
+
+def _sources_after(index: RunIndex, staging: Path, files: list[Path], removed: list[str]) -> Sources:
+    """The lake's event files by day once the run is in place (what the index is taken from)."""
+    sources = {day: dict(names) for day, names in index.sources.items()}
+    for name in removed:
+        if name.startswith("events/"):
+            sources.get(partition_value(name), {}).pop(name, None)
+    for path in files:
+        name = path.as_posix()
+        if name.startswith("events/"):
+            sources.setdefault(partition_value(name), {})[name] = (staging / path).stat().st_size
+    return {day: names for day, names in sources.items() if names}
 
 
 def _ledgers(lake: Path) -> list[dict[str, Any]]:

@@ -46,16 +46,17 @@ _GZIP_RATIO = 8  # a gzip feed of JSON lines inflates about this much
 _FILE_BUFFER = 256 << 10
 
 
-def bucket_count(sources: Sequence[Source]) -> int:
-    """A power of two (buckets are chosen with a bit mask), from the inputs' sizes."""
+def bucket_count(sources: Sequence[Source], bucket_bytes: int = BUCKET_RAW_BYTES) -> int:
+    """A power of two (buckets are chosen with a bit mask), from the inputs' sizes: a bucket per
+    ``bucket_bytes`` of raw input."""
     total = 0
     for source in sources:
         size = source.size
         if size is None:
-            total = max(total, STREAM_BUCKETS * BUCKET_RAW_BYTES)
+            total = max(total, STREAM_BUCKETS * bucket_bytes)
             continue
         total += size * (_GZIP_RATIO if _is_gzip(source) else 1)
-    wanted = max(1, -(-total // BUCKET_RAW_BYTES))
+    wanted = max(1, -(-total // bucket_bytes))
     count = 1
     while count < wanted and count < MAX_BUCKETS:
         count *= 2
@@ -266,10 +267,14 @@ class Spill:
         bucket order."""
         for bucket in self.plan():
             for _, paths in bucket.pieces():
-                table = read_bucket(paths)
+                table = read_in_arrival_order(paths)
                 for path in paths:
                     Path(path).unlink()
-                yield table.take(pc.sort_indices(table, sort_keys=ARRIVAL))
+                yield table
+
+    def pieces(self) -> list[tuple[int, list[str]]]:
+        """Every bucket's pieces (:meth:`Bucket.pieces`, cut here): (a number unique to each, its files)."""
+        return [piece for bucket in self.plan() for piece in bucket.pieces()]
 
     def close(self) -> None:
         """Never raises: it runs while another error (a full disk) may be on its way out."""
@@ -284,6 +289,13 @@ def read_bucket(paths: Sequence[str]) -> pa.Table:
             tables.append(pa.ipc.open_stream(source).read_all())
     # One copy out of the mapped pages: the files can go, and a sort takes from one chunk.
     return pa.concat_tables(tables).combine_chunks()
+
+
+def read_in_arrival_order(paths: Sequence[str]) -> pa.Table:
+    """A bucket's files as one table in arrival order: the refining workers wrote their blocks to it
+    side by side, so the files' order is not the input's."""
+    table = read_bucket(paths)
+    return table.take(pc.sort_indices(table, sort_keys=ARRIVAL))
 
 
 def raw_lines(source: Source, copy: Path | None, wanted: set[int]) -> dict[int, bytes]:
