@@ -75,8 +75,7 @@ def by_bucket(table: pa.Table, machines: pa.Array, numbers: pa.Array) -> Iterato
 
 
 def read_all(paths: list[str]) -> pa.Table | None:
-    tables = [read_bucket(path) for path in paths]
-    return pa.concat_tables(tables) if tables else None
+    return read_bucket(paths) if paths else None
 
 
 def dump(path: str, table: pa.Table) -> str:
