@@ -36,17 +36,7 @@ def _sessionizer(config: SessionConfig) -> Any:
     return _native.NativeSessionizer(config)
 
 
-KEYS = (
-    "timestamp",
-    "event_id",
-    "machine_id",
-    "event_type",
-    "user_id",
-    "app_version",
-    "os",
-    "document_id",
-    "arrived_late",
-)
+KEYS = feeds.KEY_COLUMNS  # the columns a block hands the sessionizer
 
 
 def _block(rows: list[dict[str, Any]]) -> tuple[Any, list[Any]]:
